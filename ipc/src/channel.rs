@@ -1,0 +1,261 @@
+//! The async IPC channel over an `AF_UNIX` / `SOCK_SEQPACKET` socket, and the blocking
+//! one-shot calls the worker uses before it has a runtime.
+//!
+//! Mirrored types (as in sudo-rs's typed pipe): the broker holds a
+//! `Channel<WorkerToBroker, BrokerToWorker>`, the worker a `Channel<BrokerToWorker,
+//! WorkerToBroker>`, so neither side can send the other side's messages.
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Mutex;
+
+use crate::codec::{self, CodecError, FrameDecoder, MAX_FRAME, MAX_PACKET};
+
+/// Errors of the channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// Socket I/O failed.
+    #[error("ipc i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent something that is not a valid frame or message.
+    #[error("ipc protocol: {0}")]
+    Codec(#[from] CodecError),
+}
+
+/// Create a connected `SOCK_SEQPACKET` pair, both ends close-on-exec.
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+#[allow(unsafe_code)]
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` owns a valid, open descriptor, and `AsyncFd` takes ownership of it:
+    // nothing can close or replace the descriptor while it is registered, which is the
+    // I/O-safety precondition of `AsyncFd::register`.
+    unsafe { Ok(AsyncFd::register(fd)?) }
+}
+
+/// Receive side of a channel.
+#[derive(Debug)]
+pub struct Receiver<In> {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+    _in: PhantomData<fn() -> In>,
+}
+
+/// Send side of a channel. Cheap to clone; frames from concurrent senders never interleave.
+#[derive(Debug)]
+pub struct Sender<Out> {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    lock: Arc<Mutex<()>>,
+    _out: PhantomData<fn(Out)>,
+}
+
+impl<Out> Clone for Sender<Out> {
+    fn clone(&self) -> Self {
+        Self {
+            fd: self.fd.clone(),
+            lock: self.lock.clone(),
+            _out: PhantomData,
+        }
+    }
+}
+
+/// Wrap a connected socket (set non-blocking here) into a typed sender/receiver pair.
+/// Must be called inside a tokio runtime.
+pub fn channel<In: DeserializeOwned, Out: Serialize>(
+    fd: OwnedFd,
+    max_frame: usize,
+) -> io::Result<(Sender<Out>, Receiver<In>)> {
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    let fd = Arc::new(register(fd)?);
+    Ok((
+        Sender {
+            fd: fd.clone(),
+            lock: Arc::new(Mutex::new(())),
+            _out: PhantomData,
+        },
+        Receiver {
+            fd,
+            decoder: FrameDecoder::new(max_frame.min(MAX_FRAME)),
+            buf: vec![0u8; MAX_PACKET],
+            _in: PhantomData,
+        },
+    ))
+}
+
+impl<Out: Serialize> Sender<Out> {
+    /// Send one message (as one or more packets).
+    pub async fn send(&self, msg: &Out) -> Result<(), ChannelError> {
+        let frame = codec::encode(msg)?;
+        let _guard = self.lock.lock().await;
+        for packet in codec::packets(&frame) {
+            loop {
+                let mut ready = self.fd.writable().await?;
+                match ready.try_io(|fd| {
+                    rustix::net::send(fd.get_ref(), packet, SendFlags::NOSIGNAL)
+                        .map_err(io::Error::from)
+                }) {
+                    Ok(Ok(n)) if n == packet.len() => break,
+                    Ok(Ok(_)) => {
+                        return Err(io::Error::new(io::ErrorKind::WriteZero, "short packet").into())
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_would_block) => continue,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<In: DeserializeOwned> Receiver<In> {
+    /// Receive one message; `Ok(None)` at a clean end of stream (peer closed between frames).
+    pub async fn recv(&mut self) -> Result<Option<In>, ChannelError> {
+        loop {
+            if let Some(payload) = self.decoder.next_frame() {
+                return Ok(Some(codec::decode(&payload)?));
+            }
+            let n = loop {
+                let mut ready = self.fd.readable().await?;
+                let buf = &mut self.buf;
+                match ready.try_io(|fd| {
+                    rustix::net::recv(fd.get_ref(), &mut buf[..], RecvFlags::empty())
+                        .map(|(n, _)| n)
+                        .map_err(io::Error::from)
+                }) {
+                    Ok(r) => break r?,
+                    Err(_would_block) => continue,
+                }
+            };
+            if n == 0 {
+                self.decoder.finish()?;
+                return Ok(None);
+            }
+            if n > MAX_PACKET {
+                // Truncated datagram: the peer sent a packet larger than the protocol allows.
+                return Err(CodecError::FrameTooLarge {
+                    len: n,
+                    max: MAX_PACKET,
+                }
+                .into());
+            }
+            self.decoder.push(&self.buf[..n])?;
+        }
+    }
+}
+
+/// Blocking: send one message on a (blocking) socket. Used by the worker before it has a runtime.
+pub fn send_blocking<Out: Serialize>(fd: BorrowedFd<'_>, msg: &Out) -> Result<(), ChannelError> {
+    let frame = codec::encode(msg)?;
+    for packet in codec::packets(&frame) {
+        let n = rustix::net::send(fd, packet, SendFlags::NOSIGNAL).map_err(io::Error::from)?;
+        if n != packet.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short packet").into());
+        }
+    }
+    Ok(())
+}
+
+/// Blocking: receive exactly one message of at most `max_frame` bytes from a (blocking)
+/// socket. `Ok(None)` if the peer closed first.
+pub fn recv_blocking<In: DeserializeOwned>(
+    fd: BorrowedFd<'_>,
+    max_frame: usize,
+) -> Result<Option<In>, ChannelError> {
+    let mut decoder = FrameDecoder::new(max_frame);
+    let mut buf = vec![0u8; MAX_PACKET];
+    loop {
+        if let Some(payload) = decoder.next_frame() {
+            return Ok(Some(codec::decode(&payload)?));
+        }
+        let (n, _) = rustix::net::recv(fd, &mut buf[..], RecvFlags::TRUNC)
+            .map_err(io::Error::from)?;
+        if n == 0 {
+            decoder.finish()?;
+            return Ok(None);
+        }
+        if n > MAX_PACKET {
+            return Err(CodecError::FrameTooLarge {
+                len: n,
+                max: MAX_PACKET,
+            }
+            .into());
+        }
+        decoder.push(&buf[..n])?;
+    }
+}
+
+/// Convenience for owners of a raw fd.
+pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
+    fd.as_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::messages::*;
+
+    #[tokio::test]
+    async fn messages_cross_a_real_socketpair() {
+        let (a, b) = socketpair().unwrap();
+        let (btx, brx) = channel::<WorkerToBroker, BrokerToWorker>(a, MAX_FRAME).unwrap();
+        let (_wtx, mut wrx) = channel::<BrokerToWorker, WorkerToBroker>(b, MAX_FRAME).unwrap();
+        let big = BrokerToWorker::Call {
+            id: 3,
+            tool: "write_file".into(),
+            arguments_json: "z".repeat(5 * MAX_PACKET),
+            progress: false,
+        };
+        let tx2 = btx.clone();
+        let big2 = big.clone();
+        // The big frame exceeds the socket buffer: it completes only while the peer reads.
+        let h = tokio::spawn(async move { tx2.send(&big2).await.unwrap() });
+        btx.send(&BrokerToWorker::Cancel { id: 9 }).await.unwrap();
+        let mut got = vec![wrx.recv().await.unwrap().unwrap(), wrx.recv().await.unwrap().unwrap()];
+        h.await.unwrap();
+        got.sort_by_key(|m| matches!(m, BrokerToWorker::Cancel { .. }));
+        assert_eq!(got[0], big);
+        assert_eq!(got[1], BrokerToWorker::Cancel { id: 9 });
+        drop(btx);
+        drop(brx);
+        assert!(wrx.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn garbage_from_peer_is_an_error_not_a_panic() {
+        let (a, b) = socketpair().unwrap();
+        rustix::net::send(&a, &[0xff, 0xff, 0xff, 0x7f], SendFlags::empty()).unwrap();
+        let (_tx, mut rx) = channel::<BrokerToWorker, WorkerToBroker>(b, 1024).unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Err(ChannelError::Codec(CodecError::FrameTooLarge { .. }))
+        ));
+    }
+
+    #[test]
+    fn blocking_roundtrip_and_truncation() {
+        let (a, b) = socketpair().unwrap();
+        send_blocking(a.as_fd(), &BrokerToWorker::Shutdown).unwrap();
+        let m: BrokerToWorker = recv_blocking(b.as_fd(), 1024).unwrap().unwrap();
+        assert_eq!(m, BrokerToWorker::Shutdown);
+        // half a frame, then close
+        let frame = codec::encode(&BrokerToWorker::Cancel { id: 1 }).unwrap();
+        rustix::net::send(&a, &frame[..3], SendFlags::empty()).unwrap();
+        drop(a);
+        assert!(recv_blocking::<BrokerToWorker>(b.as_fd(), 1024).is_err());
+    }
+}

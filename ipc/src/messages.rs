@@ -1,0 +1,427 @@
+//! The message catalogue. One enum per direction; every field is plain data.
+//!
+//! Tool arguments and structured results cross as JSON *text* (`*_json: String`) because
+//! postcard cannot carry `serde_json::Value`; content blocks are typed.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier of one tool call, chosen by the broker, unique within a worker's life.
+pub type CallId = u64;
+
+/// Messages from the broker to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BrokerToWorker {
+    /// The first and only message a worker reads before it confines itself.
+    Confine {
+        /// Must equal [`crate::PROTOCOL_VERSION`].
+        version: u32,
+        /// What the kernel must enforce for this client.
+        spec: SandboxSpec,
+    },
+    /// Run a tool. Answered by exactly one `Result` or `Failed` with the same id.
+    Call {
+        /// Broker-chosen call id.
+        id: CallId,
+        /// Tool name, as advertised by the worker in `Ready`.
+        tool: String,
+        /// The arguments object, as JSON text.
+        arguments_json: String,
+        /// Whether the client asked for progress notifications.
+        progress: bool,
+    },
+    /// The client cancelled this call (or the broker gave up on it): stop the work.
+    Cancel {
+        /// The call to stop.
+        id: CallId,
+    },
+    /// The answer of the MCP client to a [`WorkerToBroker::ClientRequest`].
+    ClientReply {
+        /// The id of the worker's request.
+        id: u64,
+        /// The client's result (JSON text) or an error.
+        outcome: ClientReplyOutcome,
+    },
+    /// End of session: finish or abandon calls and exit.
+    Shutdown,
+}
+
+/// Messages from a worker to the broker. All hostile until validated by the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerToBroker {
+    /// Confinement is in place; the worker now serves calls.
+    Ready {
+        /// Must equal [`crate::PROTOCOL_VERSION`].
+        version: u32,
+        /// What the kernel actually enforces.
+        enforcement: Enforcement,
+        /// The tools this worker can run (the broker filters them by policy).
+        tools: Vec<ToolDescriptor>,
+    },
+    /// Confinement could not be established; the worker exits after sending this.
+    ConfineFailed {
+        /// Operator-facing reason (never sent to a client).
+        reason: String,
+    },
+    /// Progress of a running call.
+    Progress {
+        /// The call.
+        id: CallId,
+        /// Progress so far (the broker enforces that it never decreases).
+        progress: f64,
+        /// Total, when known.
+        total: Option<f64>,
+        /// Human-readable status.
+        message: Option<String>,
+    },
+    /// A log message for the client (`notifications/message`).
+    Log {
+        /// The call it belongs to, if any.
+        id: Option<CallId>,
+        /// Severity.
+        level: LogLevel,
+        /// Logger name.
+        logger: Option<String>,
+        /// The data, as JSON text.
+        data_json: String,
+    },
+    /// The outcome of a call that ran (possibly as a tool error, `is_error`).
+    Result {
+        /// The call.
+        id: CallId,
+        /// What the tool produced.
+        result: ToolResult,
+    },
+    /// A call that could not run: unknown tool, invalid arguments, internal failure.
+    Failed {
+        /// The call.
+        id: CallId,
+        /// Why.
+        error: CallError,
+    },
+    /// A running tool asks the MCP client for something (sampling, elicitation, roots).
+    ClientRequest {
+        /// Worker-chosen id, echoed in [`BrokerToWorker::ClientReply`].
+        id: u64,
+        /// The call this request belongs to.
+        call: CallId,
+        /// What is asked.
+        request: ClientRequestKind,
+    },
+}
+
+/// What the worker's kernel confinement actually achieved, reported in `Ready` and audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforcement {
+    /// Landlock ABI version the kernel offers (0 = none).
+    pub landlock_abi: u32,
+    /// Landlock status.
+    pub landlock: LandlockStatus,
+    /// TCP bind/connect is denied by Landlock (ABI ≥ 4).
+    pub landlock_net: bool,
+    /// Abstract Unix sockets and signals are scoped by Landlock (ABI ≥ 6).
+    pub landlock_scoped: bool,
+    /// A seccomp-bpf filter is installed.
+    pub seccomp: bool,
+    /// `PR_SET_NO_NEW_PRIVS` is set.
+    pub no_new_privs: bool,
+}
+
+/// Landlock enforcement level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LandlockStatus {
+    /// Every requested right is enforced.
+    FullyEnforced,
+    /// Some rights are not supported by this kernel (only with the degraded opt-in).
+    PartiallyEnforced,
+    /// Nothing is enforced (only with the degraded opt-in).
+    NotEnforced,
+}
+
+/// The sandbox a worker must build, derived by the broker from the client's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SandboxSpec {
+    /// Absolute, canonical directories (or files) the client may read.
+    pub read_paths: Vec<String>,
+    /// Absolute, canonical directories (or files) the client may read and write.
+    pub write_paths: Vec<String>,
+    /// Absolute paths that may be read and executed (programs, interpreters, their libraries).
+    /// Empty unless the policy grants command or code execution.
+    pub exec_paths: Vec<String>,
+    /// Whether TCP and non-Unix sockets stay allowed (the policy granted network).
+    pub allow_network: bool,
+    /// Whether a Landlock that is not fully enforced is acceptable (operator opt-in).
+    pub allow_degraded: bool,
+    /// Kernel resource limits for the worker and everything it starts.
+    pub rlimits: ResourceLimits,
+    /// Limits the tools apply themselves.
+    pub tool_limits: ToolLimits,
+}
+
+/// Kernel resource limits (`setrlimit`). `None` leaves the inherited value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ResourceLimits {
+    /// RLIMIT_NOFILE.
+    pub max_open_files: Option<u64>,
+    /// RLIMIT_FSIZE, bytes.
+    pub max_file_size: Option<u64>,
+    /// RLIMIT_CPU, seconds.
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_AS, bytes (documented caveat: breaks some runtimes that reserve address space).
+    pub address_space: Option<u64>,
+    /// RLIMIT_NPROC (caveat: counts every process of the uid).
+    pub max_processes: Option<u64>,
+}
+
+/// Limits applied by the tools themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolLimits {
+    /// Largest file a read tool returns, bytes.
+    pub max_read_bytes: u64,
+    /// Largest total content of one result, bytes.
+    pub max_output_bytes: u64,
+    /// Most entries a listing, tree or search returns.
+    pub max_entries: u64,
+    /// Most matches `grep` returns.
+    pub max_matches: u64,
+}
+
+impl Default for ToolLimits {
+    fn default() -> Self {
+        Self {
+            max_read_bytes: 8 * 1024 * 1024,
+            max_output_bytes: 10 * 1024 * 1024,
+            max_entries: 10_000,
+            max_matches: 1_000,
+        }
+    }
+}
+
+/// A tool as a worker advertises it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDescriptor {
+    /// Unique name (`[A-Za-z0-9_.-]{1,64}`, checked by the broker).
+    pub name: String,
+    /// Optional display title.
+    pub title: Option<String>,
+    /// Description for the model.
+    pub description: String,
+    /// JSON Schema of the arguments (root `type: "object"`), as JSON text.
+    pub input_schema_json: String,
+    /// JSON Schema of `structuredContent`, when the tool returns it.
+    pub output_schema_json: Option<String>,
+    /// MCP tool annotations.
+    pub annotations: ToolAnnotations,
+    /// What the tool needs from the policy to be listed and called.
+    pub access: ToolAccess,
+    /// Arguments that name filesystem paths, so the broker can check them against policy.
+    pub path_args: Vec<PathArg>,
+}
+
+/// MCP tool annotations (hints only; never trusted for security).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ToolAnnotations {
+    /// readOnlyHint
+    pub read_only: bool,
+    /// destructiveHint
+    pub destructive: bool,
+    /// idempotentHint
+    pub idempotent: bool,
+    /// openWorldHint
+    pub open_world: bool,
+}
+
+/// The permission class a tool needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToolAccess {
+    /// Needs no filesystem access (e.g. `list_allowed_directories`).
+    None,
+    /// Reads files.
+    FileRead,
+    /// Writes files.
+    FileWrite,
+    /// Runs allow-listed programs.
+    Command,
+    /// Runs code in an allow-listed interpreter.
+    Code,
+}
+
+/// One argument that carries a path (or a list of paths).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathArg {
+    /// Top-level argument name.
+    pub name: String,
+    /// The argument is an array of paths.
+    pub many: bool,
+    /// The path is written (created, modified, moved, deleted), not only read.
+    pub write: bool,
+}
+
+/// The result of a tool that ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// Content blocks.
+    pub content: Vec<Content>,
+    /// `structuredContent`, as JSON text.
+    pub structured_json: Option<String>,
+    /// Tool-level failure (`isError: true`).
+    pub is_error: bool,
+}
+
+/// MCP content blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Content {
+    /// Text.
+    Text {
+        /// the text
+        text: String,
+    },
+    /// An image; the broker base64-encodes `data`.
+    Image {
+        /// raw bytes
+        data: Vec<u8>,
+        /// e.g. `image/png`
+        mime_type: String,
+    },
+    /// Audio; the broker base64-encodes `data`.
+    Audio {
+        /// raw bytes
+        data: Vec<u8>,
+        /// e.g. `audio/wav`
+        mime_type: String,
+    },
+    /// An embedded resource.
+    Resource {
+        /// resource URI
+        uri: String,
+        /// MIME type
+        mime_type: Option<String>,
+        /// text or binary contents
+        body: ResourceBody,
+    },
+    /// A link to a resource.
+    ResourceLink {
+        /// resource URI
+        uri: String,
+        /// name
+        name: String,
+        /// description
+        description: Option<String>,
+        /// MIME type
+        mime_type: Option<String>,
+    },
+}
+
+/// Contents of an embedded resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResourceBody {
+    /// UTF-8 text.
+    Text(String),
+    /// Bytes (base64-encoded by the broker).
+    Blob(Vec<u8>),
+}
+
+/// Why a call could not run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallError {
+    /// The class of error (maps to a JSON-RPC code).
+    pub kind: CallErrorKind,
+    /// Client-safe message (the worker never puts paths outside the client's scope here).
+    pub message: String,
+}
+
+/// Classes of [`CallError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallErrorKind {
+    /// No such tool (JSON-RPC -32602).
+    UnknownTool,
+    /// Arguments do not fit the schema (JSON-RPC -32602).
+    InvalidArguments,
+    /// The call was cancelled.
+    Cancelled,
+    /// Anything else (JSON-RPC -32603).
+    Internal,
+}
+
+/// MCP log levels (RFC 5424 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// debug
+    Debug,
+    /// info
+    Info,
+    /// notice
+    Notice,
+    /// warning
+    Warning,
+    /// error
+    Error,
+    /// critical
+    Critical,
+    /// alert
+    Alert,
+    /// emergency
+    Emergency,
+}
+
+impl LogLevel {
+    /// The MCP wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Notice => "notice",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+            LogLevel::Critical => "critical",
+            LogLevel::Alert => "alert",
+            LogLevel::Emergency => "emergency",
+        }
+    }
+
+    /// Parse the MCP wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "notice" => LogLevel::Notice,
+            "warning" => LogLevel::Warning,
+            "error" => LogLevel::Error,
+            "critical" => LogLevel::Critical,
+            "alert" => LogLevel::Alert,
+            "emergency" => LogLevel::Emergency,
+            _ => return None,
+        })
+    }
+}
+
+/// What a worker may ask the MCP client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequestKind {
+    /// `sampling/createMessage` with these params (JSON text).
+    Sampling {
+        /// params
+        params_json: String,
+    },
+    /// `elicitation/create` with these params (JSON text).
+    Elicitation {
+        /// params
+        params_json: String,
+    },
+    /// `roots/list`.
+    Roots,
+}
+
+/// The client's answer to a worker's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReplyOutcome {
+    /// The result object, as JSON text.
+    Ok {
+        /// result
+        result_json: String,
+    },
+    /// The client answered with an error, or never answered in time.
+    Err {
+        /// error message
+        message: String,
+    },
+}

@@ -1,0 +1,214 @@
+//! The worker's main sequence and its request loop.
+//!
+//! Trusts the broker's `Confine` message; validates everything else it reads (unknown tools,
+//! malformed arguments, duplicate call ids all get a `Failed` answer, never a panic).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mcpd_ipc::channel::{channel, recv_blocking, send_blocking, Sender};
+use mcpd_ipc::{
+    BrokerToWorker, CallError, CallErrorKind, WorkerToBroker, MAX_FRAME, PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::confine;
+use crate::tools::{paths::Roots, ProgressFn, Registry, ToolContext};
+
+/// Largest `Confine` message accepted (the sandbox spec is small; this bounds the only
+/// read done before confinement).
+pub const MAX_CONFINE_FRAME: usize = 256 * 1024;
+
+/// Most calls a worker runs at once; further calls wait for a slot.
+pub const MAX_CONCURRENT_CALLS: usize = 16;
+
+/// Exit codes, so the broker and the journal can tell failures apart.
+pub mod exit {
+    /// Clean shutdown (broker said so, or closed the socket).
+    pub const OK: u8 = 0;
+    /// Process hygiene (fds, env, dumpable) failed.
+    pub const SANITIZE: u8 = 10;
+    /// No valid `Confine` message arrived.
+    pub const HANDSHAKE: u8 = 11;
+    /// Confinement failed.
+    pub const CONFINE: u8 = 12;
+    /// The IPC channel failed after start-up.
+    pub const IPC: u8 = 13;
+}
+
+fn fail(msg: &str, code: u8) -> ExitCode {
+    eprintln!("mcpd-worker[{}]: {msg}", std::process::id());
+    ExitCode::from(code)
+}
+
+/// Run a worker with these tools: the fixed start-up sequence, then the request loop.
+pub fn run(registry: Registry) -> ExitCode {
+    // INVARIANT (confinement order; docs/ARCHITECTURE.md "Worker start-up"):
+    //   1. sanitize (fds, env, non-dumpable, no core)   2. read ONE bounded Confine message
+    //   3-6. rlimits → no_new_privs → Landlock → seccomp (last)   7. Ready, then serve.
+    // Nothing but the single Confine frame is read from the broker before step 6 completed,
+    // and no client-controlled byte is read before it. Do not reorder.
+    if let Err(e) = confine::sanitize_process() {
+        return fail(&format!("sanitize: {e}"), exit::SANITIZE);
+    }
+    let fd = match confine::take_ipc_fd() {
+        Ok(fd) => fd,
+        Err(e) => return fail(&e.to_string(), exit::HANDSHAKE),
+    };
+    let spec = match recv_blocking::<BrokerToWorker>(fd.as_fd(), MAX_CONFINE_FRAME) {
+        Ok(Some(BrokerToWorker::Confine { version, spec })) if version == PROTOCOL_VERSION => {
+            spec
+        }
+        Ok(Some(BrokerToWorker::Confine { version, .. })) => {
+            let reason = format!("ipc version {version} unsupported (want {PROTOCOL_VERSION})");
+            let _ = send_blocking(fd.as_fd(), &WorkerToBroker::ConfineFailed { reason: reason.clone() });
+            return fail(&reason, exit::HANDSHAKE);
+        }
+        Ok(Some(_)) => return fail("first message was not Confine", exit::HANDSHAKE),
+        Ok(None) => return fail("broker closed before Confine", exit::HANDSHAKE),
+        Err(e) => return fail(&format!("reading Confine: {e}"), exit::HANDSHAKE),
+    };
+    let enforcement = match confine::confine(&spec) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = e.to_string();
+            let _ = send_blocking(fd.as_fd(), &WorkerToBroker::ConfineFailed { reason: reason.clone() });
+            return fail(&format!("confine: {reason}"), exit::CONFINE);
+        }
+    };
+    // From here on the process is confined; everything below runs under the sandbox.
+    let roots = match Roots::open(&spec) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            let reason = format!("opening allowed roots: {e}");
+            let _ = send_blocking(fd.as_fd(), &WorkerToBroker::ConfineFailed { reason: reason.clone() });
+            return fail(&reason, exit::CONFINE);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .max_blocking_threads(MAX_CONCURRENT_CALLS + 2)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("runtime: {e}"), exit::IPC),
+    };
+    let code = rt.block_on(serve(fd, registry, roots, spec.tool_limits, enforcement));
+    // Do not wait for tool threads that may still be blocked: the session is over.
+    std::process::exit(i32::from(code))
+}
+
+async fn writer(tx: Sender<WorkerToBroker>, mut outbox: mpsc::UnboundedReceiver<WorkerToBroker>) {
+    while let Some(msg) = outbox.recv().await {
+        if let Err(e) = tx.send(&msg).await {
+            eprintln!("mcpd-worker[{}]: ipc send: {e}", std::process::id());
+            std::process::exit(i32::from(exit::IPC));
+        }
+    }
+}
+
+async fn serve(
+    fd: OwnedFd,
+    registry: Registry,
+    roots: Arc<Roots>,
+    limits: mcpd_ipc::ToolLimits,
+    enforcement: mcpd_ipc::Enforcement,
+) -> u8 {
+    let (tx, mut rx) = match channel::<BrokerToWorker, WorkerToBroker>(fd, MAX_FRAME) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcpd-worker: ipc channel: {e}");
+            return exit::IPC;
+        }
+    };
+    let (outbox, outbox_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer(tx, outbox_rx));
+    let _ = outbox.send(WorkerToBroker::Ready {
+        version: PROTOCOL_VERSION,
+        enforcement,
+        tools: registry.descriptors(),
+    });
+    let registry = Arc::new(registry);
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS));
+    let mut inflight: HashMap<u64, Arc<AtomicBool>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+    let code = loop {
+        tokio::select! {
+            Some(id) = done_rx.recv() => { inflight.remove(&id); }
+            msg = rx.recv() => match msg {
+                Ok(Some(BrokerToWorker::Call { id, tool, arguments_json, progress })) => {
+                    let failed = move |kind, message: &str| WorkerToBroker::Failed {
+                        id, error: CallError { kind, message: message.to_string() } };
+                    if inflight.contains_key(&id) {
+                        let _ = outbox.send(failed(CallErrorKind::Internal, "duplicate call id"));
+                        continue;
+                    }
+                    let Some(t) = registry.get(&tool) else {
+                        let _ = outbox.send(failed(CallErrorKind::UnknownTool, "unknown tool"));
+                        continue;
+                    };
+                    let args: serde_json::Value = match serde_json::from_str(&arguments_json) {
+                        Ok(v @ serde_json::Value::Object(_)) => v,
+                        _ => {
+                            let _ = outbox.send(failed(CallErrorKind::InvalidArguments, "arguments must be a JSON object"));
+                            continue;
+                        }
+                    };
+                    let cancelled = Arc::new(AtomicBool::new(false));
+                    inflight.insert(id, cancelled.clone());
+                    let progress_fn: Option<ProgressFn> = progress.then(|| {
+                        let outbox = outbox.clone();
+                        Arc::new(move |p: crate::tools::ProgressUpdate| {
+                            let _ = outbox.send(WorkerToBroker::Progress {
+                                id, progress: p.progress, total: p.total, message: p.message });
+                        }) as ProgressFn
+                    });
+                    let ctx = ToolContext::new(roots.clone(), limits.clone(), cancelled, progress_fn);
+                    let outbox = outbox.clone();
+                    let done_tx = done_tx.clone();
+                    let slots = slots.clone();
+                    tokio::spawn(async move {
+                        let _permit = slots.acquire_owned().await;
+                        let answer = if ctx.is_cancelled() {
+                            failed(CallErrorKind::Cancelled, "cancelled")
+                        } else {
+                            match tokio::task::spawn_blocking(move || t.call(&ctx, args)).await {
+                                Ok(Ok(result)) => WorkerToBroker::Result { id, result },
+                                Ok(Err(error)) => WorkerToBroker::Failed { id, error },
+                                Err(_) => failed(CallErrorKind::Internal, "tool failed unexpectedly"),
+                            }
+                        };
+                        let _ = outbox.send(answer);
+                        let _ = done_tx.send(id);
+                    });
+                }
+                Ok(Some(BrokerToWorker::Cancel { id })) => {
+                    if let Some(flag) = inflight.get(&id) {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+                Ok(Some(BrokerToWorker::ClientReply { .. })) => {
+                    // No built-in tool issues client requests yet; an unexpected reply is ignored.
+                }
+                Ok(Some(BrokerToWorker::Confine { .. })) => {
+                    eprintln!("mcpd-worker: second Confine message; exiting");
+                    break exit::IPC;
+                }
+                Ok(Some(BrokerToWorker::Shutdown)) | Ok(None) => break exit::OK,
+                Err(e) => {
+                    eprintln!("mcpd-worker: ipc receive: {e}");
+                    break exit::IPC;
+                }
+            }
+        }
+    };
+    drop(outbox);
+    // Flush what is already queued (bounded: the writer ends when the outbox is drained and
+    // every sender is gone, or the socket fails).
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), writer).await;
+    code
+}

@@ -1,0 +1,166 @@
+//! The tool API of the worker: the [`Tool`] trait, the [`Registry`], and the per-call
+//! [`ToolContext`].
+//!
+//! Tools run *inside* the confined worker: everything they do is already bounded by the
+//! kernel sandbox (Landlock, seccomp, rlimits). They still resolve every client path beneath
+//! an open root directory (see [`paths`]) so that the kernel is the backstop, not the only check.
+//! A custom worker (see `examples/`) builds its own [`Registry`] with extra tools.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mcpd_ipc::{CallError, CallErrorKind, Content, ToolDescriptor, ToolLimits, ToolResult};
+
+pub mod fs;
+pub mod paths;
+
+/// What a progress report carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressUpdate {
+    /// Progress so far.
+    pub progress: f64,
+    /// Total, when known.
+    pub total: Option<f64>,
+    /// Status text.
+    pub message: Option<String>,
+}
+
+/// Sink for progress reports of one call (no-op when the client did not ask for progress).
+pub type ProgressFn = Arc<dyn Fn(ProgressUpdate) + Send + Sync>;
+
+/// Everything a tool call may use.
+#[derive(Clone)]
+pub struct ToolContext {
+    /// The client's allowed roots, opened once at start-up.
+    pub roots: Arc<paths::Roots>,
+    /// Limits that tools apply themselves.
+    pub limits: ToolLimits,
+    cancelled: Arc<AtomicBool>,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ToolContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolContext")
+            .field("roots", &self.roots)
+            .field("limits", &self.limits)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl ToolContext {
+    /// A context for one call.
+    pub fn new(
+        roots: Arc<paths::Roots>,
+        limits: ToolLimits,
+        cancelled: Arc<AtomicBool>,
+        progress: Option<ProgressFn>,
+    ) -> Self {
+        Self {
+            roots,
+            limits,
+            cancelled,
+            progress,
+        }
+    }
+
+    /// True once the client cancelled the call; long loops should check it and stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Report progress (ignored if the client did not ask for it).
+    pub fn progress(&self, progress: f64, total: Option<f64>, message: Option<String>) {
+        if let Some(p) = &self.progress {
+            p(ProgressUpdate {
+                progress,
+                total,
+                message,
+            });
+        }
+    }
+
+    /// Whether the client asked for progress.
+    pub fn wants_progress(&self) -> bool {
+        self.progress.is_some()
+    }
+}
+
+/// A tool the worker can run. Calls run on a blocking thread, one per call.
+pub trait Tool: Send + Sync {
+    /// How the tool is advertised (name, schema, annotations, access class, path arguments).
+    fn descriptor(&self) -> ToolDescriptor;
+    /// Run the tool. `Ok` with `is_error: true` is a tool-level failure the model sees;
+    /// `Err` is a protocol-level failure (invalid arguments, internal error).
+    fn call(&self, ctx: &ToolContext, args: serde_json::Value) -> Result<ToolResult, CallError>;
+}
+
+/// The set of tools a worker offers, by name.
+#[derive(Default)]
+pub struct Registry {
+    tools: BTreeMap<String, Arc<dyn Tool>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.tools.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in tools (files).
+    pub fn builtin() -> Self {
+        let mut r = Self::new();
+        fs::register(&mut r);
+        r
+    }
+
+    /// Add a tool; a later tool with the same name replaces the earlier one.
+    pub fn register(&mut self, tool: impl Tool + 'static) {
+        let name = tool.descriptor().name;
+        self.tools.insert(name, Arc::new(tool));
+    }
+
+    /// Look a tool up by name.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
+        self.tools.get(name).cloned()
+    }
+
+    /// Every tool's descriptor, sorted by name.
+    pub fn descriptors(&self) -> Vec<ToolDescriptor> {
+        self.tools.values().map(|t| t.descriptor()).collect()
+    }
+}
+
+/// A successful text result.
+pub fn text_result(text: impl Into<String>) -> ToolResult {
+    ToolResult {
+        content: vec![Content::Text { text: text.into() }],
+        structured_json: None,
+        is_error: false,
+    }
+}
+
+/// A tool-level error result (`isError: true`) with a client-safe message.
+pub fn error_result(text: impl Into<String>) -> ToolResult {
+    ToolResult {
+        content: vec![Content::Text { text: text.into() }],
+        structured_json: None,
+        is_error: true,
+    }
+}
+
+/// An invalid-arguments error.
+pub fn invalid_args(message: impl Into<String>) -> CallError {
+    CallError {
+        kind: CallErrorKind::InvalidArguments,
+        message: message.into(),
+    }
+}

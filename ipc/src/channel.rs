@@ -181,8 +181,8 @@ pub fn recv_blocking<In: DeserializeOwned>(
         if let Some(payload) = decoder.next_frame() {
             return Ok(Some(codec::decode(&payload)?));
         }
-        let (n, _) = rustix::net::recv(fd, &mut buf[..], RecvFlags::TRUNC)
-            .map_err(io::Error::from)?;
+        let (n, _) =
+            rustix::net::recv(fd, &mut buf[..], RecvFlags::TRUNC).map_err(io::Error::from)?;
         if n == 0 {
             decoder.finish()?;
             return Ok(None);
@@ -225,7 +225,10 @@ mod tests {
         // The big frame exceeds the socket buffer: it completes only while the peer reads.
         let h = tokio::spawn(async move { tx2.send(&big2).await.unwrap() });
         btx.send(&BrokerToWorker::Cancel { id: 9 }).await.unwrap();
-        let mut got = vec![wrx.recv().await.unwrap().unwrap(), wrx.recv().await.unwrap().unwrap()];
+        let mut got = vec![
+            wrx.recv().await.unwrap().unwrap(),
+            wrx.recv().await.unwrap().unwrap(),
+        ];
         h.await.unwrap();
         got.sort_by_key(|m| matches!(m, BrokerToWorker::Cancel { .. }));
         assert_eq!(got[0], big);

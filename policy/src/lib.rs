@@ -1,1 +1,24 @@
+//! mcpd policy: the configuration model, its TOML parser, the deny-by-default decision
+//! function, and the derivation of each client's worker sandbox from the same policy.
+//!
+//! What it does: turns operator configuration into an immutable [`Policy`], answers
+//! [`Policy::decide`] for every request, and derives the [`mcpd_ipc::SandboxSpec`] the kernel
+//! will enforce, so that the broker's decision and the worker's confinement cannot disagree.
+//!
+//! What it does not do: any I/O in the decision path. Loading needs path canonicalisation,
+//! which the caller supplies as a [`Canonicalize`] function (the broker passes the real
+//! `realpath`; tests pass a fake). No tokio, no sockets, no unsafe code.
+//!
+//! What it trusts: the operator's configuration file (it validates it strictly: unknown keys,
+//! unknown roles, relative paths and refused permissions are errors with line and column).
+#![forbid(unsafe_code)]
 
+mod config;
+mod decide;
+mod model;
+
+pub use config::{ConfigError, RawConfig};
+pub use decide::{Allow, Decision, DenyReason, Request};
+pub use model::{
+    Canonicalize, ClientId, Limits, Permissions, Policy, QuickStart, ToolSet, DEFAULT_CLIENT,
+};

@@ -1,0 +1,181 @@
+//! The TOML configuration format (raw, as written by the operator) and its parser.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file name (as given by the operator), or `<flags>` for quick-start flags.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{}:{}: {}", self.file, l, c, self.message),
+            (Some(l), None) => write!(f, "{}:{}: {}", self.file, l, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Locates byte offsets of one source text as line/column.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub(crate) file: String,
+    text: String,
+}
+
+impl Source {
+    pub(crate) fn new(file: &str, text: &str) -> Self {
+        Self {
+            file: file.to_string(),
+            text: text.to_string(),
+        }
+    }
+
+    pub(crate) fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = match span {
+            Some(s) if !self.text.is_empty() => {
+                let at = s.start.min(self.text.len());
+                let before = &self.text[..self.text.floor_char_boundary_compat(at)];
+                let line = before.matches('\n').count() + 1;
+                let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                (Some(line), Some(col))
+            }
+            _ => (None, None),
+        };
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+trait FloorBoundary {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+
+impl FloorBoundary for String {
+    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
+        while i > 0 && !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+/// The configuration file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Server-wide settings.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Which client the stdio transport speaks for.
+    #[serde(default)]
+    pub stdio: RawStdio,
+    /// Clients by id.
+    #[serde(default)]
+    pub clients: BTreeMap<String, Spanned<RawGrant>>,
+    /// Roles by name.
+    #[serde(default)]
+    pub roles: BTreeMap<String, Spanned<RawGrant>>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Path of the `mcpd-worker` executable (default: next to `mcpd`).
+    pub worker: Option<String>,
+    /// Accept workers whose Landlock is not fully enforced (loud, off by default).
+    #[serde(default)]
+    pub allow_degraded_sandbox: bool,
+    /// Largest JSON-RPC message accepted from a client, bytes.
+    pub max_message_bytes: Option<u64>,
+    /// Seconds a session's worker may sit idle before it is reaped (it is restarted on demand).
+    pub worker_idle_secs: Option<u64>,
+}
+
+/// `[stdio]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStdio {
+    /// Client id the stdio transport authenticates as (the local user who started mcpd).
+    pub client: Option<Spanned<String>>,
+}
+
+/// What a client or a role grants. A client's grants are the union of its own and its roles'.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrant {
+    /// Roles (clients only).
+    #[serde(default)]
+    pub roles: Vec<Spanned<String>>,
+    /// Directories or files the client may read (FILE_READ).
+    #[serde(default)]
+    pub read: Vec<Spanned<String>>,
+    /// Directories or files the client may read and write (FILE_WRITE).
+    #[serde(default)]
+    pub write: Vec<Spanned<String>>,
+    /// FILE_WRITE_GLOBAL: write anywhere the OS lets the worker. Explicit and loud.
+    #[serde(default)]
+    pub global_write: bool,
+    /// CODE_EXECUTION_SUDO: refused by design (SECURITY.md); present only to give a clear error.
+    pub sudo: Option<Spanned<bool>>,
+    /// Tool allow-list (`"*"` = every tool the other permissions allow). Default: `["*"]`.
+    pub tools: Option<Vec<Spanned<String>>>,
+    /// Limits.
+    pub limits: Option<RawLimits>,
+}
+
+/// `limits` tables. Every field optional; unset fields fall back to roles, then defaults.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Calls in flight at once.
+    pub max_concurrent_calls: Option<u64>,
+    /// Wall-clock limit of one call, seconds.
+    pub call_timeout_secs: Option<u64>,
+    /// Largest file a read returns, bytes.
+    pub max_read_bytes: Option<u64>,
+    /// Largest result, bytes.
+    pub max_output_bytes: Option<u64>,
+    /// Most entries in listings, trees and searches.
+    pub max_entries: Option<u64>,
+    /// Most grep matches.
+    pub max_matches: Option<u64>,
+    /// RLIMIT_NOFILE of the worker.
+    pub max_open_files: Option<u64>,
+    /// RLIMIT_FSIZE of the worker, bytes.
+    pub max_file_size: Option<u64>,
+    /// RLIMIT_CPU of the worker, seconds.
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_AS of the worker, bytes.
+    pub address_space: Option<u64>,
+    /// Tool calls per minute.
+    pub calls_per_minute: Option<u64>,
+}
+
+/// Parse configuration text. `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<RawConfig, ConfigError> {
+    let src = Source::new(file, text);
+    toml::from_str::<RawConfig>(text).map_err(|e| src.error(e.span(), e.message().to_string()))
+}

@@ -1,0 +1,467 @@
+//! The decision function: deny by default, explicit reasons, an `Allow` token only this crate
+//! can create.
+
+use std::path::{Component, Path, PathBuf};
+
+use mcpd_ipc::ToolAccess;
+
+use crate::model::{ClientId, Permissions, Policy};
+
+/// What is being asked.
+#[derive(Debug, Clone)]
+pub enum Request<'a> {
+    /// May this tool be shown to / called by the client? (Used for `tools/list`.)
+    SeeTool {
+        /// tool name
+        tool: &'a str,
+        /// its access class
+        access: ToolAccess,
+    },
+    /// A tool call, with the paths it names.
+    CallTool {
+        /// tool name
+        tool: &'a str,
+        /// its access class
+        access: ToolAccess,
+        /// (path as the client wrote it, whether it is written)
+        paths: Vec<(&'a str, bool)>,
+    },
+}
+
+/// Why a request was denied. Stable codes for the audit log; client messages never carry paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The principal is not a configured client.
+    UnknownClient,
+    /// The tool is not in the client's allow-list.
+    ToolNotAllowed,
+    /// The client lacks the permission class the tool needs.
+    MissingPermission,
+    /// A path lies outside the client's read (or write) paths.
+    PathOutsideScope,
+    /// A path argument is malformed (empty, NUL byte, too long).
+    InvalidPath,
+}
+
+impl DenyReason {
+    /// Stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::UnknownClient => "unknown_client",
+            DenyReason::ToolNotAllowed => "tool_not_allowed",
+            DenyReason::MissingPermission => "missing_permission",
+            DenyReason::PathOutsideScope => "path_outside_scope",
+            DenyReason::InvalidPath => "invalid_path",
+        }
+    }
+}
+
+/// Proof that the policy allowed one request. Only this crate can construct it; dispatching a
+/// call to a worker takes it by value.
+#[derive(Debug)]
+pub struct Allow {
+    tool: String,
+}
+
+impl Allow {
+    /// The tool that was allowed.
+    pub fn tool(&self) -> &str {
+        &self.tool
+    }
+}
+
+/// The outcome of [`Policy::decide`].
+#[must_use = "a decision must be acted on: dispatch needs the Allow token"]
+#[derive(Debug)]
+pub enum Decision {
+    /// Allowed.
+    Allow(Allow),
+    /// Denied, with the reason.
+    Deny(DenyReason),
+}
+
+/// Longest path argument accepted, bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+impl Policy {
+    /// Decide a request for a principal. Pure: no I/O, no clock.
+    ///
+    /// Paths are checked lexically against the canonical roots (`..` is folded without
+    /// following symlinks). This is the first of three layers: the worker then resolves each
+    /// path beneath an open root with `RESOLVE_BENEATH`, and Landlock enforces the same roots
+    /// in the kernel. A lexical allow never widens what those layers permit.
+    pub fn decide(&self, client: &ClientId, req: &Request<'_>) -> Decision {
+        let Some(p) = self.permissions(client) else {
+            return Decision::Deny(DenyReason::UnknownClient);
+        };
+        let (tool, access) = match req {
+            Request::SeeTool { tool, access } | Request::CallTool { tool, access, .. } => {
+                (*tool, *access)
+            }
+        };
+        if !p.tools.contains(tool) {
+            return Decision::Deny(DenyReason::ToolNotAllowed);
+        }
+        let has = match access {
+            ToolAccess::None => true,
+            ToolAccess::FileRead => !p.read.is_empty() || !p.write.is_empty(),
+            ToolAccess::FileWrite => !p.write.is_empty(),
+            // Command and code execution are not granted by this policy version.
+            ToolAccess::Command | ToolAccess::Code => false,
+        };
+        if !has {
+            return Decision::Deny(DenyReason::MissingPermission);
+        }
+        if let Request::CallTool { paths, .. } = req {
+            for (path, write) in paths {
+                if let Err(r) = check_path(p, path, *write) {
+                    return Decision::Deny(r);
+                }
+            }
+        }
+        Decision::Allow(Allow {
+            tool: tool.to_string(),
+        })
+    }
+}
+
+/// The directory relative client paths are resolved against: the first read root, else the
+/// first write root (the worker uses the same order: `SandboxSpec` read paths, then write paths).
+pub fn base_dir(p: &Permissions) -> Option<&Path> {
+    p.read.first().or(p.write.first()).map(PathBuf::as_path)
+}
+
+fn check_path(p: &Permissions, raw: &str, write: bool) -> Result<(), DenyReason> {
+    if raw.is_empty() || raw.len() > MAX_PATH_BYTES || raw.contains('\0') {
+        return Err(DenyReason::InvalidPath);
+    }
+    let given = Path::new(raw);
+    let abs = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        match base_dir(p) {
+            Some(b) => b.join(given),
+            None => return Err(DenyReason::PathOutsideScope),
+        }
+    };
+    let norm = lexical_normalize(&abs).ok_or(DenyReason::PathOutsideScope)?;
+    let inside = |roots: &[PathBuf]| roots.iter().any(|r| norm.starts_with(r));
+    let ok = if write {
+        inside(&p.write)
+    } else {
+        inside(&p.read) || inside(&p.write)
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DenyReason::PathOutsideScope)
+    }
+}
+
+/// Fold `.` and `..` lexically. `None` if `..` climbs above `/`.
+pub(crate) fn lexical_normalize(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::{QuickStart, ToolSet};
+    use proptest::prelude::*;
+
+    fn fake_canon(p: &Path) -> std::io::Result<PathBuf> {
+        if p.starts_with("/missing") {
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        } else {
+            Ok(p.to_path_buf())
+        }
+    }
+
+    fn policy(text: &str) -> Policy {
+        Policy::from_toml("test.toml", text, &fake_canon).unwrap()
+    }
+
+    fn id(s: &str) -> ClientId {
+        ClientId::parse(s).unwrap()
+    }
+
+    fn call<'a>(tool: &'a str, access: ToolAccess, paths: Vec<(&'a str, bool)>) -> Request<'a> {
+        Request::CallTool {
+            tool,
+            access,
+            paths,
+        }
+    }
+
+    const CFG: &str = r#"
+[stdio]
+client = "alice"
+
+[clients.alice]
+roles = ["reader"]
+write = ["/srv/out"]
+
+[clients.bob]
+read = ["/home/bob"]
+tools = ["read_text_file"]
+
+[roles.reader]
+read = ["/srv/data"]
+[roles.reader.limits]
+call_timeout_secs = 30
+"#;
+
+    #[test]
+    fn deny_by_default_unknown_client() {
+        let p = policy(CFG);
+        assert!(matches!(
+            p.decide(
+                &id("mallory"),
+                &call(
+                    "read_text_file",
+                    ToolAccess::FileRead,
+                    vec![("/srv/data/x", false)]
+                )
+            ),
+            Decision::Deny(DenyReason::UnknownClient)
+        ));
+        let empty = policy("");
+        assert!(matches!(
+            empty.decide(
+                &id("local"),
+                &Request::SeeTool {
+                    tool: "read_text_file",
+                    access: ToolAccess::FileRead
+                }
+            ),
+            Decision::Deny(DenyReason::UnknownClient)
+        ));
+        assert!(empty.stdio_client().is_none());
+    }
+
+    #[test]
+    fn paths_must_be_inside_the_right_root() {
+        let p = policy(CFG);
+        let a = id("alice");
+        let ok = |path, write| {
+            matches!(
+                p.decide(
+                    &a,
+                    &call(
+                        "t",
+                        if write {
+                            ToolAccess::FileWrite
+                        } else {
+                            ToolAccess::FileRead
+                        },
+                        vec![(path, write)]
+                    )
+                ),
+                Decision::Allow(_)
+            )
+        };
+        assert!(ok("/srv/data/a.txt", false));
+        assert!(ok("/srv/out/a.txt", false), "write roots are readable");
+        assert!(ok("/srv/out/a.txt", true));
+        assert!(
+            !ok("/srv/data/a.txt", true),
+            "read-only root is not writable"
+        );
+        assert!(!ok("/srv/data-evil/a.txt", false), "prefix sibling");
+        assert!(!ok("/srv/data/../secret", false), "dot-dot");
+        assert!(!ok("/etc/passwd", false));
+        assert!(!ok("/proc/self/root/srv/data/x", false));
+        assert!(!ok("/../../srv", false));
+        assert!(ok("/srv/data/sub/../b", false));
+        assert!(ok("rel/file", false), "relative to the first root");
+        assert!(!ok("../escape", false));
+        assert!(!ok("", false));
+        assert!(!ok("/srv/data/a\0b", false));
+    }
+
+    #[test]
+    fn tool_allow_list_and_permission_classes() {
+        let p = policy(CFG);
+        let b = id("bob");
+        assert!(matches!(
+            p.decide(
+                &b,
+                &Request::SeeTool {
+                    tool: "read_text_file",
+                    access: ToolAccess::FileRead
+                }
+            ),
+            Decision::Allow(_)
+        ));
+        assert!(matches!(
+            p.decide(
+                &b,
+                &Request::SeeTool {
+                    tool: "list_directory",
+                    access: ToolAccess::FileRead
+                }
+            ),
+            Decision::Deny(DenyReason::ToolNotAllowed)
+        ));
+        let a = id("alice");
+        assert!(matches!(
+            p.decide(
+                &a,
+                &Request::SeeTool {
+                    tool: "write_file",
+                    access: ToolAccess::FileWrite
+                }
+            ),
+            Decision::Allow(_)
+        ));
+        let bob_write = policy("[clients.bob]\nread=[\"/home/bob\"]\n");
+        assert!(matches!(
+            bob_write.decide(
+                &b,
+                &Request::SeeTool {
+                    tool: "write_file",
+                    access: ToolAccess::FileWrite
+                }
+            ),
+            Decision::Deny(DenyReason::MissingPermission)
+        ));
+        assert!(matches!(
+            p.decide(
+                &a,
+                &Request::SeeTool {
+                    tool: "run_command",
+                    access: ToolAccess::Command
+                }
+            ),
+            Decision::Deny(DenyReason::MissingPermission)
+        ));
+    }
+
+    #[test]
+    fn limits_merge_client_first_then_min_of_roles() {
+        let p = policy(CFG);
+        let a = p.permissions(&id("alice")).unwrap();
+        assert_eq!(a.limits.call_timeout_secs, 30);
+        assert_eq!(a.read, vec![PathBuf::from("/srv/data")]);
+        assert_eq!(a.write, vec![PathBuf::from("/srv/out")]);
+        assert_eq!(a.tools, ToolSet::All);
+        let spec = p.sandbox_spec(&id("alice"));
+        assert_eq!(spec.read_paths, vec!["/srv/data".to_string()]);
+        assert_eq!(spec.write_paths, vec!["/srv/out".to_string()]);
+        assert!(spec.exec_paths.is_empty());
+        assert!(!spec.allow_network);
+    }
+
+    #[test]
+    fn config_errors_name_file_line_and_column() {
+        let e = Policy::from_toml(
+            "c.toml",
+            "[clients.a]\nread = [\"/x\"]\nbogus = 1\n",
+            &fake_canon,
+        )
+        .unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("c.toml", Some(3)));
+        assert!(e.to_string().starts_with("c.toml:3:1:"), "{e}");
+        let e = Policy::from_toml("c.toml", "[clients.a]\nroles = [\"nope\"]\n", &fake_canon)
+            .unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("unknown role 'nope'"));
+        let e = Policy::from_toml(
+            "c.toml",
+            "[clients.a]\nread = [\"relative/p\"]\n",
+            &fake_canon,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("must be absolute"));
+        let e = Policy::from_toml(
+            "c.toml",
+            "[clients.a]\nread = [\"/missing/p\"]\n",
+            &fake_canon,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("cannot resolve"));
+        let e =
+            Policy::from_toml("c.toml", "[clients.a]\n\nsudo = true\n", &fake_canon).unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("refused by design"));
+        let e =
+            Policy::from_toml("c.toml", "[stdio]\nclient = \"ghost\"\n", &fake_canon).unwrap_err();
+        assert!(e.message.contains("unknown client"));
+        let e = Policy::from_toml("c.toml", "[clients.\"bad id!\"]\n", &fake_canon).unwrap_err();
+        assert!(e.message.contains("invalid client id"));
+        let e = Policy::from_toml("c.toml", "[server]\nmax_message_bytes = 0\n", &fake_canon)
+            .unwrap_err();
+        assert!(e.message.contains("max_message_bytes"));
+    }
+
+    #[test]
+    fn global_write_is_explicit_and_loud() {
+        let p = policy("[clients.root]\nglobal_write = true\n");
+        let perms = p.permissions(&id("root")).unwrap();
+        assert_eq!(perms.write, vec![PathBuf::from("/")]);
+        assert!(p.warnings.iter().any(|w| w.contains("global_write")));
+        assert!(p.describe().contains("GLOBAL WRITE"));
+    }
+
+    #[test]
+    fn quick_start_and_embedded_default() {
+        let d = Policy::quick_start(&QuickStart::default(), Path::new("/work/proj"), &fake_canon)
+            .unwrap();
+        let c = d.stdio_client().unwrap().clone();
+        let perms = d.permissions(&c).unwrap();
+        assert_eq!(perms.read, vec![PathBuf::from("/work/proj")]);
+        assert!(perms.write.is_empty(), "embedded default is read-only");
+        let q = QuickStart {
+            read: vec![PathBuf::from("/a")],
+            write: vec![PathBuf::from("b")],
+        };
+        let p = Policy::quick_start(&q, Path::new("/cwd"), &fake_canon).unwrap();
+        let perms = p.permissions(p.stdio_client().unwrap()).unwrap();
+        assert_eq!(perms.read, vec![PathBuf::from("/a")]);
+        assert_eq!(perms.write, vec![PathBuf::from("/cwd/b")]);
+    }
+
+    /// Naive reference: a path is inside a root iff, after folding, its string equals the root
+    /// or starts with the root followed by '/'.
+    fn naive_inside(path: &str, root: &str) -> bool {
+        let mut stack: Vec<&str> = Vec::new();
+        for part in path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if stack.pop().is_none() {
+                        return false;
+                    }
+                }
+                s => stack.push(s),
+            }
+        }
+        let folded = format!("/{}", stack.join("/"));
+        folded == root || folded.starts_with(&format!("{root}/"))
+    }
+
+    proptest! {
+        #[test]
+        fn matcher_agrees_with_naive_reference(parts in proptest::collection::vec(prop_oneof![
+            Just("srv"), Just("data"), Just("data-evil"), Just(".."), Just("."), Just("x"), Just("")
+        ], 0..8)) {
+            let p = policy("[clients.c]\nread = [\"/srv/data\"]\n");
+            let path = format!("/{}", parts.join("/"));
+            let got = matches!(p.decide(&id("c"), &call("t", ToolAccess::FileRead, vec![(&path, false)])), Decision::Allow(_));
+            prop_assert_eq!(got, naive_inside(&path, "/srv/data"), "path {}", path);
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! The validated, immutable policy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use mcpd_ipc::{ResourceLimits, SandboxSpec, ToolLimits};
+use toml::Spanned;
+
+use crate::config::{self, ConfigError, RawConfig, RawGrant, RawLimits, Source};
+
+/// The client id quick-start flags and the embedded default create, and stdio uses by default.
+pub const DEFAULT_CLIENT: &str = "local";
+
+/// Largest client message accepted by default (JSON-RPC line or HTTP body), bytes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
+/// Hard ceiling for `max_message_bytes`.
+pub const MAX_MESSAGE_BYTES_CEILING: u64 = 64 * 1024 * 1024;
+/// Ceiling of `max_read_bytes` / `max_output_bytes`: a result must fit one IPC frame
+/// ([`mcpd_ipc::MAX_FRAME`]) with room for framing.
+pub const MAX_RESULT_BYTES_CEILING: u64 = (mcpd_ipc::MAX_FRAME as u64) * 3 / 4;
+/// Default idle time before a session's worker is reaped, seconds.
+pub const DEFAULT_WORKER_IDLE_SECS: u64 = 600;
+
+/// Resolves a configured path to its canonical absolute form (realpath). Supplied by the
+/// caller so the policy crate does no I/O itself. An error means the path does not exist.
+pub type Canonicalize<'a> = &'a dyn Fn(&Path) -> std::io::Result<PathBuf>;
+
+/// A client identity. Syntax: `[A-Za-z0-9_.@-]{1,128}`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(String);
+
+impl ClientId {
+    /// Parse a client id.
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+        ok.then(|| Self(s.to_string()))
+    }
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which tools a client may use (besides what its permissions allow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolSet {
+    /// Every tool its permissions allow.
+    All,
+    /// Only these names.
+    Only(BTreeSet<String>),
+}
+
+impl ToolSet {
+    /// Whether `name` is in the set.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            ToolSet::All => true,
+            ToolSet::Only(s) => s.contains(name),
+        }
+    }
+}
+
+/// Effective limits of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Calls in flight at once.
+    pub max_concurrent_calls: u64,
+    /// Wall-clock limit of one call, seconds.
+    pub call_timeout_secs: u64,
+    /// Tool calls per minute (0 = unlimited).
+    pub calls_per_minute: u64,
+    /// Limits tools apply.
+    pub tool: ToolLimits,
+    /// Kernel limits of the worker.
+    pub rlimits: ResourceLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_calls: 8,
+            call_timeout_secs: 120,
+            calls_per_minute: 0,
+            tool: ToolLimits::default(),
+            rlimits: ResourceLimits {
+                max_open_files: Some(256),
+                max_file_size: Some(1024 * 1024 * 1024),
+                cpu_seconds: None,
+                address_space: None,
+                max_processes: None,
+            },
+        }
+    }
+}
+
+/// What one client may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Canonical paths readable (FILE_READ).
+    pub read: Vec<PathBuf>,
+    /// Canonical paths writable (FILE_WRITE); also readable.
+    pub write: Vec<PathBuf>,
+    /// FILE_WRITE_GLOBAL granted (then `write` contains `/`).
+    pub global_write: bool,
+    /// Tool allow-list.
+    pub tools: ToolSet,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// The whole validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    clients: BTreeMap<ClientId, Permissions>,
+    stdio_client: Option<ClientId>,
+    /// Worker executable override.
+    pub worker_path: Option<PathBuf>,
+    /// Operator accepted a degraded sandbox.
+    pub allow_degraded_sandbox: bool,
+    /// Largest client message, bytes.
+    pub max_message_bytes: u64,
+    /// Worker idle time before reaping, seconds.
+    pub worker_idle_secs: u64,
+    /// Warnings to print loudly at load (e.g. global write).
+    pub warnings: Vec<String>,
+}
+
+/// Quick-start flags: a one-client policy without a config file.
+#[derive(Debug, Clone, Default)]
+pub struct QuickStart {
+    /// `--allow-read DIR`
+    pub read: Vec<PathBuf>,
+    /// `--allow-write DIR`
+    pub write: Vec<PathBuf>,
+}
+
+impl Policy {
+    /// Parse and validate a configuration file's text.
+    pub fn from_toml(file: &str, text: &str, canon: Canonicalize<'_>) -> Result<Self, ConfigError> {
+        let raw = config::parse(file, text)?;
+        Self::build(&Source::new(file, text), raw, canon)
+    }
+
+    /// The policy quick-start flags describe: one client, [`DEFAULT_CLIENT`], used by stdio.
+    /// With no paths at all, `cwd` is served read-only (the embedded default).
+    pub fn quick_start(
+        q: &QuickStart,
+        cwd: &Path,
+        canon: Canonicalize<'_>,
+    ) -> Result<Self, ConfigError> {
+        let to_spanned = |v: &[PathBuf]| -> Result<Vec<Spanned<String>>, ConfigError> {
+            v.iter()
+                .map(|p| {
+                    let p = if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        cwd.join(p)
+                    };
+                    p.to_str()
+                        .map(|s| Spanned::new(0..0, s.to_string()))
+                        .ok_or_else(|| {
+                            Source::new("<flags>", "")
+                                .error(None, format!("path is not UTF-8: {}", p.display()))
+                        })
+                })
+                .collect()
+        };
+        let mut read = to_spanned(&q.read)?;
+        let write = to_spanned(&q.write)?;
+        if read.is_empty() && write.is_empty() {
+            read = to_spanned(&[cwd.to_path_buf()])?;
+        }
+        let mut raw = RawConfig::default();
+        raw.clients.insert(
+            DEFAULT_CLIENT.to_string(),
+            Spanned::new(
+                0..0,
+                RawGrant {
+                    read,
+                    write,
+                    ..RawGrant::default()
+                },
+            ),
+        );
+        Self::build(&Source::new("<flags>", ""), raw, canon)
+    }
+
+    /// Merge quick-start flags into a loaded policy: the paths are added to the stdio client.
+    pub fn add_quick_start(
+        &mut self,
+        q: &QuickStart,
+        cwd: &Path,
+        canon: Canonicalize<'_>,
+    ) -> Result<(), ConfigError> {
+        let extra = Self::quick_start(q, cwd, canon)?;
+        let id = self
+            .stdio_client
+            .clone()
+            .unwrap_or_else(|| ClientId(DEFAULT_CLIENT.into()));
+        let add = extra.clients.get(&ClientId(DEFAULT_CLIENT.into())).cloned();
+        let Some(add) = add else { return Ok(()) };
+        let entry = self
+            .clients
+            .entry(id.clone())
+            .or_insert_with(|| Permissions {
+                read: vec![],
+                write: vec![],
+                global_write: false,
+                tools: ToolSet::All,
+                limits: Limits::default(),
+            });
+        if !q.read.is_empty() {
+            entry.read.extend(add.read);
+        }
+        entry.write.extend(add.write);
+        dedup(&mut entry.read);
+        dedup(&mut entry.write);
+        self.stdio_client = Some(id);
+        Ok(())
+    }
+
+    fn build(src: &Source, raw: RawConfig, canon: Canonicalize<'_>) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
+        let server = &raw.server;
+        let max_message_bytes = server
+            .max_message_bytes
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if max_message_bytes == 0 || max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
+            return Err(src.error(
+                None,
+                format!(
+                    "server.max_message_bytes must be between 1 and {MAX_MESSAGE_BYTES_CEILING}"
+                ),
+            ));
+        }
+        if server.allow_degraded_sandbox {
+            warnings.push("server.allow_degraded_sandbox = true: workers may run without full Landlock enforcement".into());
+        }
+        for (name, role) in &raw.roles {
+            if !role.get_ref().roles.is_empty() {
+                return Err(src.error(
+                    Some(role.span()),
+                    format!("role '{name}': roles cannot include other roles"),
+                ));
+            }
+        }
+        let mut clients = BTreeMap::new();
+        for (name, grant) in &raw.clients {
+            let id = ClientId::parse(name).ok_or_else(|| {
+                src.error(
+                    Some(grant.span()),
+                    format!(
+                        "invalid client id '{name}' (allowed: A-Z a-z 0-9 _ . @ -, at most 128)"
+                    ),
+                )
+            })?;
+            let mut parts: Vec<(&str, &Spanned<RawGrant>)> = vec![(name.as_str(), grant)];
+            for r in &grant.get_ref().roles {
+                let role = raw.roles.get(r.get_ref()).ok_or_else(|| {
+                    src.error(
+                        Some(r.span()),
+                        format!("client '{name}': unknown role '{}'", r.get_ref()),
+                    )
+                })?;
+                parts.push((r.get_ref().as_str(), role));
+            }
+            let perms = merge(src, name, &parts, canon, &mut warnings)?;
+            clients.insert(id, perms);
+        }
+        let stdio_client = match &raw.stdio.client {
+            Some(c) => {
+                let id = ClientId::parse(c.get_ref())
+                    .filter(|id| clients.contains_key(id))
+                    .ok_or_else(|| {
+                        src.error(
+                            Some(c.span()),
+                            format!("stdio.client: unknown client '{}'", c.get_ref()),
+                        )
+                    })?;
+                Some(id)
+            }
+            None => {
+                let d = ClientId(DEFAULT_CLIENT.into());
+                clients.contains_key(&d).then_some(d)
+            }
+        };
+        Ok(Self {
+            clients,
+            stdio_client,
+            worker_path: server.worker.as_ref().map(PathBuf::from),
+            allow_degraded_sandbox: server.allow_degraded_sandbox,
+            max_message_bytes,
+            worker_idle_secs: server
+                .worker_idle_secs
+                .unwrap_or(DEFAULT_WORKER_IDLE_SECS)
+                .max(1),
+            warnings,
+        })
+    }
+
+    /// The client the stdio transport speaks for, if any. Without one, stdio is refused.
+    pub fn stdio_client(&self) -> Option<&ClientId> {
+        self.stdio_client.as_ref()
+    }
+
+    /// A client's permissions (`None`: unknown client, which is denied everything).
+    pub fn permissions(&self, client: &ClientId) -> Option<&Permissions> {
+        self.clients.get(client)
+    }
+
+    /// Every client, sorted by id.
+    pub fn clients(&self) -> impl Iterator<Item = (&ClientId, &Permissions)> {
+        self.clients.iter()
+    }
+
+    /// The sandbox a client's worker must enforce, derived from the same permissions the
+    /// broker decides with. Unknown clients get an empty sandbox (no paths at all).
+    pub fn sandbox_spec(&self, client: &ClientId) -> SandboxSpec {
+        let Some(p) = self.clients.get(client) else {
+            return SandboxSpec {
+                allow_degraded: self.allow_degraded_sandbox,
+                ..SandboxSpec::default()
+            };
+        };
+        let s = |v: &[PathBuf]| {
+            v.iter()
+                .filter_map(|p| p.to_str().map(str::to_string))
+                .collect()
+        };
+        SandboxSpec {
+            read_paths: s(&p.read),
+            write_paths: s(&p.write),
+            exec_paths: Vec::new(),
+            allow_network: false,
+            allow_degraded: self.allow_degraded_sandbox,
+            rlimits: p.limits.rlimits.clone(),
+            tool_limits: p.limits.tool.clone(),
+        }
+    }
+
+    /// A human-readable rendering of the effective policy (for `mcpd check-config`).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for w in &self.warnings {
+            out.push_str(&format!("WARNING: {w}\n"));
+        }
+        out.push_str(&format!(
+            "server: max_message_bytes={} worker_idle_secs={} degraded_sandbox={} worker={}\n",
+            self.max_message_bytes,
+            self.worker_idle_secs,
+            self.allow_degraded_sandbox,
+            self.worker_path
+                .as_ref()
+                .map_or("<next to mcpd>".into(), |p| p.display().to_string())
+        ));
+        out.push_str(&format!(
+            "stdio client: {}\n",
+            self.stdio_client
+                .as_ref()
+                .map_or("<none: stdio refused>".into(), |c| c.to_string())
+        ));
+        if self.clients.is_empty() {
+            out.push_str("no clients: every request is denied\n");
+        }
+        for (id, p) in &self.clients {
+            out.push_str(&format!("client {id}:\n"));
+            for r in &p.read {
+                out.push_str(&format!("  read   {}\n", r.display()));
+            }
+            for w in &p.write {
+                out.push_str(&format!(
+                    "  write  {}{}\n",
+                    w.display(),
+                    if p.global_write && w == Path::new("/") {
+                        "   (GLOBAL WRITE)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            match &p.tools {
+                ToolSet::All => out.push_str("  tools  * (all that the permissions allow)\n"),
+                ToolSet::Only(s) => out.push_str(&format!(
+                    "  tools  {}\n",
+                    s.iter().cloned().collect::<Vec<_>>().join(", ")
+                )),
+            }
+            let l = &p.limits;
+            out.push_str(&format!(
+                "  limits concurrent={} timeout={}s calls/min={} read={}B output={}B entries={} matches={} nofile={:?} fsize={:?} cpu={:?}s as={:?}\n",
+                l.max_concurrent_calls, l.call_timeout_secs, l.calls_per_minute, l.tool.max_read_bytes,
+                l.tool.max_output_bytes, l.tool.max_entries, l.tool.max_matches, l.rlimits.max_open_files,
+                l.rlimits.max_file_size, l.rlimits.cpu_seconds, l.rlimits.address_space
+            ));
+        }
+        out
+    }
+}
+
+fn dedup(v: &mut Vec<PathBuf>) {
+    v.sort();
+    v.dedup();
+}
+
+fn canonical(
+    src: &Source,
+    who: &str,
+    p: &Spanned<String>,
+    canon: Canonicalize<'_>,
+) -> Result<PathBuf, ConfigError> {
+    let raw = Path::new(p.get_ref());
+    if !raw.is_absolute() {
+        return Err(src.error(
+            Some(p.span()),
+            format!("{who}: path must be absolute: '{}'", p.get_ref()),
+        ));
+    }
+    if raw.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(src.error(
+            Some(p.span()),
+            format!("{who}: path must not contain '..': '{}'", p.get_ref()),
+        ));
+    }
+    let c = canon(raw).map_err(|e| {
+        src.error(
+            Some(p.span()),
+            format!("{who}: cannot resolve '{}': {e}", p.get_ref()),
+        )
+    })?;
+    if c.to_str().is_none() {
+        return Err(src.error(
+            Some(p.span()),
+            format!("{who}: path is not UTF-8: '{}'", c.display()),
+        ));
+    }
+    Ok(c)
+}
+
+fn merge(
+    src: &Source,
+    client: &str,
+    parts: &[(&str, &Spanned<RawGrant>)],
+    canon: Canonicalize<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Permissions, ConfigError> {
+    let mut read = Vec::new();
+    let mut write = Vec::new();
+    let mut global_write = false;
+    let mut tools: Option<BTreeSet<String>> = None;
+    let mut any_all = false;
+    let mut limits: Vec<&RawLimits> = Vec::new();
+    for (who, g) in parts {
+        let g = g.get_ref();
+        if let Some(s) = &g.sudo {
+            if *s.get_ref() {
+                return Err(src.error(Some(s.span()), format!(
+                    "{who}: sudo (CODE_EXECUTION_SUDO) is refused by design: mcpd never runs anything with more privilege than the worker; see SECURITY.md")));
+            }
+        }
+        for p in &g.read {
+            read.push(canonical(src, who, p, canon)?);
+        }
+        for p in &g.write {
+            write.push(canonical(src, who, p, canon)?);
+        }
+        if g.global_write {
+            global_write = true;
+            warnings.push(format!("client '{client}' has global_write (FILE_WRITE_GLOBAL) via '{who}': it may write anywhere the OS lets the worker"));
+        }
+        match &g.tools {
+            None => any_all = true,
+            Some(list) => {
+                for t in list {
+                    if t.get_ref() == "*" {
+                        any_all = true;
+                    } else if t.get_ref().is_empty() || t.get_ref().len() > 64 {
+                        return Err(src.error(
+                            Some(t.span()),
+                            format!("{who}: invalid tool name '{}'", t.get_ref()),
+                        ));
+                    } else {
+                        tools
+                            .get_or_insert_with(BTreeSet::new)
+                            .insert(t.get_ref().clone());
+                    }
+                }
+            }
+        }
+        if let Some(l) = &g.limits {
+            limits.push(l);
+        }
+    }
+    if global_write {
+        write.push(PathBuf::from("/"));
+    }
+    dedup(&mut read);
+    dedup(&mut write);
+    let tools = if any_all {
+        ToolSet::All
+    } else {
+        ToolSet::Only(tools.unwrap_or_default())
+    };
+    Ok(Permissions {
+        read,
+        write,
+        global_write,
+        tools,
+        limits: merge_limits(&limits),
+    })
+}
+
+/// Field by field: the client's own value wins (it comes first), else the smallest value any
+/// role sets, else the default.
+fn merge_limits(parts: &[&RawLimits]) -> Limits {
+    let d = Limits::default();
+    let pick = |f: &dyn Fn(&RawLimits) -> Option<u64>| -> Option<u64> {
+        match parts.first().and_then(|c| f(c)) {
+            Some(v) => Some(v),
+            None => parts.iter().skip(1).filter_map(|r| f(r)).min(),
+        }
+    };
+    Limits {
+        max_concurrent_calls: pick(&|l| l.max_concurrent_calls)
+            .unwrap_or(d.max_concurrent_calls)
+            .max(1),
+        call_timeout_secs: pick(&|l| l.call_timeout_secs)
+            .unwrap_or(d.call_timeout_secs)
+            .max(1),
+        calls_per_minute: pick(&|l| l.calls_per_minute).unwrap_or(d.calls_per_minute),
+        tool: ToolLimits {
+            max_read_bytes: pick(&|l| l.max_read_bytes)
+                .unwrap_or(d.tool.max_read_bytes)
+                .min(MAX_RESULT_BYTES_CEILING),
+            max_output_bytes: pick(&|l| l.max_output_bytes)
+                .unwrap_or(d.tool.max_output_bytes)
+                .min(MAX_RESULT_BYTES_CEILING),
+            max_entries: pick(&|l| l.max_entries).unwrap_or(d.tool.max_entries),
+            max_matches: pick(&|l| l.max_matches).unwrap_or(d.tool.max_matches),
+        },
+        rlimits: ResourceLimits {
+            max_open_files: pick(&|l| l.max_open_files).or(d.rlimits.max_open_files),
+            max_file_size: pick(&|l| l.max_file_size).or(d.rlimits.max_file_size),
+            cpu_seconds: pick(&|l| l.cpu_seconds).or(d.rlimits.cpu_seconds),
+            address_space: pick(&|l| l.address_space).or(d.rlimits.address_space),
+            max_processes: None,
+        },
+    }
+}

@@ -1,1 +1,196 @@
-fn main(){}
+//! `mcpd`: the broker. Terminates MCP transports, decides every request against the policy,
+//! and runs each session's tools in a confined `mcpd-worker` process.
+#![deny(unsafe_code)] // exception: `sys` (pre_exec hook and kernel probes), each block with SAFETY
+
+mod doctor;
+mod jsonrpc;
+mod session;
+mod stdio;
+mod supervisor;
+mod sys;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use mcpd_policy::{Policy, QuickStart};
+
+/// Exit codes (documented in docs/ARCHITECTURE.md).
+mod exit {
+    pub const CONFIG: u8 = 2;
+    pub const RUNTIME: u8 = 3;
+    pub const TRANSPORT: u8 = 4;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mcpd",
+    version,
+    about = "A confined, privilege-separated MCP server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve MCP. With no flags and no config: stdio, current directory read-only.
+    Serve(ServeArgs),
+    /// Validate a configuration file and print the effective policy.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print what this kernel offers for confinement.
+    Doctor,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Serve on stdin/stdout (the default transport).
+    #[arg(long)]
+    stdio: bool,
+    /// A directory the stdio client may read (repeatable).
+    #[arg(long = "allow-read", value_name = "DIR")]
+    allow_read: Vec<PathBuf>,
+    /// A directory the stdio client may read and write (repeatable).
+    #[arg(long = "allow-write", value_name = "DIR")]
+    allow_write: Vec<PathBuf>,
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Path of the mcpd-worker executable (default: next to mcpd).
+    #[arg(long)]
+    worker: Option<PathBuf>,
+    /// Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn canon(p: &Path) -> std::io::Result<PathBuf> {
+    std::fs::canonicalize(p)
+}
+
+fn load_policy(args: &ServeArgs) -> Result<Policy, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+    let q = QuickStart {
+        read: args.allow_read.clone(),
+        write: args.allow_write.clone(),
+    };
+    let mut policy = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut p = Policy::from_toml(&path.display().to_string(), &text, &canon)
+                .map_err(|e| e.to_string())?;
+            if !q.read.is_empty() || !q.write.is_empty() {
+                p.add_quick_start(&q, &cwd, &canon)
+                    .map_err(|e| e.to_string())?;
+            }
+            p
+        }
+        None => Policy::quick_start(&q, &cwd, &canon).map_err(|e| e.to_string())?,
+    };
+    if let Some(w) = &args.worker {
+        policy.worker_path = Some(w.clone());
+    }
+    Ok(policy)
+}
+
+fn worker_path(policy: &Policy) -> Result<PathBuf, String> {
+    if let Some(p) = &policy.worker_path {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("locating mcpd: {e}"))?;
+    let dir = exe.parent().ok_or("mcpd has no parent directory")?;
+    Ok(dir.join("mcpd-worker"))
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("MCPD_LOG").unwrap_or_else(|_| filter.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(&args.log);
+    let policy = match load_policy(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mcpd: configuration error: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    for w in &policy.warnings {
+        tracing::warn!("{w}");
+    }
+    let worker = match worker_path(&policy) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("mcpd: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcpd: runtime: {e}");
+            return ExitCode::from(exit::RUNTIME);
+        }
+    };
+    let _ = args.stdio; // stdio is the only transport of this version, and the default
+    let policy = Arc::new(policy);
+    let result = rt.block_on(async move {
+        let sup = supervisor::Supervisor::start(worker, policy.allow_degraded_sandbox)?;
+        stdio::serve(policy, sup, tokio::io::stdin(), tokio::io::stdout()).await
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcpd: {e}");
+            ExitCode::from(exit::TRANSPORT)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig { config } => {
+            let text = match std::fs::read_to_string(&config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("mcpd: {}: {e}", config.display());
+                    return ExitCode::from(exit::CONFIG);
+                }
+            };
+            match Policy::from_toml(&config.display().to_string(), &text, &canon) {
+                Ok(p) => {
+                    print!("{}", p.describe());
+                    println!("configuration OK");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(exit::CONFIG)
+                }
+            }
+        }
+        Command::Doctor => doctor::run(),
+    }
+}

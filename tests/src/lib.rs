@@ -1,1 +1,305 @@
+//! Test harness for mcpd's end-to-end tests: locates the real `mcpd` and `mcpd-worker`
+//! binaries, starts `mcpd serve --stdio` as a child process, and speaks MCP to it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// How long any single response may take in tests before the test fails.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The directory holding the built binaries (target/debug or target/release).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("MCPD_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for b in ["mcpd", "mcpd-worker"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} not found in {}: run `cargo build --workspace` (or `cargo test --workspace`) first",
+            b,
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// Path of the `mcpd` binary.
+pub fn mcpd_bin() -> PathBuf {
+    bin_dir().join("mcpd")
+}
+
+/// A running `mcpd serve --stdio` with an MCP client attached to its stdin/stdout.
+pub struct Server {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    next_id: i64,
+    /// Notifications received while waiting for responses.
+    pub notifications: Vec<Value>,
+    pub stderr_path: PathBuf,
+    _stderr_dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Start `mcpd serve --stdio <args>`.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_in(args, None)
+    }
+
+    /// Start in a given working directory.
+    pub fn start_in(args: &[&str], cwd: Option<&Path>) -> Self {
+        let errdir = tempfile::tempdir().unwrap();
+        let stderr_path = errdir.path().join("stderr.log");
+        let err = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(mcpd_bin());
+        cmd.arg("serve")
+            .arg("--stdio")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err));
+        cmd.env("MCPD_LOG", "debug");
+        if let Some(c) = cwd {
+            cmd.current_dir(c);
+        }
+        let mut child = cmd.spawn().expect("spawn mcpd");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            next_id: 1,
+            notifications: vec![],
+            stderr_path,
+            _stderr_dir: errdir,
+        }
+    }
+
+    /// What mcpd wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Write raw bytes (a newline is not added).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let w = self.stdin.as_mut().expect("stdin open");
+        w.write_all(bytes).unwrap();
+        w.flush().unwrap();
+    }
+
+    /// Send one JSON message.
+    pub fn send(&mut self, v: &Value) {
+        let mut s = v.to_string();
+        s.push('\n');
+        self.send_raw(s.as_bytes());
+    }
+
+    /// Next line from stdout, parsed as JSON (every line must be JSON: stdout is MCP only).
+    pub fn recv(&mut self) -> Value {
+        self.recv_timeout(RESPONSE_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "no message within {RESPONSE_TIMEOUT:?}; stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// Next message, or `None` after `t`.
+    pub fn recv_timeout(&mut self, t: Duration) -> Option<Value> {
+        let line = self.lines.recv_timeout(t).ok()?;
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line:?}")),
+        )
+    }
+
+    /// Wait for the response with this id, keeping notifications aside.
+    pub fn response(&mut self, id: &Value) -> Value {
+        let deadline = Instant::now() + RESPONSE_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = self
+                .recv_timeout(left)
+                .unwrap_or_else(|| panic!("no response to id {id}; stderr:\n{}", self.stderr()));
+            if m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some()) {
+                return m;
+            }
+            self.notifications.push(m);
+        }
+    }
+
+    /// Send a request and return the whole response message.
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = json!(self.next_id);
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        self.response(&id)
+    }
+
+    /// Send a request and return its `result`, failing the test on an error response.
+    pub fn result(&mut self, method: &str, params: Value) -> Value {
+        let r = self.request(method, params);
+        match r.get("result") {
+            Some(v) => v.clone(),
+            None => panic!("{method} failed: {r}"),
+        }
+    }
+
+    /// initialize + notifications/initialized.
+    pub fn initialize(&mut self) -> Value {
+        let r = self.result(
+            "initialize",
+            json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "0"}}),
+        );
+        self.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        r
+    }
+
+    /// Call a tool; returns the `result` object (which may carry isError).
+    pub fn call(&mut self, name: &str, args: Value) -> Value {
+        self.result("tools/call", json!({"name": name, "arguments": args}))
+    }
+
+    /// The text of the first content block of a tool result.
+    pub fn call_text(&mut self, name: &str, args: Value) -> (String, bool) {
+        let r = self.call(name, args);
+        let text = r["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (text, r.get("isError") == Some(&json!(true)))
+    }
+
+    /// Names of the listed tools.
+    pub fn tool_names(&mut self) -> Vec<String> {
+        let r = self.result("tools/list", json!({}));
+        r["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Pids of mcpd's child processes (its workers).
+    pub fn worker_pids(&self) -> Vec<i32> {
+        children_of(self.child.id() as i32)
+    }
+
+    /// Close stdin and wait for mcpd to exit (bounded).
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mcpd did not exit after stdin EOF; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Direct children of a process, from /proc.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            // pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'
+            if let Some(rest) = stat.rsplit_once(')').map(|x| x.1) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.get(1).and_then(|s| s.parse::<i32>().ok()) == Some(pid)
+                    && f.first() != Some(&"Z")
+                {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A field of /proc/PID/status, e.g. "Seccomp".
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .map(|x| x.1.trim_start().starts_with('Z'))
+                == Some(false)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Wait until `f` holds, at most `t`.
+pub fn wait_until(t: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
+/// Send a signal.
+pub fn signal(pid: i32, sig: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig}) failed");
+}

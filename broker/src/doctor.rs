@@ -1,0 +1,101 @@
+//! `mcpd doctor`: what this kernel offers for confinement, read from the kernel itself.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+fn read(p: &str) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Print the report. Exits non-zero when the worker could not be confined on this kernel
+/// (no Landlock, or no seccomp filter support).
+pub fn run() -> ExitCode {
+    let abi = crate::sys::landlock_abi();
+    let mut ok = true;
+    println!("mcpd doctor ({})", env!("CARGO_PKG_VERSION"));
+    println!(
+        "kernel: {}",
+        read("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".into())
+    );
+    if abi > 0 {
+        let mut feats = vec!["filesystem"];
+        if abi >= 4 {
+            feats.push("TCP bind/connect");
+        }
+        if abi >= 6 {
+            feats.push("abstract-socket and signal scoping");
+        }
+        println!("landlock: ABI {abi} ({})", feats.join(", "));
+        if abi < 6 {
+            println!("  note: workers need server.allow_degraded_sandbox below ABI 6 (mcpd pins ABI 6 rights)");
+        }
+    } else {
+        ok = false;
+        println!("landlock: NOT AVAILABLE (workers refuse to start unless server.allow_degraded_sandbox = true)");
+    }
+    let actions = read("/proc/sys/kernel/seccomp/actions_avail");
+    match (crate::sys::seccomp_mode(), actions) {
+        (Some(mode), Some(a)) => {
+            println!("seccomp: filters available (this process: mode {mode}; actions: {a})")
+        }
+        (Some(mode), None) => println!("seccomp: available (this process: mode {mode})"),
+        (None, _) => {
+            ok = false;
+            println!("seccomp: NOT AVAILABLE");
+        }
+    }
+    let userns = read("/proc/sys/user/max_user_namespaces").unwrap_or_else(|| "?".into());
+    let unpriv = read("/proc/sys/kernel/unprivileged_userns_clone");
+    println!(
+        "user namespaces: max_user_namespaces={userns}{}",
+        unpriv
+            .map(|u| format!(", unprivileged_userns_clone={u}"))
+            .unwrap_or_default()
+    );
+    println!("cgroups: {}", cgroup_report());
+    if ok {
+        println!("verdict: workers can be fully confined on this kernel");
+        ExitCode::SUCCESS
+    } else {
+        println!("verdict: workers CANNOT be fully confined on this kernel");
+        ExitCode::from(1)
+    }
+}
+
+fn cgroup_report() -> String {
+    let own = read("/proc/self/cgroup").unwrap_or_default();
+    let v2_path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string);
+    let mount = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        Some(("unified (v2 only)", "/sys/fs/cgroup"))
+    } else if Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
+        Some((
+            "hybrid (v1 controllers + v2 at /sys/fs/cgroup/unified)",
+            "/sys/fs/cgroup/unified",
+        ))
+    } else {
+        None
+    };
+    let Some((kind, root)) = mount else {
+        return "v1 only (no cgroup v2 hierarchy): memory/pids limits fall back to rlimits".into();
+    };
+    let Some(rel) = v2_path else {
+        return format!("{kind}; this process is not in a v2 cgroup");
+    };
+    let dir = format!("{root}{rel}");
+    let controllers = read(&format!("{dir}/cgroup.controllers")).unwrap_or_default();
+    let writable = rustix::fs::access(
+        Path::new(&format!("{dir}/cgroup.subtree_control")),
+        rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok();
+    let delegated = writable && controllers.contains("memory") && controllers.contains("pids");
+    format!(
+        "{kind}; own v2 cgroup {rel}; controllers [{controllers}]; delegation usable for memory+pids: {}",
+        if delegated { "yes" } else { "no (rlimit fallbacks)" }
+    )
+}

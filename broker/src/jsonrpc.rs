@@ -1,0 +1,236 @@
+//! JSON-RPC 2.0 framing for MCP: classify one incoming message, build responses.
+//! Sans-IO: text in, values out. Every client message is hostile input.
+
+use serde_json::{json, Map, Value};
+
+/// Invalid JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// Not a valid request object (including batches, which MCP removed).
+pub const INVALID_REQUEST: i64 = -32600;
+/// Unknown method.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Bad params (including unknown tool).
+pub const INVALID_PARAMS: i64 = -32602;
+/// Internal error.
+pub const INTERNAL_ERROR: i64 = -32603;
+
+/// A request id: string or integer (MCP forbids null).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Id {
+    /// numeric id
+    Num(i64),
+    /// string id
+    Str(String),
+}
+
+impl Id {
+    /// As JSON.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Id::Num(n) => json!(n),
+            Id::Str(s) => json!(s),
+        }
+    }
+    fn from_value(v: &Value) -> Option<Self> {
+        match v {
+            Value::String(s) if s.len() <= MAX_ID_LEN => Some(Id::Str(s.clone())),
+            Value::Number(n) => n.as_i64().map(Id::Num),
+            _ => None,
+        }
+    }
+}
+
+/// Longest string request id accepted.
+pub const MAX_ID_LEN: usize = 256;
+/// Longest method name accepted.
+pub const MAX_METHOD_LEN: usize = 128;
+
+/// One classified incoming message.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A request that expects a response.
+    Request {
+        /// id
+        id: Id,
+        /// method
+        method: String,
+        /// params object (empty if absent)
+        params: Map<String, Value>,
+    },
+    /// A notification (never answered).
+    Notification {
+        /// method
+        method: String,
+        /// params object (empty if absent)
+        params: Map<String, Value>,
+    },
+    /// A response to a request the server sent (ignored until server→client requests exist).
+    Response,
+    /// Invalid: answer with this error (id if one could be recovered, else null).
+    Invalid {
+        /// id to echo
+        id: Value,
+        /// JSON-RPC code
+        code: i64,
+        /// message
+        message: String,
+    },
+}
+
+/// Classify one message's text.
+pub fn classify(text: &str) -> Incoming {
+    let v: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => return invalid(Value::Null, PARSE_ERROR, "Parse error: invalid JSON"),
+    };
+    let obj = match v {
+        Value::Object(o) => o,
+        Value::Array(_) => {
+            return invalid(
+                Value::Null,
+                INVALID_REQUEST,
+                "Invalid Request: batches are not supported",
+            )
+        }
+        _ => {
+            return invalid(
+                Value::Null,
+                INVALID_REQUEST,
+                "Invalid Request: expected a JSON object",
+            )
+        }
+    };
+    let raw_id = obj.get("id").cloned();
+    let echo = raw_id
+        .as_ref()
+        .and_then(Id::from_value)
+        .map_or(Value::Null, |i| i.to_value());
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return invalid(
+            echo,
+            INVALID_REQUEST,
+            "Invalid Request: jsonrpc must be \"2.0\"",
+        );
+    }
+    let method = match obj.get("method") {
+        None => {
+            if obj.contains_key("result") || obj.contains_key("error") {
+                return Incoming::Response;
+            }
+            return invalid(echo, INVALID_REQUEST, "Invalid Request: missing method");
+        }
+        Some(Value::String(m)) if !m.is_empty() && m.len() <= MAX_METHOD_LEN => m.clone(),
+        Some(_) => {
+            return invalid(
+                echo,
+                INVALID_REQUEST,
+                "Invalid Request: method must be a non-empty string",
+            )
+        }
+    };
+    let params = match obj.get("params") {
+        None => Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(_) => {
+            return match raw_id {
+                Some(_) => invalid(
+                    echo,
+                    INVALID_PARAMS,
+                    "Invalid params: params must be an object",
+                ),
+                None => Incoming::Notification {
+                    method,
+                    params: Map::new(),
+                },
+            }
+        }
+    };
+    match raw_id {
+        None => Incoming::Notification { method, params },
+        Some(v) => match Id::from_value(&v) {
+            Some(id) => Incoming::Request { id, method, params },
+            None => invalid(
+                Value::Null,
+                INVALID_REQUEST,
+                "Invalid Request: id must be a string or an integer",
+            ),
+        },
+    }
+}
+
+fn invalid(id: Value, code: i64, message: &str) -> Incoming {
+    Incoming::Invalid {
+        id,
+        code,
+        message: message.to_string(),
+    }
+}
+
+/// A success response.
+pub fn response(id: &Id, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id.to_value(), "result": result})
+}
+
+/// An error response.
+pub fn error(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+/// A notification.
+pub fn notification(method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "method": method, "params": params})
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn code(i: Incoming) -> i64 {
+        match i {
+            Incoming::Invalid { code, .. } => code,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(code(classify("{nope")), PARSE_ERROR);
+        assert_eq!(code(classify("[1,2]")), INVALID_REQUEST);
+        assert_eq!(code(classify("42")), INVALID_REQUEST);
+        assert_eq!(
+            code(classify(r#"{"id":1,"method":"ping"}"#)),
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            code(classify(r#"{"jsonrpc":"2.0","id":1,"method":7}"#)),
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            code(classify(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#)),
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            code(classify(
+                r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#
+            )),
+            INVALID_PARAMS
+        );
+        assert!(matches!(
+            classify(r#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#),
+            Incoming::Request { id: Id::Str(_), .. }
+        ));
+        assert!(matches!(
+            classify(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            Incoming::Notification { .. }
+        ));
+        assert!(matches!(
+            classify(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#),
+            Incoming::Response
+        ));
+        match classify(r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#) {
+            Incoming::Invalid { id, .. } => assert_eq!(id, json!(5)),
+            _ => panic!(),
+        }
+    }
+}

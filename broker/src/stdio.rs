@@ -1,0 +1,164 @@
+//! The stdio transport: newline-delimited JSON-RPC on stdin/stdout. stdout carries only MCP
+//! messages (logs go to stderr); the process ends on stdin EOF after in-flight calls answer
+//! and the worker is reaped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcpd_policy::Policy;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::jsonrpc::{INVALID_REQUEST, PARSE_ERROR};
+use crate::session::Session;
+use crate::supervisor::Supervisor;
+
+/// One line read from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line (without the newline).
+    Text(String),
+    /// A line longer than the limit (discarded up to its newline).
+    TooLong,
+    /// A line that is not UTF-8.
+    NotUtf8,
+    /// End of input.
+    Eof,
+}
+
+/// Reads newline-delimited messages with a hard bound on line length: an oversized line is
+/// discarded as it streams in, never buffered whole.
+#[derive(Debug)]
+pub struct LineReader<R> {
+    inner: BufReader<R>,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// A reader that accepts lines of at most `max` bytes.
+    pub fn new(r: R, max: usize) -> Self {
+        Self {
+            inner: BufReader::with_capacity(64 * 1024, r),
+            max,
+        }
+    }
+
+    /// The next line.
+    pub async fn next(&mut self) -> std::io::Result<Line> {
+        let mut buf = Vec::new();
+        let mut too_long = false;
+        loop {
+            let avail = self.inner.fill_buf().await?;
+            if avail.is_empty() {
+                if buf.is_empty() && !too_long {
+                    return Ok(Line::Eof);
+                }
+                break; // last line without a newline
+            }
+            let (chunk, found) = match avail.iter().position(|&b| b == b'\n') {
+                Some(i) => (&avail[..i], Some(i + 1)),
+                None => (avail, None),
+            };
+            if !too_long {
+                if buf.len() + chunk.len() > self.max {
+                    too_long = true;
+                    buf = Vec::new();
+                } else {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+            let consumed = found.unwrap_or(avail.len());
+            self.inner.consume(consumed);
+            if found.is_some() {
+                break;
+            }
+        }
+        if too_long {
+            return Ok(Line::TooLong);
+        }
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        match String::from_utf8(buf) {
+            Ok(s) => Ok(Line::Text(s)),
+            Err(_) => Ok(Line::NotUtf8),
+        }
+    }
+}
+
+/// Serve one session over a reader/writer pair (stdin/stdout in production).
+pub async fn serve<R, W>(
+    policy: Arc<Policy>,
+    supervisor: Supervisor,
+    input: R,
+    mut output: W,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(client) = policy.stdio_client().cloned() else {
+        return Err(std::io::Error::other(
+            "the policy names no stdio client ([stdio] client = ...): stdio is refused",
+        ));
+    };
+    let max = usize::try_from(policy.max_message_bytes).unwrap_or(usize::MAX);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let writer = tokio::spawn(async move {
+        while let Some(v) = rx.recv().await {
+            let mut line = v.to_string();
+            line.push('\n');
+            if output.write_all(line.as_bytes()).await.is_err() || output.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    tracing::info!(client = %client, "stdio session open");
+    let session = Session::new(client, policy, supervisor, tx);
+    let mut reader = LineReader::new(input, max);
+    loop {
+        match reader.next().await {
+            Ok(Line::Text(t)) if t.trim().is_empty() => {}
+            Ok(Line::Text(t)) => session.handle(&t),
+            Ok(Line::TooLong) => session.reject(
+                INVALID_REQUEST,
+                &format!("Invalid Request: message exceeds the limit of {max} bytes"),
+            ),
+            Ok(Line::NotUtf8) => {
+                session.reject(PARSE_ERROR, "Parse error: message is not valid UTF-8")
+            }
+            Ok(Line::Eof) => break,
+            Err(e) => {
+                tracing::warn!("stdin: {e}");
+                break;
+            }
+        }
+    }
+    tracing::info!("stdin closed; finishing in-flight calls");
+    session
+        .drain(session.call_timeout() + Duration::from_secs(1))
+        .await;
+    session.close().await;
+    drop(session);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_bounded_and_checked() {
+        let input: &[u8] = b"{\"a\":1}\r\n\nxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n\xff\xfe\nlast";
+        let mut r = LineReader::new(input, 16);
+        assert_eq!(r.next().await.unwrap(), Line::Text("{\"a\":1}".into()));
+        assert_eq!(r.next().await.unwrap(), Line::Text(String::new()));
+        assert_eq!(r.next().await.unwrap(), Line::TooLong);
+        assert_eq!(r.next().await.unwrap(), Line::NotUtf8);
+        assert_eq!(r.next().await.unwrap(), Line::Text("last".into()));
+        assert_eq!(r.next().await.unwrap(), Line::Eof);
+    }
+}

@@ -1,0 +1,610 @@
+//! Worker supervision: spawning `mcpd-worker` processes from one long-lived thread, the
+//! confinement handshake, and a typed handle that multiplexes calls over the IPC socket.
+//!
+//! Trust: every message a worker sends is hostile input. A malformed or oversized frame, a
+//! message out of protocol state, or an invalid descriptor ends *that worker only*; calls in
+//! flight on it fail with [`CallOutcome::WorkerDied`]; the broker lives on and the next call
+//! starts a fresh worker.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mcpd_ipc::channel::{self, Sender};
+use mcpd_ipc::{
+    BrokerToWorker, CallError, Enforcement, LandlockStatus, LogLevel, SandboxSpec, ToolDescriptor,
+    ToolResult, WorkerToBroker, MAX_FRAME, PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a worker may take from exec to `Ready`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a worker gets to exit after `Shutdown` before it is killed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Most tools a worker may advertise.
+pub const MAX_TOOLS: usize = 256;
+/// Largest tool description accepted from a worker, bytes.
+pub const MAX_DESCRIPTION: usize = 8 * 1024;
+/// Largest tool schema accepted from a worker, bytes.
+pub const MAX_SCHEMA: usize = 64 * 1024;
+/// Most path arguments a tool may declare.
+pub const MAX_PATH_ARGS: usize = 16;
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The executable could not be started.
+    #[error("cannot start worker {path}: {source}")]
+    Exec {
+        /// worker path
+        path: PathBuf,
+        /// cause
+        source: std::io::Error,
+    },
+    /// Socket or runtime trouble.
+    #[error("worker ipc: {0}")]
+    Ipc(String),
+    /// The worker refused or failed to confine itself.
+    #[error("worker could not confine itself: {0}")]
+    Confine(String),
+    /// The worker's Landlock is not fully enforced and the operator did not opt in.
+    #[error("worker sandbox is degraded ({0:?}) and degraded mode is not enabled")]
+    Degraded(LandlockStatus),
+    /// The spawner thread is gone.
+    #[error("worker spawner unavailable")]
+    SpawnerGone,
+}
+
+/// The outcome of one call on a worker.
+#[derive(Debug)]
+pub enum CallOutcome {
+    /// The tool ran.
+    Done(ToolResult),
+    /// The call could not run.
+    Failed(CallError),
+    /// The worker died (or was killed) before answering.
+    WorkerDied,
+}
+
+/// Events a running call produces before its outcome.
+#[derive(Debug)]
+pub enum CallEvent {
+    /// Progress report.
+    Progress {
+        /// progress
+        progress: f64,
+        /// total
+        total: Option<f64>,
+        /// message
+        message: Option<String>,
+    },
+    /// Log message.
+    Log {
+        /// level
+        level: LogLevel,
+        /// logger
+        logger: Option<String>,
+        /// JSON data (already validated as JSON)
+        data: serde_json::Value,
+    },
+}
+
+struct Pending {
+    done: oneshot::Sender<CallOutcome>,
+    events: Option<mpsc::UnboundedSender<CallEvent>>,
+}
+
+/// A live worker.
+pub struct Worker {
+    pid: u32,
+    tx: Sender<BrokerToWorker>,
+    pending: Arc<Mutex<HashMap<u64, Pending>>>,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+    tools: Vec<ToolDescriptor>,
+    enforcement: Enforcement,
+    killer: Mutex<Option<oneshot::Sender<()>>>,
+    exited: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("pid", &self.pid)
+            .field("alive", &self.is_alive())
+            .finish()
+    }
+}
+
+/// A call in flight: its events and its outcome.
+#[derive(Debug)]
+pub struct CallHandle {
+    /// The broker-side call id.
+    pub id: u64,
+    /// Progress and log events.
+    pub events: Option<mpsc::UnboundedReceiver<CallEvent>>,
+    /// The outcome.
+    pub done: oneshot::Receiver<CallOutcome>,
+}
+
+impl Worker {
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    /// Whether the worker is still serving.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+    /// The validated tool descriptors the worker advertised.
+    pub fn tools(&self) -> &[ToolDescriptor] {
+        &self.tools
+    }
+    /// What the kernel enforces on this worker.
+    pub fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
+    }
+
+    /// Send a call. The policy's `Allow` token is consumed: no call reaches a worker without it.
+    pub async fn call(
+        &self,
+        allow: mcpd_policy::Allow,
+        arguments_json: String,
+        want_events: bool,
+    ) -> CallHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done_rx) = oneshot::channel();
+        let (ev_tx, ev_rx) = if want_events {
+            let (a, b) = mpsc::unbounded_channel();
+            (Some(a), Some(b))
+        } else {
+            (None, None)
+        };
+        let handle = CallHandle {
+            id,
+            events: ev_rx,
+            done: done_rx,
+        };
+        if !self.is_alive() {
+            let _ = done_tx.send(CallOutcome::WorkerDied);
+            return handle;
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(
+                id,
+                Pending {
+                    done: done_tx,
+                    events: ev_tx,
+                },
+            );
+        }
+        let msg = BrokerToWorker::Call {
+            id,
+            tool: allow.tool().to_string(),
+            arguments_json,
+            progress: want_events,
+        };
+        if self.tx.send(&msg).await.is_err() {
+            self.mark_dead();
+        }
+        handle
+    }
+
+    /// Tell the worker to stop a call; its outcome is no longer awaited.
+    pub async fn cancel(&self, id: u64) {
+        let removed = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        if removed.is_some() && self.is_alive() {
+            let _ = self.tx.send(&BrokerToWorker::Cancel { id }).await;
+        }
+    }
+
+    fn mark_dead(&self) {
+        mark_dead(&self.alive, &self.pending);
+        if let Some(k) = self.killer.lock().ok().and_then(|mut k| k.take()) {
+            let _ = k.send(());
+        }
+    }
+
+    /// Kill the worker now and wait until it is reaped.
+    pub async fn kill(&self) {
+        self.mark_dead();
+        let rx = self.exited.lock().ok().and_then(|mut e| e.take());
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+    }
+
+    /// Orderly end: `Shutdown`, a short grace period, then kill; returns once reaped.
+    pub async fn shutdown(&self) {
+        if self.is_alive() {
+            let _ = self.tx.send(&BrokerToWorker::Shutdown).await;
+            let rx = self.exited.lock().ok().and_then(|mut e| e.take());
+            if let Some(mut rx) = rx {
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut rx).await.is_err() {
+                    self.mark_dead();
+                    let _ = rx.await;
+                }
+                self.mark_dead();
+                return;
+            }
+        }
+        self.kill().await;
+    }
+}
+
+fn mark_dead(alive: &AtomicBool, pending: &Mutex<HashMap<u64, Pending>>) {
+    alive.store(false, Ordering::Release);
+    let drained: Vec<Pending> = pending
+        .lock()
+        .map(|mut p| p.drain().map(|(_, v)| v).collect())
+        .unwrap_or_default();
+    for p in drained {
+        let _ = p.done.send(CallOutcome::WorkerDied);
+    }
+}
+
+struct SpawnRequest {
+    worker: PathBuf,
+    reply: oneshot::Sender<std::io::Result<(tokio::process::Child, OwnedFd)>>,
+}
+
+/// Starts workers. All `fork`+`exec` happen on one long-lived thread, so that the workers'
+/// `PR_SET_PDEATHSIG` (which fires when the *forking thread* exits) only fires when the broker
+/// itself goes away.
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    requests: std::sync::mpsc::Sender<SpawnRequest>,
+    worker_path: PathBuf,
+    allow_degraded: bool,
+}
+
+impl Supervisor {
+    /// Start the spawner thread. Must be called inside a tokio runtime.
+    pub fn start(worker_path: PathBuf, allow_degraded: bool) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("mcpd-spawner".into())
+            .spawn(move || {
+                let _guard = handle.enter();
+                while let Ok(req) = rx.recv() {
+                    let _ = req.reply.send(spawn_one(&req.worker));
+                }
+            })?;
+        Ok(Self {
+            requests: tx,
+            worker_path,
+            allow_degraded,
+        })
+    }
+
+    /// Start a worker, send it its sandbox, and wait until it reports `Ready`.
+    pub async fn spawn(&self, spec: SandboxSpec) -> Result<Arc<Worker>, SpawnError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(SpawnRequest {
+                worker: self.worker_path.clone(),
+                reply,
+            })
+            .map_err(|_| SpawnError::SpawnerGone)?;
+        let (mut child, sock) =
+            rx.await
+                .map_err(|_| SpawnError::SpawnerGone)?
+                .map_err(|source| SpawnError::Exec {
+                    path: self.worker_path.clone(),
+                    source,
+                })?;
+        let pid = child.id().unwrap_or(0);
+        let (tx, mut rx) = channel::channel::<WorkerToBroker, BrokerToWorker>(sock, MAX_FRAME)
+            .map_err(|e| SpawnError::Ipc(e.to_string()))?;
+        let handshake = async {
+            tx.send(&BrokerToWorker::Confine {
+                version: PROTOCOL_VERSION,
+                spec,
+            })
+            .await
+            .map_err(|e| SpawnError::Ipc(e.to_string()))?;
+            match rx.recv().await {
+                Ok(Some(WorkerToBroker::Ready {
+                    version,
+                    enforcement,
+                    tools,
+                })) if version == PROTOCOL_VERSION => Ok((enforcement, tools)),
+                Ok(Some(WorkerToBroker::ConfineFailed { reason })) => {
+                    Err(SpawnError::Confine(truncate(&reason, 512)))
+                }
+                Ok(Some(_)) => Err(SpawnError::Ipc("unexpected first message".into())),
+                Ok(None) => Err(SpawnError::Ipc(
+                    "worker closed the socket during start-up".into(),
+                )),
+                Err(e) => Err(SpawnError::Ipc(e.to_string())),
+            }
+        };
+        let (enforcement, tools) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                let _ = child.kill().await;
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(SpawnError::Ipc("worker start-up timed out".into()));
+            }
+        };
+        if enforcement.landlock != LandlockStatus::FullyEnforced && !self.allow_degraded {
+            let _ = child.kill().await;
+            return Err(SpawnError::Degraded(enforcement.landlock));
+        }
+        if !enforcement.seccomp || !enforcement.no_new_privs {
+            let _ = child.kill().await;
+            return Err(SpawnError::Confine(
+                "worker reports no seccomp or no_new_privs".into(),
+            ));
+        }
+        let tools = validate_tools(tools);
+        tracing::info!(pid, landlock_abi = enforcement.landlock_abi, landlock = ?enforcement.landlock,
+            landlock_net = enforcement.landlock_net, landlock_scoped = enforcement.landlock_scoped,
+            seccomp = enforcement.seccomp, no_new_privs = enforcement.no_new_privs, tools = tools.len(),
+            "worker confined and ready");
+        let pending: Arc<Mutex<HashMap<u64, Pending>>> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        let (exit_tx, exit_rx) = oneshot::channel::<()>();
+        let worker = Arc::new(Worker {
+            pid,
+            tx,
+            pending: pending.clone(),
+            next_id: AtomicU64::new(1),
+            alive: alive.clone(),
+            tools,
+            enforcement,
+            killer: Mutex::new(Some(kill_tx)),
+            exited: Mutex::new(Some(exit_rx)),
+        });
+        // Reader: routes the worker's messages; any protocol violation ends the worker.
+        let reader_pending = pending.clone();
+        let reader_alive = alive.clone();
+        let reader = tokio::spawn(async move {
+            let why = loop {
+                match rx.recv().await {
+                    Ok(Some(msg)) => {
+                        if let Err(why) = route(&reader_pending, msg) {
+                            break why;
+                        }
+                    }
+                    Ok(None) => break "worker closed the socket".to_string(),
+                    Err(e) => break format!("invalid ipc from worker: {e}"),
+                }
+            };
+            mark_dead(&reader_alive, &reader_pending);
+            why
+        });
+        // Lifecycle: wait for exit, or kill on request / reader failure; always reap.
+        tokio::spawn(async move {
+            let mut reader = reader;
+            let mut kill_rx = kill_rx;
+            let status = tokio::select! {
+                st = child.wait() => st,
+                why = &mut reader => {
+                    if let Ok(why) = why { tracing::warn!(pid, "ending worker: {why}"); }
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+                _ = &mut kill_rx => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            mark_dead(&alive, &pending);
+            reader.abort();
+            match status {
+                Ok(st) if st.success() => tracing::debug!(pid, "worker exited"),
+                Ok(st) => tracing::warn!(pid, status = %st, "worker ended abnormally"),
+                Err(e) => tracing::warn!(pid, "waiting for worker: {e}"),
+            }
+            let _ = exit_tx.send(());
+        });
+        Ok(worker)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Route one worker message. `Err` = protocol violation: the worker must end.
+fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<(), String> {
+    let mut p = pending.lock().map_err(|_| "poisoned".to_string())?;
+    match msg {
+        WorkerToBroker::Result { id, result } => {
+            // A result for an unknown id is a late answer to a cancelled or timed-out call.
+            if let Some(call) = p.remove(&id) {
+                let _ = call.done.send(CallOutcome::Done(result));
+            }
+        }
+        WorkerToBroker::Failed { id, error } => {
+            if let Some(call) = p.remove(&id) {
+                let _ = call.done.send(CallOutcome::Failed(CallError {
+                    kind: error.kind,
+                    message: truncate(&error.message, 1024),
+                }));
+            }
+        }
+        WorkerToBroker::Progress {
+            id,
+            progress,
+            total,
+            message,
+        } => {
+            if !progress.is_finite() || total.is_some_and(|t| !t.is_finite()) {
+                return Err("non-finite progress".into());
+            }
+            if let Some(ev) = p.get(&id).and_then(|c| c.events.as_ref()) {
+                let _ = ev.send(CallEvent::Progress {
+                    progress,
+                    total,
+                    message: message.map(|m| truncate(&m, 1024)),
+                });
+            }
+        }
+        WorkerToBroker::Log {
+            id,
+            level,
+            logger,
+            data_json,
+        } => {
+            let data: serde_json::Value =
+                serde_json::from_str(&data_json).map_err(|_| "log data is not JSON".to_string())?;
+            if let Some(ev) = id.and_then(|id| p.get(&id)).and_then(|c| c.events.as_ref()) {
+                let _ = ev.send(CallEvent::Log {
+                    level,
+                    logger: logger.map(|l| truncate(&l, 128)),
+                    data,
+                });
+            }
+        }
+        WorkerToBroker::ClientRequest { .. } => {
+            return Err("client requests are not enabled for this worker".into());
+        }
+        WorkerToBroker::Ready { .. } | WorkerToBroker::ConfineFailed { .. } => {
+            return Err("start-up message after start-up".into());
+        }
+    }
+    Ok(())
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn schema_ok(s: &str) -> bool {
+    s.len() <= MAX_SCHEMA
+        && serde_json::from_str::<serde_json::Value>(s)
+            .ok()
+            .is_some_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("object"))
+}
+
+/// Keep only well-formed descriptors from a (hostile) worker.
+fn validate_tools(tools: Vec<ToolDescriptor>) -> Vec<ToolDescriptor> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for t in tools.into_iter().take(MAX_TOOLS) {
+        let ok = valid_name(&t.name)
+            && t.description.len() <= MAX_DESCRIPTION
+            && t.title.as_ref().is_none_or(|x| x.len() <= 256)
+            && schema_ok(&t.input_schema_json)
+            && t.output_schema_json.as_deref().is_none_or(schema_ok)
+            && t.path_args.len() <= MAX_PATH_ARGS
+            && t.path_args.iter().all(|a| valid_name(&a.name))
+            && seen.insert(t.name.clone());
+        if ok {
+            out.push(t);
+        } else {
+            tracing::warn!(tool = %truncate(&t.name, 64), "worker advertised an invalid tool descriptor; ignored");
+        }
+    }
+    out
+}
+
+fn spawn_one(worker: &Path) -> std::io::Result<(tokio::process::Child, OwnedFd)> {
+    let (parent_end, child_end) = channel::socketpair()?;
+    let child_raw = child_end.as_raw_fd();
+    let broker_pid = rustix::process::getpid().as_raw_nonzero().get();
+    let mut cmd = tokio::process::Command::new(worker);
+    cmd.env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    crate::sys::install_worker_pre_exec(&mut cmd, child_raw, broker_pid);
+    let child = cmd.spawn()?;
+    drop(child_end);
+    Ok((child, parent_end))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use mcpd_ipc::{ToolAccess, ToolAnnotations};
+
+    fn desc(name: &str, schema: &str) -> ToolDescriptor {
+        ToolDescriptor {
+            name: name.into(),
+            title: None,
+            description: "d".into(),
+            input_schema_json: schema.into(),
+            output_schema_json: None,
+            annotations: ToolAnnotations::default(),
+            access: ToolAccess::FileRead,
+            path_args: vec![],
+        }
+    }
+
+    #[test]
+    fn hostile_descriptors_are_dropped() {
+        let ok = r#"{"type":"object"}"#;
+        let tools = vec![
+            desc("good", ok),
+            desc("good", ok),
+            desc("bad name!", ok),
+            desc("arr", r#"{"type":"array"}"#),
+            desc("notjson", "{"),
+            desc(&"x".repeat(65), ok),
+        ];
+        let v = validate_tools(tools);
+        assert_eq!(
+            v.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            vec!["good"]
+        );
+    }
+
+    #[test]
+    fn protocol_violations_end_the_worker() {
+        let pending = Mutex::new(HashMap::new());
+        assert!(route(
+            &pending,
+            WorkerToBroker::ConfineFailed { reason: "x".into() }
+        )
+        .is_err());
+        assert!(route(
+            &pending,
+            WorkerToBroker::Progress {
+                id: 1,
+                progress: f64::NAN,
+                total: None,
+                message: None
+            }
+        )
+        .is_err());
+        assert!(route(
+            &pending,
+            WorkerToBroker::Log {
+                id: None,
+                level: LogLevel::Info,
+                logger: None,
+                data_json: "{".into()
+            }
+        )
+        .is_err());
+        // A late result for a call nobody waits for is not a violation.
+        assert!(route(
+            &pending,
+            WorkerToBroker::Result {
+                id: 99,
+                result: ToolResult {
+                    content: vec![],
+                    structured_json: None,
+                    is_error: false
+                }
+            }
+        )
+        .is_ok());
+    }
+}

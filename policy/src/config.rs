@@ -140,7 +140,8 @@ pub struct RawGrant {
     pub global_write: bool,
     /// CODE_EXECUTION_SUDO: refused by design (SECURITY.md); present only to give a clear error.
     pub sudo: Option<Spanned<bool>>,
-    /// Tool allow-list (`"*"` = every tool the other permissions allow). Default: `["*"]`.
+    /// Tool allow-list (`"*"` = every tool the other permissions allow). A client's list is the
+    /// union of the lists its grants specify; when none specifies one, every tool is allowed.
     pub tools: Option<Vec<Spanned<String>>>,
     /// Limits.
     pub limits: Option<RawLimits>,

@@ -358,6 +358,12 @@ call_timeout_secs = 30
         assert_eq!(a.read, vec![PathBuf::from("/srv/data")]);
         assert_eq!(a.write, vec![PathBuf::from("/srv/out")]);
         assert_eq!(a.tools, ToolSet::All);
+        // A role's tool list restricts a client that specifies none itself.
+        let r = policy("[clients.c]\nroles = [\"r\"]\n[roles.r]\nread = [\"/x\"]\ntools = [\"read_text_file\"]\n");
+        assert_eq!(
+            r.permissions(&id("c")).unwrap().tools,
+            ToolSet::Only(["read_text_file".to_string()].into())
+        );
         let spec = p.sandbox_spec(&id("alice"));
         assert_eq!(spec.read_paths, vec!["/srv/data".to_string()]);
         assert_eq!(spec.write_paths, vec!["/srv/out".to_string()]);

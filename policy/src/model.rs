@@ -458,6 +458,7 @@ fn merge(
     let mut global_write = false;
     let mut tools: Option<BTreeSet<String>> = None;
     let mut any_all = false;
+    let mut any_specified = false;
     let mut limits: Vec<&RawLimits> = Vec::new();
     for (who, g) in parts {
         let g = g.get_ref();
@@ -478,8 +479,10 @@ fn merge(
             warnings.push(format!("client '{client}' has global_write (FILE_WRITE_GLOBAL) via '{who}': it may write anywhere the OS lets the worker"));
         }
         match &g.tools {
-            None => any_all = true,
+            // Unspecified contributes nothing; if no grant specifies tools at all, all are allowed.
+            None => {}
             Some(list) => {
+                any_specified = true;
                 for t in list {
                     if t.get_ref() == "*" {
                         any_all = true;
@@ -505,7 +508,7 @@ fn merge(
     }
     dedup(&mut read);
     dedup(&mut write);
-    let tools = if any_all {
+    let tools = if any_all || !any_specified {
         ToolSet::All
     } else {
         ToolSet::Only(tools.unwrap_or_default())

@@ -178,7 +178,7 @@ fn worker_dying_mid_call_fails_that_call_only() {
     signal(w, libc::SIGKILL);
     let m = s.response(&json!(900));
     let (code, msg) = error_of(&m);
-    assert_eq!(code, -32603);
+    assert_eq!(code, -32603, "{msg}\n{}", s.stderr());
     assert!(msg.contains("worker terminated unexpectedly"), "{msg}");
     assert!(
         wait_until(Duration::from_secs(5), || !alive(w)),

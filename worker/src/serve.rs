@@ -59,12 +59,15 @@ pub fn run(registry: Registry) -> ExitCode {
         Err(e) => return fail(&e.to_string(), exit::HANDSHAKE),
     };
     let spec = match recv_blocking::<BrokerToWorker>(fd.as_fd(), MAX_CONFINE_FRAME) {
-        Ok(Some(BrokerToWorker::Confine { version, spec })) if version == PROTOCOL_VERSION => {
-            spec
-        }
+        Ok(Some(BrokerToWorker::Confine { version, spec })) if version == PROTOCOL_VERSION => spec,
         Ok(Some(BrokerToWorker::Confine { version, .. })) => {
             let reason = format!("ipc version {version} unsupported (want {PROTOCOL_VERSION})");
-            let _ = send_blocking(fd.as_fd(), &WorkerToBroker::ConfineFailed { reason: reason.clone() });
+            let _ = send_blocking(
+                fd.as_fd(),
+                &WorkerToBroker::ConfineFailed {
+                    reason: reason.clone(),
+                },
+            );
             return fail(&reason, exit::HANDSHAKE);
         }
         Ok(Some(_)) => return fail("first message was not Confine", exit::HANDSHAKE),
@@ -75,7 +78,12 @@ pub fn run(registry: Registry) -> ExitCode {
         Ok(e) => e,
         Err(e) => {
             let reason = e.to_string();
-            let _ = send_blocking(fd.as_fd(), &WorkerToBroker::ConfineFailed { reason: reason.clone() });
+            let _ = send_blocking(
+                fd.as_fd(),
+                &WorkerToBroker::ConfineFailed {
+                    reason: reason.clone(),
+                },
+            );
             return fail(&format!("confine: {reason}"), exit::CONFINE);
         }
     };
@@ -84,7 +92,12 @@ pub fn run(registry: Registry) -> ExitCode {
         Ok(r) => Arc::new(r),
         Err(e) => {
             let reason = format!("opening allowed roots: {e}");
-            let _ = send_blocking(fd.as_fd(), &WorkerToBroker::ConfineFailed { reason: reason.clone() });
+            let _ = send_blocking(
+                fd.as_fd(),
+                &WorkerToBroker::ConfineFailed {
+                    reason: reason.clone(),
+                },
+            );
             return fail(&reason, exit::CONFINE);
         }
     };

@@ -155,7 +155,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     let policy = Arc::new(policy);
     let result = rt.block_on(async move {
         let sup = supervisor::Supervisor::start(worker, policy.allow_degraded_sandbox)?;
-        stdio::serve(policy, sup, tokio::io::stdin(), tokio::io::stdout()).await
+        let (input, output) = stdio::process_stdio();
+        stdio::serve(policy, sup, input, output).await
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {

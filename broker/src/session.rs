@@ -130,7 +130,7 @@ impl Session {
             Incoming::Invalid { id, code, message } => {
                 self.send(jsonrpc::error(id, code, &message))
             }
-            Incoming::Response { .. } => {}
+            Incoming::Response => {}
             Incoming::Notification { method, params } => self.notification(&method, &params),
             Incoming::Request { id, method, params } => self.request(id, &method, params),
         }

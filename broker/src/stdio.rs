@@ -14,6 +14,59 @@ use crate::jsonrpc::{INVALID_REQUEST, PARSE_ERROR};
 use crate::session::Session;
 use crate::supervisor::Supervisor;
 
+/// Boxed async input.
+pub type Input = Box<dyn AsyncRead + Unpin + Send>;
+/// Boxed async output.
+pub type Output = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// The process's stdin and stdout as async streams. Pipes and sockets (the usual case: an MCP
+/// client's pipes, or a systemd-accepted connection) are driven by the reactor directly; any
+/// other kind (a terminal, a regular file) falls back to tokio's thread-backed stdio. The
+/// reactor path avoids a blocking-pool round trip per read and per write.
+pub fn process_stdio() -> (Input, Output) {
+    use std::os::fd::AsFd;
+    fn kind(fd: std::os::fd::BorrowedFd<'_>) -> Option<rustix::fs::FileType> {
+        rustix::fs::fstat(fd)
+            .ok()
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode))
+    }
+    let stdin = std::io::stdin();
+    let input: Input = match (kind(stdin.as_fd()), stdin.as_fd().try_clone_to_owned()) {
+        (Some(rustix::fs::FileType::Fifo), Ok(fd)) => {
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(r) => Box::new(r),
+                Err(_) => Box::new(tokio::io::stdin()),
+            }
+        }
+        (Some(rustix::fs::FileType::Socket), Ok(fd)) => match unix_stream(fd) {
+            Some(s) => Box::new(s),
+            None => Box::new(tokio::io::stdin()),
+        },
+        _ => Box::new(tokio::io::stdin()),
+    };
+    let stdout = std::io::stdout();
+    let output: Output = match (kind(stdout.as_fd()), stdout.as_fd().try_clone_to_owned()) {
+        (Some(rustix::fs::FileType::Fifo), Ok(fd)) => {
+            match tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
+                Ok(w) => Box::new(w),
+                Err(_) => Box::new(tokio::io::stdout()),
+            }
+        }
+        (Some(rustix::fs::FileType::Socket), Ok(fd)) => match unix_stream(fd) {
+            Some(s) => Box::new(s),
+            None => Box::new(tokio::io::stdout()),
+        },
+        _ => Box::new(tokio::io::stdout()),
+    };
+    (input, output)
+}
+
+fn unix_stream(fd: std::os::fd::OwnedFd) -> Option<tokio::net::UnixStream> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    tokio::net::UnixStream::from_std(std).ok()
+}
+
 /// One line read from the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {

@@ -225,7 +225,7 @@ mod tests {
         // The big frame exceeds the socket buffer: it completes only while the peer reads.
         let h = tokio::spawn(async move { tx2.send(&big2).await.unwrap() });
         btx.send(&BrokerToWorker::Cancel { id: 9 }).await.unwrap();
-        let mut got = vec![
+        let mut got = [
             wrx.recv().await.unwrap().unwrap(),
             wrx.recv().await.unwrap().unwrap(),
         ];

@@ -193,3 +193,45 @@ fn worker_dying_mid_call_fails_that_call_only() {
     assert_eq!(now.len(), 1);
     assert_ne!(now[0], w);
 }
+
+#[test]
+fn a_hostile_worker_cannot_take_the_broker_down() {
+    // A "worker" that answers the handshake with garbage on fd 3, and one that exits at once.
+    let d = tempfile::tempdir().unwrap();
+    let garbage = d.path().join("garbage-worker");
+    std::fs::write(
+        &garbage,
+        "#!/usr/bin/env python3\nimport os\nos.write(3, b'\\xff\\xff\\xff\\x7f' + b'A' * 60)\nos.read(3, 100)\n",
+    )
+    .unwrap();
+    let quitter = d.path().join("quitter-worker");
+    std::fs::write(&quitter, "#!/bin/sh\nexit 3\n").unwrap();
+    for w in [&garbage, &quitter] {
+        std::fs::set_permissions(w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut s = Server::start(&[
+            "--allow-read",
+            d.path().to_str().unwrap(),
+            "--worker",
+            w.to_str().unwrap(),
+        ]);
+        s.initialize();
+        let m = s.request("tools/list", json!({}));
+        assert_eq!(
+            error_of(&m),
+            (
+                -32603,
+                "The tool sandbox could not be started (see the server log)".into()
+            )
+        );
+        let m = s.request(
+            "tools/call",
+            json!({"name": "read_text_file", "arguments": {"path": "x"}}),
+        );
+        assert_eq!(error_of(&m).0, -32603);
+        still_answers(&mut s);
+        let log = s.stderr();
+        assert!(log.contains("worker start failed"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+        assert!(s.finish().success());
+    }
+}

@@ -97,6 +97,35 @@ pub struct RawConfig {
     /// Roles by name.
     #[serde(default)]
     pub roles: BTreeMap<String, Spanned<RawGrant>>,
+    /// The audit log.
+    pub audit: Option<RawAudit>,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// The log file (absolute; its directory must exist and lie outside every client's roots).
+    pub path: Spanned<String>,
+    /// `"batch"` (default) or `"strict"` (fdatasync before every response, group-committed).
+    pub mode: Option<Spanned<String>>,
+    /// Batch mode: longest time between syncs, milliseconds (default 1000).
+    pub batch_interval_ms: Option<u64>,
+    /// Rotate the file beyond this size, bytes (default 64 MiB; 0 = never).
+    pub rotate_bytes: Option<u64>,
+    /// Ed25519 private key for signed checkpoints.
+    pub checkpoint_key: Option<Spanned<String>>,
+    /// A signed checkpoint every this many records (default 1000).
+    pub checkpoint_every: Option<u64>,
+    /// Record a redacted preview of tool arguments (default false: only their digest).
+    #[serde(default)]
+    pub preview_args: bool,
+    /// Keep serving when the log cannot be written (default false: fail closed). Loud.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Also forward records to journald.
+    #[serde(default)]
+    pub journald: bool,
 }
 
 /// `[server]`

@@ -61,12 +61,18 @@ impl DenyReason {
 #[derive(Debug)]
 pub struct Allow {
     tool: String,
+    rule: String,
 }
 
 impl Allow {
     /// The tool that was allowed.
     pub fn tool(&self) -> &str {
         &self.tool
+    }
+
+    /// Which grants allowed it, for the audit log (e.g. `clients.alice tools=* read:/srv/data`).
+    pub fn rule(&self) -> &str {
+        &self.rule
     }
 }
 
@@ -112,15 +118,34 @@ impl Policy {
         if !has {
             return Decision::Deny(DenyReason::MissingPermission);
         }
+        let mut rule = format!(
+            "clients.{client} tools={}",
+            if matches!(p.tools, crate::model::ToolSet::All) {
+                "*"
+            } else {
+                tool
+            }
+        );
         if let Request::CallTool { paths, .. } = req {
             for (path, write) in paths {
-                if let Err(r) = check_path(p, path, *write) {
-                    return Decision::Deny(r);
+                match check_path(p, path, *write) {
+                    Ok(root) => {
+                        let grant = format!(
+                            " {}:{}",
+                            if *write { "write" } else { "read" },
+                            root.display()
+                        );
+                        if !rule.contains(&grant) {
+                            rule.push_str(&grant);
+                        }
+                    }
+                    Err(r) => return Decision::Deny(r),
                 }
             }
         }
         Decision::Allow(Allow {
             tool: tool.to_string(),
+            rule,
         })
     }
 }
@@ -131,7 +156,7 @@ pub fn base_dir(p: &Permissions) -> Option<&Path> {
     p.read.first().or(p.write.first()).map(PathBuf::as_path)
 }
 
-fn check_path(p: &Permissions, raw: &str, write: bool) -> Result<(), DenyReason> {
+fn check_path<'p>(p: &'p Permissions, raw: &str, write: bool) -> Result<&'p Path, DenyReason> {
     if raw.is_empty() || raw.len() > MAX_PATH_BYTES || raw.contains('\0') {
         return Err(DenyReason::InvalidPath);
     }
@@ -145,17 +170,18 @@ fn check_path(p: &Permissions, raw: &str, write: bool) -> Result<(), DenyReason>
         }
     };
     let norm = lexical_normalize(&abs).ok_or(DenyReason::PathOutsideScope)?;
-    let inside = |roots: &[PathBuf]| roots.iter().any(|r| norm.starts_with(r));
-    let ok = if write {
+    let inside = |roots: &'p [PathBuf]| {
+        roots
+            .iter()
+            .find(|r| norm.starts_with(r))
+            .map(PathBuf::as_path)
+    };
+    let found = if write {
         inside(&p.write)
     } else {
-        inside(&p.read) || inside(&p.write)
+        inside(&p.read).or_else(|| inside(&p.write))
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(DenyReason::PathOutsideScope)
-    }
+    found.ok_or(DenyReason::PathOutsideScope)
 }
 
 /// Fold `.` and `..` lexically. `None` if `..` climbs above `/`.
@@ -274,6 +300,20 @@ call_timeout_secs = 30
             )
         };
         assert!(ok("/srv/data/a.txt", false));
+        match p.decide(
+            &a,
+            &call(
+                "t",
+                ToolAccess::FileWrite,
+                vec![("/srv/out/x", true), ("/srv/data/y", false)],
+            ),
+        ) {
+            Decision::Allow(al) => assert_eq!(
+                al.rule(),
+                "clients.alice tools=* write:/srv/out read:/srv/data"
+            ),
+            d => panic!("{d:?}"),
+        }
         assert!(ok("/srv/out/a.txt", false), "write roots are readable");
         assert!(ok("/srv/out/a.txt", true));
         assert!(
@@ -411,6 +451,55 @@ call_timeout_secs = 30
         let e = Policy::from_toml("c.toml", "[server]\nmax_message_bytes = 0\n", &fake_canon)
             .unwrap_err();
         assert!(e.message.contains("max_message_bytes"));
+    }
+
+    #[test]
+    fn audit_log_must_be_out_of_every_workers_reach() {
+        let ok = policy("[clients.c]\nread = [\"/srv/data\"]\n[audit]\npath = \"/var/log/mcpd/audit.jsonl\"\nmode = \"strict\"\n");
+        let a = ok.audit.as_ref().unwrap();
+        assert!(a.strict);
+        assert_eq!(a.path, PathBuf::from("/var/log/mcpd/audit.jsonl"));
+        let e = Policy::from_toml(
+            "c.toml",
+            "[clients.c]\nread = [\"/var/log\"]\n[audit]\npath = \"/var/log/mcpd/audit.jsonl\"\n",
+            &fake_canon,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert!(
+            e.message
+                .contains("lies inside /var/log which client 'c' may access"),
+            "{e}"
+        );
+        let e = Policy::from_toml(
+            "c.toml",
+            "[clients.c]\nglobal_write = true\n[audit]\npath = \"/var/log/a.jsonl\"\n",
+            &fake_canon,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("lies inside /"), "{e}");
+        let e = Policy::from_toml(
+            "c.toml",
+            "[audit]\npath = \"/x/a\"\nmode = \"sometimes\"\n",
+            &fake_canon,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(3));
+        let mut q = Policy::quick_start(
+            &QuickStart {
+                read: vec![PathBuf::from("/data")],
+                write: vec![],
+            },
+            Path::new("/"),
+            &fake_canon,
+        )
+        .unwrap();
+        assert!(q
+            .set_audit_path(Path::new("/data/audit.jsonl"), &fake_canon)
+            .is_err());
+        q.set_audit_path(Path::new("/logs/audit.jsonl"), &fake_canon)
+            .unwrap();
+        assert!(!q.audit.as_ref().unwrap().strict);
     }
 
     #[test]

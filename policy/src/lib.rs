@@ -20,5 +20,6 @@ mod model;
 pub use config::{ConfigError, RawConfig};
 pub use decide::{Allow, Decision, DenyReason, Request};
 pub use model::{
-    Canonicalize, ClientId, Limits, Permissions, Policy, QuickStart, ToolSet, DEFAULT_CLIENT,
+    AuditSettings, Canonicalize, ClientId, Limits, Permissions, Policy, QuickStart, ToolSet,
+    DEFAULT_CLIENT,
 };

@@ -133,6 +133,48 @@ pub struct Policy {
     pub worker_idle_secs: u64,
     /// Warnings to print loudly at load (e.g. global write).
     pub warnings: Vec<String>,
+    /// The audit log, when configured.
+    pub audit: Option<AuditSettings>,
+}
+
+/// Audit log settings (validated: the path lies outside every client's roots).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// The log file.
+    pub path: PathBuf,
+    /// fdatasync before every response (group-committed) instead of periodically.
+    pub strict: bool,
+    /// Batch mode: longest time between syncs, milliseconds.
+    pub batch_interval_ms: u64,
+    /// Rotation size in bytes (0 = never).
+    pub rotate_bytes: u64,
+    /// Ed25519 private key for signed checkpoints.
+    pub checkpoint_key: Option<PathBuf>,
+    /// Checkpoint interval in records.
+    pub checkpoint_every: u64,
+    /// Record redacted argument previews.
+    pub preview_args: bool,
+    /// Keep serving when the log cannot be written.
+    pub fail_open: bool,
+    /// Forward to journald.
+    pub journald: bool,
+}
+
+impl AuditSettings {
+    /// Defaults for a log at `path` (quick-start `--audit-log`).
+    pub fn at(path: PathBuf) -> Self {
+        Self {
+            path,
+            strict: false,
+            batch_interval_ms: 1000,
+            rotate_bytes: 64 * 1024 * 1024,
+            checkpoint_key: None,
+            checkpoint_every: 1000,
+            preview_args: false,
+            fail_open: false,
+            journald: false,
+        }
+    }
 }
 
 /// Quick-start flags: a one-client policy without a config file.
@@ -294,7 +336,11 @@ impl Policy {
                 clients.contains_key(&d).then_some(d)
             }
         };
-        Ok(Self {
+        let audit = match &raw.audit {
+            None => None,
+            Some(a) => Some(audit_settings(src, a, canon, &mut warnings)?),
+        };
+        let mut policy = Self {
             clients,
             stdio_client,
             worker_path: server.worker.as_ref().map(PathBuf::from),
@@ -305,7 +351,55 @@ impl Policy {
                 .unwrap_or(DEFAULT_WORKER_IDLE_SECS)
                 .max(1),
             warnings,
-        })
+            audit: None,
+        };
+        if let Some(a) = audit {
+            policy
+                .check_audit_reach(&a.path)
+                .map_err(|m| src.error(raw.audit.as_ref().map(|r| r.path.span()), m))?;
+            policy.audit = Some(a);
+        }
+        Ok(policy)
+    }
+
+    /// Use an audit log at `path` (quick-start `--audit-log`), keeping other settings if a
+    /// config file set them. The path must lie outside every client's roots.
+    pub fn set_audit_path(
+        &mut self,
+        path: &Path,
+        canon: Canonicalize<'_>,
+    ) -> Result<(), ConfigError> {
+        let src = Source::new("<flags>", "");
+        let path = canonical_log_path(&src, None, path, canon)?;
+        self.check_audit_reach(&path)
+            .map_err(|m| src.error(None, m))?;
+        let mut a = self
+            .audit
+            .take()
+            .unwrap_or_else(|| AuditSettings::at(path.clone()));
+        a.path = path;
+        self.audit = Some(a);
+        Ok(())
+    }
+
+    /// The audit log must be out of every worker's reach: not inside any client's read or write
+    /// roots (Landlock rules are derived from those roots).
+    fn check_audit_reach(&self, log: &Path) -> Result<(), String> {
+        for (id, p) in &self.clients {
+            if let Some(root) = p
+                .read
+                .iter()
+                .chain(p.write.iter())
+                .find(|r| log.starts_with(r))
+            {
+                return Err(format!(
+                    "audit log {} lies inside {} which client '{id}' may access: move the log out of every client's roots",
+                    log.display(),
+                    root.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The client the stdio transport speaks for, if any. Without one, stdio is refused.
@@ -369,6 +463,19 @@ impl Policy {
                 .as_ref()
                 .map_or("<none: stdio refused>".into(), |c| c.to_string())
         ));
+        match &self.audit {
+            None => out.push_str("audit: off\n"),
+            Some(a) => out.push_str(&format!(
+                "audit: {} mode={} rotate={}B checkpoints={} preview_args={} fail_open={} journald={}\n",
+                a.path.display(),
+                if a.strict { "strict" } else { "batch" },
+                a.rotate_bytes,
+                a.checkpoint_key.as_ref().map_or("off".to_string(), |k| format!("every {} records, key {}", a.checkpoint_every, k.display())),
+                a.preview_args,
+                a.fail_open,
+                a.journald
+            )),
+        }
         if self.clients.is_empty() {
             out.push_str("no clients: every request is denied\n");
         }
@@ -405,6 +512,84 @@ impl Policy {
         }
         out
     }
+}
+
+/// Canonicalise a log file path: absolute, its directory must exist (the file may not).
+fn canonical_log_path(
+    src: &Source,
+    span: Option<std::ops::Range<usize>>,
+    p: &Path,
+    canon: Canonicalize<'_>,
+) -> Result<PathBuf, ConfigError> {
+    if !p.is_absolute() {
+        return Err(src.error(
+            span,
+            format!("audit path must be absolute: '{}'", p.display()),
+        ));
+    }
+    let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
+        return Err(src.error(span, format!("audit path names no file: '{}'", p.display())));
+    };
+    let dir = canon(dir).map_err(|e| {
+        src.error(
+            span.clone(),
+            format!("audit directory '{}': {e}", dir.display()),
+        )
+    })?;
+    Ok(dir.join(name))
+}
+
+fn audit_settings(
+    src: &Source,
+    a: &crate::config::RawAudit,
+    canon: Canonicalize<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<AuditSettings, ConfigError> {
+    let path = canonical_log_path(src, Some(a.path.span()), Path::new(a.path.get_ref()), canon)?;
+    let strict = match a.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("batch", _)) => false,
+        Some(("strict", _)) => true,
+        Some((other, span)) => {
+            return Err(src.error(
+                Some(span),
+                format!("audit.mode must be \"batch\" or \"strict\", not '{other}'"),
+            ))
+        }
+    };
+    let checkpoint_key = match &a.checkpoint_key {
+        None => None,
+        Some(k) => {
+            let kp = Path::new(k.get_ref());
+            if !kp.is_absolute() {
+                return Err(src.error(
+                    Some(k.span()),
+                    "audit.checkpoint_key must be an absolute path",
+                ));
+            }
+            Some(
+                canon(kp)
+                    .map_err(|e| src.error(Some(k.span()), format!("audit.checkpoint_key: {e}")))?,
+            )
+        }
+    };
+    if a.fail_open {
+        warnings.push(
+            "audit.fail_open = true: requests are served even when the audit log cannot be written"
+                .into(),
+        );
+    }
+    let d = AuditSettings::at(path.clone());
+    Ok(AuditSettings {
+        path,
+        strict,
+        batch_interval_ms: a.batch_interval_ms.unwrap_or(d.batch_interval_ms).max(1),
+        rotate_bytes: a.rotate_bytes.unwrap_or(d.rotate_bytes),
+        checkpoint_key,
+        checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every).max(1),
+        preview_args: a.preview_args,
+        fail_open: a.fail_open,
+        journald: a.journald,
+    })
 }
 
 fn dedup(v: &mut Vec<PathBuf>) {

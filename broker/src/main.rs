@@ -2,6 +2,7 @@
 //! and runs each session's tools in a confined `mcpd-worker` process.
 #![deny(unsafe_code)] // exception: `sys` (pre_exec hook and kernel probes), each block with SAFETY
 
+mod auditing;
 mod doctor;
 mod jsonrpc;
 mod session;
@@ -21,6 +22,7 @@ mod exit {
     pub const CONFIG: u8 = 2;
     pub const RUNTIME: u8 = 3;
     pub const TRANSPORT: u8 = 4;
+    pub const AUDIT: u8 = 5;
 }
 
 #[derive(Parser, Debug)]
@@ -65,6 +67,9 @@ struct ServeArgs {
     /// Path of the mcpd-worker executable (default: next to mcpd).
     #[arg(long)]
     worker: Option<PathBuf>,
+    /// Write the tamper-evident audit log to this file (outside every client's roots).
+    #[arg(long = "audit-log", value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     /// Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG.
     #[arg(long, default_value = "info")]
     log: String,
@@ -96,6 +101,16 @@ fn load_policy(args: &ServeArgs) -> Result<Policy, String> {
     };
     if let Some(w) = &args.worker {
         policy.worker_path = Some(w.clone());
+    }
+    if let Some(a) = &args.audit_log {
+        let a = if a.is_absolute() {
+            a.clone()
+        } else {
+            cwd.join(a)
+        };
+        policy
+            .set_audit_path(&a, &canon)
+            .map_err(|e| e.to_string())?;
     }
     Ok(policy)
 }
@@ -152,12 +167,50 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let _ = args.stdio; // stdio is the only transport of this version, and the default
+    let audit = match &policy.audit {
+        None => auditing::Audit::off(),
+        Some(s) => match auditing::Audit::open(s) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("mcpd: audit log {}: {e}", s.path.display());
+                return ExitCode::from(exit::AUDIT);
+            }
+        },
+    };
+    let digest = mcpd_audit::args_digest(&serde_json::Value::String(policy.describe()));
+    let mut f = serde_json::Map::new();
+    f.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    f.insert("pid".into(), std::process::id().into());
+    let mut c = serde_json::Map::new();
+    c.insert("policy_digest".into(), digest.into());
+    c.insert(
+        "source".into(),
+        args.config
+            .as_ref()
+            .map_or("<flags>".to_string(), |p| p.display().to_string())
+            .into(),
+    );
+    c.insert("clients".into(), policy.clients().count().into());
+    if audit
+        .record_blocking("broker.start", f)
+        .and_then(|()| audit.record_blocking("config.load", c))
+        .is_err()
+    {
+        eprintln!("mcpd: the audit log cannot be written; refusing to serve");
+        return ExitCode::from(exit::AUDIT);
+    }
     let policy = Arc::new(policy);
+    let serve_audit = audit.clone();
     let result = rt.block_on(async move {
         let sup = supervisor::Supervisor::start(worker, policy.allow_degraded_sandbox)?;
         let (input, output) = stdio::process_stdio();
-        stdio::serve(policy, sup, input, output).await
+        stdio::serve(policy, sup, serve_audit, input, output).await
     });
+    let mut f = serde_json::Map::new();
+    f.insert("pid".into(), std::process::id().into());
+    f.insert("clean".into(), result.is_ok().into());
+    let _ = audit.record_blocking("broker.stop", f);
+    audit.close();
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,

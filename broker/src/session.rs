@@ -1,12 +1,18 @@
 //! One MCP session (session era, protocol 2025-11-25 negotiating down to 2025-03-26):
-//! lifecycle, method dispatch, policy decisions, and the session's worker.
+//! lifecycle, method dispatch, policy decisions, the session's worker, and the audit record of
+//! every request.
 //!
 //! Transport-independent: messages come in as text, go out through an unbounded channel of
 //! JSON values that the transport serialises. Every client message is hostile input.
+//!
+//! Audit invariant: every response leaves through [`Session::finish`], which writes the
+//! request's audit record (write(2), and fdatasync in strict mode) *before* the response is
+//! queued. If the record cannot be written the response is replaced by an error (fail closed),
+//! and no call is dispatched to a worker while the log is unhealthy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use mcpd_ipc::{CallErrorKind, Content, LogLevel, ResourceBody, ToolDescriptor, ToolResult};
@@ -14,10 +20,11 @@ use mcpd_policy::{ClientId, Decision, DenyReason, Policy, Request};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::auditing::Audit;
 use crate::jsonrpc::{
     self, Id, Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
 };
-use crate::supervisor::{CallEvent, CallOutcome, Supervisor, Worker};
+use crate::supervisor::{CallEvent, CallOutcome, Supervisor, Worker, WorkerContext};
 
 /// Session-era protocol versions, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
@@ -29,12 +36,25 @@ pub const TOOLS_PAGE_SIZE: usize = 100;
 pub const ACCESS_DENIED: &str = "Access denied - path outside allowed directories";
 const WORKER_DIED: &str = "The tool worker terminated unexpectedly; the call did not complete. The next call starts a new worker.";
 const SANDBOX_UNAVAILABLE: &str = "The tool sandbox could not be started (see the server log)";
+const AUDIT_UNAVAILABLE: &str = "The audit log cannot be written; the request was refused";
 
 #[derive(Debug, Default)]
 struct State {
     version: Option<&'static str>,
     initialized: bool,
     log_level: Option<LogLevel>,
+    requests: u64,
+}
+
+/// Where a session comes from, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Transport name (`stdio`).
+    pub transport: &'static str,
+    /// Peer description (for stdio: the parent process).
+    pub peer: String,
+    /// How the principal was authenticated.
+    pub auth_method: &'static str,
 }
 
 /// One client session.
@@ -44,49 +64,110 @@ pub struct Session {
 }
 
 struct Inner {
+    id: String,
     client: ClientId,
     policy: Arc<Policy>,
     supervisor: Supervisor,
+    audit: Audit,
     out: mpsc::UnboundedSender<Value>,
     state: Mutex<State>,
     worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
     inflight: Mutex<HashMap<Id, (Arc<Worker>, u64)>>,
     slots: Arc<Semaphore>,
     tasks: tokio::sync::watch::Sender<usize>,
+    opened: Instant,
 }
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
+            .field("id", &self.inner.id)
             .field("client", &self.inner.client)
             .finish()
     }
 }
 
+/// What the audit record of one request says, besides the envelope.
+#[derive(Debug, Default)]
+struct Rec {
+    method: String,
+    tool: Option<String>,
+    args_digest: Option<String>,
+    args_preview: Option<Value>,
+    decision: Option<(&'static str, String)>,
+    outcome: &'static str,
+    paths: Vec<String>,
+    limit: Option<&'static str>,
+}
+
+impl Rec {
+    fn new(method: &str) -> Self {
+        Self {
+            method: method.chars().take(128).collect(),
+            outcome: "success",
+            ..Self::default()
+        }
+    }
+    fn allow(mut self, rule: &str) -> Self {
+        self.decision = Some(("allow", rule.to_string()));
+        self
+    }
+    fn deny(mut self, reason: &str) -> Self {
+        self.decision = Some(("deny", reason.to_string()));
+        self
+    }
+    fn outcome(mut self, o: &'static str) -> Self {
+        self.outcome = o;
+        self
+    }
+}
+
 impl Session {
-    /// A new session for an authenticated principal.
-    pub fn new(
+    /// A new session for an authenticated principal. Records `auth.success` and
+    /// `session.open`; fails if the audit log cannot take them (fail closed).
+    pub async fn open(
         client: ClientId,
         policy: Arc<Policy>,
         supervisor: Supervisor,
+        audit: Audit,
+        origin: &Origin,
         out: mpsc::UnboundedSender<Value>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let slots = policy.permissions(&client).map_or(1, |p| {
             usize::try_from(p.limits.max_concurrent_calls).unwrap_or(1)
         });
-        Self {
+        let id = crate::auditing::random_id();
+        let mut f = Map::new();
+        f.insert("session".into(), json!(id));
+        f.insert("principal".into(), json!(client.as_str()));
+        f.insert("transport".into(), json!(origin.transport));
+        f.insert("peer".into(), json!(origin.peer));
+        let mut auth = f.clone();
+        auth.insert("method".into(), json!(origin.auth_method));
+        audit
+            .record("auth.success", auth)
+            .await
+            .map_err(|e| e.to_string())?;
+        audit
+            .record("session.open", f)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
             inner: Arc::new(Inner {
+                id,
                 client,
                 policy,
                 supervisor,
+                audit,
                 out,
                 state: Mutex::default(),
                 worker: tokio::sync::Mutex::new(None),
                 inflight: Mutex::default(),
                 slots: Arc::new(Semaphore::new(slots.max(1))),
                 tasks: tokio::sync::watch::Sender::new(0),
+                opened: Instant::now(),
             }),
-        }
+        })
     }
 
     /// Run request work in the background, counted so [`Session::drain`] can wait for it.
@@ -119,20 +200,134 @@ impl Session {
         let _ = self.inner.out.send(v);
     }
 
-    /// Answer a transport-level problem (oversized line, invalid UTF-8) with this error.
-    pub fn reject(&self, code: i64, message: &str) {
-        self.send(jsonrpc::error(Value::Null, code, message));
+    fn base_fields(&self) -> Map<String, Value> {
+        let mut f = Map::new();
+        f.insert("session".into(), json!(self.inner.id));
+        f.insert("principal".into(), json!(self.inner.client.as_str()));
+        f
     }
 
-    /// Handle one incoming message. Long work (tool calls) continues in spawned tasks.
+    /// Record a limit hit.
+    async fn limit_hit(&self, limit: &'static str, tool: Option<&str>) {
+        let mut f = self.base_fields();
+        f.insert("limit".into(), json!(limit));
+        if let Some(t) = tool {
+            f.insert("tool".into(), json!(t));
+        }
+        let _ = self.inner.audit.record("limit.hit", f).await;
+    }
+
+    /// Write the request's audit record, then queue the response (fail closed).
+    async fn finish(&self, id: Option<&Id>, started: Instant, rec: Rec, response: Value) {
+        let mut f = self.base_fields();
+        f.insert("method".into(), json!(rec.method));
+        if let Some(id) = id {
+            f.insert("request_id".into(), id.to_value());
+        }
+        if let Some(t) = rec.tool {
+            f.insert("tool".into(), json!(t));
+        }
+        if let Some(d) = rec.args_digest {
+            f.insert("args_digest".into(), json!(d));
+        }
+        if let Some(p) = rec.args_preview {
+            f.insert("args_preview".into(), p);
+        }
+        if let Some((decision, why)) = rec.decision {
+            f.insert("decision".into(), json!(decision));
+            f.insert(
+                if decision == "allow" {
+                    "rule"
+                } else {
+                    "reason"
+                }
+                .into(),
+                json!(why),
+            );
+        }
+        let outcome = match response.get("error") {
+            Some(_) if rec.outcome == "success" => "error",
+            _ => rec.outcome,
+        };
+        f.insert("outcome".into(), json!(outcome));
+        if let Some(code) = response.get("error").and_then(|e| e.get("code")) {
+            f.insert("error_code".into(), code.clone());
+        }
+        if !rec.paths.is_empty() {
+            f.insert("paths".into(), json!(rec.paths));
+        }
+        if let Some(l) = rec.limit {
+            f.insert("limit".into(), json!(l));
+        }
+        f.insert(
+            "duration_us".into(),
+            json!(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        );
+        let bytes = response.get("result").map_or(0, |r| r.to_string().len());
+        f.insert("result_bytes".into(), json!(bytes));
+        if let Ok(mut s) = self.inner.state.lock() {
+            s.requests += 1;
+        }
+        match self.inner.audit.record("request", f).await {
+            Ok(()) if response.is_null() => {}
+            Ok(()) => self.send(response),
+            Err(e) => {
+                tracing::error!("audit: {e}");
+                let rid = id.map_or(Value::Null, Id::to_value);
+                self.send(jsonrpc::error(rid, INTERNAL_ERROR, AUDIT_UNAVAILABLE));
+            }
+        }
+    }
+
+    /// Answer a transport-level problem (oversized line, invalid UTF-8) with this error.
+    pub fn reject(&self, code: i64, message: &str) {
+        let s = self.clone();
+        let message = message.to_string();
+        let started = Instant::now();
+        self.spawn(async move {
+            let rec = Rec::new("<invalid>").outcome("invalid");
+            s.finish(
+                None,
+                started,
+                rec,
+                jsonrpc::error(Value::Null, code, &message),
+            )
+            .await;
+        });
+    }
+
+    /// Handle one incoming message. Every request is answered from a spawned task, after its
+    /// audit record is written.
     pub fn handle(&self, text: &str) {
+        let started = Instant::now();
         match jsonrpc::classify(text) {
             Incoming::Invalid { id, code, message } => {
-                self.send(jsonrpc::error(id, code, &message))
+                let s = self.clone();
+                self.spawn(async move {
+                    let rec = Rec::new("<invalid>").outcome("invalid");
+                    let rid = match &id {
+                        Value::String(x) => Some(Id::Str(x.clone())),
+                        Value::Number(n) => n.as_i64().map(Id::Num),
+                        _ => None,
+                    };
+                    s.finish(
+                        rid.as_ref(),
+                        started,
+                        rec,
+                        jsonrpc::error(id, code, &message),
+                    )
+                    .await;
+                });
             }
             Incoming::Response => {}
             Incoming::Notification { method, params } => self.notification(&method, &params),
-            Incoming::Request { id, method, params } => self.request(id, &method, params),
+            Incoming::Request { id, method, params } => {
+                let s = self.clone();
+                self.spawn(async move {
+                    let (rec, response) = s.request(&id, &method, params).await;
+                    s.finish(Some(&id), started, rec, response).await;
+                });
+            }
         }
     }
 
@@ -167,36 +362,30 @@ impl Session {
         }
     }
 
-    fn request(&self, id: Id, method: &str, params: Map<String, Value>) {
+    async fn request(&self, id: &Id, method: &str, params: Map<String, Value>) -> (Rec, Value) {
+        let rec = Rec::new(method);
+        let err = |code, msg: &str| jsonrpc::error(id.to_value(), code, msg);
         let version = self.inner.state.lock().ok().and_then(|s| s.version);
         match method {
-            "ping" => return self.send(jsonrpc::response(&id, json!({}))),
-            "initialize" => return self.initialize(id, &params),
+            "ping" => return (rec.allow("protocol"), jsonrpc::response(id, json!({}))),
+            "initialize" => return self.initialize(id, &params, rec),
             "server/discover" => {
-                return self.send(jsonrpc::error(
-                    id.to_value(),
-                    METHOD_NOT_FOUND,
-                    "Method not found: server/discover (the stateless protocol era is not served yet; use initialize)",
-                ))
+                return (rec, err(METHOD_NOT_FOUND, "Method not found: server/discover (the stateless protocol era is not served yet; use initialize)"))
             }
             _ => {}
         }
         if version.is_none() {
-            return self.send(jsonrpc::error(
-                id.to_value(),
-                INVALID_REQUEST,
-                "Invalid Request: the session is not initialized; send initialize first",
-            ));
+            return (
+                rec.deny("not_initialized"),
+                err(
+                    INVALID_REQUEST,
+                    "Invalid Request: the session is not initialized; send initialize first",
+                ),
+            );
         }
         match method {
-            "tools/list" => {
-                let s = self.clone();
-                self.spawn(async move { s.tools_list(id, params).await });
-            }
-            "tools/call" => {
-                let s = self.clone();
-                self.spawn(async move { s.tools_call(id, params).await });
-            }
+            "tools/list" => self.tools_list(id, params, rec).await,
+            "tools/call" => self.tools_call(id, params, rec).await,
             "logging/setLevel" => match params
                 .get("level")
                 .and_then(Value::as_str)
@@ -206,37 +395,36 @@ impl Session {
                     if let Ok(mut s) = self.inner.state.lock() {
                         s.log_level = Some(l);
                     }
-                    self.send(jsonrpc::response(&id, json!({})));
+                    (rec.allow("protocol"), jsonrpc::response(id, json!({})))
                 }
-                None => self.send(jsonrpc::error(
-                    id.to_value(),
-                    INVALID_PARAMS,
-                    "Invalid params: level must be a log level name",
-                )),
+                None => (
+                    rec,
+                    err(
+                        INVALID_PARAMS,
+                        "Invalid params: level must be a log level name",
+                    ),
+                ),
             },
-            "resources/list" | "resources/templates/list" | "prompts/list" => {
-                // Not offered in this capability set: answer as the spec's "method not found".
-                self.send(jsonrpc::error(
-                    id.to_value(),
+            _ => (
+                rec,
+                err(
                     METHOD_NOT_FOUND,
-                    &format!("Method not found: {method}"),
-                ))
-            }
-            _ => self.send(jsonrpc::error(
-                id.to_value(),
-                METHOD_NOT_FOUND,
-                &format!("Method not found: {}", printable(method)),
-            )),
+                    &format!("Method not found: {}", printable(method)),
+                ),
+            ),
         }
     }
 
-    fn initialize(&self, id: Id, params: &Map<String, Value>) {
+    fn initialize(&self, id: &Id, params: &Map<String, Value>, rec: Rec) -> (Rec, Value) {
         let Some(asked) = params.get("protocolVersion").and_then(Value::as_str) else {
-            return self.send(jsonrpc::error(
-                id.to_value(),
-                INVALID_PARAMS,
-                "Invalid params: protocolVersion is required",
-            ));
+            return (
+                rec,
+                jsonrpc::error(
+                    id.to_value(),
+                    INVALID_PARAMS,
+                    "Invalid params: protocolVersion is required",
+                ),
+            );
         };
         let version = SUPPORTED_VERSIONS
             .iter()
@@ -245,32 +433,41 @@ impl Session {
             .unwrap_or(SUPPORTED_VERSIONS[0]);
         {
             let Ok(mut s) = self.inner.state.lock() else {
-                return;
+                return (
+                    rec,
+                    jsonrpc::error(id.to_value(), INTERNAL_ERROR, "Internal error"),
+                );
             };
             if s.version.is_some() {
                 drop(s);
-                return self.send(jsonrpc::error(
-                    id.to_value(),
-                    INVALID_REQUEST,
-                    "Invalid Request: already initialized",
-                ));
+                return (
+                    rec,
+                    jsonrpc::error(
+                        id.to_value(),
+                        INVALID_REQUEST,
+                        "Invalid Request: already initialized",
+                    ),
+                );
             }
             s.version = Some(version);
         }
-        self.send(jsonrpc::response(
-            &id,
-            json!({
-                "protocolVersion": version,
-                "capabilities": {"tools": {"listChanged": false}, "logging": {}},
-                "serverInfo": {"name": "mcpd", "title": "mcpd (confined MCP server)", "version": env!("CARGO_PKG_VERSION")},
-                "instructions": "Tools run in a per-session sandbox. Paths must lie within the directories listed by list_allowed_directories."
-            }),
-        ));
         // Start the worker now, while the client finishes its handshake.
         let s = self.clone();
         tokio::spawn(async move {
             let _ = s.worker().await;
         });
+        (
+            rec.allow("protocol"),
+            jsonrpc::response(
+                id,
+                json!({
+                    "protocolVersion": version,
+                    "capabilities": {"tools": {"listChanged": false}, "logging": {}},
+                    "serverInfo": {"name": "mcpd", "title": "mcpd (confined MCP server)", "version": env!("CARGO_PKG_VERSION")},
+                    "instructions": "Tools run in a per-session sandbox. Paths must lie within the directories listed by list_allowed_directories."
+                }),
+            ),
+        )
     }
 
     async fn worker(&self) -> Result<Arc<Worker>, ()> {
@@ -282,10 +479,15 @@ impl Session {
             tracing::warn!(client = %self.inner.client, pid = old.pid(), "replacing dead worker");
             old.kill().await;
         }
+        let ctx = WorkerContext {
+            audit: self.inner.audit.clone(),
+            session: self.inner.id.clone(),
+            principal: self.inner.client.to_string(),
+        };
         match self
             .inner
             .supervisor
-            .spawn(self.inner.policy.sandbox_spec(&self.inner.client))
+            .spawn(self.inner.policy.sandbox_spec(&self.inner.client), ctx)
             .await
         {
             Ok(w) => {
@@ -318,7 +520,8 @@ impl Session {
             .collect()
     }
 
-    async fn tools_list(&self, id: Id, params: Map<String, Value>) {
+    async fn tools_list(&self, id: &Id, params: Map<String, Value>, rec: Rec) -> (Rec, Value) {
+        let err = |code, msg: &str| jsonrpc::error(id.to_value(), code, msg);
         let start = match params.get("cursor") {
             None | Some(Value::Null) => 0,
             Some(Value::String(c)) => match c
@@ -326,36 +529,24 @@ impl Session {
                 .and_then(|n| n.parse::<usize>().ok())
             {
                 Some(n) => n,
-                None => {
-                    return self.send(jsonrpc::error(
-                        id.to_value(),
-                        INVALID_PARAMS,
-                        "Invalid params: unknown cursor",
-                    ))
-                }
+                None => return (rec, err(INVALID_PARAMS, "Invalid params: unknown cursor")),
             },
             Some(_) => {
-                return self.send(jsonrpc::error(
-                    id.to_value(),
-                    INVALID_PARAMS,
-                    "Invalid params: cursor must be a string",
-                ))
+                return (
+                    rec,
+                    err(INVALID_PARAMS, "Invalid params: cursor must be a string"),
+                )
             }
         };
         let Ok(worker) = self.worker().await else {
-            return self.send(jsonrpc::error(
-                id.to_value(),
-                INTERNAL_ERROR,
-                SANDBOX_UNAVAILABLE,
-            ));
+            return (
+                rec.outcome("worker_unavailable"),
+                err(INTERNAL_ERROR, SANDBOX_UNAVAILABLE),
+            );
         };
         let visible = self.visible(worker.tools());
         if start > visible.len() {
-            return self.send(jsonrpc::error(
-                id.to_value(),
-                INVALID_PARAMS,
-                "Invalid params: unknown cursor",
-            ));
+            return (rec, err(INVALID_PARAMS, "Invalid params: unknown cursor"));
         }
         let page: Vec<Value> = visible
             .iter()
@@ -367,27 +558,41 @@ impl Session {
         if start + TOOLS_PAGE_SIZE < visible.len() {
             result["nextCursor"] = json!(format!("offset:{}", start + TOOLS_PAGE_SIZE));
         }
-        self.send(jsonrpc::response(&id, result));
+        (
+            rec.allow(&format!("clients.{} tool visibility", self.inner.client)),
+            jsonrpc::response(id, result),
+        )
     }
 
-    async fn tools_call(&self, id: Id, params: Map<String, Value>) {
+    async fn tools_call(&self, id: &Id, params: Map<String, Value>, mut rec: Rec) -> (Rec, Value) {
+        let err = |code, msg: &str| jsonrpc::error(id.to_value(), code, msg);
         let Some(name) = params.get("name").and_then(Value::as_str) else {
-            return self.send(jsonrpc::error(
-                id.to_value(),
-                INVALID_PARAMS,
-                "Invalid params: name must be a string",
-            ));
+            return (
+                rec,
+                err(INVALID_PARAMS, "Invalid params: name must be a string"),
+            );
         };
+        rec.tool = Some(printable(name));
         let args = match params.get("arguments") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(a)) => a.clone(),
             Some(_) => {
-                return self.send(jsonrpc::error(
-                    id.to_value(),
-                    INVALID_PARAMS,
-                    "Invalid params: arguments must be an object",
-                ))
+                return (
+                    rec,
+                    err(
+                        INVALID_PARAMS,
+                        "Invalid params: arguments must be an object",
+                    ),
+                )
             }
+        };
+        let args_value = Value::Object(args);
+        rec.args_digest = Some(mcpd_audit::args_digest(&args_value));
+        if self.inner.audit.preview_args() {
+            rec.args_preview = Some(mcpd_audit::redacted_preview(&args_value));
+        }
+        let Value::Object(args) = args_value else {
+            return (rec, err(INTERNAL_ERROR, "Internal error"));
         };
         let progress_token = params
             .get("_meta")
@@ -395,15 +600,13 @@ impl Session {
             .filter(|t| t.is_string() || t.is_i64())
             .cloned();
         let Ok(worker) = self.worker().await else {
-            return self.send(jsonrpc::error(
-                id.to_value(),
-                INTERNAL_ERROR,
-                SANDBOX_UNAVAILABLE,
-            ));
+            return (
+                rec.outcome("worker_unavailable"),
+                err(INTERNAL_ERROR, SANDBOX_UNAVAILABLE),
+            );
         };
         let unknown = || {
-            jsonrpc::error(
-                id.to_value(),
+            err(
                 INVALID_PARAMS,
                 &format!("Unknown tool: {}", printable(name)),
             )
@@ -415,7 +618,13 @@ impl Session {
             .find(|t| t.name == name)
             .cloned()
         else {
-            return self.send(unknown());
+            let known = worker.tools().iter().any(|t| t.name == name);
+            let rec = if known {
+                rec.deny(DenyReason::ToolNotAllowed.code())
+            } else {
+                rec.deny("unknown_tool")
+            };
+            return (rec, unknown());
         };
         let mut paths = Vec::new();
         for pa in &desc.path_args {
@@ -427,27 +636,36 @@ impl Session {
                         match it.as_str() {
                             Some(s) => paths.push((s, pa.write)),
                             None => {
-                                return self.send(jsonrpc::error(
-                                    id.to_value(),
-                                    INVALID_PARAMS,
-                                    &format!(
-                                        "Invalid arguments: {} must contain only strings",
-                                        pa.name
+                                return (
+                                    rec,
+                                    err(
+                                        INVALID_PARAMS,
+                                        &format!(
+                                            "Invalid arguments: {} must contain only strings",
+                                            pa.name
+                                        ),
                                     ),
-                                ))
+                                )
                             }
                         }
                     }
                 }
                 _ => {
-                    return self.send(jsonrpc::error(
-                        id.to_value(),
-                        INVALID_PARAMS,
-                        &format!("Invalid arguments: {} has the wrong type", pa.name),
-                    ))
+                    return (
+                        rec,
+                        err(
+                            INVALID_PARAMS,
+                            &format!("Invalid arguments: {} has the wrong type", pa.name),
+                        ),
+                    )
                 }
             }
         }
+        rec.paths = paths
+            .iter()
+            .take(64)
+            .map(|(p, _)| p.chars().take(4096).collect())
+            .collect();
         let decision = self.inner.policy.decide(
             &self.inner.client,
             &Request::CallTool {
@@ -458,15 +676,25 @@ impl Session {
         );
         let allow = match decision {
             Decision::Allow(a) => a,
-            Decision::Deny(DenyReason::PathOutsideScope | DenyReason::InvalidPath) => {
+            Decision::Deny(r @ (DenyReason::PathOutsideScope | DenyReason::InvalidPath)) => {
                 tracing::info!(client = %self.inner.client, tool = %desc.name, "denied: path outside scope");
-                return self.send(jsonrpc::response(&id, tool_error(ACCESS_DENIED)));
+                return (
+                    rec.deny(r.code()).outcome("denied"),
+                    jsonrpc::response(id, tool_error(ACCESS_DENIED)),
+                );
             }
             Decision::Deny(r) => {
                 tracing::info!(client = %self.inner.client, tool = %desc.name, reason = r.code(), "denied");
-                return self.send(unknown());
+                return (rec.deny(r.code()), unknown());
             }
         };
+        rec = rec.allow(allow.rule());
+        if !self.inner.audit.healthy() {
+            return (
+                rec.outcome("audit_unavailable"),
+                err(INTERNAL_ERROR, AUDIT_UNAVAILABLE),
+            );
+        }
         let limits = self
             .inner
             .policy
@@ -478,10 +706,16 @@ impl Session {
         let Ok(Ok(_permit)) =
             tokio::time::timeout_at(deadline, self.inner.slots.clone().acquire_owned()).await
         else {
-            return self.send(jsonrpc::response(
-                &id,
-                tool_error("Too many concurrent calls; the call timed out waiting for a slot"),
-            ));
+            self.limit_hit("max_concurrent_calls", Some(&desc.name))
+                .await;
+            rec.limit = Some("max_concurrent_calls");
+            return (
+                rec.outcome("timeout"),
+                jsonrpc::response(
+                    id,
+                    tool_error("Too many concurrent calls; the call timed out waiting for a slot"),
+                ),
+            );
         };
         let args_json = Value::Object(args).to_string();
         let mut handle = worker.call(allow, args_json, true).await;
@@ -498,8 +732,10 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     worker.cancel(handle.id).await;
-                    self.inner.inflight.lock().ok().map(|mut m| m.remove(&id));
-                    return self.send(jsonrpc::response(&id, tool_error(&format!("The tool call timed out after {} s and was cancelled", limits.call_timeout_secs))));
+                    self.inner.inflight.lock().ok().map(|mut m| m.remove(id));
+                    self.limit_hit("call_timeout_secs", Some(&desc.name)).await;
+                    rec.limit = Some("call_timeout_secs");
+                    return (rec.outcome("timeout"), jsonrpc::response(id, tool_error(&format!("The tool call timed out after {} s and was cancelled", limits.call_timeout_secs))));
                 }
             }
         };
@@ -508,49 +744,57 @@ impl Session {
             .inflight
             .lock()
             .ok()
-            .and_then(|mut m| m.remove(&id))
+            .and_then(|mut m| m.remove(id))
             .is_some();
         if !still_wanted {
-            return; // cancelled by the client: no response is sent
+            // Cancelled by the client: JSON-RPC wants no response; the record still goes out,
+            // and `finish` drops the (null) response.
+            return (rec.outcome("cancelled"), Value::Null);
         }
-        let reply = match outcome {
-            Some(CallOutcome::Done(r)) => match result_json(r) {
-                Some(v) => jsonrpc::response(&id, v),
-                None => {
-                    tracing::warn!(
-                        pid = worker.pid(),
-                        "worker returned a malformed result; ending it"
-                    );
-                    worker.kill().await;
-                    jsonrpc::error(
-                        id.to_value(),
-                        INTERNAL_ERROR,
-                        "Internal error: malformed tool result",
-                    )
+        match outcome {
+            Some(CallOutcome::Done(r)) => {
+                let is_error = r.is_error;
+                match result_json(r) {
+                    Some(v) => (
+                        rec.outcome(if is_error { "tool_error" } else { "success" }),
+                        jsonrpc::response(id, v),
+                    ),
+                    None => {
+                        tracing::warn!(
+                            pid = worker.pid(),
+                            "worker returned a malformed result; ending it"
+                        );
+                        worker.kill().await;
+                        (
+                            rec.outcome("killed"),
+                            err(INTERNAL_ERROR, "Internal error: malformed tool result"),
+                        )
+                    }
                 }
-            },
+            }
             Some(CallOutcome::Failed(e)) => match e.kind {
-                CallErrorKind::UnknownTool => unknown(),
-                CallErrorKind::InvalidArguments => jsonrpc::error(
-                    id.to_value(),
-                    INVALID_PARAMS,
-                    &format!("Invalid arguments: {}", e.message),
+                CallErrorKind::UnknownTool => (rec, unknown()),
+                CallErrorKind::InvalidArguments => (
+                    rec.outcome("invalid_arguments"),
+                    err(INVALID_PARAMS, &format!("Invalid arguments: {}", e.message)),
                 ),
-                CallErrorKind::Cancelled => {
-                    jsonrpc::response(&id, tool_error("The call was cancelled"))
-                }
-                CallErrorKind::Internal => jsonrpc::error(
-                    id.to_value(),
-                    INTERNAL_ERROR,
-                    &format!("Internal error: {}", e.message),
+                CallErrorKind::Cancelled => (
+                    rec.outcome("cancelled"),
+                    jsonrpc::response(id, tool_error("The call was cancelled")),
+                ),
+                CallErrorKind::Internal => (
+                    rec,
+                    err(INTERNAL_ERROR, &format!("Internal error: {}", e.message)),
                 ),
             },
             Some(CallOutcome::WorkerDied) | None => {
                 tracing::warn!(client = %self.inner.client, pid = worker.pid(), tool = %desc.name, "worker died during a call");
-                jsonrpc::error(id.to_value(), INTERNAL_ERROR, WORKER_DIED)
+                (
+                    rec.outcome("worker_crash"),
+                    err(INTERNAL_ERROR, WORKER_DIED),
+                )
             }
-        };
-        self.send(reply);
+        }
     }
 
     fn event(&self, ev: CallEvent, token: Option<&Value>, last: &mut f64) {
@@ -598,12 +842,20 @@ impl Session {
         }
     }
 
-    /// End the session: stop the worker and wait until it is reaped.
+    /// End the session: stop the worker, wait until it is reaped, record `session.close`.
     pub async fn close(&self) {
         let w = self.inner.worker.lock().await.take();
         if let Some(w) = w {
             w.shutdown().await;
         }
+        let mut f = self.base_fields();
+        let requests = self.inner.state.lock().map(|s| s.requests).unwrap_or(0);
+        f.insert("requests".into(), json!(requests));
+        f.insert(
+            "duration_ms".into(),
+            json!(u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        );
+        let _ = self.inner.audit.record("session.close", f).await;
     }
 }
 

@@ -10,8 +10,9 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::auditing::Audit;
 use crate::jsonrpc::{INVALID_REQUEST, PARSE_ERROR};
-use crate::session::Session;
+use crate::session::{Origin, Session};
 use crate::supervisor::Supervisor;
 
 /// Boxed async input.
@@ -144,6 +145,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 pub async fn serve<R, W>(
     policy: Arc<Policy>,
     supervisor: Supervisor,
+    audit: Audit,
     input: R,
     mut output: W,
 ) -> std::io::Result<()>
@@ -168,7 +170,19 @@ where
         }
     });
     tracing::info!(client = %client, "stdio session open");
-    let session = Session::new(client, policy, supervisor, tx);
+    let origin = Origin {
+        transport: "stdio",
+        peer: format!(
+            "ppid={}",
+            rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+        ),
+        auth_method: "local-process",
+    };
+    let session = Session::open(client, policy, supervisor, audit, &origin, tx)
+        .await
+        .map_err(|e| {
+            std::io::Error::other(format!("audit log unavailable, session refused: {e}"))
+        })?;
     let mut reader = LineReader::new(input, max);
     loop {
         match reader.next().await {

@@ -251,6 +251,26 @@ struct SpawnRequest {
     reply: oneshot::Sender<std::io::Result<(tokio::process::Child, OwnedFd)>>,
 }
 
+/// Who a worker works for, so its lifecycle lands in the audit log.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    /// The audit log.
+    pub audit: crate::auditing::Audit,
+    /// Session id.
+    pub session: String,
+    /// Principal.
+    pub principal: String,
+}
+
+impl WorkerContext {
+    fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut f = serde_json::Map::new();
+        f.insert("session".into(), self.session.clone().into());
+        f.insert("principal".into(), self.principal.clone().into());
+        f
+    }
+}
+
 /// Starts workers. All `fork`+`exec` happen on one long-lived thread, so that the workers'
 /// `PR_SET_PDEATHSIG` (which fires when the *forking thread* exits) only fires when the broker
 /// itself goes away.
@@ -282,7 +302,25 @@ impl Supervisor {
     }
 
     /// Start a worker, send it its sandbox, and wait until it reports `Ready`.
-    pub async fn spawn(&self, spec: SandboxSpec) -> Result<Arc<Worker>, SpawnError> {
+    pub async fn spawn(
+        &self,
+        spec: SandboxSpec,
+        ctx: WorkerContext,
+    ) -> Result<Arc<Worker>, SpawnError> {
+        let r = self.spawn_inner(spec, &ctx).await;
+        if let Err(e) = &r {
+            let mut f = ctx.fields();
+            f.insert("error".into(), e.to_string().into());
+            let _ = ctx.audit.record("worker.spawn_failed", f).await;
+        }
+        r
+    }
+
+    async fn spawn_inner(
+        &self,
+        spec: SandboxSpec,
+        ctx: &WorkerContext,
+    ) -> Result<Arc<Worker>, SpawnError> {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(SpawnRequest {
@@ -345,6 +383,22 @@ impl Supervisor {
             ));
         }
         let tools = validate_tools(tools);
+        let mut f = ctx.fields();
+        f.insert("pid".into(), pid.into());
+        f.insert("landlock_abi".into(), enforcement.landlock_abi.into());
+        f.insert(
+            "landlock".into(),
+            format!("{:?}", enforcement.landlock).into(),
+        );
+        f.insert("landlock_net".into(), enforcement.landlock_net.into());
+        f.insert("landlock_scoped".into(), enforcement.landlock_scoped.into());
+        f.insert("seccomp".into(), enforcement.seccomp.into());
+        f.insert("no_new_privs".into(), enforcement.no_new_privs.into());
+        f.insert("tools".into(), tools.len().into());
+        if ctx.audit.record("worker.spawn", f).await.is_err() {
+            let _ = child.kill().await;
+            return Err(SpawnError::Ipc("audit log unavailable".into()));
+        }
         tracing::info!(pid, landlock_abi = enforcement.landlock_abi, landlock = ?enforcement.landlock,
             landlock_net = enforcement.landlock_net, landlock_scoped = enforcement.landlock_scoped,
             seccomp = enforcement.seccomp, no_new_privs = enforcement.no_new_privs, tools = tools.len(),
@@ -383,6 +437,7 @@ impl Supervisor {
             why
         });
         // Lifecycle: wait for exit, or kill on request / reader failure; always reap.
+        let exit_ctx = ctx.clone();
         tokio::spawn(async move {
             let mut reader = reader;
             let mut kill_rx = kill_rx;
@@ -400,11 +455,20 @@ impl Supervisor {
             };
             mark_dead(&alive, &pending);
             reader.abort();
-            match status {
+            let mut f = exit_ctx.fields();
+            f.insert("pid".into(), pid.into());
+            match &status {
                 Ok(st) if st.success() => tracing::debug!(pid, "worker exited"),
                 Ok(st) => tracing::warn!(pid, status = %st, "worker ended abnormally"),
                 Err(e) => tracing::warn!(pid, "waiting for worker: {e}"),
             }
+            if let Ok(st) = &status {
+                use std::os::unix::process::ExitStatusExt;
+                f.insert("exit_code".into(), st.code().into());
+                f.insert("signal".into(), st.signal().into());
+                f.insert("clean".into(), st.success().into());
+            }
+            let _ = exit_ctx.audit.record("worker.exit", f).await;
             let _ = exit_tx.send(());
         });
         Ok(worker)

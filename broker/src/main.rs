@@ -155,8 +155,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One stdio session needs no worker threads: a current-thread runtime keeps every hop of a
+    // call (stdin → session → worker IPC → stdout) on one thread, without cross-thread wake-ups.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -1,13 +1,100 @@
-//! mcpd's tamper-evident audit log (API skeleton; implementation in progress).
+//! mcpd's tamper-evident audit log.
+//!
+//! # Record format
+//!
+//! The log is a file of JSON lines (UTF-8, one object per `\n`-terminated line, no embedded
+//! newlines). Each record is
+//!
+//! ```text
+//! {"schema_version":1,"seq":41,"ts":"2025-01-31T12:00:00.123456Z","id":"<32 hex>",
+//!  "event":"tool.call", <caller fields...>, "prev":"<64 hex>","hash":"<64 hex>"}
+//! ```
+//!
+//! * `seq` grows by exactly one per record, across rotated files, starting at 0.
+//! * `ts` is RFC 3339 UTC with microseconds (fixed width, so it sorts as a string).
+//! * `id` is a 128-bit random event id.
+//! * caller fields are merged in; a caller field named like an envelope field
+//!   (`schema_version`, `seq`, `ts`, `id`, `event`, `prev`, `hash`) is discarded — the envelope
+//!   wins. Caller values nested more than 64 levels deep are replaced by a marker string.
+//! * `prev` is the `hash` of the previous record (64 zeros for seq 0).
+//! * `hash` is the hex SHA-256 of the RFC 8785 (JCS) canonical JSON of the record without its
+//!   `hash` member.
+//!
+//! # Records written by the log itself
+//!
+//! * `log.opened` `{resumed, pid}` — every [`AuditLog::open`] writes one (so a fresh log starts
+//!   with seq 0 = `log.opened`, and every broker start is visible).
+//! * `log.recovered` `{truncated_bytes}` — written before `log.opened` when the file ended with an
+//!   incomplete line (crash during a write), which was cut off.
+//! * `log.rotated` `{previous_file}` — the first record of every file after the first; its `prev`
+//!   is the last hash of the previous file, so the chain continues.
+//! * `log.checkpoint` `{covers_seq, covers_hash, sig}` — with a checkpoint key: every
+//!   `checkpoint_every` records and on [`AuditLog::close`]; `sig` is the hex Ed25519 signature of
+//!   `"mcpd-audit-checkpoint-v1\n{covers_seq}\n{covers_hash}"`, and it always covers the record
+//!   just before it.
+//!
+//! # Files
+//!
+//! * `<path>` — the live log (mode 0600, opened `O_APPEND|O_CREAT|O_CLOEXEC`).
+//! * `<path>.<last seq, 20 digits>` — rotated files (when the live file exceeds `rotate_bytes`).
+//! * `<path>.head` — the latest checkpoint (only with a key), replaced atomically (temp file +
+//!   rename): `{"schema_version":1,"covers_seq":N,"covers_hash":"..","sig":"..",
+//!   "checkpoint_seq":N+1,"checkpoint_hash":"..","ts":".."}`. It is written only after the log
+//!   was synced, so it never claims more than is on disk. Keep a copy elsewhere (or forward the
+//!   journal) if the attacker can also roll the head file back to an older valid one.
+//! * key files — see [`generate_key`]: PKCS#8 / SPKI PEM (or 64 hex digits).
+//!
+//! # Durability, group commit, failure
+//!
+//! A dedicated writer thread takes the first queued append, drains every other queued append,
+//! assigns seq/prev/hash in order, writes them with one `write_all`, in [`SyncMode::Strict`]
+//! `fdatasync`s once, and only then resolves all of their futures. In [`SyncMode::Batch`],
+//! appends resolve after write(2) and `fdatasync` runs at most every `interval` (and before a
+//! rotation, a checkpoint and on close).
+//!
+//! If a write or sync fails, the file is truncated back to the end of the last good record (no
+//! partial record remains, the chain stays intact), the appends of that batch fail,
+//! `mcpd: AUDIT LOG FAILURE: ...` is printed on stderr once, [`AuditLog::is_healthy`] turns false
+//! and every later append fails too (the log does not retry; restart the broker once the cause is
+//! fixed). With `fail_open` (an explicit operator choice), appends instead return `Ok` with
+//! `seq == DROPPED_SEQ` and the records are dropped (counted by [`AuditLog::dropped_count`]).
+//!
+//! # Verification
+//!
+//! [`verify`] reports the first broken record and its [`FailureKind`]. Without checkpoints and a
+//! public key, **cutting records off the end of the log cannot be detected**: the remaining
+//! prefix is a valid chain.
 #![forbid(unsafe_code)]
 
+mod journald;
+mod keys;
+mod read;
+mod record;
+mod verify;
+mod writer;
+
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+pub use keys::generate_key;
+pub use read::{discover_files, query, read_records, Query};
+pub use verify::{verify, verify_with_head, FailureKind, VerifyFailure, VerifyReport};
+
+use writer::{Msg, Pending, State, Writer};
 
 /// Version of the record format.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// `Receipt::seq` of an append whose record was dropped because the log failed and the operator
+/// set `fail_open`.
+pub const DROPPED_SEQ: u64 = u64::MAX;
 
 /// When records reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,20 +111,36 @@ pub enum SyncMode {
 /// Audit log configuration.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
-    /// The log file.
+    /// The log file (its directory must exist).
     pub path: PathBuf,
     /// Durability mode.
     pub mode: SyncMode,
     /// Rotate when the file grows beyond this many bytes.
     pub rotate_bytes: Option<u64>,
-    /// Ed25519 signing key file for checkpoints.
+    /// Ed25519 signing key file for checkpoints (PKCS#8 PEM or 64 hex digits of seed).
     pub checkpoint_key: Option<PathBuf>,
-    /// Write a signed checkpoint every this many records (with a key).
+    /// Write a signed checkpoint every this many records (with a key; 0 = only on close).
     pub checkpoint_every: u64,
     /// Keep serving when the log cannot be written (explicit operator choice; default false).
+    /// Appends then return `Ok` with `seq == DROPPED_SEQ` and the records are lost.
     pub fail_open: bool,
-    /// Forward events to journald at this socket path (None = off).
+    /// Forward events to journald at this socket path (None = off); best effort.
     pub journald_socket: Option<PathBuf>,
+}
+
+impl AuditConfig {
+    /// A strict-mode configuration for `path` with no rotation, checkpoints or journald.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            mode: SyncMode::Strict,
+            rotate_bytes: None,
+            checkpoint_key: None,
+            checkpoint_every: 1000,
+            fail_open: false,
+            journald_socket: None,
+        }
+    }
 }
 
 /// Errors.
@@ -54,41 +157,276 @@ pub enum AuditError {
 /// What `append` returns.
 #[derive(Debug, Clone)]
 pub struct Receipt {
-    /// Sequence number of the record.
+    /// Sequence number of the record ([`DROPPED_SEQ`] if dropped under `fail_open`).
     pub seq: u64,
 }
 
-/// A handle on the open audit log (cheap to clone).
-#[derive(Debug, Clone)]
-pub struct AuditLog {}
+#[derive(Debug)]
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    state: Arc<State>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    path: PathBuf,
+}
+
+impl Inner {
+    fn close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.send(Msg::Close);
+        }
+        let handle = self.thread.lock().ok().and_then(|mut g| g.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A handle on the open audit log (cheap to clone; the log closes when [`AuditLog::close`] is
+/// called or the last clone is dropped).
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.inner.path)
+            .field("healthy", &self.is_healthy())
+            .finish()
+    }
+}
+
+enum Submitted {
+    Queued(oneshot::Receiver<Result<Receipt, AuditError>>),
+    Done(Result<Receipt, AuditError>),
+}
+
+fn closed_error() -> AuditError {
+    AuditError::Unavailable("audit log is closed".into())
+}
 
 impl AuditLog {
     /// Open (or continue) the log.
-    pub fn open(_cfg: AuditConfig) -> Result<Self, AuditError> {
-        Ok(Self {})
+    ///
+    /// A torn last line is cut off and recorded (`log.recovered`); an existing log continues its
+    /// seq/prev chain (from the newest rotated file if the live file is empty); a `log.opened`
+    /// record is written and synced before this returns. Fails if the file cannot be opened or
+    /// written, the key cannot be read, or the last record is unreadable (the log is then left
+    /// untouched: verify it and move it aside).
+    pub fn open(cfg: AuditConfig) -> Result<Self, AuditError> {
+        let state = Arc::new(State::new(cfg.fail_open));
+        let w = Writer::open(&cfg, Arc::clone(&state))?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("mcpd-audit".into())
+            .spawn(move || w.run(rx))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                state,
+                thread: Mutex::new(Some(thread)),
+                closed: AtomicBool::new(false),
+                path: cfg.path,
+            }),
+        })
     }
+
+    fn submit(&self, event: &str, fields: Map<String, Value>) -> Submitted {
+        let st = &self.inner.state;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Submitted::Done(Err(closed_error()));
+        }
+        if !st.healthy.load(Ordering::SeqCst) {
+            return Submitted::Done(st.failed_result());
+        }
+        let (ack, rx) = oneshot::channel();
+        let msg = Msg::Append(Pending {
+            event: event.to_owned(),
+            fields,
+            ack,
+        });
+        match self.inner.tx.send(msg) {
+            Ok(()) => Submitted::Queued(rx),
+            Err(_) => Submitted::Done(Err(closed_error())),
+        }
+    }
+
     /// Append one event (fields are merged into the record envelope).
-    pub async fn append(&self, _event: &str, _fields: Map<String, Value>) -> Result<Receipt, AuditError> {
-        Ok(Receipt { seq: 0 })
+    ///
+    /// Resolves once the record was written (and, in strict mode, fdatasynced), together with
+    /// every other append queued at the same time.
+    pub async fn append(
+        &self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Receipt, AuditError> {
+        match self.submit(event, fields) {
+            Submitted::Done(r) => r,
+            Submitted::Queued(rx) => rx.await.unwrap_or_else(|_| Err(closed_error())),
+        }
     }
-    /// Append from synchronous code (blocks the calling thread).
-    pub fn append_blocking(&self, _event: &str, _fields: Map<String, Value>) -> Result<Receipt, AuditError> {
-        Ok(Receipt { seq: 0 })
+
+    /// Append from synchronous code (blocks the calling thread; must not be called from within
+    /// an async runtime's worker thread).
+    pub fn append_blocking(
+        &self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<Receipt, AuditError> {
+        match self.submit(event, fields) {
+            Submitted::Done(r) => r,
+            Submitted::Queued(rx) => rx.blocking_recv().unwrap_or_else(|_| Err(closed_error())),
+        }
     }
+
     /// False once a write has failed (the broker then fails closed).
     pub fn is_healthy(&self) -> bool {
-        true
+        self.inner.state.healthy.load(Ordering::SeqCst)
     }
+
     /// Flush, write a final checkpoint when a key is configured, sync, and stop the writer.
-    pub fn close(&self) {}
+    ///
+    /// Appends queued before `close` are written; later ones fail. Blocks until the writer
+    /// thread has finished (a few milliseconds); idempotent.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Number of fdatasync calls on the log file so far (for tests and metrics).
+    pub fn sync_count(&self) -> u64 {
+        self.inner.state.sync_count.load(Ordering::Relaxed)
+    }
+
+    /// Number of records dropped because the log failed under `fail_open`.
+    pub fn dropped_count(&self) -> u64 {
+        self.inner.state.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The log file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.inner.path
+    }
 }
 
 /// SHA-256 (hex) of the RFC 8785 canonical JSON of `v`.
-pub fn args_digest(_v: &Value) -> String {
-    String::new()
+pub fn args_digest(v: &Value) -> String {
+    record::sha256_hex(&record::canonical(v))
+}
+
+/// The `hash` a record must carry: SHA-256 (hex) of the JCS form of `record` without its `hash`
+/// member (any `hash` member present is ignored).
+pub fn record_hash(record: &Map<String, Value>) -> String {
+    if record.contains_key("hash") {
+        let mut m = record.clone();
+        m.remove("hash");
+        record::record_hash(&m)
+    } else {
+        record::record_hash(record)
+    }
+}
+
+/// Maximum characters kept of a string by [`redacted_preview`].
+pub const PREVIEW_STRING_CHARS: usize = 32;
+const PREVIEW_MAX_DEPTH: usize = 6;
+const PREVIEW_MAX_ITEMS: usize = 16;
+const PREVIEW_MAX_NODES: usize = 256;
+
+/// True for object keys whose values are treated as secrets by [`redacted_preview`].
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    [
+        "token",
+        "password",
+        "passwd",
+        "secret",
+        "key",
+        "authorization",
+        "cookie",
+        "credential",
+        "bearer",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+}
+
+fn preview(v: &Value, depth: usize, budget: &mut usize) -> Value {
+    if *budget == 0 {
+        return Value::String("[...]".into());
+    }
+    *budget -= 1;
+    match v {
+        Value::String(s) => {
+            let n = s.chars().count();
+            if n > PREVIEW_STRING_CHARS {
+                let head: String = s.chars().take(PREVIEW_STRING_CHARS).collect();
+                Value::String(format!("{head}...[+{} chars]", n - PREVIEW_STRING_CHARS))
+            } else {
+                v.clone()
+            }
+        }
+        Value::Array(_) | Value::Object(_) if depth >= PREVIEW_MAX_DEPTH => {
+            Value::String("[nested]".into())
+        }
+        Value::Array(a) => {
+            let mut out: Vec<Value> = a
+                .iter()
+                .take(PREVIEW_MAX_ITEMS)
+                .map(|x| preview(x, depth + 1, budget))
+                .collect();
+            if a.len() > PREVIEW_MAX_ITEMS {
+                out.push(Value::String(format!(
+                    "[+{} items]",
+                    a.len() - PREVIEW_MAX_ITEMS
+                )));
+            }
+            Value::Array(out)
+        }
+        Value::Object(o) => {
+            let mut out = Map::new();
+            for (k, x) in o.iter().take(PREVIEW_MAX_ITEMS) {
+                let kk = if k.chars().count() > PREVIEW_STRING_CHARS {
+                    k.chars().take(PREVIEW_STRING_CHARS).collect::<String>() + "..."
+                } else {
+                    k.clone()
+                };
+                let val = if is_secret_key(k) {
+                    Value::String("[redacted]".into())
+                } else {
+                    preview(x, depth + 1, budget)
+                };
+                out.insert(kk, val);
+            }
+            if o.len() > PREVIEW_MAX_ITEMS {
+                out.insert(
+                    "...".into(),
+                    Value::String(format!("[+{} keys]", o.len() - PREVIEW_MAX_ITEMS)),
+                );
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    }
 }
 
 /// A redacted preview of arguments: structure kept, strings shortened, bounded total size.
+///
+/// Strings longer than [`PREVIEW_STRING_CHARS`] characters are cut and marked
+/// `...[+N chars]`; values of object keys containing token, password, passwd, secret, key,
+/// authorization, cookie, credential or bearer (case-insensitive) become `"[redacted]"`;
+/// arrays/objects keep at most 16 entries (then a `[+N items]` / `"...": "[+N keys]"` marker),
+/// nesting beyond 6 levels becomes `"[nested]"` and after 256 values everything is `"[...]"`.
 pub fn redacted_preview(v: &Value) -> Value {
-    v.clone()
+    let mut budget = PREVIEW_MAX_NODES;
+    preview(v, 0, &mut budget)
 }
+
+#[cfg(test)]
+mod tests;

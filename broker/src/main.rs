@@ -48,6 +48,147 @@ enum Command {
     },
     /// Print what this kernel offers for confinement.
     Doctor,
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Verify the hash chain (and signed checkpoints with --key); names the first broken record.
+    Verify {
+        /// Ed25519 public key of the checkpoint signer (enables tail-truncation detection).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Log files (a base path also brings in its rotated files).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the last records.
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        /// Log files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the records of one client and/or since a time.
+    Query {
+        /// Principal (client id).
+        #[arg(long)]
+        client: Option<String>,
+        /// RFC 3339 time (or a prefix such as 2026-11-25).
+        #[arg(long)]
+        since: Option<String>,
+        /// Event name (e.g. request, session.open).
+        #[arg(long)]
+        event: Option<String>,
+        /// Log files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Generate an Ed25519 key pair for signed checkpoints.
+    Keygen {
+        /// Private key output (keep it readable by the mcpd user only).
+        #[arg(long)]
+        private: PathBuf,
+        /// Public key output (for `mcpd audit verify --key`).
+        #[arg(long)]
+        public: PathBuf,
+    },
+}
+
+fn audit_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for a in args {
+        let found = mcpd_audit::discover_files(a).map_err(|e| e.to_string())?;
+        if found.is_empty() {
+            return Err(format!("{}: no such audit log", a.display()));
+        }
+        for f in found {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn print_records(records: &[serde_json::Value]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for r in records {
+        let _ = writeln!(out, "{r}");
+    }
+}
+
+fn audit_cmd(cmd: AuditCommand) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("mcpd audit: {e}");
+        ExitCode::from(exit::AUDIT)
+    };
+    match cmd {
+        AuditCommand::Verify { key, files } => {
+            let files = match audit_files(&files) {
+                Ok(f) => f,
+                Err(e) => return fail(e),
+            };
+            let report = mcpd_audit::verify(&files, key.as_deref());
+            print!("{report}");
+            if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        AuditCommand::Tail { n, files } => match audit_files(&files).and_then(|f| {
+            let q = mcpd_audit::Query {
+                limit: Some(n),
+                ..Default::default()
+            };
+            mcpd_audit::query(&f, &q).map_err(|e| e.to_string())
+        }) {
+            Ok(r) => {
+                print_records(&r);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        AuditCommand::Query {
+            client,
+            since,
+            event,
+            files,
+        } => match audit_files(&files).and_then(|f| {
+            let q = mcpd_audit::Query {
+                principal: client,
+                since,
+                event,
+                limit: None,
+            };
+            mcpd_audit::query(&f, &q).map_err(|e| e.to_string())
+        }) {
+            Ok(r) => {
+                print_records(&r);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        AuditCommand::Keygen { private, public } => {
+            match mcpd_audit::generate_key(&private, &public) {
+                Ok(()) => {
+                    println!(
+                        "wrote {} (private) and {} (public)",
+                        private.display(),
+                        public.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -247,5 +388,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Doctor => doctor::run(),
+        Command::Audit(cmd) => audit_cmd(cmd),
     }
 }

@@ -1,0 +1,683 @@
+//! The dedicated writer thread: group commit, durability, rotation, checkpoints, recovery.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use crate::journald::Journald;
+use crate::record::{self, GENESIS};
+use crate::{keys, AuditConfig, AuditError, Receipt, SyncMode, DROPPED_SEQ, SCHEMA_VERSION};
+
+/// State shared between the handles and the writer thread.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub healthy: AtomicBool,
+    pub sync_count: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failure: Mutex<Option<String>>,
+    pub fail_open: bool,
+    /// Test hook: the writer holds this lock while it processes a batch.
+    #[cfg(test)]
+    pub gate: Mutex<()>,
+    /// Test hook: the next write stores only this many bytes and then fails with ENOSPC.
+    #[cfg(test)]
+    pub inject_short_write: Mutex<Option<usize>>,
+}
+
+impl State {
+    pub(crate) fn new(fail_open: bool) -> Self {
+        Self {
+            healthy: AtomicBool::new(true),
+            sync_count: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            fail_open,
+            #[cfg(test)]
+            gate: Mutex::new(()),
+            #[cfg(test)]
+            inject_short_write: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn failure_message(&self) -> String {
+        self.failure
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_default()
+            .unwrap_or_else(|| "audit log failed".into())
+    }
+
+    /// The answer to an append once the log has failed.
+    pub(crate) fn failed_result(&self) -> Result<Receipt, AuditError> {
+        if self.fail_open {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(Receipt { seq: DROPPED_SEQ })
+        } else {
+            Err(AuditError::Unavailable(self.failure_message()))
+        }
+    }
+}
+
+/// An append waiting for the writer.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub event: String,
+    pub fields: Map<String, Value>,
+    pub ack: oneshot::Sender<Result<Receipt, AuditError>>,
+}
+
+/// Messages to the writer thread.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    Append(Pending),
+    Close,
+}
+
+/// `<path><suffix>` (suffix appended to the file name, not replacing an extension).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s: OsString = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Path of a rotated file that ends at `last_seq`.
+pub(crate) fn rotated_path(path: &Path, last_seq: u64) -> PathBuf {
+    with_suffix(path, &format!(".{last_seq:020}"))
+}
+
+/// Rotated siblings of `path` (`<path>.<20 digits>`), sorted by their suffix.
+pub(crate) fn rotated_siblings(path: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = format!("{name}.");
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for ent in rd {
+        let ent = ent?;
+        let fname = ent.file_name();
+        let Some(f) = fname.to_str() else { continue };
+        let Some(digits) = f.strip_prefix(&prefix) else {
+            continue;
+        };
+        if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = digits.parse::<u64>() {
+                out.push((n, path.with_file_name(f)));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    // std opens with O_CLOEXEC; append(true) gives O_APPEND.
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// Finds the end of the last complete line of a file of length `len`.
+///
+/// Returns (length to keep, the last complete line without its `\n`).
+pub(crate) fn scan_tail(file: &File, len: u64) -> io::Result<(u64, Option<Vec<u8>>)> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut pos = len;
+    let mut tail: Vec<u8> = Vec::new(); // bytes [pos, len)
+    loop {
+        let newlines = tail.iter().filter(|&&b| b == b'\n').count();
+        if newlines >= 2 || pos == 0 {
+            break;
+        }
+        let start = pos.saturating_sub(CHUNK);
+        let mut chunk = vec![0u8; usize::try_from(pos - start).unwrap_or(0)];
+        file.read_exact_at(&mut chunk, start)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        pos = start;
+    }
+    let Some(last_nl) = tail.iter().rposition(|&b| b == b'\n') else {
+        return Ok((0, None));
+    };
+    let keep = pos + last_nl as u64 + 1;
+    let line_start = tail[..last_nl]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    Ok((keep, Some(tail[line_start..last_nl].to_vec())))
+}
+
+/// (seq, hash) of a serialized record.
+pub(crate) fn seq_and_hash(line: &[u8]) -> Result<(u64, String), String> {
+    let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+    let seq = v.get("seq").and_then(Value::as_u64).ok_or("no seq")?;
+    let hash = v.get("hash").and_then(Value::as_str).ok_or("no hash")?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("bad hash".into());
+    }
+    Ok((seq, hash.to_owned()))
+}
+
+/// A checkpoint produced by a batch, to be published in the head file once durable.
+#[derive(Debug)]
+struct Head(Value);
+
+/// The writer (owned by its thread).
+#[derive(Debug)]
+pub(crate) struct Writer {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    next_seq: u64,
+    prev: String,
+    mode: SyncMode,
+    rotate_bytes: Option<u64>,
+    key: Option<SigningKey>,
+    checkpoint_every: u64,
+    since_checkpoint: u64,
+    dirty: bool,
+    last_sync: Instant,
+    journald: Option<Journald>,
+    state: Arc<State>,
+    failed: bool,
+    head_warned: bool,
+}
+
+impl Writer {
+    /// Opens or continues the log at `cfg.path`, recovering a torn tail, and writes the opening
+    /// records (synced, whatever the mode).
+    pub(crate) fn open(cfg: &AuditConfig, state: Arc<State>) -> Result<Self, AuditError> {
+        let ctx = |e: io::Error| {
+            AuditError::Io(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", cfg.path.display()),
+            ))
+        };
+        let key = cfg
+            .checkpoint_key
+            .as_deref()
+            .map(keys::load_signing_key)
+            .transpose()?;
+        let file = open_log(&cfg.path).map_err(ctx)?;
+        let mut len = file.metadata().map_err(ctx)?.len();
+        let mut truncated = 0;
+        let mut last: Option<(u64, String)> = None;
+        if len > 0 {
+            let (keep, line) = scan_tail(&file, len).map_err(ctx)?;
+            if keep < len {
+                file.set_len(keep).map_err(ctx)?;
+                file.sync_data().map_err(ctx)?;
+                truncated = len - keep;
+                len = keep;
+            }
+            if let Some(line) = line {
+                last = Some(seq_and_hash(&line).map_err(|e| {
+                    AuditError::Unavailable(format!(
+                        "{}: cannot continue the log, its last record is unreadable ({e}); \
+                         verify it and move it aside",
+                        cfg.path.display()
+                    ))
+                })?);
+            }
+        }
+        let mut from_sibling = None;
+        if last.is_none() {
+            // A crash right after a rotation leaves an empty live file: continue the chain
+            // from the newest rotated file.
+            if let Some((_, sib)) = rotated_siblings(&cfg.path).map_err(ctx)?.pop() {
+                let f = File::open(&sib).map_err(ctx)?;
+                let slen = f.metadata().map_err(ctx)?.len();
+                let (_, line) = scan_tail(&f, slen).map_err(ctx)?;
+                let parsed = line.as_deref().map(seq_and_hash);
+                match parsed {
+                    Some(Ok(sh)) => {
+                        last = Some(sh);
+                        from_sibling = sib.file_name().map(|n| n.to_string_lossy().into_owned());
+                    }
+                    _ => {
+                        return Err(AuditError::Unavailable(format!(
+                            "{}: cannot continue the chain: last record unreadable",
+                            sib.display()
+                        )))
+                    }
+                }
+            }
+        }
+        let resumed = last.is_some();
+        let (next_seq, prev) = match last {
+            Some((s, h)) => (s.saturating_add(1), h),
+            None => (0, GENESIS.to_owned()),
+        };
+        let mut w = Self {
+            path: cfg.path.clone(),
+            file,
+            len,
+            next_seq,
+            prev,
+            mode: cfg.mode,
+            rotate_bytes: cfg.rotate_bytes,
+            key,
+            checkpoint_every: cfg.checkpoint_every,
+            since_checkpoint: 0,
+            dirty: false,
+            last_sync: Instant::now(),
+            journald: cfg.journald_socket.clone().map(Journald::new),
+            state,
+            failed: false,
+            head_warned: false,
+        };
+        let mut items = Vec::new();
+        if let Some(name) = from_sibling {
+            items.push((
+                "log.rotated".to_owned(),
+                obj(json!({ "previous_file": name })),
+            ));
+        }
+        if truncated > 0 {
+            items.push((
+                "log.recovered".to_owned(),
+                obj(json!({ "truncated_bytes": truncated })),
+            ));
+        }
+        items.push((
+            "log.opened".to_owned(),
+            obj(json!({ "resumed": resumed, "pid": std::process::id() })),
+        ));
+        w.write_batch(items, true, false).map_err(ctx)?;
+        Ok(w)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.state.sync_count.fetch_add(1, Ordering::Relaxed);
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn raw_write(&mut self, data: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        {
+            let inject = self
+                .state
+                .inject_short_write
+                .lock()
+                .ok()
+                .and_then(|mut g| g.take());
+            if let Some(n) = inject {
+                self.file.write_all(&data[..n.min(data.len())])?;
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+        }
+        self.file.write_all(data)
+    }
+
+    /// Removes whatever a failed write left after the last complete record.
+    fn cut_back(&mut self) {
+        if let Err(e) = self.file.set_len(self.len) {
+            eprintln!(
+                "mcpd: AUDIT LOG FAILURE: {}: could not remove a partial record: {e}",
+                self.path.display()
+            );
+        }
+    }
+
+    /// Builds, writes (one write) and — in strict mode, or when forced or when a checkpoint is
+    /// included — syncs the records for `items`, returning their seqs. With `final_checkpoint`, a
+    /// checkpoint is appended if records were written since the last one. On error nothing of
+    /// the batch remains in the file and the chain state is unchanged.
+    fn write_batch(
+        &mut self,
+        items: Vec<(String, Map<String, Value>)>,
+        force_sync: bool,
+        final_checkpoint: bool,
+    ) -> io::Result<Vec<u64>> {
+        let mut buf = String::with_capacity(items.len() * 320);
+        let mut seq = self.next_seq;
+        let mut prev = self.prev.clone();
+        let mut since = self.since_checkpoint;
+        let mut seqs = Vec::with_capacity(items.len());
+        let mut journal: Vec<(u64, String, std::ops::Range<usize>)> = Vec::new();
+        let mut head = None;
+        let n = items.len();
+        for (i, (event, fields)) in items.into_iter().enumerate() {
+            let b = record::build(seq, &prev, &event, fields)?;
+            let start = buf.len();
+            buf.push_str(&b.line);
+            journal.push((seq, event, start..buf.len()));
+            seqs.push(seq);
+            prev = b.hash;
+            seq += 1;
+            since += 1;
+            let due = self.checkpoint_every > 0 && since >= self.checkpoint_every;
+            let last_and_final = final_checkpoint && i + 1 == n;
+            if self.key.is_some() && (due || last_and_final) {
+                let (h, fields) = self.checkpoint(seq - 1, &prev)?;
+                let c = record::build(seq, &prev, "log.checkpoint", fields)?;
+                let start = buf.len();
+                buf.push_str(&c.line);
+                journal.push((seq, "log.checkpoint".into(), start..buf.len()));
+                head = Some(Head(merge_head(h, seq, &c.hash)));
+                prev = c.hash;
+                seq += 1;
+                since = 0;
+            }
+        }
+        if n == 0 && final_checkpoint && self.key.is_some() && since > 0 {
+            let (h, fields) = self.checkpoint(seq - 1, &prev)?;
+            let c = record::build(seq, &prev, "log.checkpoint", fields)?;
+            buf.push_str(&c.line);
+            journal.push((seq, "log.checkpoint".into(), 0..buf.len()));
+            head = Some(Head(merge_head(h, seq, &c.hash)));
+            prev = c.hash;
+            seq += 1;
+            since = 0;
+        }
+        if buf.is_empty() {
+            return Ok(seqs);
+        }
+        if let Err(e) = self.raw_write(buf.as_bytes()) {
+            self.cut_back();
+            return Err(e);
+        }
+        if force_sync || self.mode == SyncMode::Strict || head.is_some() {
+            if let Err(e) = self.sync() {
+                // The page cache state is unknown after a failed fdatasync: drop the batch so
+                // the file matches what the callers are told.
+                self.cut_back();
+                return Err(e);
+            }
+        } else {
+            self.dirty = true;
+        }
+        self.len += buf.len() as u64;
+        self.next_seq = seq;
+        self.prev = prev;
+        self.since_checkpoint = since;
+        if let Some(Head(h)) = head {
+            if let Err(e) = self.write_head(&h) {
+                if !self.head_warned {
+                    self.head_warned = true;
+                    eprintln!(
+                        "mcpd: audit: could not write the checkpoint head file for {}: {e}",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        if let Some(j) = &mut self.journald {
+            for (seq, event, r) in &journal {
+                j.send(*seq, event, &buf[r.clone()]);
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// Signs a checkpoint over (`seq`, `hash`): returns the head skeleton and record fields.
+    fn checkpoint(&self, seq: u64, hash: &str) -> io::Result<(Value, Map<String, Value>)> {
+        let Some(key) = &self.key else {
+            return Err(io::Error::other("no checkpoint key"));
+        };
+        let sig = hex::encode(
+            key.sign(record::checkpoint_message(seq, hash).as_bytes())
+                .to_bytes(),
+        );
+        let fields = obj(json!({ "covers_seq": seq, "covers_hash": hash, "sig": sig }));
+        let head = json!({
+            "schema_version": SCHEMA_VERSION,
+            "covers_seq": seq,
+            "covers_hash": hash,
+            "sig": sig,
+        });
+        Ok((head, fields))
+    }
+
+    fn write_head(&self, head: &Value) -> io::Result<()> {
+        let dst = with_suffix(&self.path, ".head");
+        let tmp = with_suffix(&self.path, ".head.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut text = serde_json::to_string(head).map_err(io::Error::other)?;
+        text.push('\n');
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &dst)?;
+        sync_dir(&dst);
+        Ok(())
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        if self.failed {
+            return;
+        }
+        self.failed = true;
+        let msg = format!("{}: {e}", self.path.display());
+        if let Ok(mut g) = self.state.failure.lock() {
+            *g = Some(format!("audit log write failed earlier: {msg}"));
+        }
+        self.state.healthy.store(false, Ordering::SeqCst);
+        if self.state.fail_open {
+            eprintln!(
+                "mcpd: AUDIT LOG FAILURE: {msg}; fail_open is set: continuing WITHOUT audit records \
+                 (they are dropped)"
+            );
+        } else {
+            eprintln!("mcpd: AUDIT LOG FAILURE: {msg}; audited operations will be refused");
+        }
+    }
+
+    fn periodic_sync(&mut self) {
+        if self.dirty && !self.failed {
+            if let Err(e) = self.sync() {
+                self.fail(&e);
+            }
+        }
+    }
+
+    fn maybe_rotate(&mut self) -> io::Result<()> {
+        let Some(limit) = self.rotate_bytes else {
+            return Ok(());
+        };
+        if self.len <= limit || self.next_seq == 0 {
+            return Ok(());
+        }
+        if self.dirty {
+            self.sync()?;
+        }
+        let rotated = rotated_path(&self.path, self.next_seq - 1);
+        if rotated.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("rotation target {} exists", rotated.display()),
+            ));
+        }
+        fs::rename(&self.path, &rotated)?;
+        self.file = open_log(&self.path)?;
+        self.len = 0;
+        sync_dir(&self.path);
+        let name = rotated
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.write_batch(
+            vec![(
+                "log.rotated".to_owned(),
+                obj(json!({ "previous_file": name })),
+            )],
+            true,
+            false,
+        )?;
+        Ok(())
+    }
+
+    fn next_msg(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {
+        loop {
+            match self.mode {
+                SyncMode::Batch { interval } if self.dirty && !self.failed => {
+                    let deadline = self.last_sync + interval;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        self.periodic_sync();
+                        continue;
+                    }
+                    match rx.recv_timeout(deadline - now) {
+                        Ok(m) => return Some(m),
+                        Err(RecvTimeoutError::Timeout) => self.periodic_sync(),
+                        Err(RecvTimeoutError::Disconnected) => return None,
+                    }
+                }
+                _ => return rx.recv().ok(),
+            }
+        }
+    }
+
+    fn process(&mut self, batch: Vec<Pending>) {
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        for p in batch {
+            acks.push(p.ack);
+            items.push((p.event, p.fields));
+        }
+        if self.failed {
+            for a in acks {
+                let _ = a.send(self.state.failed_result());
+            }
+            return;
+        }
+        match self.write_batch(items, false, false) {
+            Ok(seqs) => {
+                for (a, seq) in acks.into_iter().zip(seqs) {
+                    let _ = a.send(Ok(Receipt { seq }));
+                }
+                if let SyncMode::Batch { interval } = self.mode {
+                    if self.dirty && self.last_sync.elapsed() >= interval {
+                        self.periodic_sync();
+                    }
+                }
+                if !self.failed {
+                    if let Err(e) = self.maybe_rotate() {
+                        self.fail(&e);
+                    }
+                }
+            }
+            Err(e) => {
+                self.fail(&e);
+                for a in acks {
+                    let r = if self.state.fail_open {
+                        self.state.failed_result()
+                    } else {
+                        Err(AuditError::Io(io::Error::new(
+                            e.kind(),
+                            format!("audit log write failed: {}: {e}", self.path.display()),
+                        )))
+                    };
+                    let _ = a.send(r);
+                }
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if self.failed {
+            return;
+        }
+        let r = self.write_batch(Vec::new(), false, true).and_then(|_| {
+            if self.dirty {
+                self.sync()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = r {
+            self.fail(&e);
+        }
+    }
+
+    /// The thread body: group commit until closed.
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let Some(first) = self.next_msg(&rx) else {
+                self.shutdown();
+                return;
+            };
+            #[cfg(test)]
+            let state = Arc::clone(&self.state);
+            #[cfg(test)]
+            let _gate = state.gate.lock();
+            let mut batch = Vec::new();
+            let mut close = false;
+            match first {
+                Msg::Append(p) => batch.push(p),
+                Msg::Close => close = true,
+            }
+            while !close {
+                match rx.try_recv() {
+                    Ok(Msg::Append(p)) => batch.push(p),
+                    Ok(Msg::Close) => close = true,
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.process(batch);
+            }
+            if close {
+                self.shutdown();
+                return;
+            }
+        }
+    }
+}
+
+fn merge_head(mut h: Value, checkpoint_seq: u64, checkpoint_hash: &str) -> Value {
+    if let Some(o) = h.as_object_mut() {
+        o.insert("checkpoint_seq".into(), checkpoint_seq.into());
+        o.insert("checkpoint_hash".into(), checkpoint_hash.into());
+        o.insert("ts".into(), record::now_rfc3339().into());
+    }
+    h
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}

@@ -1,0 +1,443 @@
+//! The audit log, end to end: the real broker writes it, `mcpd audit verify` checks it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mcpd_e2e::{alive, mcpd_bin, signal, wait_until, Server};
+use serde_json::{json, Value};
+
+fn records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record ({e}): {l}")))
+        .collect()
+}
+
+fn of<'a>(recs: &'a [Value], event: &str) -> Vec<&'a Value> {
+    recs.iter().filter(|r| r["event"] == event).collect()
+}
+
+fn mcpd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(mcpd_bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+struct Fx {
+    _t: tempfile::TempDir,
+    data: PathBuf,
+    logdir: PathBuf,
+    log: PathBuf,
+}
+
+fn fx() -> Fx {
+    let t = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(t.path()).unwrap();
+    let data = base.join("data");
+    let logdir = base.join("log");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&logdir).unwrap();
+    std::fs::write(data.join("a.txt"), "alpha").unwrap();
+    let log = logdir.join("audit.jsonl");
+    Fx {
+        _t: t,
+        data,
+        logdir,
+        log,
+    }
+}
+
+#[test]
+fn a_scripted_session_records_every_kind_of_event() {
+    let f = fx();
+    let mut s = Server::start(&[
+        "--allow-read",
+        f.data.to_str().unwrap(),
+        "--audit-log",
+        f.log.to_str().unwrap(),
+    ]);
+    s.initialize();
+    s.tool_names();
+    let ok = s.call("read_text_file", json!({"path": f.data.join("a.txt")}));
+    assert_eq!(ok["content"][0]["text"], "alpha");
+    let denied = s.call("read_text_file", json!({"path": "/etc/passwd"}));
+    assert_eq!(denied["isError"], true);
+    let unknown = s.request("tools/call", json!({"name": "nope", "arguments": {}}));
+    assert_eq!(unknown["error"]["code"], -32602);
+    s.send_raw(b"{not json\n");
+    s.recv();
+    // worker crash: freeze, call, kill
+    let w = s.worker_pids()[0];
+    signal(w, libc::SIGSTOP);
+    s.send(&json!({"jsonrpc": "2.0", "id": 4242, "method": "tools/call", "params": {"name": "read_text_file", "arguments": {"path": f.data.join("a.txt")}}}));
+    std::thread::sleep(Duration::from_millis(200));
+    signal(w, libc::SIGKILL);
+    assert_eq!(s.response(&json!(4242))["error"]["code"], -32603);
+    assert!(wait_until(Duration::from_secs(5), || !alive(w)));
+    let again = s.call("read_text_file", json!({"path": f.data.join("a.txt")}));
+    assert_eq!(again["content"][0]["text"], "alpha");
+    assert!(s.finish().success());
+
+    let recs = records(&f.log);
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["schema_version"], 1, "{r}");
+        assert!(
+            r["ts"].is_string()
+                && r["id"].is_string()
+                && r["hash"].is_string()
+                && r["prev"].is_string(),
+            "{r}"
+        );
+        if i > 0 {
+            assert_eq!(
+                r["seq"].as_u64().unwrap(),
+                recs[i - 1]["seq"].as_u64().unwrap() + 1,
+                "seq is consecutive"
+            );
+            assert_eq!(
+                r["prev"],
+                recs[i - 1]["hash"],
+                "each record carries the previous hash"
+            );
+        }
+    }
+    for e in [
+        "broker.start",
+        "config.load",
+        "auth.success",
+        "session.open",
+        "worker.spawn",
+        "worker.exit",
+        "session.close",
+        "broker.stop",
+    ] {
+        assert!(!of(&recs, e).is_empty(), "no {e} record in {recs:#?}");
+    }
+    let cfg = of(&recs, "config.load")[0];
+    assert_eq!(cfg["policy_digest"].as_str().unwrap().len(), 64);
+    let spawn = of(&recs, "worker.spawn")[0];
+    assert_eq!(spawn["landlock"], "FullyEnforced");
+    assert_eq!(spawn["seccomp"], true);
+    let session = of(&recs, "session.open")[0]["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(of(&recs, "session.open")[0]["principal"], "local");
+    assert_eq!(of(&recs, "session.open")[0]["transport"], "stdio");
+    let reqs = of(&recs, "request");
+    assert!(reqs
+        .iter()
+        .all(|r| r["session"] == session.as_str() && r["principal"] == "local"));
+    let calls: Vec<_> = reqs
+        .iter()
+        .filter(|r| r["method"] == "tools/call")
+        .collect();
+    let allowed = calls.iter().find(|r| r["outcome"] == "success").unwrap();
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["tool"], "read_text_file");
+    assert_eq!(allowed["args_digest"].as_str().unwrap().len(), 64);
+    assert!(
+        allowed["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("clients.local tools=* read:"),
+        "{allowed}"
+    );
+    assert_eq!(allowed["paths"][0], f.data.join("a.txt").to_str().unwrap());
+    assert!(allowed["duration_us"].is_u64() && allowed["result_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        allowed.get("args_preview").is_none(),
+        "previews are off unless enabled"
+    );
+    let den = calls
+        .iter()
+        .find(|r| r["decision"] == "deny" && r["reason"] == "path_outside_scope")
+        .unwrap();
+    assert_eq!(den["outcome"], "denied");
+    assert!(calls.iter().any(|r| r["reason"] == "unknown_tool"));
+    assert!(calls
+        .iter()
+        .any(|r| r["outcome"] == "worker_crash" && r["request_id"] == 4242));
+    assert!(reqs
+        .iter()
+        .any(|r| r["outcome"] == "invalid" && r["error_code"] == -32700));
+    assert!(
+        of(&recs, "worker.exit").iter().any(|r| r["signal"] == 9),
+        "the killed worker's exit is recorded"
+    );
+
+    let (code, out, err) = mcpd(&["audit", "verify", f.log.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn verify_names_the_first_tampered_record() {
+    let f = fx();
+    let mut s = Server::start(&[
+        "--allow-read",
+        f.data.to_str().unwrap(),
+        "--audit-log",
+        f.log.to_str().unwrap(),
+    ]);
+    s.initialize();
+    for _ in 0..3 {
+        s.call("read_text_file", json!({"path": f.data.join("a.txt")}));
+    }
+    assert!(s.finish().success());
+    let good = std::fs::read_to_string(&f.log).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    assert!(lines.len() > 8);
+    let tampered = f.logdir.join("tampered.jsonl");
+    // Modify record 5 (line 5): the outcome of a request.
+    let mut l = lines.clone();
+    let modified = l[4].replacen("\"principal\":\"local\"", "\"principal\":\"mallory\"", 1);
+    assert_ne!(modified, l[4], "line 5 names the principal");
+    l[4] = &modified;
+    std::fs::write(&tampered, l.join("\n") + "\n").unwrap();
+    let (code, out, err) = mcpd(&["audit", "verify", tampered.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let msg = format!("{out}{err}");
+    assert!(
+        msg.contains(&format!("{}:5 ", tampered.display())) && msg.contains("BROKEN: modified"),
+        "{msg}"
+    );
+    // Delete line 3.
+    let mut l = lines.clone();
+    l.remove(2);
+    std::fs::write(&tampered, l.join("\n") + "\n").unwrap();
+    let (code, out, err) = mcpd(&["audit", "verify", tampered.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").to_lowercase().contains("deleted"),
+        "{out}{err}"
+    );
+    // Swap lines 4 and 5.
+    let mut l = lines.clone();
+    l.swap(3, 4);
+    std::fs::write(&tampered, l.join("\n") + "\n").unwrap();
+    let (code, _, _) = mcpd(&["audit", "verify", tampered.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    // The untouched log still verifies, and tail/query read it.
+    let (code, out, err) = mcpd(&["audit", "verify", f.log.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = mcpd(&["audit", "tail", "-n", "2", f.log.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (code, out, _) = mcpd(&[
+        "audit",
+        "query",
+        "--client",
+        "local",
+        "--since",
+        "2000-01-01T00:00:00Z",
+        f.log.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().count() >= 5 && out.lines().all(|l| l.contains("local")),
+        "{out}"
+    );
+    let (code, out, _) = mcpd(&[
+        "audit",
+        "query",
+        "--client",
+        "nobody",
+        f.log.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.trim().is_empty(), "{out}");
+}
+
+#[test]
+fn every_answered_call_survives_kill_9_of_the_broker() {
+    let f = fx();
+    for round in 0..5u64 {
+        let mut s = Server::start(&[
+            "--allow-read",
+            f.data.to_str().unwrap(),
+            "--audit-log",
+            f.log.to_str().unwrap(),
+        ]);
+        s.initialize();
+        let mut answered = Vec::new();
+        // Pipeline a burst of calls and kill the broker while they are being answered.
+        let n = 40 + round * 7;
+        for i in 0..n {
+            let id = 10_000 + round * 1000 + i;
+            s.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "read_text_file", "arguments": {"path": f.data.join("a.txt")}}}));
+        }
+        while answered.len() < (n as usize) / 2 {
+            let m = s.recv();
+            if let Some(id) = m.get("id").and_then(Value::as_u64) {
+                answered.push(id);
+            }
+        }
+        signal(s.child.id() as i32, libc::SIGKILL);
+        // Whatever else was already on the pipe also counts as seen by the client.
+        while let Some(m) = s.recv_timeout(Duration::from_millis(300)) {
+            if let Some(id) = m.get("id").and_then(Value::as_u64) {
+                answered.push(id);
+            }
+        }
+        let text = std::fs::read_to_string(&f.log).unwrap();
+        let logged: std::collections::HashSet<u64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["event"] == "request")
+            .filter_map(|r| r["request_id"].as_u64())
+            .collect();
+        for id in &answered {
+            assert!(
+                logged.contains(id),
+                "round {round}: call {id} was answered but has no audit record"
+            );
+        }
+        let (code, out, err) = mcpd(&["audit", "verify", f.log.to_str().unwrap()]);
+        assert_eq!(
+            code, 0,
+            "round {round}: the chain must verify up to the last complete line:\n{out}{err}"
+        );
+    }
+}
+
+#[test]
+fn the_worker_cannot_reach_the_audit_log() {
+    let f = fx();
+    std::os::unix::fs::symlink(&f.log, f.data.join("audit-link")).unwrap();
+    std::os::unix::fs::symlink(&f.logdir, f.data.join("logdir-link")).unwrap();
+    let mut s = Server::start(&[
+        "--allow-write",
+        f.data.to_str().unwrap(),
+        "--audit-log",
+        f.log.to_str().unwrap(),
+    ]);
+    s.initialize();
+    for (tool, args) in [
+        ("read_text_file", json!({"path": f.log})),
+        ("read_text_file", json!({"path": f.data.join("audit-link")})),
+        (
+            "read_text_file",
+            json!({"path": f.data.join("logdir-link/audit.jsonl")}),
+        ),
+        (
+            "write_file",
+            json!({"path": f.data.join("audit-link"), "content": "forged"}),
+        ),
+        (
+            "write_file",
+            json!({"path": f.data.join("logdir-link/audit.jsonl"), "content": "forged"}),
+        ),
+        ("list_directory", json!({"path": f.logdir})),
+        ("delete_file", json!({"path": f.log})),
+    ] {
+        let r = s.call(tool, args.clone());
+        assert_eq!(r["isError"], true, "{tool} {args}: {r}");
+        assert_eq!(
+            r["content"][0]["text"],
+            "Access denied - path outside allowed directories"
+        );
+    }
+    // The broker's log descriptor does not leak into the worker.
+    let w = s.worker_pids()[0];
+    for fd in std::fs::read_dir(format!("/proc/{w}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
+        assert!(
+            !target.starts_with(&f.logdir),
+            "worker holds {}",
+            target.display()
+        );
+    }
+    assert!(s.finish().success());
+    let text = std::fs::read_to_string(&f.log).unwrap();
+    assert!(!text.contains("forged"));
+    // An audit log inside a client's roots is refused at start-up.
+    let (code, _, err) = mcpd(&[
+        "serve",
+        "--stdio",
+        "--allow-read",
+        f.data.to_str().unwrap(),
+        "--audit-log",
+        f.data.join("x.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("lies inside"), "{err}");
+}
+
+#[test]
+fn a_full_disk_fails_closed_without_breaking_the_chain() {
+    let f = fx();
+    let mnt = f.logdir.join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=24k",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (needs root); the disk-full audit test did not run"
+        );
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    let log = mnt.join("audit.jsonl");
+    let mut s = Server::start(&[
+        "--allow-read",
+        f.data.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+    ]);
+    s.initialize();
+    let mut refused = 0;
+    let mut served = 0;
+    for _ in 0..400 {
+        let r = s.request(
+            "tools/call",
+            json!({"name": "read_text_file", "arguments": {"path": f.data.join("a.txt")}}),
+        );
+        if r.get("error").is_some() {
+            assert_eq!(
+                r["error"]["message"], "The audit log cannot be written; the request was refused",
+                "{r}"
+            );
+            refused += 1;
+            if refused > 5 {
+                break;
+            }
+        } else {
+            assert_eq!(r["result"]["content"][0]["text"], "alpha");
+            assert!(refused == 0, "no call is served after the log failed");
+            served += 1;
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+    assert!(s.stderr().contains("AUDIT LOG FAILURE"), "{}", s.stderr());
+    drop(s);
+    let (code, out, err) = mcpd(&["audit", "verify", log.to_str().unwrap()]);
+    assert_eq!(code, 0, "no partial record breaks the chain:\n{out}{err}");
+}

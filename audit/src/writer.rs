@@ -300,13 +300,8 @@ impl Writer {
             failed: false,
             head_warned: false,
         };
+        let _ = from_sibling; // `write_batch` starts an empty file with `log.rotated`
         let mut items = Vec::new();
-        if let Some(name) = from_sibling {
-            items.push((
-                "log.rotated".to_owned(),
-                obj(json!({ "previous_file": name })),
-            ));
-        }
         if truncated > 0 {
             items.push((
                 "log.recovered".to_owned(),
@@ -366,6 +361,89 @@ impl Writer {
         force_sync: bool,
         final_checkpoint: bool,
     ) -> io::Result<Vec<u64>> {
+        // Several brokers may append to one log (socket-activated sessions each run their own
+        // `mcpd`): hold an exclusive lock on the file for the whole batch and re-read the chain
+        // head if another process appended or rotated since our last batch.
+        self.lock_current()?;
+        let r = self.write_batch_locked(items, force_sync, final_checkpoint);
+        let _ = self.file.unlock();
+        r
+    }
+
+    /// Locks the file currently at `self.path` (reopening it if another process rotated it
+    /// away) and brings `len`, `next_seq` and `prev` up to date with what is on disk.
+    fn lock_current(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        loop {
+            self.file.lock()?;
+            let same = match (fs::metadata(&self.path), self.file.metadata()) {
+                (Ok(p), Ok(f)) => p.ino() == f.ino() && p.dev() == f.dev(),
+                _ => false,
+            };
+            if same {
+                break;
+            }
+            let _ = self.file.unlock();
+            self.file = open_log(&self.path)?;
+            self.len = u64::MAX; // force a rescan of the new file
+        }
+        let actual = self.file.metadata()?.len();
+        if actual == self.len {
+            return Ok(());
+        }
+        let (keep, line) = scan_tail(&self.file, actual)?;
+        if keep < actual {
+            // A torn record left by a writer that died mid-write (we hold the lock, so it is
+            // not in progress): cut it, as `open` does.
+            self.file.set_len(keep)?;
+        }
+        self.len = keep;
+        match line {
+            Some(l) => {
+                let (s, h) = seq_and_hash(&l).map_err(io::Error::other)?;
+                self.next_seq = s.saturating_add(1);
+                self.prev = h;
+            }
+            None => {
+                // An empty live file: the chain continues from the newest rotated file.
+                if let Some((_, sib)) = rotated_siblings(&self.path)?.pop() {
+                    let f = File::open(&sib)?;
+                    let slen = f.metadata()?.len();
+                    if let (_, Some(l)) = scan_tail(&f, slen)? {
+                        let (s, h) = seq_and_hash(&l).map_err(io::Error::other)?;
+                        self.next_seq = s.saturating_add(1);
+                        self.prev = h;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_batch_locked(
+        &mut self,
+        mut items: Vec<(String, Map<String, Value>)>,
+        force_sync: bool,
+        final_checkpoint: bool,
+    ) -> io::Result<Vec<u64>> {
+        let mut rotated_record = false;
+        if self.len == 0 && self.next_seq > 0 {
+            // Every file after the first starts with `log.rotated`, whoever writes first.
+            if let Some((_, sib)) = rotated_siblings(&self.path)?.pop() {
+                let name = sib
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                items.insert(
+                    0,
+                    (
+                        "log.rotated".to_owned(),
+                        obj(json!({ "previous_file": name })),
+                    ),
+                );
+                rotated_record = true;
+            }
+        }
         let mut buf = String::with_capacity(items.len() * 320);
         let mut seq = self.next_seq;
         let mut prev = self.prev.clone();
@@ -406,6 +484,9 @@ impl Writer {
             prev = c.hash;
             seq += 1;
             since = 0;
+        }
+        if rotated_record && !seqs.is_empty() {
+            seqs.remove(0);
         }
         if buf.is_empty() {
             return Ok(seqs);
@@ -519,6 +600,26 @@ impl Writer {
         if self.len <= limit || self.next_seq == 0 {
             return Ok(());
         }
+        // Under the lock, and only if the file is still too large once brought up to date
+        // (another broker sharing the log may have rotated it already).
+        self.lock_current()?;
+        let r = self.rotate_locked(limit);
+        let _ = self.file.unlock();
+        if !r? {
+            return Ok(());
+        }
+        self.file = open_log(&self.path)?;
+        self.len = u64::MAX; // rescan: another writer may already have started the new file
+                             // Starts the new file with `log.rotated` (prepended by `write_batch_locked`) unless
+                             // another writer already did.
+        self.write_batch(Vec::new(), true, false)?;
+        Ok(())
+    }
+
+    fn rotate_locked(&mut self, limit: u64) -> io::Result<bool> {
+        if self.len <= limit || self.next_seq == 0 {
+            return Ok(false);
+        }
         if self.dirty {
             self.sync()?;
         }
@@ -530,22 +631,8 @@ impl Writer {
             ));
         }
         fs::rename(&self.path, &rotated)?;
-        self.file = open_log(&self.path)?;
-        self.len = 0;
         sync_dir(&self.path);
-        let name = rotated
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.write_batch(
-            vec![(
-                "log.rotated".to_owned(),
-                obj(json!({ "previous_file": name })),
-            )],
-            true,
-            false,
-        )?;
-        Ok(())
+        Ok(true)
     }
 
     fn next_msg(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {

@@ -753,3 +753,64 @@ fn fail_closed_on_full_disk() {
     assert!(r.warnings.iter().all(|w| !w.contains("incomplete")));
     assert_eq!(r.records, written + 1);
 }
+
+/// Several brokers (socket-activated sessions) append to one log: each `AuditLog` holds its
+/// own open file description, so they contend on the file lock exactly as separate processes
+/// would. The chain must stay one valid chain across their interleaved batches and rotations.
+#[test]
+fn several_writers_share_one_chain_across_rotations() {
+    let d = tempfile::tempdir().unwrap();
+    let p = log_path(d.path());
+    let writers: Vec<AuditLog> = (0..3)
+        .map(|_| {
+            let mut cfg = AuditConfig::new(&p);
+            cfg.mode = SyncMode::Batch {
+                interval: Duration::from_millis(50),
+            };
+            cfg.rotate_bytes = Some(16 * 1024);
+            AuditLog::open(cfg).unwrap()
+        })
+        .collect();
+    let per_thread = 150;
+    std::thread::scope(|s| {
+        for (w, log) in writers.iter().enumerate() {
+            for t in 0..2 {
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        log.append_blocking(
+                            "tool.call",
+                            fields(
+                                json!({"writer": w, "thread": t, "i": i, "pad": "x".repeat(64)}),
+                            ),
+                        )
+                        .unwrap();
+                    }
+                });
+            }
+        }
+    });
+    for w in &writers {
+        w.close();
+    }
+    let files = discover_files(&p).unwrap();
+    assert!(files.len() >= 3, "rotation happened: {files:?}");
+    let r = verify(&files, None);
+    assert!(r.is_ok(), "{r}");
+    let recs = read_records(&files).unwrap();
+    let calls = recs.iter().filter(|r| r["event"] == "tool.call").count();
+    assert_eq!(
+        calls,
+        3 * 2 * per_thread,
+        "every append is in the log exactly once"
+    );
+    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "one consecutive sequence"
+    );
+    // every file after the first starts with log.rotated
+    for f in &files[1..] {
+        let first: Value = serde_json::from_str(lines(f).first().unwrap()).unwrap();
+        assert_eq!(first["event"], "log.rotated", "{}", f.display());
+    }
+}

@@ -1047,7 +1047,7 @@ impl<'a> Walk<'a> {
             return Err(cancelled());
         }
         self.visited += 1;
-        if self.visited % PROGRESS_EVERY == 0 {
+        if self.visited.is_multiple_of(PROGRESS_EVERY) {
             self.ctx.progress(
                 self.visited as f64,
                 None,

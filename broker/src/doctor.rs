@@ -55,6 +55,18 @@ pub fn run() -> ExitCode {
             .unwrap_or_default()
     );
     println!("cgroups: {}", cgroup_report());
+    let mut notes = Vec::new();
+    match crate::cgroup::Cgroups::detect_with_notes(&crate::cgroup::Mode::Auto, &mut notes) {
+        Ok(Some(c)) => println!(
+            "worker limits: cgroup v{} per worker: {}",
+            c.version(),
+            c.describe()
+        ),
+        _ => println!(
+            "worker limits: no usable cgroup ({}): memory and process-count limits fall back to rlimits (RLIMIT_NPROC is per uid and ignored for root; see docs/cgroups.md)",
+            notes.join("; ")
+        ),
+    }
     if ok {
         println!("verdict: workers can be fully confined on this kernel");
         ExitCode::SUCCESS
@@ -95,7 +107,7 @@ fn cgroup_report() -> String {
     .is_ok();
     let delegated = writable && controllers.contains("memory") && controllers.contains("pids");
     format!(
-        "{kind}; own v2 cgroup {rel}; controllers [{controllers}]; delegation usable for memory+pids: {}",
-        if delegated { "yes" } else { "no (rlimit fallbacks)" }
+        "{kind}; own v2 cgroup {rel}; controllers [{controllers}]; v2 delegation usable for memory+pids: {}",
+        if delegated { "yes" } else { "no" }
     )
 }

@@ -3,8 +3,10 @@
 #![deny(unsafe_code)] // exception: `sys` (pre_exec hook and kernel probes), each block with SAFETY
 
 mod auditing;
+mod cgroup;
 mod doctor;
 mod jsonrpc;
+mod sandbox;
 mod session;
 mod stdio;
 mod supervisor;
@@ -202,6 +204,14 @@ struct ServeArgs {
     /// A directory the stdio client may read and write (repeatable).
     #[arg(long = "allow-write", value_name = "DIR")]
     allow_write: Vec<PathBuf>,
+    /// A program the stdio client may run with run_command (repeatable): a name looked up in
+    /// /usr/local/bin:/usr/bin:/bin, or an absolute path. Runs inside the client's sandbox.
+    #[arg(long = "allow-exec", value_name = "PROGRAM")]
+    allow_exec: Vec<String>,
+    /// A language the stdio client may use for persistent code sessions (run_code):
+    /// python3, sh, bash or node (repeatable).
+    #[arg(long = "allow-code", value_name = "LANGUAGE")]
+    allow_code: Vec<String>,
     /// Configuration file (TOML).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -216,6 +226,30 @@ struct ServeArgs {
     log: String,
 }
 
+/// Per-worker cgroups as the policy asks; logs which layout is used, or why none is.
+fn detect_cgroups(setting: &mcpd_policy::CgroupSetting) -> Result<Option<cgroup::Cgroups>, String> {
+    let mode = match setting {
+        mcpd_policy::CgroupSetting::Auto => cgroup::Mode::Auto,
+        mcpd_policy::CgroupSetting::Off => cgroup::Mode::Off,
+        mcpd_policy::CgroupSetting::Path(p) => cgroup::Mode::Path(p.clone()),
+    };
+    let mut notes = Vec::new();
+    match cgroup::Cgroups::detect_with_notes(&mode, &mut notes) {
+        Ok(Some(c)) => {
+            tracing::info!("worker limits: {}", c.describe());
+            Ok(Some(c))
+        }
+        Ok(None) => {
+            tracing::warn!(
+                "worker limits: no usable cgroup ({}); memory and process-count limits fall back to rlimits (docs/cgroups.md)",
+                notes.join("; ")
+            );
+            Ok(None)
+        }
+        Err(e) => Err(format!("server.cgroup: {e}")),
+    }
+}
+
 fn canon(p: &Path) -> std::io::Result<PathBuf> {
     std::fs::canonicalize(p)
 }
@@ -225,6 +259,8 @@ fn load_policy(args: &ServeArgs) -> Result<Policy, String> {
     let q = QuickStart {
         read: args.allow_read.clone(),
         write: args.allow_write.clone(),
+        exec: args.allow_exec.clone(),
+        code: args.allow_code.clone(),
     };
     let mut policy = match &args.config {
         Some(path) => {
@@ -232,7 +268,8 @@ fn load_policy(args: &ServeArgs) -> Result<Policy, String> {
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut p = Policy::from_toml(&path.display().to_string(), &text, &canon)
                 .map_err(|e| e.to_string())?;
-            if !q.read.is_empty() || !q.write.is_empty() {
+            if !q.read.is_empty() || !q.write.is_empty() || !q.exec.is_empty() || !q.code.is_empty()
+            {
                 p.add_quick_start(&q, &cwd, &canon)
                     .map_err(|e| e.to_string())?;
             }
@@ -341,10 +378,17 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("mcpd: the audit log cannot be written; refusing to serve");
         return ExitCode::from(exit::AUDIT);
     }
+    let cgroups = match detect_cgroups(&policy.cgroup) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcpd: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
     let policy = Arc::new(policy);
     let serve_audit = audit.clone();
     let result = rt.block_on(async move {
-        let sup = supervisor::Supervisor::start(worker, policy.allow_degraded_sandbox)?;
+        let sup = supervisor::Supervisor::start(worker, policy.allow_degraded_sandbox, cgroups)?;
         let (input, output) = stdio::process_stdio();
         stdio::serve(policy, sup, serve_audit, input, output).await
     });

@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use mcpd_ipc::{CallErrorKind, Content, LogLevel, ResourceBody, ToolDescriptor, ToolResult};
-use mcpd_policy::{ClientId, Decision, DenyReason, Policy, Request};
+use mcpd_ipc::{
+    CallErrorKind, Content, LogLevel, ResourceBody, ToolAccess, ToolDescriptor, ToolResult,
+};
+use mcpd_policy::{ClientId, Decision, DenyReason, ExecRequest, Policy, Request};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -97,6 +99,7 @@ struct Rec {
     decision: Option<(&'static str, String)>,
     outcome: &'static str,
     paths: Vec<String>,
+    command: Option<String>,
     limit: Option<&'static str>,
 }
 
@@ -255,6 +258,9 @@ impl Session {
         }
         if !rec.paths.is_empty() {
             f.insert("paths".into(), json!(rec.paths));
+        }
+        if let Some(c) = rec.command {
+            f.insert("command".into(), json!(c));
         }
         if let Some(l) = rec.limit {
             f.insert("limit".into(), json!(l));
@@ -487,7 +493,22 @@ impl Session {
         match self
             .inner
             .supervisor
-            .spawn(self.inner.policy.sandbox_spec(&self.inner.client), ctx)
+            .spawn(
+                {
+                    let mut spec = self.inner.policy.sandbox_spec(&self.inner.client);
+                    crate::sandbox::complete(&mut spec);
+                    spec
+                },
+                self.inner
+                    .policy
+                    .permissions(&self.inner.client)
+                    .map(|p| crate::cgroup::Limits {
+                        max_processes: p.limits.max_processes,
+                        memory_bytes: p.limits.memory_bytes,
+                    })
+                    .unwrap_or_default(),
+                ctx,
+            )
             .await
         {
             Ok(w) => {
@@ -661,17 +682,45 @@ impl Session {
                 }
             }
         }
+        let exec = match exec_request(&desc, &args) {
+            Ok(e) => e,
+            Err(m) => return (rec.outcome("invalid_arguments"), err(INVALID_PARAMS, &m)),
+        };
         rec.paths = paths
             .iter()
             .take(64)
             .map(|(p, _)| p.chars().take(4096).collect())
             .collect();
+        if let Some(e) = &exec {
+            // The command line a tool would run, for the audit record.
+            let mut line: Vec<String> = e.program.iter().map(|p| p.to_string()).collect();
+            line.extend(e.args.iter().map(|a| a.to_string()));
+            if let Some(l) = e.language {
+                line.insert(0, format!("<{l}>"));
+            }
+            rec.command = Some(line.join(" ").chars().take(4096).collect());
+        }
+        if desc.access == ToolAccess::Operator {
+            // The schema is the operator's (from the policy), never the worker's.
+            match self.inner.policy.operator_tool(&desc.name) {
+                None => return (rec.deny("unknown_tool"), unknown()),
+                Some(t) => {
+                    if let Err(m) = t.validate(&Value::Object(args.clone())) {
+                        return (
+                            rec.outcome("invalid_arguments"),
+                            jsonrpc::response(id, tool_error(&format!("Invalid arguments: {m}"))),
+                        );
+                    }
+                }
+            }
+        }
         let decision = self.inner.policy.decide(
             &self.inner.client,
             &Request::CallTool {
                 tool: &desc.name,
                 access: desc.access,
                 paths,
+                exec,
             },
         );
         let allow = match decision {
@@ -681,6 +730,26 @@ impl Session {
                 return (
                     rec.deny(r.code()).outcome("denied"),
                     jsonrpc::response(id, tool_error(ACCESS_DENIED)),
+                );
+            }
+            Decision::Deny(
+                r @ (DenyReason::ProgramNotAllowed
+                | DenyReason::ArgumentNotAllowed
+                | DenyReason::ShellNotAllowed
+                | DenyReason::LanguageNotAllowed),
+            ) => {
+                tracing::info!(client = %self.inner.client, tool = %desc.name, reason = r.code(), "denied");
+                let msg = match r {
+                    DenyReason::ProgramNotAllowed => "Program not allowed by policy",
+                    DenyReason::ArgumentNotAllowed => {
+                        "An argument is not allowed by policy for this program"
+                    }
+                    DenyReason::ShellNotAllowed => "Shell command lines are not allowed by policy",
+                    _ => "Language not allowed by policy",
+                };
+                return (
+                    rec.deny(r.code()).outcome("denied"),
+                    jsonrpc::response(id, tool_error(msg)),
                 );
             }
             Decision::Deny(r) => {
@@ -857,6 +926,62 @@ impl Session {
         );
         let _ = self.inner.audit.record("session.close", f).await;
     }
+}
+
+/// What a command or code tool call would execute, from the arguments its descriptor names.
+fn exec_request<'a>(
+    desc: &ToolDescriptor,
+    args: &'a Map<String, Value>,
+) -> Result<Option<ExecRequest<'a>>, String> {
+    let Some(names) = &desc.exec_args else {
+        return Ok(None);
+    };
+    let string = |n: &Option<String>| -> Result<Option<&'a str>, String> {
+        match n.as_ref().and_then(|n| args.get(n).map(|v| (n, v))) {
+            None | Some((_, Value::Null)) => Ok(None),
+            Some((_, Value::String(s))) => Ok(Some(s.as_str())),
+            Some((n, _)) => Err(format!("Invalid arguments: {n} must be a string")),
+        }
+    };
+    let program = string(&names.program)?;
+    let language = string(&names.language)?;
+    let mut list = Vec::new();
+    if let Some((n, v)) = names
+        .args
+        .as_ref()
+        .and_then(|n| args.get(n).map(|v| (n, v)))
+    {
+        match v {
+            Value::Null => {}
+            Value::Array(items) => {
+                for it in items {
+                    list.push(it.as_str().ok_or_else(|| {
+                        format!("Invalid arguments: {n} must contain only strings")
+                    })?);
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "Invalid arguments: {n} must be an array of strings"
+                ))
+            }
+        }
+    }
+    let shell = match names
+        .shell
+        .as_ref()
+        .and_then(|n| args.get(n).map(|v| (n, v)))
+    {
+        None | Some((_, Value::Null)) => false,
+        Some((_, Value::Bool(b))) => *b,
+        Some((n, _)) => return Err(format!("Invalid arguments: {n} must be a boolean")),
+    };
+    Ok(Some(ExecRequest {
+        program,
+        args: list,
+        shell,
+        language,
+    }))
 }
 
 fn printable(s: &str) -> String {

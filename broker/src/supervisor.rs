@@ -56,6 +56,9 @@ pub enum SpawnError {
     /// The spawner thread is gone.
     #[error("worker spawner unavailable")]
     SpawnerGone,
+    /// The worker's control group could not be set up (fail closed: no unlimited worker).
+    #[error("worker cgroup: {0}")]
+    Cgroup(String),
 }
 
 /// The outcome of one call on a worker.
@@ -279,11 +282,17 @@ pub struct Supervisor {
     requests: std::sync::mpsc::Sender<SpawnRequest>,
     worker_path: PathBuf,
     allow_degraded: bool,
+    cgroups: Option<crate::cgroup::Cgroups>,
+    groups_made: Arc<AtomicU64>,
 }
 
 impl Supervisor {
     /// Start the spawner thread. Must be called inside a tokio runtime.
-    pub fn start(worker_path: PathBuf, allow_degraded: bool) -> std::io::Result<Self> {
+    pub fn start(
+        worker_path: PathBuf,
+        allow_degraded: bool,
+        cgroups: Option<crate::cgroup::Cgroups>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -298,6 +307,8 @@ impl Supervisor {
             requests: tx,
             worker_path,
             allow_degraded,
+            cgroups,
+            groups_made: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -305,9 +316,10 @@ impl Supervisor {
     pub async fn spawn(
         &self,
         spec: SandboxSpec,
+        limits: crate::cgroup::Limits,
         ctx: WorkerContext,
     ) -> Result<Arc<Worker>, SpawnError> {
-        let r = self.spawn_inner(spec, &ctx).await;
+        let r = self.spawn_inner(spec, limits, &ctx).await;
         if let Err(e) = &r {
             let mut f = ctx.fields();
             f.insert("error".into(), e.to_string().into());
@@ -316,9 +328,40 @@ impl Supervisor {
         r
     }
 
+    /// Put a freshly started worker (not yet confined, waiting for `Confine`) into its own
+    /// control group, so that it and everything it will ever start share the limits.
+    async fn place_in_cgroup(
+        &self,
+        pid: u32,
+        limits: &crate::cgroup::Limits,
+    ) -> Result<Option<crate::cgroup::WorkerGroup>, SpawnError> {
+        let Some(cg) = self.cgroups.clone() else {
+            return Ok(None);
+        };
+        let n = self.groups_made.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mcpd-{}-{n}", std::process::id());
+        let have = cg.controllers();
+        let limits = crate::cgroup::Limits {
+            max_processes: limits.max_processes.filter(|_| have.pids),
+            memory_bytes: limits.memory_bytes.filter(|_| have.memory),
+        };
+        let made = tokio::task::spawn_blocking(move || {
+            let g = cg.create(&name, &limits)?;
+            g.add(pid)?;
+            Ok::<_, crate::cgroup::CgroupError>(g)
+        })
+        .await;
+        match made {
+            Ok(Ok(g)) => Ok(Some(g)),
+            Ok(Err(e)) => Err(SpawnError::Cgroup(e.to_string())),
+            Err(e) => Err(SpawnError::Cgroup(e.to_string())),
+        }
+    }
+
     async fn spawn_inner(
         &self,
         spec: SandboxSpec,
+        limits: crate::cgroup::Limits,
         ctx: &WorkerContext,
     ) -> Result<Arc<Worker>, SpawnError> {
         let (reply, rx) = oneshot::channel();
@@ -336,12 +379,20 @@ impl Supervisor {
                     source,
                 })?;
         let pid = child.id().unwrap_or(0);
+        // Into its cgroup before it reads `Confine`: it forks nothing before that.
+        let group = match self.place_in_cgroup(pid, &limits).await {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = child.kill().await;
+                return Err(e);
+            }
+        };
         let (tx, mut rx) = channel::channel::<WorkerToBroker, BrokerToWorker>(sock, MAX_FRAME)
             .map_err(|e| SpawnError::Ipc(e.to_string()))?;
         let handshake = async {
             tx.send(&BrokerToWorker::Confine {
                 version: PROTOCOL_VERSION,
-                spec,
+                spec: Box::new(spec),
             })
             .await
             .map_err(|e| SpawnError::Ipc(e.to_string()))?;
@@ -395,6 +446,13 @@ impl Supervisor {
         f.insert("seccomp".into(), enforcement.seccomp.into());
         f.insert("no_new_privs".into(), enforcement.no_new_privs.into());
         f.insert("tools".into(), tools.len().into());
+        f.insert(
+            "cgroup".into(),
+            group
+                .as_ref()
+                .and_then(|g| g.paths().first().map(|p| p.display().to_string()))
+                .into(),
+        );
         if ctx.audit.record("worker.spawn", f).await.is_err() {
             let _ = child.kill().await;
             return Err(SpawnError::Ipc("audit log unavailable".into()));
@@ -455,6 +513,25 @@ impl Supervisor {
             };
             mark_dead(&alive, &pending);
             reader.abort();
+            if let Some(g) = group {
+                // Everything the session started dies with it, daemonized or not.
+                let stats = g.stats();
+                for (hit, limit) in [
+                    (stats.pids_limit_hit(), "max_processes"),
+                    (stats.memory_limit_hit(), "memory_bytes"),
+                ] {
+                    if hit {
+                        let mut l = exit_ctx.fields();
+                        l.insert("limit".into(), limit.into());
+                        l.insert("pid".into(), pid.into());
+                        let _ = exit_ctx.audit.record("limit.hit", l).await;
+                    }
+                }
+                let removed = tokio::task::spawn_blocking(move || g.remove()).await;
+                if let Ok(Err(e)) = removed {
+                    tracing::warn!(pid, "removing the worker's cgroup: {e}");
+                }
+            }
             let mut f = exit_ctx.fields();
             f.insert("pid".into(), pid.into());
             match &status {
@@ -566,6 +643,11 @@ fn validate_tools(tools: Vec<ToolDescriptor>) -> Vec<ToolDescriptor> {
             && t.output_schema_json.as_deref().is_none_or(schema_ok)
             && t.path_args.len() <= MAX_PATH_ARGS
             && t.path_args.iter().all(|a| valid_name(&a.name))
+            && t.exec_args.as_ref().is_none_or(|e| {
+                [&e.program, &e.args, &e.shell, &e.language]
+                    .iter()
+                    .all(|n| n.as_deref().is_none_or(valid_name))
+            })
             && seen.insert(t.name.clone());
         if ok {
             out.push(t);
@@ -608,6 +690,7 @@ mod tests {
             annotations: ToolAnnotations::default(),
             access: ToolAccess::FileRead,
             path_args: vec![],
+            exec_args: None,
         }
     }
 

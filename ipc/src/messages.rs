@@ -15,8 +15,9 @@ pub enum BrokerToWorker {
     Confine {
         /// Must equal [`crate::PROTOCOL_VERSION`].
         version: u32,
-        /// What the kernel must enforce for this client.
-        spec: SandboxSpec,
+        /// What the kernel must enforce for this client (boxed: it is by far the largest
+        /// message and is sent once).
+        spec: Box<SandboxSpec>,
     },
     /// Run a tool. Answered by exactly one `Result` or `Failed` with the same id.
     Call {
@@ -155,6 +156,109 @@ pub struct SandboxSpec {
     pub rlimits: ResourceLimits,
     /// Limits the tools apply themselves.
     pub tool_limits: ToolLimits,
+    /// Command and code execution, operator-defined tools (empty: nothing may be executed).
+    pub exec: ExecSpec,
+}
+
+/// What the worker may execute, derived from the client's command, code and operator-tool
+/// grants. Landlock grants `Execute` only on [`SandboxSpec::exec_paths`], which the broker
+/// derives from the same grants: a program missing there cannot run whatever a tool tries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExecSpec {
+    /// Allow-listed programs (`run_command`).
+    pub programs: Vec<ProgramGrant>,
+    /// `/bin/sh`, canonical, when the client may run shell command lines.
+    pub shell: Option<String>,
+    /// Languages of persistent code sessions (`run_code`).
+    pub languages: Vec<LanguageGrant>,
+    /// Environment variables the client may set (names).
+    pub env_allow: Vec<String>,
+    /// Environment variables the operator fixed (`NAME`, `value`), set for every command.
+    pub env_fixed: Vec<(String, String)>,
+    /// Operator-defined tools this client may call.
+    pub operator_tools: Vec<OperatorToolSpec>,
+    /// Read-only paths that programs need to run (libraries, the loader's cache); Landlock
+    /// only, never reachable through the file tools.
+    pub system_read_paths: Vec<String>,
+    /// Device files commands may read and write (`/dev/null`, `/dev/zero`, `/dev/urandom`).
+    pub device_paths: Vec<String>,
+    /// Limits of every process the worker starts.
+    pub limits: CommandLimits,
+}
+
+/// One allow-listed program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramGrant {
+    /// The name the operator wrote (`git`, or an absolute path).
+    pub name: String,
+    /// Canonical absolute path, resolved when the policy was loaded.
+    pub path: String,
+}
+
+/// One code-session language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanguageGrant {
+    /// `python3`, `sh`, `bash` or `node`.
+    pub name: String,
+    /// Canonical absolute path of the interpreter.
+    pub interpreter: String,
+}
+
+/// An operator-defined tool: a fixed argv template filled with the call's arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorToolSpec {
+    /// Tool name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// JSON Schema of the arguments (validated by the broker before dispatch), JSON text.
+    pub input_schema_json: String,
+    /// JSON Schema of the result: stdout must then be a JSON object matching it.
+    pub output_schema_json: Option<String>,
+    /// argv template; `argv[0]` is a canonical absolute path. `{name}` placeholders are
+    /// replaced by argument values, each element staying one argument (no shell).
+    pub argv: Vec<String>,
+    /// Wall-clock timeout, seconds.
+    pub timeout_secs: u64,
+    /// Arguments that name paths (checked by the broker like file-tool paths).
+    pub path_args: Vec<PathArg>,
+}
+
+/// Limits of the processes a worker starts (commands, interpreters, operator tools).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandLimits {
+    /// Default wall-clock timeout of one command, seconds.
+    pub timeout_secs: u64,
+    /// Longest a process may live, seconds: the ceiling of a requested timeout, and the age at
+    /// which a code-session interpreter is recycled.
+    pub max_lifetime_secs: u64,
+    /// RLIMIT_CPU of each process, seconds.
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_AS of each process, bytes.
+    pub address_space: Option<u64>,
+    /// RLIMIT_NPROC of each process (caveat: per uid, ignored for root; cgroups do better).
+    pub max_processes: Option<u64>,
+    /// RLIMIT_NOFILE of each process.
+    pub max_open_files: Option<u64>,
+    /// RLIMIT_FSIZE of each process, bytes.
+    pub max_file_size: Option<u64>,
+    /// Most bytes of stdout + stderr kept per call; the rest is discarded and marked.
+    pub max_output_bytes: u64,
+}
+
+impl Default for CommandLimits {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 60,
+            max_lifetime_secs: 3600,
+            cpu_seconds: None,
+            address_space: None,
+            max_processes: None,
+            max_open_files: Some(256),
+            max_file_size: None,
+            max_output_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// Kernel resource limits (`setrlimit`). `None` leaves the inherited value.
@@ -215,6 +319,22 @@ pub struct ToolDescriptor {
     pub access: ToolAccess,
     /// Arguments that name filesystem paths, so the broker can check them against policy.
     pub path_args: Vec<PathArg>,
+    /// For command and code tools: which arguments name the program, its arguments, the shell
+    /// switch and the language, so the broker can decide them against policy.
+    pub exec_args: Option<ExecArgs>,
+}
+
+/// Names of the arguments of a command or code tool that the policy decides on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExecArgs {
+    /// String argument naming the program (or the shell script when `shell` is true).
+    pub program: Option<String>,
+    /// Array-of-strings argument with the program's arguments.
+    pub args: Option<String>,
+    /// Boolean argument that asks for `/bin/sh -c`.
+    pub shell: Option<String>,
+    /// String argument naming the code-session language.
+    pub language: Option<String>,
 }
 
 /// MCP tool annotations (hints only; never trusted for security).
@@ -243,6 +363,8 @@ pub enum ToolAccess {
     Command,
     /// Runs code in an allow-listed interpreter.
     Code,
+    /// An operator-defined tool (allowed by the tool's own role/client list).
+    Operator,
 }
 
 /// One argument that carries a path (or a list of paths).

@@ -99,6 +99,37 @@ pub struct RawConfig {
     pub roles: BTreeMap<String, Spanned<RawGrant>>,
     /// The audit log.
     pub audit: Option<RawAudit>,
+    /// Operator-defined tools by name.
+    #[serde(default)]
+    pub tools: BTreeMap<String, Spanned<RawTool>>,
+}
+
+/// `[tools.NAME]`: an operator-defined tool, a fixed command template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    /// Description shown to the model.
+    pub description: String,
+    /// argv template: `["/usr/bin/du", "-sh", "--", "{path}"]`; each element stays one argument.
+    pub command: Vec<Spanned<String>>,
+    /// JSON Schema of the arguments (a TOML table; root `type = "object"`).
+    pub input_schema: Option<Spanned<toml::Value>>,
+    /// JSON Schema of the result: stdout must be a JSON object matching it.
+    pub output_schema: Option<Spanned<toml::Value>>,
+    /// Wall-clock timeout, seconds (default: the client's command timeout).
+    pub timeout_secs: Option<u64>,
+    /// Roles whose clients may call the tool.
+    #[serde(default)]
+    pub roles: Vec<Spanned<String>>,
+    /// Clients that may call the tool.
+    #[serde(default)]
+    pub clients: Vec<Spanned<String>>,
+    /// Arguments that name paths the tool reads (checked against the client's read paths).
+    #[serde(default)]
+    pub read_path_args: Vec<Spanned<String>>,
+    /// Arguments that name paths the tool writes (checked against the client's write paths).
+    #[serde(default)]
+    pub write_path_args: Vec<Spanned<String>>,
 }
 
 /// `[audit]`
@@ -141,6 +172,9 @@ pub struct RawServer {
     pub max_message_bytes: Option<u64>,
     /// Seconds a session's worker may sit idle before it is reaped (it is restarted on demand).
     pub worker_idle_secs: Option<u64>,
+    /// Per-worker control groups: `"auto"` (default), `"off"`, or the absolute path of a
+    /// delegated cgroup v2 directory.
+    pub cgroup: Option<Spanned<String>>,
 }
 
 /// `[stdio]`
@@ -172,6 +206,27 @@ pub struct RawGrant {
     /// Tool allow-list (`"*"` = every tool the other permissions allow). A client's list is the
     /// union of the lists its grants specify; when none specifies one, every tool is allowed.
     pub tools: Option<Vec<Spanned<String>>>,
+    /// SYSTEM_COMMAND: programs `run_command` may start (names looked up in
+    /// `/usr/local/bin:/usr/bin:/bin`, or absolute paths), resolved when the policy loads.
+    #[serde(default)]
+    pub exec: Vec<Spanned<String>>,
+    /// Optional argument patterns per program (as written in `exec`): every argument must
+    /// fully match one of the regular expressions.
+    #[serde(default)]
+    pub exec_args: BTreeMap<String, Vec<Spanned<String>>>,
+    /// `run_command` may run a shell command line with `/bin/sh -c` (every program the shell
+    /// can reach then needs its own `exec` entry to be executable).
+    #[serde(default)]
+    pub shell: bool,
+    /// CODE_EXECUTION: languages of persistent code sessions (`python3`, `sh`, `node`).
+    #[serde(default)]
+    pub code: Vec<Spanned<String>>,
+    /// Environment of commands: `NAME` (the client may set it) or `NAME=value` (fixed).
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    /// Commands may open TCP/UDP sockets (off: the kernel denies them).
+    #[serde(default)]
+    pub network: bool,
     /// Limits.
     pub limits: Option<RawLimits>,
 }
@@ -202,6 +257,14 @@ pub struct RawLimits {
     pub address_space: Option<u64>,
     /// Tool calls per minute.
     pub calls_per_minute: Option<u64>,
+    /// Default wall-clock timeout of one command or code run, seconds.
+    pub command_timeout_secs: Option<u64>,
+    /// Longest any process started for the client may live, seconds.
+    pub max_lifetime_secs: Option<u64>,
+    /// Memory of the worker and everything it starts (cgroup memory.max), bytes.
+    pub memory_bytes: Option<u64>,
+    /// Processes of the worker and everything it starts (cgroup pids.max).
+    pub max_processes: Option<u64>,
 }
 
 /// Parse configuration text. `file` names it in errors.

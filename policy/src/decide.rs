@@ -25,7 +25,22 @@ pub enum Request<'a> {
         access: ToolAccess,
         /// (path as the client wrote it, whether it is written)
         paths: Vec<(&'a str, bool)>,
+        /// For command and code tools: what would be executed.
+        exec: Option<ExecRequest<'a>>,
     },
+}
+
+/// What a command or code tool call would execute, as the client asked.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest<'a> {
+    /// The program (or, with `shell`, the command line).
+    pub program: Option<&'a str>,
+    /// Its arguments.
+    pub args: Vec<&'a str>,
+    /// Run through `/bin/sh -c`.
+    pub shell: bool,
+    /// Code-session language.
+    pub language: Option<&'a str>,
 }
 
 /// Why a request was denied. Stable codes for the audit log; client messages never carry paths.
@@ -41,6 +56,14 @@ pub enum DenyReason {
     PathOutsideScope,
     /// A path argument is malformed (empty, NUL byte, too long).
     InvalidPath,
+    /// The program is not allow-listed for the client.
+    ProgramNotAllowed,
+    /// An argument matches none of the program's argument patterns.
+    ArgumentNotAllowed,
+    /// Shell command lines are not allowed for the client.
+    ShellNotAllowed,
+    /// The code language is not allowed for the client.
+    LanguageNotAllowed,
 }
 
 impl DenyReason {
@@ -52,6 +75,10 @@ impl DenyReason {
             DenyReason::MissingPermission => "missing_permission",
             DenyReason::PathOutsideScope => "path_outside_scope",
             DenyReason::InvalidPath => "invalid_path",
+            DenyReason::ProgramNotAllowed => "program_not_allowed",
+            DenyReason::ArgumentNotAllowed => "argument_not_allowed",
+            DenyReason::ShellNotAllowed => "shell_not_allowed",
+            DenyReason::LanguageNotAllowed => "language_not_allowed",
         }
     }
 }
@@ -112,8 +139,9 @@ impl Policy {
             ToolAccess::None => true,
             ToolAccess::FileRead => !p.read.is_empty() || !p.write.is_empty(),
             ToolAccess::FileWrite => !p.write.is_empty(),
-            // Command and code execution are not granted by this policy version.
-            ToolAccess::Command | ToolAccess::Code => false,
+            ToolAccess::Command => !p.exec.programs.is_empty() || p.exec.shell.is_some(),
+            ToolAccess::Code => !p.exec.languages.is_empty(),
+            ToolAccess::Operator => p.operator_tools.contains(tool),
         };
         if !has {
             return Decision::Deny(DenyReason::MissingPermission);
@@ -126,6 +154,19 @@ impl Policy {
                 tool
             }
         );
+        if let Request::CallTool { exec, .. } = req {
+            match (access, exec) {
+                (ToolAccess::Command | ToolAccess::Code, None) => {
+                    // A command or code tool that does not say what it runs is never called.
+                    return Decision::Deny(DenyReason::MissingPermission);
+                }
+                (_, Some(e)) => match check_exec(p, access, e) {
+                    Ok(what) => rule.push_str(&what),
+                    Err(r) => return Decision::Deny(r),
+                },
+                _ => {}
+            }
+        }
         if let Request::CallTool { paths, .. } = req {
             for (path, write) in paths {
                 match check_path(p, path, *write) {
@@ -148,6 +189,48 @@ impl Policy {
             rule,
         })
     }
+}
+
+/// Check a command or code request against the client's execution grant; on success, the
+/// part of the audit rule it used.
+fn check_exec(
+    p: &Permissions,
+    access: ToolAccess,
+    e: &ExecRequest<'_>,
+) -> Result<String, DenyReason> {
+    let mut rule = String::new();
+    if let Some(lang) = e.language {
+        let l = p
+            .exec
+            .language(lang)
+            .ok_or(DenyReason::LanguageNotAllowed)?;
+        rule.push_str(&format!(" code:{}", l.name));
+    }
+    if e.shell {
+        if p.exec.shell.is_none() {
+            return Err(DenyReason::ShellNotAllowed);
+        }
+        rule.push_str(" shell");
+    } else if let Some(program) = e.program {
+        let g = p
+            .exec
+            .program(program)
+            .ok_or(DenyReason::ProgramNotAllowed)?;
+        if !g.arg_patterns.is_empty()
+            && !e
+                .args
+                .iter()
+                .all(|a| g.arg_patterns.iter().any(|pat| pat.matches(a)))
+        {
+            return Err(DenyReason::ArgumentNotAllowed);
+        }
+        rule.push_str(&format!(" exec:{}", g.path.display()));
+    } else if e.language.is_none() && access != ToolAccess::Code {
+        // A command tool must name its program. (A code tool without a language, such as
+        // resetting every session, only needs the code grant checked above.)
+        return Err(DenyReason::ProgramNotAllowed);
+    }
+    Ok(rule)
 }
 
 /// The directory relative client paths are resolved against: the first read root, else the
@@ -229,6 +312,7 @@ mod tests {
             tool,
             access,
             paths,
+            exec: None,
         }
     }
 
@@ -489,6 +573,7 @@ call_timeout_secs = 30
             &QuickStart {
                 read: vec![PathBuf::from("/data")],
                 write: vec![],
+                ..QuickStart::default()
             },
             Path::new("/"),
             &fake_canon,
@@ -522,6 +607,7 @@ call_timeout_secs = 30
         let q = QuickStart {
             read: vec![PathBuf::from("/a")],
             write: vec![PathBuf::from("b")],
+            ..QuickStart::default()
         };
         let p = Policy::quick_start(&q, Path::new("/cwd"), &fake_canon).unwrap();
         let perms = p.permissions(p.stdio_client().unwrap()).unwrap();
@@ -557,6 +643,224 @@ call_timeout_secs = 30
             let path = format!("/{}", parts.join("/"));
             let got = matches!(p.decide(&id("c"), &call("t", ToolAccess::FileRead, vec![(&path, false)])), Decision::Allow(_));
             prop_assert_eq!(got, naive_inside(&path, "/srv/data"), "path {}", path);
+        }
+    }
+
+    const EXEC_CFG: &str = r#"
+[clients.dev]
+read = ["/srv/code"]
+exec = ["git", "/usr/bin/cat"]
+code = ["python"]
+env = ["LANG", "TZ=UTC"]
+[clients.dev.exec_args]
+git = ["status", "log", "--oneline", "-n", "[0-9]{1,3}"]
+
+[clients.ops]
+roles = ["operators"]
+
+[roles.operators]
+read = ["/srv/data"]
+
+[tools.disk_usage]
+description = "Disk usage of a directory"
+command = ["/usr/bin/du", "-s", "--", "{path}"]
+input_schema = { type = "object", properties = { path = { type = "string", maxLength = 256 } }, required = ["path"], additionalProperties = false }
+read_path_args = ["path"]
+roles = ["operators"]
+"#;
+
+    fn exec_call<'a>(tool: &'a str, access: ToolAccess, e: ExecRequest<'a>) -> Request<'a> {
+        Request::CallTool {
+            tool,
+            access,
+            paths: vec![],
+            exec: Some(e),
+        }
+    }
+
+    #[test]
+    fn commands_are_allow_listed_and_argument_patterns_apply() {
+        let p = policy(EXEC_CFG);
+        let dev = id("dev");
+        let run = |program: &'static str, args: Vec<&'static str>| {
+            p.decide(
+                &dev,
+                &exec_call(
+                    "run_command",
+                    ToolAccess::Command,
+                    ExecRequest {
+                        program: Some(program),
+                        args,
+                        ..ExecRequest::default()
+                    },
+                ),
+            )
+        };
+        match run("git", vec!["log", "--oneline", "-n", "5"]) {
+            Decision::Allow(a) => {
+                assert!(a.rule().contains("exec:/usr/local/bin/git"), "{}", a.rule())
+            }
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(
+            run("git", vec!["push"]),
+            Decision::Deny(DenyReason::ArgumentNotAllowed)
+        ));
+        // Anchored: a pattern never matches a prefix or suffix.
+        assert!(matches!(
+            run("git", vec!["statusx"]),
+            Decision::Deny(DenyReason::ArgumentNotAllowed)
+        ));
+        assert!(matches!(
+            run("git", vec!["-n", "1234"]),
+            Decision::Deny(DenyReason::ArgumentNotAllowed)
+        ));
+        // No patterns: any argument.
+        assert!(matches!(
+            run("/usr/bin/cat", vec!["--anything"]),
+            Decision::Allow(_)
+        ));
+        assert!(matches!(
+            run("cat", vec![]),
+            Decision::Deny(DenyReason::ProgramNotAllowed)
+        ));
+        assert!(matches!(
+            run("rm", vec![]),
+            Decision::Deny(DenyReason::ProgramNotAllowed)
+        ));
+        assert!(matches!(
+            run("/usr/local/bin/../bin/git", vec![]),
+            Decision::Deny(DenyReason::ProgramNotAllowed)
+        ));
+        let shell = p.decide(
+            &dev,
+            &exec_call(
+                "run_command",
+                ToolAccess::Command,
+                ExecRequest {
+                    program: Some("git status"),
+                    shell: true,
+                    ..ExecRequest::default()
+                },
+            ),
+        );
+        assert!(matches!(shell, Decision::Deny(DenyReason::ShellNotAllowed)));
+        // A command tool that does not say what it runs is denied.
+        assert!(matches!(
+            p.decide(&dev, &call("run_command", ToolAccess::Command, vec![])),
+            Decision::Deny(DenyReason::MissingPermission)
+        ));
+        // Another client has no execution grant at all.
+        assert!(matches!(
+            p.decide(
+                &id("ops"),
+                &Request::SeeTool {
+                    tool: "run_command",
+                    access: ToolAccess::Command
+                }
+            ),
+            Decision::Deny(DenyReason::MissingPermission)
+        ));
+    }
+
+    #[test]
+    fn code_languages_and_environment() {
+        let p = policy(EXEC_CFG);
+        let dev = id("dev");
+        let code = |lang: &'static str| {
+            p.decide(
+                &dev,
+                &exec_call(
+                    "run_code",
+                    ToolAccess::Code,
+                    ExecRequest {
+                        language: Some(lang),
+                        ..ExecRequest::default()
+                    },
+                ),
+            )
+        };
+        assert!(matches!(code("python3"), Decision::Allow(_)));
+        assert!(matches!(code("python"), Decision::Allow(_)));
+        assert!(matches!(
+            code("node"),
+            Decision::Deny(DenyReason::LanguageNotAllowed)
+        ));
+        let spec = p.sandbox_spec(&dev);
+        assert_eq!(spec.exec.languages[0].name, "python3");
+        assert!(spec.exec_paths.contains(&"/usr/local/bin/git".to_string()));
+        assert!(spec.exec_paths.contains(&"/usr/bin/cat".to_string()));
+        assert!(spec
+            .exec_paths
+            .contains(&"/usr/local/bin/python3".to_string()));
+        assert_eq!(spec.exec.env_allow, vec!["LANG".to_string()]);
+        assert_eq!(
+            spec.exec.env_fixed,
+            vec![("TZ".to_string(), "UTC".to_string())]
+        );
+        assert!(!spec.allow_network);
+        // A client may never be handed the loader's environment.
+        let err = Policy::from_toml(
+            "t.toml",
+            "[clients.x]\nread=[\"/a\"]\nenv=[\"LD_PRELOAD\"]\n",
+            &fake_canon,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("LD_PRELOAD"), "{err}");
+        assert_eq!(err.line, Some(3));
+    }
+
+    #[test]
+    fn operator_tools_follow_roles_and_validate_arguments() {
+        let p = policy(EXEC_CFG);
+        let see = |who: &str| {
+            matches!(
+                p.decide(
+                    &id(who),
+                    &Request::SeeTool {
+                        tool: "disk_usage",
+                        access: ToolAccess::Operator
+                    }
+                ),
+                Decision::Allow(_)
+            )
+        };
+        assert!(see("ops"));
+        assert!(!see("dev"));
+        let t = p.operator_tool("disk_usage").unwrap();
+        assert_eq!(t.spec.argv, vec!["/usr/bin/du", "-s", "--", "{path}"]);
+        assert!(t
+            .validate(&serde_json::json!({"path": "/srv/data"}))
+            .is_ok());
+        let e = t.validate(&serde_json::json!({"path": 5})).unwrap_err();
+        assert!(e.contains("/path"), "{e}");
+        assert!(t.validate(&serde_json::json!({})).is_err());
+        assert!(t
+            .validate(&serde_json::json!({"path": "a", "x": 1}))
+            .is_err());
+        let spec = p.sandbox_spec(&id("ops"));
+        assert_eq!(spec.exec.operator_tools.len(), 1);
+        assert!(spec.exec_paths.contains(&"/usr/bin/du".to_string()));
+        assert!(p.sandbox_spec(&id("dev")).exec.operator_tools.is_empty());
+    }
+
+    #[test]
+    fn operator_tool_config_errors_are_located() {
+        let bad = [
+            ("[tools.t]\ndescription = \"d\"\ncommand = [\"/bin/echo\", \"{nope}\"]\nroles = []\nclients = [\"c\"]\n[clients.c]\nread = [\"/a\"]\n", "placeholder {nope}"),
+            ("[tools.t]\ndescription = \"d\"\ncommand = [\"/bin/echo\"]\n", "deny by default"),
+            ("[tools.t]\ndescription = \"d\"\ncommand = [\"{x}\"]\nclients = [\"c\"]\n[clients.c]\n", "cannot be a placeholder"),
+            ("[tools.t]\ndescription = \"d\"\ncommand = [\"/bin/echo\"]\nroles = [\"ghost\"]\n", "unknown role"),
+            ("[tools.t]\ndescription = \"d\"\ncommand = [\"/bin/echo\"]\nclients = [\"c\"]\ninput_schema = { type = \"array\" }\n[clients.c]\n", "type = \"object\""),
+            ("[clients.c]\nexec = [\"bin/ls\"]\n", "bare name or an absolute path"),
+            ("[clients.c]\nexec = [\"/missing/ls\"]\n", "program '/missing/ls'"),
+            ("[clients.c]\nexec = [\"ls\"]\n[clients.c.exec_args]\nls = [\"(\"]\n", "invalid argument pattern"),
+            ("[clients.c]\ncode = [\"cobol\"]\n", "unknown code language"),
+        ];
+        for (text, want) in bad {
+            let err = Policy::from_toml("t.toml", text, &fake_canon).unwrap_err();
+            assert!(err.to_string().contains(want), "{text}: {err}");
+            assert!(err.to_string().starts_with("t.toml"), "{err}");
         }
     }
 }

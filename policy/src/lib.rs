@@ -15,11 +15,16 @@
 
 mod config;
 mod decide;
+mod exec;
 mod model;
 
 pub use config::{ConfigError, RawConfig};
-pub use decide::{Allow, Decision, DenyReason, Request};
+pub use decide::{Allow, Decision, DenyReason, ExecRequest, Request};
+pub use exec::{
+    language_alias, template_placeholders, ArgPattern, ExecGrant, Language, OperatorTool, Program,
+    ENV_NEVER_FROM_CLIENT, TRUSTED_SEARCH_PATH,
+};
 pub use model::{
-    AuditSettings, Canonicalize, ClientId, Limits, Permissions, Policy, QuickStart, ToolSet,
-    DEFAULT_CLIENT,
+    AuditSettings, Canonicalize, CgroupSetting, ClientId, Limits, Permissions, Policy, QuickStart,
+    ToolSet, DEFAULT_CLIENT,
 };

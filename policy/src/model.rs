@@ -4,10 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
-use mcpd_ipc::{ResourceLimits, SandboxSpec, ToolLimits};
+use mcpd_ipc::{
+    CommandLimits, ExecSpec, LanguageGrant, ProgramGrant, ResourceLimits, SandboxSpec, ToolLimits,
+};
 use toml::Spanned;
 
 use crate::config::{self, ConfigError, RawConfig, RawGrant, RawLimits, Source};
+use crate::exec::{self as exec_grant, ExecGrant, Language, OperatorTool, Program};
 
 /// The client id quick-start flags and the embedded default create, and stdio uses by default.
 pub const DEFAULT_CLIENT: &str = "local";
@@ -83,6 +86,12 @@ pub struct Limits {
     pub tool: ToolLimits,
     /// Kernel limits of the worker.
     pub rlimits: ResourceLimits,
+    /// Limits of each process the worker starts.
+    pub command: CommandLimits,
+    /// Memory of the worker and everything it starts (cgroup), bytes.
+    pub memory_bytes: Option<u64>,
+    /// Processes of the worker and everything it starts (cgroup; RLIMIT_NPROC fallback).
+    pub max_processes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -99,6 +108,9 @@ impl Default for Limits {
                 address_space: None,
                 max_processes: None,
             },
+            command: CommandLimits::default(),
+            memory_bytes: Some(2 * 1024 * 1024 * 1024),
+            max_processes: Some(128),
         }
     }
 }
@@ -116,6 +128,22 @@ pub struct Permissions {
     pub tools: ToolSet,
     /// Limits.
     pub limits: Limits,
+    /// Command and code execution (SYSTEM_COMMAND, CODE_EXECUTION).
+    pub exec: ExecGrant,
+    /// Operator-defined tools the client may call.
+    pub operator_tools: BTreeSet<String>,
+}
+
+/// Per-worker control groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CgroupSetting {
+    /// Use a delegated cgroup v2 subtree or writable v1 pids/memory hierarchies when present.
+    #[default]
+    Auto,
+    /// Never (rlimit fallbacks only).
+    Off,
+    /// This delegated cgroup v2 directory.
+    Path(PathBuf),
 }
 
 /// The whole validated policy.
@@ -135,6 +163,10 @@ pub struct Policy {
     pub warnings: Vec<String>,
     /// The audit log, when configured.
     pub audit: Option<AuditSettings>,
+    /// Operator-defined tools.
+    pub operator_tools: BTreeMap<String, OperatorTool>,
+    /// Per-worker control groups.
+    pub cgroup: CgroupSetting,
 }
 
 /// Audit log settings (validated: the path lies outside every client's roots).
@@ -184,6 +216,10 @@ pub struct QuickStart {
     pub read: Vec<PathBuf>,
     /// `--allow-write DIR`
     pub write: Vec<PathBuf>,
+    /// `--allow-exec PROGRAM`
+    pub exec: Vec<String>,
+    /// `--allow-code LANGUAGE`
+    pub code: Vec<String>,
 }
 
 impl Policy {
@@ -223,6 +259,7 @@ impl Policy {
             read = to_spanned(&[cwd.to_path_buf()])?;
         }
         let mut raw = RawConfig::default();
+        let names = |v: &[String]| v.iter().map(|n| Spanned::new(0..0, n.clone())).collect();
         raw.clients.insert(
             DEFAULT_CLIENT.to_string(),
             Spanned::new(
@@ -230,6 +267,8 @@ impl Policy {
                 RawGrant {
                     read,
                     write,
+                    exec: names(&q.exec),
+                    code: names(&q.code),
                     ..RawGrant::default()
                 },
             ),
@@ -260,11 +299,23 @@ impl Policy {
                 global_write: false,
                 tools: ToolSet::All,
                 limits: Limits::default(),
+                exec: ExecGrant::default(),
+                operator_tools: BTreeSet::new(),
             });
         if !q.read.is_empty() {
             entry.read.extend(add.read);
         }
         entry.write.extend(add.write);
+        for p in add.exec.programs {
+            if !entry.exec.programs.iter().any(|e| e.path == p.path) {
+                entry.exec.programs.push(p);
+            }
+        }
+        for l in add.exec.languages {
+            if !entry.exec.languages.iter().any(|e| e.name == l.name) {
+                entry.exec.languages.push(l);
+            }
+        }
         dedup(&mut entry.read);
         dedup(&mut entry.write);
         self.stdio_client = Some(id);
@@ -340,6 +391,70 @@ impl Policy {
             None => None,
             Some(a) => Some(audit_settings(src, a, canon, &mut warnings)?),
         };
+        let mut operator_tools = BTreeMap::new();
+        for (name, t) in &raw.tools {
+            let tool = exec_grant::operator_tool(
+                src,
+                name,
+                t,
+                canon,
+                CommandLimits::default().timeout_secs,
+            )?;
+            for r in &t.get_ref().roles {
+                if !raw.roles.contains_key(r.get_ref()) {
+                    return Err(src.error(
+                        Some(r.span()),
+                        format!("tools.{name}: unknown role '{}'", r.get_ref()),
+                    ));
+                }
+            }
+            for c in &t.get_ref().clients {
+                if !raw.clients.contains_key(c.get_ref()) {
+                    return Err(src.error(
+                        Some(c.span()),
+                        format!("tools.{name}: unknown client '{}'", c.get_ref()),
+                    ));
+                }
+            }
+            operator_tools.insert(name.clone(), tool);
+        }
+        for (name, grant) in &raw.clients {
+            let Some(id) = ClientId::parse(name) else {
+                continue;
+            };
+            let Some(perms) = clients.get_mut(&id) else {
+                continue;
+            };
+            for (tname, tool) in &operator_tools {
+                let by_role = grant
+                    .get_ref()
+                    .roles
+                    .iter()
+                    .any(|r| tool.roles.contains(r.get_ref()));
+                if tool.clients.contains(name) || by_role {
+                    perms.operator_tools.insert(tname.clone());
+                }
+            }
+        }
+        let cgroup = match raw
+            .server
+            .cgroup
+            .as_ref()
+            .map(|c| (c.get_ref().as_str(), c.span()))
+        {
+            None | Some(("auto", _)) => CgroupSetting::Auto,
+            Some(("off", _)) => {
+                warnings.push("server.cgroup = \"off\": memory and process limits fall back to rlimits (see docs/cgroups.md)".into());
+                CgroupSetting::Off
+            }
+            Some((p, _)) if p.starts_with('/') => CgroupSetting::Path(PathBuf::from(p)),
+            Some((other, span)) => {
+                return Err(src.error(
+                    Some(span),
+                    format!("server.cgroup must be \"auto\", \"off\" or an absolute path, not '{other}'"),
+                ));
+            }
+        };
         let mut policy = Self {
             clients,
             stdio_client,
@@ -352,6 +467,8 @@ impl Policy {
                 .max(1),
             warnings,
             audit: None,
+            operator_tools,
+            cgroup,
         };
         if let Some(a) = audit {
             policy
@@ -407,6 +524,11 @@ impl Policy {
         self.stdio_client.as_ref()
     }
 
+    /// An operator-defined tool by name.
+    pub fn operator_tool(&self, name: &str) -> Option<&OperatorTool> {
+        self.operator_tools.get(name)
+    }
+
     /// A client's permissions (`None`: unknown client, which is denied everything).
     pub fn permissions(&self, client: &ClientId) -> Option<&Permissions> {
         self.clients.get(client)
@@ -431,14 +553,83 @@ impl Policy {
                 .filter_map(|p| p.to_str().map(str::to_string))
                 .collect()
         };
+        let path_str = |p: &Path| p.to_str().map(str::to_string);
+        let operator_tools: Vec<_> = p
+            .operator_tools
+            .iter()
+            .filter_map(|n| self.operator_tools.get(n))
+            .map(|t| {
+                let mut spec = t.spec.clone();
+                if t.timeout_defaulted {
+                    spec.timeout_secs = p.limits.command.timeout_secs;
+                }
+                spec
+            })
+            .collect();
+        let mut exec_paths: Vec<String> = p
+            .exec
+            .programs
+            .iter()
+            .filter_map(|g| path_str(&g.path))
+            .chain(p.exec.shell.as_deref().and_then(path_str))
+            .chain(
+                p.exec
+                    .languages
+                    .iter()
+                    .filter_map(|l| path_str(&l.interpreter)),
+            )
+            .chain(
+                operator_tools
+                    .iter()
+                    .filter_map(|t| t.argv.first().cloned()),
+            )
+            .collect();
+        exec_paths.sort();
+        exec_paths.dedup();
         SandboxSpec {
             read_paths: s(&p.read),
             write_paths: s(&p.write),
-            exec_paths: Vec::new(),
-            allow_network: false,
+            exec_paths,
+            allow_network: p.exec.network,
             allow_degraded: self.allow_degraded_sandbox,
             rlimits: p.limits.rlimits.clone(),
             tool_limits: p.limits.tool.clone(),
+            exec: ExecSpec {
+                programs: p
+                    .exec
+                    .programs
+                    .iter()
+                    .filter_map(|g| {
+                        Some(ProgramGrant {
+                            name: g.name.clone(),
+                            path: path_str(&g.path)?,
+                        })
+                    })
+                    .collect(),
+                shell: p.exec.shell.as_deref().and_then(path_str),
+                languages: p
+                    .exec
+                    .languages
+                    .iter()
+                    .filter_map(|l| {
+                        Some(LanguageGrant {
+                            name: l.name.clone(),
+                            interpreter: path_str(&l.interpreter)?,
+                        })
+                    })
+                    .collect(),
+                env_allow: p.exec.env_allow.iter().cloned().collect(),
+                env_fixed: p
+                    .exec
+                    .env_fixed
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                operator_tools,
+                system_read_paths: Vec::new(),
+                device_paths: Vec::new(),
+                limits: p.limits.command.clone(),
+            },
         }
     }
 
@@ -502,7 +693,51 @@ impl Policy {
                     s.iter().cloned().collect::<Vec<_>>().join(", ")
                 )),
             }
+            for g in &p.exec.programs {
+                let pats: Vec<&str> = g.arg_patterns.iter().map(|a| a.as_str()).collect();
+                out.push_str(&format!(
+                    "  exec   {} -> {}{}\n",
+                    g.name,
+                    g.path.display(),
+                    if pats.is_empty() {
+                        String::new()
+                    } else {
+                        format!("   args: {}", pats.join(" | "))
+                    }
+                ));
+            }
+            if let Some(sh) = &p.exec.shell {
+                out.push_str(&format!("  shell  {}\n", sh.display()));
+            }
+            for l in &p.exec.languages {
+                out.push_str(&format!(
+                    "  code   {} -> {}\n",
+                    l.name,
+                    l.interpreter.display()
+                ));
+            }
+            if !p.exec.env_allow.is_empty() || !p.exec.env_fixed.is_empty() {
+                out.push_str(&format!(
+                    "  env    client may set: {:?}; fixed: {:?}\n",
+                    p.exec.env_allow,
+                    p.exec.env_fixed.keys().collect::<Vec<_>>()
+                ));
+            }
+            if p.exec.network {
+                out.push_str("  network TCP/UDP allowed\n");
+            }
+            for t in &p.operator_tools {
+                out.push_str(&format!("  operator tool {t}\n"));
+            }
             let l = &p.limits;
+            out.push_str(&format!(
+                "  command timeout={}s lifetime={}s memory={:?}B processes={:?} output={}B\n",
+                l.command.timeout_secs,
+                l.command.max_lifetime_secs,
+                l.memory_bytes,
+                l.max_processes,
+                l.command.max_output_bytes
+            ));
             out.push_str(&format!(
                 "  limits concurrent={} timeout={}s calls/min={} read={}B output={}B entries={} matches={} nofile={:?} fsize={:?} cpu={:?}s as={:?}\n",
                 l.max_concurrent_calls, l.call_timeout_secs, l.calls_per_minute, l.tool.max_read_bytes,
@@ -645,8 +880,85 @@ fn merge(
     let mut any_all = false;
     let mut any_specified = false;
     let mut limits: Vec<&RawLimits> = Vec::new();
+    let mut exec = ExecGrant::default();
     for (who, g) in parts {
         let g = g.get_ref();
+        for name in &g.exec {
+            let path =
+                exec_grant::resolve_program(src, Some(name.span()), who, name.get_ref(), canon)?;
+            let mut arg_patterns = Vec::new();
+            if let Some(pats) = g.exec_args.get(name.get_ref()) {
+                if pats.len() > exec_grant::MAX_ARG_PATTERNS {
+                    return Err(src.error(
+                        Some(name.span()),
+                        format!(
+                            "{who}: at most {} argument patterns per program",
+                            exec_grant::MAX_ARG_PATTERNS
+                        ),
+                    ));
+                }
+                for p in pats {
+                    arg_patterns.push(exec_grant::arg_pattern(src, who, p)?);
+                }
+            }
+            match exec.programs.iter_mut().find(|p| p.path == path) {
+                // The same program from two grants: the union of what they allow (an
+                // unrestricted grant wins).
+                Some(existing) => {
+                    if existing.arg_patterns.is_empty() || arg_patterns.is_empty() {
+                        existing.arg_patterns.clear();
+                    } else {
+                        existing.arg_patterns.extend(arg_patterns);
+                    }
+                }
+                None => exec.programs.push(Program {
+                    name: name.get_ref().clone(),
+                    path,
+                    arg_patterns,
+                }),
+            }
+        }
+        for key in g.exec_args.keys() {
+            if !g.exec.iter().any(|e| e.get_ref() == key) {
+                return Err(src.error(
+                    None,
+                    format!("{who}: exec_args.{key} names a program that is not in exec"),
+                ));
+            }
+        }
+        if g.shell && exec.shell.is_none() {
+            exec.shell = Some(exec_grant::resolve_program(
+                src, None, who, "/bin/sh", canon,
+            )?);
+            warnings.push(format!("client '{client}' may run shell command lines via '{who}' (only programs listed in exec can be executed from them)"));
+        }
+        for lang in &g.code {
+            let Some(canonical) = exec_grant::language_alias(lang.get_ref()) else {
+                return Err(src.error(
+                    Some(lang.span()),
+                    format!(
+                        "{who}: unknown code language '{}' (python3, sh, bash, node)",
+                        lang.get_ref()
+                    ),
+                ));
+            };
+            if exec.languages.iter().any(|l| l.name == canonical) {
+                continue;
+            }
+            let interpreter =
+                exec_grant::resolve_program(src, Some(lang.span()), who, canonical, canon)?;
+            exec.languages.push(Language {
+                name: canonical.to_string(),
+                interpreter,
+            });
+        }
+        for e in &g.env {
+            exec_grant::env_entry(src, who, e, &mut exec)?;
+        }
+        if g.network {
+            exec.network = true;
+            warnings.push(format!("client '{client}' has network access via '{who}'"));
+        }
         if let Some(s) = &g.sudo {
             if *s.get_ref() {
                 return Err(src.error(Some(s.span()), format!(
@@ -704,6 +1016,8 @@ fn merge(
         global_write,
         tools,
         limits: merge_limits(&limits),
+        exec,
+        operator_tools: BTreeSet::new(),
     })
 }
 
@@ -717,7 +1031,33 @@ fn merge_limits(parts: &[&RawLimits]) -> Limits {
             None => parts.iter().skip(1).filter_map(|r| f(r)).min(),
         }
     };
+    let dc = &d.command;
+    let cpu_seconds = pick(&|l| l.cpu_seconds).or(d.rlimits.cpu_seconds);
+    let address_space = pick(&|l| l.address_space).or(d.rlimits.address_space);
+    let max_open_files = pick(&|l| l.max_open_files).or(d.rlimits.max_open_files);
+    let max_file_size = pick(&|l| l.max_file_size).or(d.rlimits.max_file_size);
+    let max_output_bytes = pick(&|l| l.max_output_bytes)
+        .unwrap_or(d.tool.max_output_bytes)
+        .min(MAX_RESULT_BYTES_CEILING);
+    let max_lifetime_secs = pick(&|l| l.max_lifetime_secs)
+        .unwrap_or(dc.max_lifetime_secs)
+        .max(1);
+    let max_processes = pick(&|l| l.max_processes).or(d.max_processes);
     Limits {
+        command: CommandLimits {
+            timeout_secs: pick(&|l| l.command_timeout_secs)
+                .unwrap_or(dc.timeout_secs)
+                .clamp(1, max_lifetime_secs),
+            max_lifetime_secs,
+            cpu_seconds,
+            address_space,
+            max_processes: pick(&|l| l.max_processes),
+            max_open_files,
+            max_file_size,
+            max_output_bytes: max_output_bytes.min(dc.max_output_bytes.max(max_output_bytes)),
+        },
+        memory_bytes: pick(&|l| l.memory_bytes).or(d.memory_bytes),
+        max_processes,
         max_concurrent_calls: pick(&|l| l.max_concurrent_calls)
             .unwrap_or(d.max_concurrent_calls)
             .max(1),
@@ -729,17 +1069,17 @@ fn merge_limits(parts: &[&RawLimits]) -> Limits {
             max_read_bytes: pick(&|l| l.max_read_bytes)
                 .unwrap_or(d.tool.max_read_bytes)
                 .min(MAX_RESULT_BYTES_CEILING),
-            max_output_bytes: pick(&|l| l.max_output_bytes)
-                .unwrap_or(d.tool.max_output_bytes)
-                .min(MAX_RESULT_BYTES_CEILING),
+            max_output_bytes,
             max_entries: pick(&|l| l.max_entries).unwrap_or(d.tool.max_entries),
             max_matches: pick(&|l| l.max_matches).unwrap_or(d.tool.max_matches),
         },
+        // The worker's own RLIMIT_CPU would count its whole session; CPU time is limited per
+        // process it starts (`command.cpu_seconds`), and its own work by call timeouts.
         rlimits: ResourceLimits {
-            max_open_files: pick(&|l| l.max_open_files).or(d.rlimits.max_open_files),
-            max_file_size: pick(&|l| l.max_file_size).or(d.rlimits.max_file_size),
-            cpu_seconds: pick(&|l| l.cpu_seconds).or(d.rlimits.cpu_seconds),
-            address_space: pick(&|l| l.address_space).or(d.rlimits.address_space),
+            max_open_files,
+            max_file_size,
+            cpu_seconds: None,
+            address_space,
             max_processes: None,
         },
     }

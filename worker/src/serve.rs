@@ -101,6 +101,17 @@ pub fn run(registry: Registry) -> ExitCode {
             return fail(&reason, exit::CONFINE);
         }
     };
+    let mut registry = registry;
+    if let Err(reason) = registry.add_operator_tools(&spec.exec) {
+        let _ = send_blocking(
+            fd.as_fd(),
+            &WorkerToBroker::ConfineFailed {
+                reason: reason.clone(),
+            },
+        );
+        return fail(&reason, exit::CONFINE);
+    }
+    let exec = Arc::new(spec.exec.clone());
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .enable_io()
@@ -110,8 +121,17 @@ pub fn run(registry: Registry) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("runtime: {e}"), exit::IPC),
     };
-    let code = rt.block_on(serve(fd, registry, roots, spec.tool_limits, enforcement));
-    // Do not wait for tool threads that may still be blocked: the session is over.
+    let code = rt.block_on(serve(
+        fd,
+        registry,
+        roots,
+        spec.tool_limits,
+        exec,
+        enforcement,
+    ));
+    // Do not wait for tool threads that may still be blocked: the session is over. Every
+    // process group a tool started dies with it.
+    crate::tools::process::kill_all();
     std::process::exit(i32::from(code))
 }
 
@@ -129,6 +149,7 @@ async fn serve(
     registry: Registry,
     roots: Arc<Roots>,
     limits: mcpd_ipc::ToolLimits,
+    exec: Arc<mcpd_ipc::ExecSpec>,
     enforcement: mcpd_ipc::Enforcement,
 ) -> u8 {
     let (tx, mut rx) = match channel::<BrokerToWorker, WorkerToBroker>(fd, MAX_FRAME) {
@@ -180,7 +201,7 @@ async fn serve(
                                 id, progress: p.progress, total: p.total, message: p.message });
                         }) as ProgressFn
                     });
-                    let ctx = ToolContext::new(roots.clone(), limits.clone(), cancelled, progress_fn);
+                    let ctx = ToolContext::new(roots.clone(), limits.clone(), cancelled, progress_fn).with_exec(exec.clone());
                     let outbox = outbox.clone();
                     let done_tx = done_tx.clone();
                     let slots = slots.clone();

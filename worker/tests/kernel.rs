@@ -357,7 +357,7 @@ impl Worker {
 fn confine_msg(spec: SandboxSpec) -> BrokerToWorker {
     BrokerToWorker::Confine {
         version: PROTOCOL_VERSION,
-        spec,
+        spec: Box::new(spec),
     }
 }
 
@@ -486,7 +486,7 @@ fn worker_refuses_wrong_protocol_version() {
     let worker = spawn_worker(None, None);
     worker.send(&BrokerToWorker::Confine {
         version: PROTOCOL_VERSION + 1,
-        spec: fs_spec(&[root.path()], &[]),
+        spec: Box::new(fs_spec(&[root.path()], &[])),
     });
     let reply = worker.recv();
     assert!(

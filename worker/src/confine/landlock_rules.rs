@@ -21,6 +21,8 @@
 //! | `read_paths` | `ReadFile`, `ReadDir`                                                      |
 //! | `write_paths`| every right but `Execute`: `ReadFile ReadDir WriteFile Truncate RemoveDir RemoveFile MakeChar MakeDir MakeReg MakeSock MakeFifo MakeBlock MakeSym Refer IoctlDev` |
 //! | `exec_paths` | `ReadFile`, `ReadDir`, `Execute`                                           |
+//! | `exec.system_read_paths` | `ReadFile`, `ReadDir` (libraries, loader cache: only when execution is granted) |
+//! | `exec.device_paths` | `ReadFile`, `WriteFile` (`/dev/null`, `/dev/zero`, `/dev/urandom`)   |
 //!
 //! A rule on a non-directory keeps only the rights that apply to files (Landlock refuses
 //! directory rights on a file). `BindTcp | ConnectTcp` are handled with no rule (all TCP
@@ -73,6 +75,12 @@ fn exec_access() -> BitFlags<AccessFs> {
     AccessFs::ReadFile | AccessFs::ReadDir | AccessFs::Execute
 }
 
+/// Rights of a device file commands may use (`/dev/null`, `/dev/zero`, `/dev/urandom`): read
+/// and write, no ioctl.
+fn device_access() -> BitFlags<AccessFs> {
+    AccessFs::ReadFile | AccessFs::WriteFile
+}
+
 fn ruleset_err(context: &'static str) -> impl FnOnce(::landlock::RulesetError) -> ConfineError {
     move |e| ConfineError::Landlock {
         context,
@@ -103,6 +111,8 @@ pub(super) fn apply(spec: &SandboxSpec) -> Result<Outcome, ConfineError> {
         ("read", &spec.read_paths, read_access()),
         ("write", &spec.write_paths, write_access()),
         ("exec", &spec.exec_paths, exec_access()),
+        ("system", &spec.exec.system_read_paths, read_access()),
+        ("device", &spec.exec.device_paths, device_access()),
     ];
     for (kind, paths, access) in groups {
         for path in paths {

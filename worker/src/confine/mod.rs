@@ -43,6 +43,7 @@
 //! * That it runs at process start-up, single-threaded (see the invariants on
 //!   [`sanitize_process`] and [`confine`]).
 
+pub mod child;
 pub mod landlock_rules;
 mod process;
 pub mod seccomp;

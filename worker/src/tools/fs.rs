@@ -240,6 +240,7 @@ fn descriptor(
         annotations,
         access,
         path_args,
+        exec_args: None,
     }
 }
 

@@ -10,10 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use mcpd_ipc::{CallError, CallErrorKind, Content, ToolDescriptor, ToolLimits, ToolResult};
+use mcpd_ipc::{
+    CallError, CallErrorKind, Content, ExecSpec, ToolDescriptor, ToolLimits, ToolResult,
+};
 
+pub mod code;
+pub mod exec;
 pub mod fs;
 pub mod paths;
+pub mod process;
 
 /// What a progress report carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +41,8 @@ pub struct ToolContext {
     pub roots: Arc<paths::Roots>,
     /// Limits that tools apply themselves.
     pub limits: ToolLimits,
+    /// What the client may execute (empty unless the policy grants execution).
+    pub exec: Arc<ExecSpec>,
     cancelled: Arc<AtomicBool>,
     progress: Option<ProgressFn>,
 }
@@ -61,9 +68,16 @@ impl ToolContext {
         Self {
             roots,
             limits,
+            exec: Arc::new(ExecSpec::default()),
             cancelled,
             progress,
         }
+    }
+
+    /// The same context with the client's execution grant.
+    pub fn with_exec(mut self, exec: Arc<ExecSpec>) -> Self {
+        self.exec = exec;
+        self
     }
 
     /// True once the client cancelled the call; long loops should check it and stop.
@@ -115,11 +129,29 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in tools (files).
+    /// The built-in tools: files, `run_command`, `run_code` and `reset_code_session` (the
+    /// broker lists each only to clients whose policy grants it).
     pub fn builtin() -> Self {
         let mut r = Self::new();
         fs::register(&mut r);
+        exec::register(&mut r);
+        code::register(&mut r);
         r
+    }
+
+    /// Add the operator-defined tools of the sandbox spec. A name that collides with a tool
+    /// already registered is refused (an operator tool never shadows a built-in one).
+    pub fn add_operator_tools(&mut self, spec: &ExecSpec) -> Result<(), String> {
+        for t in &spec.operator_tools {
+            if self.tools.contains_key(&t.name) {
+                return Err(format!(
+                    "operator tool '{}' has the name of a built-in tool",
+                    t.name
+                ));
+            }
+            self.register(exec::OperatorTool::new(t.clone()));
+        }
+        Ok(())
     }
 
     /// Add a tool; a later tool with the same name replaces the earlier one.

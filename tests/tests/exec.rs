@@ -1,0 +1,737 @@
+//! Command execution, code sessions and operator tools, end to end through `mcpd serve --stdio`:
+//! the program runs for real inside the client's worker sandbox, and the *kernel* refuses
+//! what the policy did not grant even to an allow-listed program.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mcpd_e2e::{alive, wait_until, Server};
+use serde_json::{json, Value};
+
+struct Dirs {
+    _top: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let top = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(top.path()).unwrap();
+    let root = base.join("root");
+    let outside = base.join("outside");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(root.join("inside.txt"), "inside\n").unwrap();
+    std::fs::write(outside.join("secret.txt"), "outside secret\n").unwrap();
+    Dirs {
+        _top: top,
+        root,
+        outside,
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Start with a config file (written next to the roots, outside them).
+fn start_with_config(d: &Dirs, toml: &str) -> Server {
+    let cfg = d.root.parent().unwrap().join("mcpd.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut srv = Server::start(&["--config", s(&cfg)]);
+    srv.initialize();
+    srv
+}
+
+fn structured(r: &Value) -> &Value {
+    &r["structuredContent"]
+}
+
+fn text(r: &Value) -> String {
+    r["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The broker still answers, and file tools still work.
+fn still_serving(srv: &mut Server, d: &Dirs) {
+    assert_eq!(srv.result("ping", json!({})), json!({}));
+    let (t, err) = srv.call_text(
+        "read_text_file",
+        json!({"path": s(&d.root.join("inside.txt"))}),
+    );
+    assert!(!err, "{t}");
+    assert_eq!(t, "inside\n");
+}
+
+#[test]
+fn an_allowed_program_still_cannot_read_outside_the_client_paths() {
+    let d = dirs();
+    let mut srv = Server::start(&["--allow-write", s(&d.root), "--allow-exec", "cat"]);
+    srv.initialize();
+    assert!(srv.tool_names().contains(&"run_command".to_string()));
+    let ok = srv.call(
+        "run_command",
+        json!({"command": "cat", "args": ["inside.txt"]}),
+    );
+    assert_eq!(structured(&ok)["exit_code"], 0, "{ok}");
+    assert_eq!(structured(&ok)["stdout"], "inside\n");
+    // `cat` is allowed; /etc/hostname and the sibling directory are not: the kernel says no.
+    for target in [
+        "/etc/hostname".to_string(),
+        d.outside.join("secret.txt").display().to_string(),
+    ] {
+        let r = srv.call("run_command", json!({"command": "cat", "args": [target]}));
+        assert_eq!(r["isError"], true, "{r}");
+        assert_eq!(structured(&r)["exit_code"], 1, "{r}");
+        assert!(
+            structured(&r)["stderr"]
+                .as_str()
+                .unwrap()
+                .contains("Permission denied"),
+            "{r}"
+        );
+        assert!(!text(&r).contains("outside secret"));
+    }
+    // A program that is not allow-listed is refused by the broker's policy...
+    let r = srv.call("run_command", json!({"command": "ls", "args": ["/"]}));
+    assert_eq!(r["isError"], true);
+    assert_eq!(text(&r), "Program not allowed by policy");
+    // ...and a shell is not available without a shell grant.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "cat /etc/hostname", "shell": true}),
+    );
+    assert_eq!(text(&r), "Shell command lines are not allowed by policy");
+    // cwd outside the roots is refused like any other path.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "cat", "args": ["secret.txt"], "cwd": s(&d.outside)}),
+    );
+    assert_eq!(text(&r), "Access denied - path outside allowed directories");
+    still_serving(&mut srv, &d);
+}
+
+#[test]
+fn writes_outside_the_write_paths_fail_in_the_kernel() {
+    let d = dirs();
+    let ro = d.root.parent().unwrap().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mut srv = Server::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-read",
+        s(&ro),
+        "--allow-exec",
+        "touch",
+    ]);
+    srv.initialize();
+    // The first read root is the default cwd: creating a file there is refused by the kernel.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "touch", "args": ["made.txt"]}),
+    );
+    assert_eq!(structured(&r)["exit_code"], 1, "{r}");
+    assert!(!ro.join("made.txt").exists());
+    let r = srv.call(
+        "run_command",
+        json!({"command": "touch", "args": ["made.txt"], "cwd": s(&d.root)}),
+    );
+    assert_eq!(structured(&r)["exit_code"], 0, "{r}");
+    assert!(d.root.join("made.txt").exists());
+    for target in [
+        d.outside.join("x.txt"),
+        ro.join("x.txt"),
+        PathBuf::from("/tmp/mcpd-e2e-should-not-exist"),
+    ] {
+        let r = srv.call(
+            "run_command",
+            json!({"command": "touch", "args": [s(&target)]}),
+        );
+        assert_eq!(structured(&r)["exit_code"], 1, "{r}");
+        assert!(text(&r).contains("Permission denied"), "{r}");
+        assert!(!target.exists(), "{} was created", target.display());
+    }
+}
+
+#[test]
+fn network_is_denied_unless_granted() {
+    let d = dirs();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n    print('CONNECTED')\nexcept OSError as e:\n    print('DENIED', e.errno)\n"
+    );
+    let mut srv = Server::start(&["--allow-write", s(&d.root), "--allow-exec", "python3"]);
+    srv.initialize();
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["-c", code]}),
+    );
+    assert_eq!(structured(&r)["stdout"], "DENIED 13\n", "{r}"); // EACCES
+    assert!(listener.accept().is_err(), "the listener saw a connection");
+    drop(srv);
+
+    let toml = format!(
+        "[clients.local]\nwrite = [\"{}\"]\nexec = [\"python3\"]\nnetwork = true\n",
+        s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["-c", code]}),
+    );
+    assert_eq!(structured(&r)["stdout"], "CONNECTED\n", "{r}");
+    assert!(wait_until(Duration::from_secs(5), || listener
+        .accept()
+        .is_ok()));
+}
+
+#[test]
+fn commands_inherit_the_seccomp_filter_and_cannot_touch_other_workers() {
+    let d = dirs();
+    let mut victim = Server::start(&["--allow-read", s(&d.root)]);
+    victim.initialize();
+    victim.tool_names();
+    let victim_worker = *victim.worker_pids().first().expect("victim worker");
+    let mut srv = Server::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-exec",
+        "python3",
+        "--allow-exec",
+        "kill",
+    ]);
+    srv.initialize();
+    // kill(2) of another client's worker: Landlock's signal scope refuses it.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "kill", "args": ["-9", victim_worker.to_string()]}),
+    );
+    assert_ne!(structured(&r)["exit_code"], 0, "{r}");
+    assert!(text(&r).contains("Operation not permitted"), "{r}");
+    // ptrace, process_vm_readv, unshare(CLONE_NEWUSER), io_uring_setup, bpf: EPERM from seccomp.
+    let code = format!(
+        r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def res(rc):
+    return "ok" if rc == 0 else os.strerror(ctypes.get_errno())
+print("ptrace", res(libc.ptrace(16, {victim_worker}, 0, 0)))
+print("unshare", res(libc.unshare(0x10000000)))
+print("io_uring_setup", res(libc.syscall(425, 8, ctypes.create_string_buffer(120))))
+print("bpf", res(libc.syscall(321, 0, 0, 0)))
+print("mount", res(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)))
+"#
+    );
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["-c", code]}),
+    );
+    let out = structured(&r)["stdout"].as_str().unwrap().to_string();
+    for line in [
+        "ptrace Operation not permitted",
+        "unshare Operation not permitted",
+        "io_uring_setup Operation not permitted",
+        "bpf Operation not permitted",
+        "mount Operation not permitted",
+    ] {
+        assert!(out.contains(line), "missing '{line}' in:\n{out}\n{r}");
+    }
+    assert!(alive(victim_worker), "the other client's worker was hurt");
+    assert_eq!(victim.result("ping", json!({})), json!({}));
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group() {
+    let d = dirs();
+    let mut srv = Server::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-exec",
+        "sh",
+        "--allow-exec",
+        "sleep",
+    ]);
+    srv.initialize();
+    let started = Instant::now();
+    let r = srv.call(
+        "run_command",
+        json!({"command": "sh", "args": ["-c", "sleep 300 & echo $!; sleep 300"], "timeout_secs": 1}),
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(r["isError"], true);
+    assert_eq!(structured(&r)["stopped"], "timeout", "{r}");
+    assert!(text(&r).starts_with("Timed out after 1 s"), "{r}");
+    let bg: i32 = structured(&r)["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(bg)),
+        "background process {bg} survived the timeout"
+    );
+    still_serving(&mut srv, &d);
+}
+
+#[test]
+fn cancellation_kills_the_whole_process_group() {
+    let d = dirs();
+    let mut srv = Server::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-exec",
+        "sh",
+        "--allow-exec",
+        "sleep",
+    ]);
+    srv.initialize();
+    srv.send(&json!({"jsonrpc": "2.0", "id": "long", "method": "tools/call", "params": {
+        "name": "run_command",
+        "arguments": {"command": "sh", "args": ["-c", "sleep 300 & echo $! > bg.pid; echo $$ > leader.pid; sleep 300"]}
+    }}));
+    let pidfile = d.root.join("bg.pid");
+    let leaderfile = d.root.join("leader.pid");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n'))
+            && std::fs::read_to_string(&leaderfile).is_ok_and(|t| t.ends_with('\n'))
+    }));
+    let bg: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let leader: i32 = std::fs::read_to_string(&leaderfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(bg) && alive(leader));
+    srv.send(&json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "long", "reason": "test"}}));
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(bg) && !alive(leader)),
+        "processes survived cancellation"
+    );
+    // No response for a cancelled request; the session goes on.
+    still_serving(&mut srv, &d);
+}
+
+#[test]
+fn end_of_session_kills_running_commands() {
+    let d = dirs();
+    let mut srv = Server::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-exec",
+        "sh",
+        "--allow-exec",
+        "sleep",
+    ]);
+    srv.initialize();
+    srv.send(
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "run_command",
+            "arguments": {"command": "sh", "args": ["-c", "echo $$ > leader.pid; sleep 300"]}
+        }}),
+    );
+    let leaderfile = d.root.join("leader.pid");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&leaderfile).is_ok_and(|t| t.ends_with('\n'))
+    }));
+    let leader: i32 = std::fs::read_to_string(&leaderfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    srv.child.kill().unwrap(); // the broker dies: its worker and the worker's commands follow
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(leader)),
+        "command {leader} outlived its session"
+    );
+}
+
+#[test]
+fn output_is_capped_and_a_flood_is_stopped() {
+    let d = dirs();
+    let toml = format!(
+        "[clients.local]\nwrite = [\"{}\"]\nexec = [\"python3\"]\n[clients.local.limits]\nmax_output_bytes = 65536\n",
+        s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["-c", "import sys; sys.stdout.write('x' * 100000)"]}),
+    );
+    assert_eq!(structured(&r)["exit_code"], 0, "{r}");
+    assert_eq!(structured(&r)["truncated"], true);
+    assert_eq!(structured(&r)["stdout"].as_str().unwrap().len(), 65536);
+    assert!(text(&r).contains("[output truncated: 34464 bytes discarded]"));
+    let started = Instant::now();
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["-c", "import sys\nwhile True: sys.stdout.write('y' * 65536)"], "timeout_secs": 60}),
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(structured(&r)["stopped"], "output_limit", "{r}");
+    assert!(
+        text(&r).starts_with("Output limit exceeded"),
+        "{}",
+        text(&r)
+    );
+    still_serving(&mut srv, &d);
+}
+
+#[test]
+fn stdin_environment_and_literal_arguments() {
+    let d = dirs();
+    let toml = format!(
+        "[clients.local]\nwrite = [\"{}\"]\nexec = [\"python3\", \"printf\"]\nenv = [\"GREETING\", \"FIXED=operator\"]\n",
+        s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["-c", "import os, sys; print(sys.stdin.read().upper(), os.environ.get('GREETING'), os.environ.get('FIXED'), os.environ.get('MCPD_LOG'), sorted(os.environ))"],
+               "stdin": "piped in", "env": {"GREETING": "hi"}}),
+    );
+    assert_eq!(
+        structured(&r)["stdout"],
+        "PIPED IN hi operator None ['FIXED', 'GREETING', 'HOME', 'LANG', 'PATH']\n",
+        "{r}"
+    );
+    let r = srv.request(
+        "tools/call",
+        json!({"name": "run_command", "arguments": {"command": "python3", "args": ["-c", "1"], "env": {"LD_PRELOAD": "/tmp/x.so"}}}),
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r.to_string()
+            .contains("does not let the client set LD_PRELOAD"),
+        "{r}"
+    );
+    // Shell metacharacters are just bytes in an argv element.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "printf", "args": ["%s|", "a; touch pwned", "$(touch pwned2)", "`touch pwned3`"]}),
+    );
+    assert_eq!(
+        structured(&r)["stdout"],
+        "a; touch pwned|$(touch pwned2)|`touch pwned3`|"
+    );
+    assert!(!d.root.join("pwned").exists() && !d.root.join("pwned2").exists());
+}
+
+#[test]
+fn argument_patterns_are_an_allow_list() {
+    let d = dirs();
+    let toml = format!(
+        "[clients.local]\nwrite = [\"{}\"]\nexec = [\"printf\"]\n[clients.local.exec_args]\nprintf = [\"%s\", \"[a-z]+\"]\n",
+        s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let r = srv.call(
+        "run_command",
+        json!({"command": "printf", "args": ["%s", "abc"]}),
+    );
+    assert_eq!(structured(&r)["stdout"], "abc", "{r}");
+    let r = srv.call(
+        "run_command",
+        json!({"command": "printf", "args": ["%s", "abc1"]}),
+    );
+    assert_eq!(
+        text(&r),
+        "An argument is not allowed by policy for this program"
+    );
+}
+
+#[test]
+fn code_sessions_persist_per_client_and_reset() {
+    let d = dirs();
+    let mut a = Server::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-code",
+        "python3",
+        "--allow-code",
+        "sh",
+    ]);
+    a.initialize();
+    let names = a.tool_names();
+    assert!(
+        names.contains(&"run_code".to_string())
+            && names.contains(&"reset_code_session".to_string())
+    );
+    assert!(!names.contains(&"run_command".to_string()));
+    let r = a.call(
+        "run_code",
+        json!({"language": "python3", "code": "secret = 6 * 7\nsecret"}),
+    );
+    assert_eq!(structured(&r)["stdout"], "42\n", "{r}");
+    let r = a.call(
+        "run_code",
+        json!({"language": "python", "code": "print(secret + 1)"}),
+    );
+    assert_eq!(structured(&r)["stdout"], "43\n", "{r}");
+    assert_eq!(structured(&r)["session_runs"], 2);
+    // sh sessions keep their variables too, and survive a syntax error.
+    let r = a.call(
+        "run_code",
+        json!({"language": "sh", "code": "v=kept; echo $v"}),
+    );
+    assert_eq!(structured(&r)["stdout"], "kept\n", "{r}");
+    let r = a.call("run_code", json!({"language": "sh", "code": "if then"}));
+    assert_eq!(structured(&r)["status"], "error", "{r}");
+    let r = a.call("run_code", json!({"language": "sh", "code": "echo $v"}));
+    assert_eq!(structured(&r)["stdout"], "kept\n", "{r}");
+
+    // Another client session (another worker) does not see it.
+    let mut b = Server::start(&["--allow-write", s(&d.root), "--allow-code", "python3"]);
+    b.initialize();
+    let r = b.call(
+        "run_code",
+        json!({"language": "python3", "code": "print(secret)"}),
+    );
+    assert_eq!(r["isError"], true);
+    assert!(
+        structured(&r)["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("NameError"),
+        "{r}"
+    );
+
+    // A timeout interrupts the code and keeps the session.
+    let r = a.call("run_code", json!({"language": "python3", "code": "import time\nwhile True: time.sleep(0.05)", "timeout_secs": 1}));
+    assert_eq!(structured(&r)["status"], "interrupted", "{r}");
+    assert_eq!(structured(&r)["session_kept"], true);
+    let r = a.call("run_code", json!({"language": "python3", "code": "secret"}));
+    assert_eq!(structured(&r)["stdout"], "42\n", "{r}");
+
+    // The sandbox holds for code too.
+    let r = a.call(
+        "run_code",
+        json!({"language": "python3", "code": "open('/etc/hostname').read()"}),
+    );
+    assert!(
+        structured(&r)["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("PermissionError"),
+        "{r}"
+    );
+
+    // reset_code_session clears it.
+    let r = a.call("reset_code_session", json!({"language": "python3"}));
+    assert_eq!(text(&r), "Reset 1 session(s).");
+    let r = a.call(
+        "run_code",
+        json!({"language": "python3", "code": "print(secret)"}),
+    );
+    assert!(
+        structured(&r)["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("NameError"),
+        "{r}"
+    );
+    assert_eq!(structured(&r)["session_runs"], 1);
+    // A language the policy does not grant.
+    let r = a.call("run_code", json!({"language": "node", "code": "1"}));
+    assert_eq!(text(&r), "Language not allowed by policy");
+}
+
+#[test]
+fn node_code_sessions_when_node_is_installed() {
+    if !Path::new("/usr/bin/node").exists() && !Path::new("/usr/local/bin/node").exists() {
+        eprintln!("SKIPPED node_code_sessions_when_node_is_installed: node is not installed");
+        return;
+    }
+    let d = dirs();
+    let mut a = Server::start(&["--allow-write", s(&d.root), "--allow-code", "node"]);
+    a.initialize();
+    let r = a.call(
+        "run_code",
+        json!({"language": "node", "code": "let n = 20; n + 1"}),
+    );
+    assert_eq!(structured(&r)["stdout"], "21\n", "{r}");
+    let r = a.call(
+        "run_code",
+        json!({"language": "js", "code": "console.log(n * 2)"}),
+    );
+    assert_eq!(structured(&r)["stdout"], "40\n", "{r}");
+    let r = a.call(
+        "run_code",
+        json!({"language": "node", "code": "require('fs').readFileSync('/etc/hostname')"}),
+    );
+    assert!(
+        structured(&r)["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("EACCES"),
+        "{r}"
+    );
+}
+
+#[test]
+fn operator_tools_validate_before_running_and_pass_arguments_literally() {
+    let d = dirs();
+    let toml = format!(
+        r#"
+[clients.local]
+roles = ["ops"]
+write = ["{root}"]
+
+[roles.ops]
+
+[tools.make_note]
+description = "Create an empty note file"
+command = ["/usr/bin/touch", "--", "note-{{name}}.txt"]
+input_schema = {{ type = "object", properties = {{ name = {{ type = "string", pattern = "^[a-z]+$" }} }}, required = ["name"], additionalProperties = false }}
+roles = ["ops"]
+
+[tools.echo]
+description = "Echo a message"
+command = ["/usr/bin/printf", "%s", "{{message}}"]
+input_schema = {{ type = "object", properties = {{ message = {{ type = "string", maxLength = 200 }} }}, required = ["message"] }}
+roles = ["ops"]
+
+[tools.stats]
+description = "JSON stats"
+command = ["/usr/bin/printf", "{{{{\"count\": %s}}}}", "{{n}}"]
+input_schema = {{ type = "object", properties = {{ n = {{ type = "integer" }} }}, required = ["n"] }}
+output_schema = {{ type = "object", properties = {{ count = {{ type = "integer" }} }}, required = ["count"] }}
+roles = ["ops"]
+"#,
+        root = s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let list = srv.result("tools/list", json!({}));
+    let make = list["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "make_note")
+        .expect("make_note listed")
+        .clone();
+    assert_eq!(
+        make["inputSchema"]["properties"]["name"]["pattern"],
+        "^[a-z]+$"
+    );
+    let r = srv.call("make_note", json!({"name": "hello"}));
+    assert_eq!(structured(&r)["exit_code"], 0, "{r}");
+    assert!(d.root.join("note-hello.txt").exists());
+    // Schema-invalid arguments are refused before anything runs.
+    for bad in [
+        json!({"name": "../../x"}),
+        json!({"name": 5}),
+        json!({}),
+        json!({"name": "a", "extra": 1}),
+    ] {
+        let r = srv.call("make_note", bad.clone());
+        assert_eq!(r["isError"], true, "{bad}");
+        assert!(text(&r).starts_with("Invalid arguments:"), "{r}");
+    }
+    let made: Vec<_> = std::fs::read_dir(&d.root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(made.len(), 2, "{made:?}"); // inside.txt and note-hello.txt only
+                                           // Metacharacters reach the program as one literal argument.
+    let msg = "a; touch pwned && $(touch pwned2) | `id` > out.txt 'q' \"d\" \\ *";
+    let r = srv.call("echo", json!({"message": msg}));
+    assert_eq!(structured(&r)["stdout"], msg, "{r}");
+    assert!(!d.root.join("pwned").exists() && !d.root.join("out.txt").exists());
+    // An output schema turns stdout into structuredContent.
+    let r = srv.call("stats", json!({"n": 3}));
+    assert_eq!(r["structuredContent"], json!({"count": 3}), "{r}");
+}
+
+#[test]
+fn operator_tools_are_only_for_their_roles() {
+    let d = dirs();
+    let toml = format!(
+        r#"
+[stdio]
+client = "guest"
+[clients.guest]
+read = ["{root}"]
+[clients.admin]
+roles = ["ops"]
+[roles.ops]
+[tools.echo]
+description = "Echo"
+command = ["/usr/bin/printf", "%s", "{{m}}"]
+input_schema = {{ type = "object", properties = {{ m = {{ type = "string" }} }} }}
+roles = ["ops"]
+"#,
+        root = s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let names = srv.tool_names();
+    assert!(!names.contains(&"echo".to_string()), "{names:?}");
+    assert!(!names.contains(&"run_command".to_string()));
+    let r = srv.request(
+        "tools/call",
+        json!({"name": "echo", "arguments": {"m": "x"}}),
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+}
+
+#[test]
+fn audit_records_name_the_command() {
+    let d = dirs();
+    let log = d.root.parent().unwrap().join("audit.log");
+    let mut srv = Server::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-exec",
+        "printf",
+        "--audit-log",
+        s(&log),
+    ]);
+    srv.initialize();
+    srv.call(
+        "run_command",
+        json!({"command": "printf", "args": ["%s", "hi"]}),
+    );
+    srv.call(
+        "run_command",
+        json!({"command": "rm", "args": ["-rf", "/"]}),
+    );
+    srv.finish();
+    let mut text = String::new();
+    std::fs::File::open(&log)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let recs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let calls: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "request" && r["tool"] == "run_command")
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["decision"], "allow");
+    assert_eq!(calls[0]["command"], "printf %s hi");
+    assert!(
+        calls[0]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("exec:/usr/bin/printf"),
+        "{}",
+        calls[0]
+    );
+    assert_eq!(calls[1]["decision"], "deny");
+    assert_eq!(calls[1]["reason"], "program_not_allowed");
+    assert_eq!(calls[1]["command"], "rm -rf /");
+}

@@ -731,15 +731,16 @@ impl Policy {
             }
             let l = &p.limits;
             out.push_str(&format!(
-                "  command timeout={}s lifetime={}s memory={:?}B processes={:?} output={}B\n",
+                "  command timeout={}s lifetime={}s cpu={:?}s memory={:?}B processes={:?} output={}B\n",
                 l.command.timeout_secs,
                 l.command.max_lifetime_secs,
+                l.command.cpu_seconds,
                 l.memory_bytes,
                 l.max_processes,
                 l.command.max_output_bytes
             ));
             out.push_str(&format!(
-                "  limits concurrent={} timeout={}s calls/min={} read={}B output={}B entries={} matches={} nofile={:?} fsize={:?} cpu={:?}s as={:?}\n",
+                "  limits concurrent={} timeout={}s calls/min={} read={}B output={}B entries={} matches={} nofile={:?} fsize={:?} worker-cpu={:?}s as={:?}\n",
                 l.max_concurrent_calls, l.call_timeout_secs, l.calls_per_minute, l.tool.max_read_bytes,
                 l.tool.max_output_bytes, l.tool.max_entries, l.tool.max_matches, l.rlimits.max_open_files,
                 l.rlimits.max_file_size, l.rlimits.cpu_seconds, l.rlimits.address_space

@@ -735,3 +735,38 @@ fn audit_records_name_the_command() {
     assert_eq!(calls[1]["reason"], "program_not_allowed");
     assert_eq!(calls[1]["command"], "rm -rf /");
 }
+
+#[test]
+fn long_commands_report_progress() {
+    let d = dirs();
+    let mut srv = Server::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-exec",
+        "sh",
+        "--allow-exec",
+        "sleep",
+    ]);
+    srv.initialize();
+    let r = srv.result(
+        "tools/call",
+        json!({"name": "run_command", "arguments": {"command": "sh", "args": ["-c", "sleep 2.5; echo done"]},
+               "_meta": {"progressToken": "tok-1"}}),
+    );
+    assert_eq!(structured(&r)["stdout"], "done\n", "{r}");
+    let progress: Vec<f64> = srv
+        .notifications
+        .iter()
+        .filter(|n| n["method"] == "notifications/progress")
+        .map(|n| {
+            assert_eq!(n["params"]["progressToken"], "tok-1");
+            assert!(n["params"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("running for"));
+            n["params"]["progress"].as_f64().unwrap()
+        })
+        .collect();
+    assert!(progress.len() >= 2, "{:?}", srv.notifications);
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+}

@@ -48,6 +48,11 @@ impl Audit {
         })
     }
 
+    /// Whether a log is configured (records are built only then).
+    pub fn enabled(&self) -> bool {
+        self.log.is_some()
+    }
+
     /// Whether argument previews are recorded.
     pub fn preview_args(&self) -> bool {
         self.preview

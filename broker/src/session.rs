@@ -222,6 +222,15 @@ impl Session {
 
     /// Write the request's audit record, then queue the response (fail closed).
     async fn finish(&self, id: Option<&Id>, started: Instant, rec: Rec, response: Value) {
+        if !self.inner.audit.enabled() {
+            if let Ok(mut s) = self.inner.state.lock() {
+                s.requests += 1;
+            }
+            if !response.is_null() {
+                self.send(response);
+            }
+            return;
+        }
         let mut f = self.base_fields();
         f.insert("method".into(), json!(rec.method));
         if let Some(id) = id {
@@ -608,7 +617,9 @@ impl Session {
             }
         };
         let args_value = Value::Object(args);
-        rec.args_digest = Some(mcpd_audit::args_digest(&args_value));
+        if self.inner.audit.enabled() {
+            rec.args_digest = Some(mcpd_audit::args_digest(&args_value));
+        }
         if self.inner.audit.preview_args() {
             rec.args_preview = Some(mcpd_audit::redacted_preview(&args_value));
         }
@@ -633,10 +644,11 @@ impl Session {
             )
         };
         // A tool the client may not see is reported exactly like a tool that does not exist.
-        let Some(desc) = self
-            .visible(worker.tools())
-            .into_iter()
+        let Some(desc) = worker
+            .tools()
+            .iter()
             .find(|t| t.name == name)
+            .filter(|t| self.visible(std::slice::from_ref(*t)).len() == 1)
             .cloned()
         else {
             let known = worker.tools().iter().any(|t| t.name == name);

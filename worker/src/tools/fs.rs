@@ -622,7 +622,10 @@ fn d_grep() -> ToolDescriptor {
 
 /// Read the whole file, refusing more than `max` bytes.
 fn read_limited(path: &str, file: &File, max: u64) -> Result<Vec<u8>, Fail> {
-    let mut buf = Vec::new();
+    // Size the buffer from the file (bounded by the limit) so a small file is read in one or
+    // two read(2) calls instead of a doubling series starting at 32 bytes.
+    let hint = file.metadata().map_or(0, |m| m.len()).min(max);
+    let mut buf = Vec::with_capacity(usize::try_from(hint).unwrap_or(0).saturating_add(1));
     file.take(max.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| paths::io_to_path_err(path, &e))?;

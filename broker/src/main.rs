@@ -5,6 +5,7 @@
 mod auditing;
 mod cgroup;
 mod doctor;
+mod http;
 mod jsonrpc;
 mod sandbox;
 mod session;
@@ -195,9 +196,20 @@ fn audit_cmd(cmd: AuditCommand) -> ExitCode {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Serve on stdin/stdout (the default transport).
+    /// Serve on stdin/stdout (the default transport when no HTTP listener is asked for).
     #[arg(long)]
     stdio: bool,
+    /// Serve Streamable HTTP on ADDR (e.g. 127.0.0.1:8080), endpoint /mcp. Loopback only
+    /// unless --insecure-non-loopback-without-auth.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// Allow the HTTP listener on a non-loopback address although mcpd has no HTTP
+    /// authentication yet: anyone who can reach it acts as the HTTP client. Dangerous.
+    #[arg(long = "insecure-non-loopback-without-auth")]
+    insecure_non_loopback: bool,
+    /// Seconds an HTTP session may stay idle before it and its worker are reaped.
+    #[arg(long = "http-session-idle-secs", value_name = "SECS")]
+    http_idle: Option<u64>,
     /// A directory the stdio client may read (repeatable).
     #[arg(long = "allow-read", value_name = "DIR")]
     allow_read: Vec<PathBuf>,
@@ -250,6 +262,25 @@ fn detect_cgroups(setting: &mcpd_policy::CgroupSetting) -> Result<Option<cgroup:
     }
 }
 
+/// SIGTERM or SIGINT.
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 fn canon(p: &Path) -> std::io::Result<PathBuf> {
     std::fs::canonicalize(p)
 }
@@ -279,6 +310,20 @@ fn load_policy(args: &ServeArgs) -> Result<Policy, String> {
     };
     if let Some(w) = &args.worker {
         policy.worker_path = Some(w.clone());
+    }
+    if let Some(addr) = args.http {
+        if !addr.ip().is_loopback() && !args.insecure_non_loopback {
+            return Err(format!("--http {addr}: not a loopback address, and mcpd has no HTTP authentication yet; pass --insecure-non-loopback-without-auth to accept that anyone who reaches it acts as the HTTP client"));
+        }
+        if args.insecure_non_loopback {
+            policy.warnings.push(format!(
+                "--insecure-non-loopback-without-auth: unauthenticated MCP over HTTP on {addr}"
+            ));
+        }
+        policy.http.listen = Some(addr);
+    }
+    if let Some(secs) = args.http_idle {
+        policy.http.session_idle_secs = secs.max(1);
     }
     if let Some(a) = &args.audit_log {
         let a = if a.is_absolute() {
@@ -333,19 +378,28 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
+    let http_addr = policy.http.listen;
+    let serve_stdio = args.stdio || http_addr.is_none();
     // One stdio session needs no worker threads: a current-thread runtime keeps every hop of a
     // call (stdin → session → worker IPC → stdout) on one thread, without cross-thread wake-ups.
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // HTTP serves many sessions: a multi-threaded runtime.
+    let built = if http_addr.is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcpd: runtime: {e}");
             return ExitCode::from(exit::RUNTIME);
         }
     };
-    let _ = args.stdio; // stdio is the only transport of this version, and the default
     let audit = match &policy.audit {
         None => auditing::Audit::off(),
         Some(s) => match auditing::Audit::open(s) {
@@ -389,8 +443,56 @@ fn serve(args: ServeArgs) -> ExitCode {
     let serve_audit = audit.clone();
     let result = rt.block_on(async move {
         let sup = supervisor::Supervisor::start(worker, policy.allow_degraded_sandbox, cgroups)?;
-        let (input, output) = stdio::process_stdio();
-        stdio::serve(policy, sup, serve_audit, input, output).await
+        let Some(addr) = http_addr else {
+            let (input, output) = stdio::process_stdio();
+            return stdio::serve(policy, sup, serve_audit, input, output).await;
+        };
+        let Some(client) = policy.http.client.clone() else {
+            return Err(std::io::Error::other(
+                "the policy names no client for HTTP ([http] client = ...): HTTP is refused",
+            ));
+        };
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        // Tests and scripts ask for port 0: say where we are, on stderr.
+        eprintln!("mcpd: listening on http://{bound}{}", http::ENDPOINT);
+        let cfg = http::HttpConfig {
+            addr: bound,
+            client,
+            extra_hosts: policy.http.allowed_hosts.clone(),
+            idle: std::time::Duration::from_secs(policy.http.session_idle_secs),
+            max_sessions: usize::try_from(policy.http.max_sessions).unwrap_or(64),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut http_stop = stop_rx.clone();
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            cfg,
+            policy.clone(),
+            sup.clone(),
+            serve_audit.clone(),
+            async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            },
+        ));
+        let stdio_task = serve_stdio.then(|| {
+            let (input, output) = stdio::process_stdio();
+            tokio::spawn(stdio::serve(
+                policy.clone(),
+                sup.clone(),
+                serve_audit.clone(),
+                input,
+                output,
+            ))
+        });
+        wait_for_termination().await;
+        tracing::info!("terminating: closing sessions");
+        let _ = stop_tx.send(true);
+        let r = http_task.await.map_err(std::io::Error::other)?;
+        if let Some(t) = stdio_task {
+            t.abort();
+        }
+        r
     });
     let mut f = serde_json::Map::new();
     f.insert("pid".into(), std::process::id().into());

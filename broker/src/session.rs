@@ -48,6 +48,16 @@ struct State {
     requests: u64,
 }
 
+/// One message for the client, with the request it belongs to (if any), so that a transport
+/// with one stream per request (Streamable HTTP) can route it; stdio ignores `related`.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The client request this message answers or reports on.
+    pub related: Option<Id>,
+    /// The JSON-RPC message.
+    pub msg: Value,
+}
+
 /// Where a session comes from, for the audit log.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -71,7 +81,7 @@ struct Inner {
     policy: Arc<Policy>,
     supervisor: Supervisor,
     audit: Audit,
-    out: mpsc::UnboundedSender<Value>,
+    out: mpsc::UnboundedSender<Outgoing>,
     state: Mutex<State>,
     worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
     inflight: Mutex<HashMap<Id, (Arc<Worker>, u64)>>,
@@ -134,7 +144,7 @@ impl Session {
         supervisor: Supervisor,
         audit: Audit,
         origin: &Origin,
-        out: mpsc::UnboundedSender<Value>,
+        out: mpsc::UnboundedSender<Outgoing>,
     ) -> Result<Self, String> {
         let slots = policy.permissions(&client).map_or(1, |p| {
             usize::try_from(p.limits.max_concurrent_calls).unwrap_or(1)
@@ -199,8 +209,39 @@ impl Session {
         )
     }
 
-    fn send(&self, v: Value) {
-        let _ = self.inner.out.send(v);
+    fn send(&self, related: Option<&Id>, msg: Value) {
+        let _ = self.inner.out.send(Outgoing {
+            related: related.cloned(),
+            msg,
+        });
+    }
+
+    /// The session's id (also the HTTP `Mcp-Session-Id`): 128 random bits, hex.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Whether `initialize` succeeded on this session.
+    pub fn is_initialized(&self) -> bool {
+        self.inner
+            .state
+            .lock()
+            .map(|s| s.version.is_some())
+            .unwrap_or(false)
+    }
+
+    /// Cancel a request in progress (the client cancelled it or went away): the worker is told
+    /// to stop, and no response is sent.
+    pub fn cancel(&self, id: &Id) {
+        let entry = self
+            .inner
+            .inflight
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(id));
+        if let Some((worker, call)) = entry {
+            tokio::spawn(async move { worker.cancel(call).await });
+        }
     }
 
     fn base_fields(&self) -> Map<String, Value> {
@@ -227,7 +268,7 @@ impl Session {
                 s.requests += 1;
             }
             if !response.is_null() {
-                self.send(response);
+                self.send(id, response);
             }
             return;
         }
@@ -285,11 +326,11 @@ impl Session {
         }
         match self.inner.audit.record("request", f).await {
             Ok(()) if response.is_null() => {}
-            Ok(()) => self.send(response),
+            Ok(()) => self.send(id, response),
             Err(e) => {
                 tracing::error!("audit: {e}");
                 let rid = id.map_or(Value::Null, Id::to_value);
-                self.send(jsonrpc::error(rid, INTERNAL_ERROR, AUDIT_UNAVAILABLE));
+                self.send(id, jsonrpc::error(rid, INTERNAL_ERROR, AUDIT_UNAVAILABLE));
             }
         }
     }
@@ -363,15 +404,7 @@ impl Session {
                 }) else {
                     return;
                 };
-                let entry = self
-                    .inner
-                    .inflight
-                    .lock()
-                    .ok()
-                    .and_then(|mut m| m.remove(&id));
-                if let Some((worker, call)) = entry {
-                    tokio::spawn(async move { worker.cancel(call).await });
-                }
+                self.cancel(&id);
             }
             _ => {} // unknown notifications are ignored, as JSON-RPC requires
         }
@@ -809,7 +842,7 @@ impl Session {
             tokio::select! {
                 o = &mut handle.done => break o.ok(),
                 Some(ev) = async { match events.as_mut() { Some(e) => e.recv().await, None => None } } => {
-                    self.event(ev, progress_token.as_ref(), &mut last_progress);
+                    self.event(id, ev, progress_token.as_ref(), &mut last_progress);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     worker.cancel(handle.id).await;
@@ -878,7 +911,7 @@ impl Session {
         }
     }
 
-    fn event(&self, ev: CallEvent, token: Option<&Value>, last: &mut f64) {
+    fn event(&self, related: &Id, ev: CallEvent, token: Option<&Value>, last: &mut f64) {
         match ev {
             CallEvent::Progress {
                 progress,
@@ -897,7 +930,10 @@ impl Session {
                 if let Some(m) = message {
                     p["message"] = json!(m);
                 }
-                self.send(jsonrpc::notification("notifications/progress", p));
+                self.send(
+                    Some(related),
+                    jsonrpc::notification("notifications/progress", p),
+                );
             }
             CallEvent::Log {
                 level,
@@ -918,7 +954,10 @@ impl Session {
                 if let Some(l) = logger {
                     p["logger"] = json!(l);
                 }
-                self.send(jsonrpc::notification("notifications/message", p));
+                self.send(
+                    Some(related),
+                    jsonrpc::notification("notifications/message", p),
+                );
             }
         }
     }

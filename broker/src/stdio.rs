@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mcpd_policy::Policy;
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
 use crate::jsonrpc::{INVALID_REQUEST, PARSE_ERROR};
-use crate::session::{Origin, Session};
+use crate::session::{Origin, Outgoing, Session};
 use crate::supervisor::Supervisor;
 
 /// Boxed async input.
@@ -159,10 +158,10 @@ where
         ));
     };
     let max = usize::try_from(policy.max_message_bytes).unwrap_or(usize::MAX);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
         while let Some(v) = rx.recv().await {
-            let mut line = v.to_string();
+            let mut line = v.msg.to_string();
             line.push('\n');
             if output.write_all(line.as_bytes()).await.is_err() || output.flush().await.is_err() {
                 break;

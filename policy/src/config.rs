@@ -102,6 +102,28 @@ pub struct RawConfig {
     /// Operator-defined tools by name.
     #[serde(default)]
     pub tools: BTreeMap<String, Spanned<RawTool>>,
+    /// The Streamable HTTP listener.
+    pub http: Option<RawHttp>,
+}
+
+/// `[http]`: the Streamable HTTP transport.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Address to listen on (`127.0.0.1:8080`). Non-loopback needs `insecure_non_loopback`.
+    pub listen: Option<Spanned<String>>,
+    /// Client id HTTP sessions speak for (until authentication exists: every HTTP peer).
+    pub client: Option<Spanned<String>>,
+    /// Extra `Host` header values accepted (besides the listen address and localhost forms).
+    #[serde(default)]
+    pub allowed_hosts: Vec<Spanned<String>>,
+    /// Seconds an HTTP session may stay idle before it and its worker are reaped.
+    pub session_idle_secs: Option<u64>,
+    /// Most HTTP sessions at once.
+    pub max_sessions: Option<u64>,
+    /// Listen on a non-loopback address although no authentication exists yet. Loud.
+    #[serde(default)]
+    pub insecure_non_loopback: bool,
 }
 
 /// `[tools.NAME]`: an operator-defined tool, a fixed command template.

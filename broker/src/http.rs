@@ -1,0 +1,832 @@
+//! Streamable HTTP transport (MCP 2025-11-25 session era, negotiating 2025-06-18 / 2025-03-26).
+//!
+//! One endpoint, `/mcp`:
+//! * `POST` a JSON-RPC message. A request gets either `application/json` (one response) or
+//!   `text/event-stream` (the request's progress/log notifications, then its response; chosen
+//!   for `tools/call` when the client accepts SSE). A notification or a client response gets
+//!   `202`. `initialize` without a session creates one: `Mcp-Session-Id` (128 random bits) in the
+//!   response; every later message must carry it (missing → 400, unknown or ended → 404).
+//! * `GET` with `Accept: text/event-stream`: the session's stream for messages not tied to a
+//!   request (one at a time; a second → 409).
+//! * `DELETE`: ends the session (its worker is shut down and reaped).
+//!
+//! Every request passes the same gate first: `Host` must name this server (and `Origin`, when
+//! present, too) or the answer is 403 — DNS-rebinding protection for a server on loopback; the
+//! body is bounded (`server.max_message_bytes`, 413), its type must be JSON (415), `Accept` must
+//! allow JSON or SSE (406), batches are refused (400), `MCP-Protocol-Version` must be a
+//! supported version when present (400).
+//!
+//! One worker per session, exactly as over stdio (`Session` is transport-independent). Clients
+//! often never send DELETE: sessions idle longer than `http.session_idle_secs` with nothing in
+//! flight are closed and their workers reaped. A client that goes away during a request (its
+//! response stream or connection dropped) cancels that request in the worker.
+//!
+//! Until HTTP authentication exists, every HTTP peer speaks for one configured client
+//! (`[http] client`, default the stdio client), and listening on a non-loopback address needs
+//! an explicit, loudly logged opt-in.
+
+// Helpers return a finished `Response` as their error (the early answer to the client); it
+// is moved once per request, so boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use futures_util::Stream;
+use mcpd_policy::{ClientId, Policy};
+use serde_json::Value;
+use std::fmt::Write as _;
+use tokio::sync::mpsc;
+
+use crate::auditing::Audit;
+use crate::jsonrpc::{self, Id, INVALID_REQUEST, PARSE_ERROR};
+use crate::session::{Origin, Outgoing, Session, SUPPORTED_VERSIONS};
+use crate::supervisor::Supervisor;
+
+/// The MCP endpoint path.
+pub const ENDPOINT: &str = "/mcp";
+/// `retry:` sent in the priming event of every SSE stream, milliseconds.
+pub const SSE_RETRY: Duration = Duration::from_millis(1000);
+/// Keep-alive comment interval on SSE streams.
+pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+/// JSON-RPC error code the SDKs use for an unknown session.
+pub const SESSION_NOT_FOUND: i64 = -32001;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// What the listener needs.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The client HTTP sessions speak for.
+    pub client: ClientId,
+    /// Extra accepted Host values (lower case).
+    pub extra_hosts: Vec<String>,
+    /// Idle time before a session is reaped.
+    pub idle: Duration,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+}
+
+struct App {
+    policy: Arc<Policy>,
+    supervisor: Supervisor,
+    audit: Audit,
+    cfg: HttpConfig,
+    hosts: Vec<String>,
+    max_body: usize,
+    sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+}
+
+/// One HTTP session: the transport-independent [`Session`] plus routing of its output.
+struct HttpSession {
+    session: Session,
+    /// Open response streams by request id.
+    routes: Mutex<HashMap<Id, mpsc::UnboundedSender<Value>>>,
+    /// The GET stream, if open.
+    standalone: Mutex<Option<mpsc::UnboundedSender<Value>>>,
+    last_seen: Mutex<Instant>,
+    /// Requests and streams in progress (a busy session is never reaped).
+    active: AtomicUsize,
+    /// SSE event ids.
+    next_event: AtomicU64,
+}
+
+impl HttpSession {
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_seen.lock() {
+            *t = Instant::now();
+        }
+    }
+    fn idle_for(&self) -> Duration {
+        self.last_seen
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+    fn event_id(&self) -> String {
+        format!("{}", self.next_event.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Counts a session as busy while alive; on drop, records the activity time.
+struct Busy(Arc<HttpSession>);
+
+impl Busy {
+    fn new(s: &Arc<HttpSession>) -> Self {
+        s.active.fetch_add(1, Ordering::SeqCst);
+        s.touch();
+        Self(s.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// While alive, the request has not been answered: dropping it early (the client went away)
+/// cancels the request in the worker.
+struct PendingRequest {
+    hs: Arc<HttpSession>,
+    id: Id,
+    answered: bool,
+}
+
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.hs.routes.lock() {
+            r.remove(&self.id);
+        }
+        if !self.answered {
+            tracing::info!(session = %self.hs.session.id(), "client went away during a request; cancelling it");
+            self.hs.session.cancel(&self.id);
+        }
+    }
+}
+
+fn is_response(msg: &Value) -> bool {
+    msg.get("method").is_none() && (msg.get("result").is_some() || msg.get("error").is_some())
+}
+
+/// Route a session's output to the stream of the request it belongs to, else to the GET
+/// stream, else nowhere (the client did not open one).
+async fn dispatch(mut rx: mpsc::UnboundedReceiver<Outgoing>, hs: Weak<HttpSession>) {
+    while let Some(out) = rx.recv().await {
+        let Some(hs) = hs.upgrade() else { break };
+        if let Some(rel) = &out.related {
+            let route = hs.routes.lock().ok().and_then(|r| r.get(rel).cloned());
+            if let Some(tx) = route {
+                let _ = tx.send(out.msg);
+                continue;
+            }
+        }
+        let standalone = hs.standalone.lock().ok().and_then(|s| s.clone());
+        match standalone {
+            Some(tx) => {
+                let _ = tx.send(out.msg);
+            }
+            None => tracing::debug!("no stream for an outgoing message; dropped"),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn rpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
+    json_response(status, &jsonrpc::error(id, code, message))
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The Host values this listener answers to.
+fn allowed_hosts(cfg: &HttpConfig) -> Vec<String> {
+    let port = cfg.addr.port();
+    let mut v = vec![format!("{}:{port}", fmt_ip(&cfg.addr))];
+    if cfg.addr.ip().is_loopback() {
+        v.push(format!("localhost:{port}"));
+        v.push(format!("127.0.0.1:{port}"));
+        v.push(format!("[::1]:{port}"));
+    }
+    v.extend(cfg.extra_hosts.iter().cloned());
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn fmt_ip(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.ip().to_string(),
+        SocketAddr::V6(v) => format!("[{}]", v.ip()),
+    }
+}
+
+/// DNS-rebinding protection: Host (and Origin, when sent) must name this server.
+async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let host_ok = header_str(h, "host")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| app.hosts.contains(&v));
+    let origin_ok = match header_str(h, "origin") {
+        None => true,
+        Some(o) => {
+            let o = o.trim().to_ascii_lowercase();
+            ["http://", "https://"]
+                .iter()
+                .filter_map(|scheme| o.strip_prefix(scheme))
+                .any(|rest| app.hosts.iter().any(|a| a == rest))
+        }
+    };
+    if !host_ok || !origin_ok {
+        tracing::warn!(
+            host = header_str(h, "host").unwrap_or("-"),
+            origin = header_str(h, "origin").unwrap_or("-"),
+            "refused a request with a foreign Host or Origin"
+        );
+        return rpc_error(
+            StatusCode::FORBIDDEN,
+            Value::Null,
+            INVALID_REQUEST,
+            "Forbidden: Host or Origin is not this server",
+        );
+    }
+    next.run(req).await
+}
+
+fn accepts(h: &HeaderMap) -> (bool, bool) {
+    let a = header_str(h, "accept")
+        .unwrap_or("*/*")
+        .to_ascii_lowercase();
+    let any = a.contains("*/*");
+    (
+        any || a.contains("application/json") || a.contains("application/*"),
+        a.contains("text/event-stream"),
+    )
+}
+
+fn version_ok(h: &HeaderMap) -> bool {
+    header_str(h, VERSION_HEADER).is_none_or(|v| SUPPORTED_VERSIONS.contains(&v.trim()))
+}
+
+impl App {
+    fn lookup(&self, h: &HeaderMap) -> Result<Option<Arc<HttpSession>>, Response> {
+        let Some(sid) = header_str(h, SESSION_HEADER) else {
+            return Ok(None);
+        };
+        match self.sessions.lock().ok().and_then(|m| m.get(sid).cloned()) {
+            Some(s) => Ok(Some(s)),
+            None => Err(rpc_error(
+                StatusCode::NOT_FOUND,
+                Value::Null,
+                SESSION_NOT_FOUND,
+                "Session not found: it ended or never existed; start a new one with initialize",
+            )),
+        }
+    }
+
+    async fn new_session(self: &Arc<Self>, peer: SocketAddr) -> Result<Arc<HttpSession>, Response> {
+        let full = self
+            .sessions
+            .lock()
+            .map(|m| m.len() >= self.cfg.max_sessions)
+            .unwrap_or(true);
+        if full {
+            return Err(rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Value::Null,
+                jsonrpc::INTERNAL_ERROR,
+                "Too many sessions",
+            ));
+        }
+        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+        let origin = Origin {
+            transport: "http",
+            peer: peer.to_string(),
+            auth_method: "none (loopback listener)",
+        };
+        let session = Session::open(
+            self.cfg.client.clone(),
+            self.policy.clone(),
+            self.supervisor.clone(),
+            self.audit.clone(),
+            &origin,
+            tx,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!("session refused: {e}");
+            rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Value::Null,
+                jsonrpc::INTERNAL_ERROR,
+                "The audit log cannot be written; the session was refused",
+            )
+        })?;
+        let hs = Arc::new(HttpSession {
+            session,
+            routes: Mutex::default(),
+            standalone: Mutex::default(),
+            last_seen: Mutex::new(Instant::now()),
+            active: AtomicUsize::new(0),
+            next_event: AtomicU64::new(1),
+        });
+        tokio::spawn(dispatch(rx, Arc::downgrade(&hs)));
+        Ok(hs)
+    }
+
+    fn remove(&self, sid: &str) -> Option<Arc<HttpSession>> {
+        self.sessions.lock().ok().and_then(|mut m| m.remove(sid))
+    }
+}
+
+async fn end_session(hs: Arc<HttpSession>, why: &str) {
+    tracing::info!(session = %hs.session.id(), "{why}");
+    if let Ok(mut s) = hs.standalone.lock() {
+        s.take();
+    }
+    hs.session.close().await;
+}
+
+async fn mcp(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match method {
+        Method::POST => post(app, peer, headers, body).await,
+        Method::GET => get(app, headers).await,
+        Method::DELETE => delete(app, headers).await,
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, POST, DELETE")],
+        )
+            .into_response(),
+    }
+}
+
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let too_large = || {
+        rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Value::Null,
+            INVALID_REQUEST,
+            &format!(
+                "Invalid Request: message exceeds the limit of {} bytes",
+                app.max_body
+            ),
+        )
+    };
+    if header_str(headers, "content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > app.max_body as u64)
+    {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, app.max_body)
+        .await
+        .map_err(|_| too_large())
+}
+
+async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -> Response {
+    let ctype = header_str(&headers, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !ctype.starts_with("application/json") {
+        return rpc_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Value::Null,
+            INVALID_REQUEST,
+            "Unsupported Media Type: POST a JSON-RPC message as application/json",
+        );
+    }
+    let (json_ok, sse_ok) = accepts(&headers);
+    if !json_ok && !sse_ok {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            Value::Null,
+            INVALID_REQUEST,
+            "Not Acceptable: accept application/json and text/event-stream",
+        );
+    }
+    if !version_ok(&headers) {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            INVALID_REQUEST,
+            &format!(
+                "Bad Request: unsupported MCP-Protocol-Version (supported: {})",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        );
+    }
+    let bytes = match read_body(&app, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            PARSE_ERROR,
+            "Parse error: body is not valid UTF-8",
+        );
+    };
+    let msg: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                PARSE_ERROR,
+                "Parse error: invalid JSON",
+            )
+        }
+    };
+    let Value::Object(obj) = &msg else {
+        let what = if msg.is_array() {
+            "Invalid Request: batches are not supported"
+        } else {
+            "Invalid Request: a message must be a JSON object"
+        };
+        return rpc_error(StatusCode::BAD_REQUEST, Value::Null, INVALID_REQUEST, what);
+    };
+    let method = obj.get("method").and_then(Value::as_str);
+    let id = obj.get("id").and_then(|v| match v {
+        Value::String(s) if s.len() <= 256 => Some(Id::Str(s.clone())),
+        Value::Number(n) => n.as_i64().map(Id::Num),
+        _ => None,
+    });
+    let is_request = method.is_some() && obj.contains_key("id");
+    let existing = match app.lookup(&headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (hs, created) = match existing {
+        Some(s) => (s, false),
+        None if is_request && method == Some("initialize") => match app.new_session(peer).await {
+            Ok(s) => (s, true),
+            Err(r) => return r,
+        },
+        None => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                obj.get("id").cloned().unwrap_or(Value::Null),
+                INVALID_REQUEST,
+                "Bad Request: Mcp-Session-Id header is required (send initialize first)",
+            )
+        }
+    };
+    let busy = Busy::new(&hs);
+    if !is_request {
+        // A notification, or the client's answer to a server request: no response body.
+        hs.session.handle(text);
+        drop(busy);
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let Some(id) = id else {
+        // A request whose id is not usable: the session answers it with an error (no route).
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            INVALID_REQUEST,
+            "Invalid Request: id must be a string or an integer",
+        );
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    {
+        let Ok(mut routes) = hs.routes.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        if routes.contains_key(&id) {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                id.to_value(),
+                INVALID_REQUEST,
+                "Invalid Request: a request with this id is already in progress",
+            );
+        }
+        routes.insert(id.clone(), tx);
+    }
+    let mut pending = PendingRequest {
+        hs: hs.clone(),
+        id: id.clone(),
+        answered: false,
+    };
+    hs.session.handle(text);
+    let streaming = sse_ok && method == Some("tools/call");
+    if !streaming {
+        // One JSON response; notifications of this request (none for these methods, or the
+        // client refused SSE) go to the GET stream if there is one.
+        let response = loop {
+            match rx.recv().await {
+                Some(m) if is_response(&m) => break Some(m),
+                Some(m) => {
+                    let standalone = hs.standalone.lock().ok().and_then(|s| s.clone());
+                    if let Some(s) = standalone {
+                        let _ = s.send(m);
+                    }
+                }
+                None => break None,
+            }
+        };
+        pending.answered = true;
+        drop(pending);
+        let Some(response) = response else {
+            // Cancelled: no JSON-RPC response exists.
+            return StatusCode::ACCEPTED.into_response();
+        };
+        let sid = hs.session.id().to_string();
+        if created {
+            if !hs.session.is_initialized() {
+                drop(busy);
+                tokio::spawn(end_session(hs, "initialize failed; session discarded"));
+                return json_response(StatusCode::OK, &response);
+            }
+            if let Ok(mut m) = app.sessions.lock() {
+                m.insert(sid.clone(), hs.clone());
+            }
+            tracing::info!(session = %sid, %peer, "http session open");
+        }
+        let mut r = json_response(StatusCode::OK, &response);
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            r.headers_mut().insert(SESSION_HEADER, v);
+        }
+        return r;
+    }
+    // SSE: a priming event (id, empty data, retry), then this request's notifications, then
+    // its response; the stream ends after the response.
+    let first = priming(&hs);
+    let stream_hs = hs.clone();
+    let stream = futures_util::stream::unfold(
+        (Some(first), rx, pending, busy, false),
+        move |(first, mut rx, mut pending, busy, done)| {
+            let hs = stream_hs.clone();
+            async move {
+                if let Some(f) = first {
+                    return Some((Ok::<Bytes, Infallible>(f), (None, rx, pending, busy, done)));
+                }
+                if done {
+                    return None;
+                }
+                let m = match tokio::time::timeout(SSE_KEEPALIVE, rx.recv()).await {
+                    Ok(m) => m?,
+                    Err(_) => {
+                        return Some((
+                            Ok(Bytes::from_static(b":\n\n")),
+                            (None, rx, pending, busy, done),
+                        ))
+                    }
+                };
+                let last = is_response(&m);
+                if last {
+                    pending.answered = true;
+                }
+                Some((Ok(event(&hs, &m)), (None, rx, pending, busy, last)))
+            }
+        },
+    );
+    sse(stream)
+}
+
+/// The first event of every stream: an id to resume from, the reconnection delay, and an
+/// empty `data:` line (parsers drop events without one; clients skip empty data).
+fn priming(hs: &HttpSession) -> Bytes {
+    Bytes::from(format!(
+        "id: {}\nretry: {}\ndata: \n\n",
+        hs.event_id(),
+        SSE_RETRY.as_millis()
+    ))
+}
+
+/// One message as an SSE event. JSON text never contains a raw newline, so it is one `data:`
+/// line (some clients parse SSE line by line).
+fn event(hs: &HttpSession, msg: &Value) -> Bytes {
+    let mut s = String::with_capacity(64);
+    let _ = write!(s, "id: {}\ndata: {}\n\n", hs.event_id(), msg);
+    Bytes::from(s)
+}
+
+fn sse<S>(stream: S) -> Response
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn get(app: Arc<App>, headers: HeaderMap) -> Response {
+    let (_, sse_ok) = accepts(&headers);
+    if !sse_ok {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            Value::Null,
+            INVALID_REQUEST,
+            "Not Acceptable: GET opens an SSE stream; accept text/event-stream",
+        );
+    }
+    if !version_ok(&headers) {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            INVALID_REQUEST,
+            "Bad Request: unsupported MCP-Protocol-Version",
+        );
+    }
+    let hs = match app.lookup(&headers) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                INVALID_REQUEST,
+                "Bad Request: Mcp-Session-Id header is required",
+            )
+        }
+        Err(r) => return r,
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    {
+        let Ok(mut s) = hs.standalone.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        if s.as_ref().is_some_and(|t| !t.is_closed()) {
+            return rpc_error(
+                StatusCode::CONFLICT,
+                Value::Null,
+                INVALID_REQUEST,
+                "Conflict: this session already has an open GET stream",
+            );
+        }
+        *s = Some(tx);
+    }
+    struct Standalone {
+        _busy: Busy,
+    }
+    let guard = Standalone {
+        _busy: Busy::new(&hs),
+    };
+    let first = priming(&hs);
+    let stream_hs = hs.clone();
+    let stream =
+        futures_util::stream::unfold((Some(first), rx, guard), move |(first, mut rx, guard)| {
+            let hs = stream_hs.clone();
+            async move {
+                if let Some(f) = first {
+                    return Some((Ok::<Bytes, Infallible>(f), (None, rx, guard)));
+                }
+                let m = match tokio::time::timeout(SSE_KEEPALIVE, rx.recv()).await {
+                    Ok(m) => m?,
+                    Err(_) => return Some((Ok(Bytes::from_static(b":\n\n")), (None, rx, guard))),
+                };
+                Some((Ok(event(&hs, &m)), (None, rx, guard)))
+            }
+        });
+    sse(stream)
+}
+
+async fn delete(app: Arc<App>, headers: HeaderMap) -> Response {
+    let Some(sid) = header_str(&headers, SESSION_HEADER) else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+    };
+    match app.remove(sid) {
+        Some(hs) => {
+            end_session(hs, "session ended by the client (DELETE)").await;
+            StatusCode::OK.into_response()
+        }
+        None => rpc_error(
+            StatusCode::NOT_FOUND,
+            Value::Null,
+            SESSION_NOT_FOUND,
+            "Session not found",
+        ),
+    }
+}
+
+/// Close sessions idle longer than the limit (nothing in flight, no open stream).
+async fn reaper(app: Weak<App>, idle: Duration) {
+    let tick = (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(app) = app.upgrade() else { return };
+        let stale: Vec<String> = app
+            .sessions
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, s)| s.active.load(Ordering::SeqCst) == 0 && s.idle_for() >= idle)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for sid in stale {
+            if let Some(hs) = app.remove(&sid) {
+                tokio::spawn(end_session(hs, "idle session reaped"));
+            }
+        }
+    }
+}
+
+/// Serve Streamable HTTP on `listener` until `shutdown` resolves; then close every session.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: HttpConfig,
+    policy: Arc<Policy>,
+    supervisor: Supervisor,
+    audit: Audit,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let max_body = usize::try_from(policy.max_message_bytes).unwrap_or(usize::MAX);
+    let hosts = allowed_hosts(&cfg);
+    let idle = cfg.idle;
+    let app = Arc::new(App {
+        policy,
+        supervisor,
+        audit,
+        cfg,
+        hosts,
+        max_body,
+        sessions: Mutex::default(),
+    });
+    tokio::spawn(reaper(Arc::downgrade(&app), idle));
+    let router = Router::new()
+        .route(ENDPOINT, any(mcp))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
+        .with_state(app.clone());
+    let listener = listener.tap_io(|tcp| {
+        // Without it, SSE replies written in pieces stall ~40 ms on delayed ACKs.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
+    tracing::info!(addr = %app.cfg.addr, endpoint = ENDPOINT, "Streamable HTTP listening");
+    let result = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    let all: Vec<Arc<HttpSession>> = app
+        .sessions
+        .lock()
+        .map(|mut m| m.drain().map(|(_, v)| v).collect())
+        .unwrap_or_default();
+    for hs in all {
+        end_session(hs, "server shutting down").await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_cover_the_loopback_spellings() {
+        let cfg = HttpConfig {
+            addr: "127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!()),
+            client: ClientId::parse("c").unwrap_or_else(|| unreachable!()),
+            extra_hosts: vec!["mcp.example".into()],
+            idle: Duration::from_secs(1),
+            max_sessions: 1,
+        };
+        let h = allowed_hosts(&cfg);
+        for want in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "[::1]:8080",
+            "mcp.example",
+        ] {
+            assert!(h.contains(&want.to_string()), "{h:?}");
+        }
+        assert!(!h.contains(&"evil.example:8080".to_string()));
+        let mut hm = HeaderMap::new();
+        hm.insert(
+            "accept",
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        assert_eq!(accepts(&hm), (true, true));
+        hm.insert("accept", HeaderValue::from_static("text/html"));
+        assert_eq!(accepts(&hm), (false, false));
+        hm.insert(VERSION_HEADER, HeaderValue::from_static("1999-01-01"));
+        assert!(!version_ok(&hm));
+    }
+}

@@ -1,0 +1,47 @@
+"""The official Python MCP SDK (mcp==2.3.0, default "auto" mode) against the real mcpd, over
+stdio and over Streamable HTTP: list the tools, call one, and see a policy denial.
+
+Usage: python3 sdk_client.py stdio MCPD ROOT
+       python3 sdk_client.py http URL ROOT
+Exits non-zero (with a message) on any mismatch. Run by tests/tests/python_sdk.rs.
+"""
+import asyncio
+import os
+import sys
+
+from mcp import Client, StdioServerParameters
+
+
+async def exercise(client_target, root):
+    async with Client(client_target) as c:
+        tools = await c.list_tools()
+        names = sorted(t.name for t in tools.tools)
+        for want in ("read_text_file", "list_directory", "list_allowed_directories"):
+            assert want in names, f"{want} not listed: {names}"
+        assert "write_file" not in names, f"read-only client sees write_file: {names}"
+        r = await c.call_tool("read_text_file", {"path": os.path.join(root, "hello.txt")})
+        assert not r.is_error, r
+        assert r.content[0].text == "hello from mcpd\n", r
+        r = await c.call_tool("read_text_file", {"path": "/etc/passwd"})
+        assert r.is_error, r
+        assert r.content[0].text == "Access denied - path outside allowed directories", r
+        r = await c.call_tool("list_allowed_directories", {})
+        assert root in r.content[0].text, r
+        print(f"ok: {len(names)} tools listed, read and denial behave")
+
+
+def main():
+    transport, target, root = sys.argv[1], sys.argv[2], sys.argv[3]
+    if transport == "stdio":
+        params = StdioServerParameters(
+            command=target, args=["serve", "--stdio", "--allow-read", root], env={"MCPD_LOG": "warn"}
+        )
+        asyncio.run(exercise(params, root))
+    elif transport == "http":
+        asyncio.run(exercise(target, root))
+    else:
+        raise SystemExit(f"unknown transport {transport}")
+
+
+if __name__ == "__main__":
+    main()

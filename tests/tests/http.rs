@@ -1,0 +1,320 @@
+//! Streamable HTTP (session era) end to end: the real `mcpd serve --http`, raw HTTP/1.1 from the
+//! test so that every header can be wrong on purpose.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mcpd_e2e::http::{read_head, HttpServer};
+use mcpd_e2e::{alive, children_of, wait_until};
+use serde_json::{json, Value};
+
+struct Dirs {
+    _top: tempfile::TempDir,
+    root: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let top = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(top.path()).unwrap().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), "hello over http\n").unwrap();
+    Dirs { _top: top, root }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
+
+#[test]
+fn session_lifecycle_json_and_sse() {
+    let d = dirs();
+    let srv = HttpServer::start(&["--allow-read", s(&d.root)]);
+    let sid = srv.initialize();
+    assert_eq!(sid.len(), 32);
+    assert!(sid.bytes().all(|b| b.is_ascii_hexdigit()), "{sid}");
+    // A plain request: one JSON response.
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let names: Vec<String> = r.json()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"read_text_file".to_string()));
+    assert_eq!(
+        srv.rpc(&sid, 3, "ping", json!({})),
+        json!({"jsonrpc": "2.0", "id": 3, "result": {}})
+    );
+    // tools/call answers on an SSE stream: priming event (id, retry, empty data) first.
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
+            "name": "read_text_file", "arguments": {"path": s(&d.root.join("hello.txt"))}}}),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert!(body.starts_with("id: "), "{body}");
+    assert!(body.contains("retry: 1000\ndata: \n\n"), "{body}");
+    let data = r.sse_data();
+    assert_eq!(data[0], "");
+    let resp: Value = serde_json::from_str(&data[1]).unwrap();
+    assert_eq!(resp["id"], 4);
+    assert_eq!(resp["result"]["content"][0]["text"], "hello over http\n");
+    // DELETE ends the session and its worker; the id is then unknown.
+    let worker = *children_of(srv.child.id() as i32).first().expect("worker");
+    let del = srv.request("DELETE", &[("Mcp-Session-Id", &sid)], b"");
+    assert_eq!(del.status, 200);
+    assert!(wait_until(Duration::from_secs(5), || !alive(worker)));
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}),
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], -32001);
+}
+
+#[test]
+fn progress_notifications_arrive_on_the_request_stream_before_the_result() {
+    let d = dirs();
+    let srv = HttpServer::start(&[
+        "--allow-read",
+        s(&d.root),
+        "--allow-exec",
+        "sh",
+        "--allow-exec",
+        "sleep",
+    ]);
+    let sid = srv.initialize();
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+            "name": "run_command", "arguments": {"command": "sh", "args": ["-c", "sleep 1.5; echo done"]},
+            "_meta": {"progressToken": 77}}}),
+    );
+    let msgs: Vec<Value> = r
+        .sse_data()
+        .iter()
+        .filter(|d| !d.is_empty())
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(msgs.len() >= 2, "{msgs:?}");
+    assert_eq!(msgs[0]["method"], "notifications/progress");
+    assert_eq!(msgs[0]["params"]["progressToken"], 77); // echoed with its JSON type
+    let last = msgs.last().unwrap();
+    assert_eq!(last["id"], 9);
+    assert_eq!(last["result"]["structuredContent"]["stdout"], "done\n");
+}
+
+#[test]
+fn bad_requests_get_the_right_status() {
+    let d = dirs();
+    let cfg = d.root.parent().unwrap().join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nmax_message_bytes = 4096\n[clients.local]\nread = [\"{}\"]\n",
+            s(&d.root)
+        ),
+    )
+    .unwrap();
+    let srv = HttpServer::start(&["--config", s(&cfg)]);
+    let sid = srv.initialize();
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
+    let sid_h = ("Mcp-Session-Id", sid.as_str());
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
+        ("no session id", vec![JSON, ACCEPT], ping.clone().into_bytes(), 400),
+        ("unknown session", vec![JSON, ACCEPT, ("Mcp-Session-Id", "0123456789abcdef0123456789abcdef")], ping.clone().into_bytes(), 404),
+        ("foreign Host", vec![JSON, ACCEPT, sid_h, ("Host", "evil.example.com")], ping.clone().into_bytes(), 403),
+        ("foreign Origin", vec![JSON, ACCEPT, sid_h, ("Origin", "http://evil.example.com")], ping.clone().into_bytes(), 403),
+        ("wrong content type", vec![("Content-Type", "text/plain"), ACCEPT, sid_h], ping.clone().into_bytes(), 415),
+        ("nothing acceptable", vec![JSON, ("Accept", "text/html"), sid_h], ping.clone().into_bytes(), 406),
+        ("batch", vec![JSON, ACCEPT, sid_h], format!("[{ping}]").into_bytes(), 400),
+        ("invalid JSON", vec![JSON, ACCEPT, sid_h], b"{\"jsonrpc\":".to_vec(), 400),
+        ("body over the limit", vec![JSON, ACCEPT, sid_h], format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}", "x".repeat(5000)).into_bytes(), 413),
+        ("unsupported protocol version", vec![JSON, ACCEPT, sid_h, ("MCP-Protocol-Version", "1999-01-01")], ping.clone().into_bytes(), 400),
+    ];
+    for (what, headers, body, want) in cases {
+        let r = srv.request("POST", &headers, &body);
+        assert_eq!(
+            r.status,
+            want,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if r.status != 405 {
+            let e = r.json();
+            assert!(e["error"]["code"].is_i64(), "{what}: {e}");
+        }
+    }
+    assert_eq!(srv.request("PUT", &[], b"").status, 405);
+    // The own origin is fine, as is any supported protocol version.
+    let ok_origin = format!("http://{}", srv.host());
+    let r = srv.request(
+        "POST",
+        &[
+            JSON,
+            ACCEPT,
+            sid_h,
+            ("Origin", &ok_origin),
+            ("MCP-Protocol-Version", "2025-03-26"),
+        ],
+        ping.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // GET needs SSE in Accept; one GET stream per session.
+    assert_eq!(
+        srv.request("GET", &[("Accept", "application/json"), sid_h], b"")
+            .status,
+        406
+    );
+    let stream = srv.open("GET", &[("Accept", "text/event-stream"), sid_h], b"");
+    let mut reader = BufReader::new(stream);
+    let (status, _) = read_head(&mut reader);
+    assert_eq!(status, 200);
+    // (chunked transfer encoding: skip the chunk-size line)
+    let mut first = String::new();
+    for _ in 0..3 {
+        first.clear();
+        reader.read_line(&mut first).unwrap();
+        if first.starts_with("id: ") {
+            break;
+        }
+    }
+    assert!(first.starts_with("id: "), "{first:?}");
+    assert_eq!(
+        srv.request("GET", &[("Accept", "text/event-stream"), sid_h], b"")
+            .status,
+        409
+    );
+    // A non-initialize request without a session, and notifications, are handled as such.
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "method": "notifications/whatever"}),
+    );
+    assert_eq!(r.status, 202);
+}
+
+#[test]
+fn idle_sessions_and_their_workers_are_reaped() {
+    let d = dirs();
+    let srv = HttpServer::start(&["--allow-read", s(&d.root), "--http-session-idle-secs", "1"]);
+    let sid = srv.initialize();
+    srv.rpc(&sid, 2, "tools/list", json!({}));
+    let workers = children_of(srv.child.id() as i32);
+    assert_eq!(workers.len(), 1);
+    assert!(
+        wait_until(Duration::from_secs(10), || workers
+            .iter()
+            .all(|w| !alive(*w))),
+        "the idle session's worker was not reaped"
+    );
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}),
+    );
+    assert_eq!(r.status, 404);
+    assert!(srv.stderr().contains("idle session reaped"));
+}
+
+#[test]
+fn a_client_that_disconnects_mid_call_cancels_it() {
+    let d = dirs();
+    let srv = HttpServer::start(&[
+        "--allow-write",
+        s(&d.root),
+        "--allow-exec",
+        "sh",
+        "--allow-exec",
+        "sleep",
+    ]);
+    let sid = srv.initialize();
+    let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+        "name": "run_command", "arguments": {"command": "sh", "args": ["-c", "echo $$ > leader.pid; sleep 300"], "cwd": s(&d.root)}}})
+    .to_string();
+    let stream = srv.open(
+        "POST",
+        &[
+            JSON,
+            ACCEPT,
+            ("Mcp-Session-Id", &sid),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        body.as_bytes(),
+    );
+    let pidfile = d.root.join("leader.pid");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n'))
+    }));
+    let leader: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(alive(leader));
+    drop(stream); // the client goes away
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(leader)),
+        "the command outlived its disconnected client"
+    );
+    assert!(srv.stderr().contains("client went away during a request"));
+    // The session itself is fine.
+    assert_eq!(srv.rpc(&sid, 6, "ping", json!({}))["result"], json!({}));
+}
+
+#[test]
+fn non_loopback_listening_needs_the_loud_flag() {
+    let out = std::process::Command::new(mcpd_e2e::mcpd_bin())
+        .args(["serve", "--http", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--insecure-non-loopback-without-auth"),
+        "{err}"
+    );
+    let srv = HttpServer::start_with(
+        &[
+            "--http",
+            "0.0.0.0:0",
+            "--insecure-non-loopback-without-auth",
+        ],
+        &["--allow-read", "/tmp"],
+    );
+    assert!(srv.stderr().contains("unauthenticated MCP over HTTP"));
+}
+
+#[test]
+fn stdio_and_http_in_one_process() {
+    let d = dirs();
+    let mut srv = HttpServer::start_with(
+        &["--stdio", "--http", "127.0.0.1:0"],
+        &["--allow-read", s(&d.root)],
+    );
+    let sid = srv.initialize();
+    assert_eq!(srv.rpc(&sid, 2, "ping", json!({}))["result"], json!({}));
+    // SIGTERM ends both cleanly.
+    mcpd_e2e::signal(srv.child.id() as i32, libc::SIGTERM);
+    let st = (0..500)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            srv.child.try_wait().unwrap()
+        })
+        .expect("mcpd did not exit on SIGTERM");
+    assert!(st.success(), "{st:?}\n{}", srv.stderr());
+}

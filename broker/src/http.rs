@@ -289,11 +289,27 @@ impl App {
     }
 
     async fn new_session(self: &Arc<Self>, peer: SocketAddr) -> Result<Arc<HttpSession>, Response> {
-        let full = self
-            .sessions
-            .lock()
-            .map(|m| m.len() >= self.cfg.max_sessions)
-            .unwrap_or(true);
+        // At the limit, the least recently used session with nothing in flight makes room
+        // (clients that never send DELETE are common); if every session is busy, refuse.
+        let (full, evicted) = match self.sessions.lock() {
+            Ok(mut m) if m.len() >= self.cfg.max_sessions => {
+                let lru = m
+                    .iter()
+                    .filter(|(_, s)| s.active.load(Ordering::SeqCst) == 0)
+                    .max_by_key(|(_, s)| s.idle_for())
+                    .map(|(k, _)| k.clone());
+                let evicted = lru.and_then(|k| m.remove(&k));
+                (evicted.is_none(), evicted)
+            }
+            Ok(_) => (false, None),
+            Err(_) => (true, None),
+        };
+        if let Some(old) = evicted {
+            tokio::spawn(end_session(
+                old,
+                "session limit reached: least recently used idle session closed",
+            ));
+        }
         if full {
             return Err(rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,

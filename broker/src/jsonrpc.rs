@@ -64,8 +64,13 @@ pub enum Incoming {
         /// params object (empty if absent)
         params: Map<String, Value>,
     },
-    /// A response to a request the server sent (ignored until server→client requests exist).
-    Response,
+    /// A response to a request the server sent.
+    Response {
+        /// Its id (`None` if not a usable id: it then matches nothing).
+        id: Option<Id>,
+        /// The result, or the error object.
+        outcome: Result<Value, Value>,
+    },
     /// Invalid: answer with this error (id if one could be recovered, else null).
     Invalid {
         /// id to echo
@@ -115,7 +120,13 @@ pub fn classify(text: &str) -> Incoming {
     let method = match obj.get("method") {
         None => {
             if obj.contains_key("result") || obj.contains_key("error") {
-                return Incoming::Response;
+                let id = raw_id.as_ref().and_then(Id::from_value);
+                let outcome = match (obj.get("result"), obj.get("error")) {
+                    (Some(r), None) => Ok(r.clone()),
+                    (_, Some(e)) => Err(e.clone()),
+                    (None, None) => Err(Value::Null),
+                };
+                return Incoming::Response { id, outcome };
             }
             return invalid(echo, INVALID_REQUEST, "Invalid Request: missing method");
         }
@@ -226,7 +237,10 @@ mod tests {
         ));
         assert!(matches!(
             classify(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#),
-            Incoming::Response
+            Incoming::Response {
+                id: Some(Id::Num(3)),
+                outcome: Ok(_)
+            }
         ));
         match classify(r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#) {
             Incoming::Invalid { id, .. } => assert_eq!(id, json!(5)),

@@ -207,6 +207,10 @@ struct ServeArgs {
     /// authentication yet: anyone who can reach it acts as the HTTP client. Dangerous.
     #[arg(long = "insecure-non-loopback-without-auth")]
     insecure_non_loopback: bool,
+    /// Enable an extra tool set (repeatable). `conformance`: the official MCP conformance
+    /// suite's fixtures, replacing every other tool (for testing mcpd itself; never in production).
+    #[arg(long = "toolset", value_name = "NAME")]
+    toolsets: Vec<String>,
     /// Seconds an HTTP session may stay idle before it and its worker are reaped.
     #[arg(long = "http-session-idle-secs", value_name = "SECS")]
     http_idle: Option<u64>,
@@ -321,6 +325,17 @@ fn load_policy(args: &ServeArgs) -> Result<Policy, String> {
             ));
         }
         policy.http.listen = Some(addr);
+    }
+    for t in &args.toolsets {
+        if t != "conformance" {
+            return Err(format!(
+                "--toolset {t}: unknown tool set (known: conformance)"
+            ));
+        }
+        policy.warnings.push(format!(
+            "--toolset {t}: test fixtures are served to clients"
+        ));
+        policy.toolsets.push(t.clone());
     }
     if let Some(secs) = args.http_idle {
         policy.http.session_idle_secs = secs.max(1);

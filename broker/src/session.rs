@@ -46,6 +46,26 @@ struct State {
     initialized: bool,
     log_level: Option<LogLevel>,
     requests: u64,
+    /// The client's declared capabilities (from `initialize`).
+    client_caps: Value,
+    /// `resources/subscribe`d URIs.
+    subscriptions: std::collections::BTreeSet<String>,
+}
+
+/// Most resource subscriptions per session.
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+/// Resources and prompts per list page.
+pub const LIST_PAGE_SIZE: usize = 100;
+/// Most server→client requests waiting for an answer per session.
+pub const MAX_CLIENT_REQUESTS: usize = 64;
+/// How long the broker waits for the client to answer a server→client request.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A server→client request waiting for the client's answer.
+struct ClientPending {
+    worker: Arc<Worker>,
+    worker_request: u64,
+    call: u64,
 }
 
 /// One message for the client, with the request it belongs to (if any), so that a transport
@@ -85,6 +105,8 @@ struct Inner {
     state: Mutex<State>,
     worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
     inflight: Mutex<HashMap<Id, (Arc<Worker>, u64)>>,
+    client_pending: Mutex<HashMap<Id, ClientPending>>,
+    next_client_request: std::sync::atomic::AtomicU64,
     slots: Arc<Semaphore>,
     tasks: tokio::sync::watch::Sender<usize>,
     opened: Instant,
@@ -176,6 +198,8 @@ impl Session {
                 state: Mutex::default(),
                 worker: tokio::sync::Mutex::new(None),
                 inflight: Mutex::default(),
+                client_pending: Mutex::default(),
+                next_client_request: std::sync::atomic::AtomicU64::new(1),
                 slots: Arc::new(Semaphore::new(slots.max(1))),
                 tasks: tokio::sync::watch::Sender::new(0),
                 opened: Instant::now(),
@@ -375,7 +399,7 @@ impl Session {
                     .await;
                 });
             }
-            Incoming::Response => {}
+            Incoming::Response { id, outcome } => self.client_response(id, outcome),
             Incoming::Notification { method, params } => self.notification(&method, &params),
             Incoming::Request { id, method, params } => {
                 let s = self.clone();
@@ -384,6 +408,137 @@ impl Session {
                     s.finish(Some(&id), started, rec, response).await;
                 });
             }
+        }
+    }
+
+    /// The client answered one of our requests: pass the answer to the worker that asked.
+    fn client_response(&self, id: Option<Id>, outcome: Result<Value, Value>) {
+        let Some(id) = id else { return };
+        let Some(p) = self
+            .inner
+            .client_pending
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&id))
+        else {
+            return; // unknown or already answered: ignored
+        };
+        let reply = match outcome {
+            Ok(v @ Value::Object(_)) if v.to_string().len() <= 1024 * 1024 => {
+                mcpd_ipc::ClientReplyOutcome::Ok {
+                    result_json: v.to_string(),
+                }
+            }
+            Ok(_) => mcpd_ipc::ClientReplyOutcome::Err {
+                message: "the client's answer was not a valid result".into(),
+            },
+            Err(e) => mcpd_ipc::ClientReplyOutcome::Err {
+                message: e
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| "the client refused".to_string(), printable),
+            },
+        };
+        tokio::spawn(async move { p.worker.client_reply(p.worker_request, reply).await });
+    }
+
+    /// Relay a worker's request to the client, on the stream of the call that made it.
+    async fn client_request(
+        &self,
+        related: &Id,
+        worker: &Arc<Worker>,
+        call: u64,
+        worker_request: u64,
+        request: mcpd_ipc::ClientRequestKind,
+    ) {
+        let refuse = |m: &str| mcpd_ipc::ClientReplyOutcome::Err { message: m.into() };
+        let (method, params, cap) = match &request {
+            mcpd_ipc::ClientRequestKind::Sampling { params_json } => (
+                "sampling/createMessage",
+                serde_json::from_str::<Value>(params_json).unwrap_or(Value::Null),
+                "sampling",
+            ),
+            mcpd_ipc::ClientRequestKind::Elicitation { params_json } => (
+                "elicitation/create",
+                serde_json::from_str::<Value>(params_json).unwrap_or(Value::Null),
+                "elicitation",
+            ),
+            mcpd_ipc::ClientRequestKind::Roots => ("roots/list", json!({}), "roots"),
+        };
+        let declared = self
+            .inner
+            .state
+            .lock()
+            .map(|s| s.client_caps.get(cap).is_some())
+            .unwrap_or(false);
+        if !declared {
+            worker
+                .client_reply(
+                    worker_request,
+                    refuse(&format!("the client does not support {cap}")),
+                )
+                .await;
+            return;
+        }
+        let n = self
+            .inner
+            .next_client_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = Id::Str(format!("mcpd-{n}"));
+        let registered = match self.inner.client_pending.lock() {
+            Ok(mut m) if m.len() < MAX_CLIENT_REQUESTS => {
+                m.insert(
+                    id.clone(),
+                    ClientPending {
+                        worker: worker.clone(),
+                        worker_request,
+                        call,
+                    },
+                );
+                true
+            }
+            _ => false,
+        };
+        if !registered {
+            worker
+                .client_reply(
+                    worker_request,
+                    refuse("too many requests waiting for the client"),
+                )
+                .await;
+            return;
+        }
+        self.send(
+            Some(related),
+            json!({"jsonrpc": "2.0", "id": id.to_value(), "method": method, "params": params}),
+        );
+        // Give up after a while: the worker is told, and a late answer is ignored.
+        let s = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLIENT_REQUEST_TIMEOUT).await;
+            let gone = s
+                .inner
+                .client_pending
+                .lock()
+                .ok()
+                .and_then(|mut m| m.remove(&id));
+            if let Some(p) = gone {
+                p.worker
+                    .client_reply(
+                        p.worker_request,
+                        mcpd_ipc::ClientReplyOutcome::Err {
+                            message: "the client did not answer in time".into(),
+                        },
+                    )
+                    .await;
+            }
+        });
+    }
+
+    /// Forget the client requests of a call that ended.
+    fn forget_client_requests(&self, call: u64) {
+        if let Ok(mut m) = self.inner.client_pending.lock() {
+            m.retain(|_, p| p.call != call);
         }
     }
 
@@ -434,6 +589,40 @@ impl Session {
         match method {
             "tools/list" => self.tools_list(id, params, rec).await,
             "tools/call" => self.tools_call(id, params, rec).await,
+            "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+            | "prompts/list"
+            | "prompts/get"
+            | "completion/complete" => self.provider_request(id, method, params, rec).await,
+            "resources/subscribe" | "resources/unsubscribe" => {
+                let Some(uri) = params
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .filter(|u| !u.is_empty() && u.len() <= 8192)
+                else {
+                    return (
+                        rec,
+                        err(INVALID_PARAMS, "Invalid params: uri must be a string"),
+                    );
+                };
+                let Ok(mut s) = self.inner.state.lock() else {
+                    return (rec, err(INTERNAL_ERROR, "Internal error"));
+                };
+                if method == "resources/subscribe" {
+                    if s.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                        drop(s);
+                        return (
+                            rec.outcome("limit"),
+                            err(INVALID_PARAMS, "Invalid params: too many subscriptions"),
+                        );
+                    }
+                    s.subscriptions.insert(uri.to_string());
+                } else {
+                    s.subscriptions.remove(uri);
+                }
+                (rec.allow("protocol"), jsonrpc::response(id, json!({})))
+            }
             "logging/setLevel" => match params
                 .get("level")
                 .and_then(Value::as_str)
@@ -498,6 +687,11 @@ impl Session {
                 );
             }
             s.version = Some(version);
+            s.client_caps = params
+                .get("capabilities")
+                .filter(|c| c.is_object())
+                .cloned()
+                .unwrap_or_else(|| json!({}));
         }
         // Start the worker now, while the client finishes its handshake.
         let s = self.clone();
@@ -510,7 +704,13 @@ impl Session {
                 id,
                 json!({
                     "protocolVersion": version,
-                    "capabilities": {"tools": {"listChanged": false}, "logging": {}},
+                    "capabilities": {
+                        "tools": {"listChanged": false},
+                        "resources": {"subscribe": true, "listChanged": false},
+                        "prompts": {"listChanged": false},
+                        "completions": {},
+                        "logging": {}
+                    },
                     "serverInfo": {"name": "mcpd", "title": "mcpd (confined MCP server)", "version": env!("CARGO_PKG_VERSION")},
                     "instructions": "Tools run in a per-session sandbox. Paths must lie within the directories listed by list_allowed_directories."
                 }),
@@ -842,7 +1042,12 @@ impl Session {
             tokio::select! {
                 o = &mut handle.done => break o.ok(),
                 Some(ev) = async { match events.as_mut() { Some(e) => e.recv().await, None => None } } => {
-                    self.event(id, ev, progress_token.as_ref(), &mut last_progress);
+                    match ev {
+                        CallEvent::ClientRequest { id: wreq, request } => {
+                            self.client_request(id, &worker, handle.id, wreq, request).await;
+                        }
+                        ev => self.event(id, ev, progress_token.as_ref(), &mut last_progress),
+                    }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     worker.cancel(handle.id).await;
@@ -853,6 +1058,16 @@ impl Session {
                 }
             }
         };
+        // Progress and log events sent before the result are queued on their own channel:
+        // deliver them before the response (the worker sent them first).
+        if let Some(ev) = events.as_mut() {
+            while let Ok(e) = ev.try_recv() {
+                if !matches!(e, CallEvent::ClientRequest { .. }) {
+                    self.event(id, e, progress_token.as_ref(), &mut last_progress);
+                }
+            }
+        }
+        self.forget_client_requests(handle.id);
         let still_wanted = self
             .inner
             .inflight
@@ -901,6 +1116,17 @@ impl Session {
                     err(INTERNAL_ERROR, &format!("Internal error: {}", e.message)),
                 ),
             },
+            Some(CallOutcome::Answer(_)) => {
+                tracing::warn!(
+                    pid = worker.pid(),
+                    "worker answered a call as a query; ending it"
+                );
+                worker.kill().await;
+                (
+                    rec.outcome("killed"),
+                    err(INTERNAL_ERROR, "Internal error: malformed tool result"),
+                )
+            }
             Some(CallOutcome::WorkerDied) | None => {
                 tracing::warn!(client = %self.inner.client, pid = worker.pid(), tool = %desc.name, "worker died during a call");
                 (
@@ -935,6 +1161,7 @@ impl Session {
                     jsonrpc::notification("notifications/progress", p),
                 );
             }
+            CallEvent::ClientRequest { .. } => {} // handled by the call loop
             CallEvent::Log {
                 level,
                 logger,
@@ -976,6 +1203,300 @@ impl Session {
             json!(u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX)),
         );
         let _ = self.inner.audit.record("session.close", f).await;
+    }
+}
+
+fn short(s: &str, n: usize) -> bool {
+    !s.is_empty() && s.len() <= n
+}
+
+/// Keep only well-formed entries of a (hostile) worker's list: objects whose `keys` are
+/// non-empty strings of bounded length.
+fn valid_entries(v: &Value, list: &str, keys: &[&str]) -> Option<Vec<Value>> {
+    let items = v.get(list)?.as_array()?;
+    Some(
+        items
+            .iter()
+            .take(10_000)
+            .filter(|e| {
+                e.is_object()
+                    && keys.iter().all(|k| {
+                        e.get(*k)
+                            .and_then(Value::as_str)
+                            .is_some_and(|x| short(x, 8192))
+                    })
+                    && e.to_string().len() <= 64 * 1024
+            })
+            .cloned()
+            .collect(),
+    )
+}
+
+/// The path of a `file://` URI (percent-decoded), if it is one.
+pub fn file_uri_path(uri: &str) -> Option<String> {
+    let rest = uri.strip_prefix("file://")?;
+    let path = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !path.starts_with('/') {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().filter(|p| !p.contains('\0'))
+}
+
+fn page(items: Vec<Value>, cursor: Option<&Value>) -> Result<(Vec<Value>, Option<String>), ()> {
+    let start = match cursor {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(c)) => c
+            .strip_prefix("offset:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n <= items.len())
+            .ok_or(())?,
+        Some(_) => return Err(()),
+    };
+    let end = (start + LIST_PAGE_SIZE).min(items.len());
+    let next = (end < items.len()).then(|| format!("offset:{end}"));
+    Ok((items[start..end].to_vec(), next))
+}
+
+impl Session {
+    /// resources/*, prompts/*, completion/complete: asked of the worker's providers, answers
+    /// validated (the worker is hostile), file:// resources checked against the policy.
+    async fn provider_request(
+        &self,
+        id: &Id,
+        method: &str,
+        params: Map<String, Value>,
+        rec: Rec,
+    ) -> (Rec, Value) {
+        let err = |code, msg: &str| jsonrpc::error(id.to_value(), code, msg);
+        let str_param = |k: &str| {
+            params
+                .get(k)
+                .and_then(Value::as_str)
+                .filter(|v| short(v, 8192))
+                .map(str::to_string)
+        };
+        let query = match method {
+            "resources/list" => mcpd_ipc::Query::ListResources,
+            "resources/templates/list" => mcpd_ipc::Query::ListResourceTemplates,
+            "prompts/list" => mcpd_ipc::Query::ListPrompts,
+            "resources/read" => {
+                let Some(uri) = str_param("uri") else {
+                    return (
+                        rec,
+                        err(INVALID_PARAMS, "Invalid params: uri must be a string"),
+                    );
+                };
+                if let Some(path) = file_uri_path(&uri) {
+                    let d = self
+                        .inner
+                        .policy
+                        .decide(&self.inner.client, &Request::ReadResource { path: &path });
+                    match d {
+                        Decision::Allow(_) => {}
+                        Decision::Deny(r) => {
+                            let mut e = err(INVALID_PARAMS, "Resource not found");
+                            e["error"]["data"] = json!({"uri": uri});
+                            return (rec.deny(r.code()).outcome("denied"), e);
+                        }
+                    }
+                }
+                mcpd_ipc::Query::ReadResource { uri }
+            }
+            "prompts/get" => {
+                let Some(name) = str_param("name") else {
+                    return (
+                        rec,
+                        err(INVALID_PARAMS, "Invalid params: name must be a string"),
+                    );
+                };
+                let arguments = match params.get("arguments") {
+                    None | Some(Value::Null) => json!({}),
+                    Some(a @ Value::Object(_)) => a.clone(),
+                    Some(_) => {
+                        return (
+                            rec,
+                            err(
+                                INVALID_PARAMS,
+                                "Invalid params: arguments must be an object",
+                            ),
+                        )
+                    }
+                };
+                mcpd_ipc::Query::GetPrompt {
+                    name,
+                    arguments_json: arguments.to_string(),
+                }
+            }
+            _ => {
+                let (Some(r @ Value::Object(_)), Some(a @ Value::Object(_))) =
+                    (params.get("ref"), params.get("argument"))
+                else {
+                    return (
+                        rec,
+                        err(
+                            INVALID_PARAMS,
+                            "Invalid params: ref and argument must be objects",
+                        ),
+                    );
+                };
+                mcpd_ipc::Query::Complete {
+                    reference_json: r.to_string(),
+                    argument_json: a.to_string(),
+                }
+            }
+        };
+        let uri_for_error = str_param("uri");
+        let Ok(worker) = self.worker().await else {
+            return (
+                rec.outcome("worker_unavailable"),
+                err(INTERNAL_ERROR, SANDBOX_UNAVAILABLE),
+            );
+        };
+        let answer = match worker.query(query).await {
+            CallOutcome::Answer(json) => match serde_json::from_str::<Value>(&json) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    worker.kill().await;
+                    return (
+                        rec.outcome("killed"),
+                        err(INTERNAL_ERROR, "Internal error: malformed answer"),
+                    );
+                }
+            },
+            CallOutcome::Failed(e) => {
+                return match e.kind {
+                    CallErrorKind::InvalidArguments | CallErrorKind::UnknownTool => {
+                        let mut r = err(INVALID_PARAMS, &printable(&e.message));
+                        if let Some(u) = uri_for_error {
+                            r["error"]["data"] = json!({"uri": u});
+                        }
+                        (rec.outcome("not_found"), r)
+                    }
+                    _ => (rec, err(INTERNAL_ERROR, "Internal error")),
+                }
+            }
+            CallOutcome::WorkerDied => {
+                return (
+                    rec.outcome("worker_crash"),
+                    err(INTERNAL_ERROR, WORKER_DIED),
+                )
+            }
+            CallOutcome::Done(_) => {
+                worker.kill().await;
+                return (
+                    rec.outcome("killed"),
+                    err(INTERNAL_ERROR, "Internal error: malformed answer"),
+                );
+            }
+        };
+        let malformed = || (INTERNAL_ERROR, "Internal error: malformed answer");
+        let result: Result<Value, (i64, &str)> = match method {
+            "resources/list" => valid_entries(&answer, "resources", &["uri", "name"])
+                .ok_or_else(malformed)
+                .and_then(|items| {
+                    let visible: Vec<Value> = items
+                        .into_iter()
+                        .filter(|r| match r["uri"].as_str().and_then(file_uri_path) {
+                            None => true,
+                            Some(p) => matches!(
+                                self.inner.policy.decide(
+                                    &self.inner.client,
+                                    &Request::ReadResource { path: &p }
+                                ),
+                                Decision::Allow(_)
+                            ),
+                        })
+                        .collect();
+                    let (items, next) = page(visible, params.get("cursor"))
+                        .map_err(|()| (INVALID_PARAMS, "Invalid params: invalid cursor"))?;
+                    let mut v = json!({"resources": items});
+                    if let Some(n) = next {
+                        v["nextCursor"] = json!(n);
+                    }
+                    Ok(v)
+                }),
+            "resources/templates/list" => {
+                valid_entries(&answer, "resourceTemplates", &["uriTemplate", "name"])
+                    .map(|t| json!({"resourceTemplates": t}))
+                    .ok_or_else(malformed)
+            }
+            "prompts/list" => valid_entries(&answer, "prompts", &["name"])
+                .map(|p| json!({"prompts": p}))
+                .ok_or_else(malformed),
+            "resources/read" => {
+                let ok = answer["contents"].as_array().is_some_and(|c| {
+                    c.iter().all(|x| {
+                        x["uri"].as_str().is_some_and(|u| short(u, 8192))
+                            && (x["text"].is_string() || x["blob"].is_string())
+                    })
+                });
+                if ok {
+                    Ok(json!({"contents": answer["contents"]}))
+                } else {
+                    Err(malformed())
+                }
+            }
+            "prompts/get" => {
+                let ok = answer["messages"].as_array().is_some_and(|m| {
+                    m.iter()
+                        .all(|x| x["role"].is_string() && x["content"].is_object())
+                });
+                if ok {
+                    let mut v = json!({"messages": answer["messages"]});
+                    if let Some(d) = answer.get("description").filter(|d| d.is_string()) {
+                        v["description"] = d.clone();
+                    }
+                    Ok(v)
+                } else {
+                    Err(malformed())
+                }
+            }
+            _ => {
+                let c = &answer["completion"];
+                let ok = c["values"]
+                    .as_array()
+                    .is_some_and(|v| v.len() <= 100 && v.iter().all(Value::is_string));
+                if ok {
+                    let mut v = json!({"completion": {"values": c["values"]}});
+                    if let Some(t) = c.get("total").filter(|t| t.is_u64()) {
+                        v["completion"]["total"] = t.clone();
+                    }
+                    if let Some(h) = c.get("hasMore").filter(|h| h.is_boolean()) {
+                        v["completion"]["hasMore"] = h.clone();
+                    }
+                    Ok(v)
+                } else {
+                    Err(malformed())
+                }
+            }
+        };
+        match result {
+            Ok(v) => (rec.allow("protocol"), jsonrpc::response(id, v)),
+            Err((code, m)) => {
+                if code == INTERNAL_ERROR {
+                    tracing::warn!(
+                        pid = worker.pid(),
+                        method,
+                        "worker answered a query with a malformed result; ending it"
+                    );
+                    worker.kill().await;
+                }
+                (rec, err(code, m))
+            }
+        }
     }
 }
 

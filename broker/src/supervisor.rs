@@ -70,6 +70,8 @@ pub enum CallOutcome {
     Failed(CallError),
     /// The worker died (or was killed) before answering.
     WorkerDied,
+    /// The answer to a provider query (JSON text, not yet validated).
+    Answer(String),
 }
 
 /// Events a running call produces before its outcome.
@@ -92,6 +94,13 @@ pub enum CallEvent {
         logger: Option<String>,
         /// JSON data (already validated as JSON)
         data: serde_json::Value,
+    },
+    /// The running tool asks the client something (answer with [`Worker::client_reply`]).
+    ClientRequest {
+        /// The worker's request id.
+        id: u64,
+        /// What it asks.
+        request: mcpd_ipc::ClientRequestKind,
     },
 }
 
@@ -197,6 +206,43 @@ impl Worker {
     }
 
     /// Tell the worker to stop a call; its outcome is no longer awaited.
+    /// Ask the worker's providers (resources, prompts, completions).
+    pub async fn query(&self, query: mcpd_ipc::Query) -> CallOutcome {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done_tx, done_rx) = oneshot::channel();
+        if !self.is_alive() {
+            return CallOutcome::WorkerDied;
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(
+                id,
+                Pending {
+                    done: done_tx,
+                    events: None,
+                },
+            );
+        }
+        if self
+            .tx
+            .send(&BrokerToWorker::Query { id, query })
+            .await
+            .is_err()
+        {
+            self.mark_dead();
+        }
+        done_rx.await.unwrap_or(CallOutcome::WorkerDied)
+    }
+
+    /// Answer a worker's client request.
+    pub async fn client_reply(&self, id: u64, outcome: mcpd_ipc::ClientReplyOutcome) {
+        if self.is_alive() {
+            let _ = self
+                .tx
+                .send(&BrokerToWorker::ClientReply { id, outcome })
+                .await;
+        }
+    }
+
     pub async fn cancel(&self, id: u64) {
         let removed = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
         if removed.is_some() && self.is_alive() {
@@ -607,8 +653,30 @@ fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<
                 });
             }
         }
-        WorkerToBroker::ClientRequest { .. } => {
-            return Err("client requests are not enabled for this worker".into());
+        WorkerToBroker::Answer { id, result_json } => {
+            if let Some(call) = p.remove(&id) {
+                let _ = call.done.send(CallOutcome::Answer(result_json));
+            }
+        }
+        WorkerToBroker::ClientRequest { id, call, request } => {
+            let params_ok = match &request {
+                mcpd_ipc::ClientRequestKind::Sampling { params_json }
+                | mcpd_ipc::ClientRequestKind::Elicitation { params_json } => {
+                    params_json.len() <= 1024 * 1024
+                        && matches!(
+                            serde_json::from_str::<serde_json::Value>(params_json),
+                            Ok(serde_json::Value::Object(_))
+                        )
+                }
+                mcpd_ipc::ClientRequestKind::Roots => true,
+            };
+            if !params_ok {
+                return Err("client request parameters are not a JSON object".into());
+            }
+            // A request for a call that already ended is stale: the worker times it out.
+            if let Some(ev) = p.get(&call).and_then(|c| c.events.as_ref()) {
+                let _ = ev.send(CallEvent::ClientRequest { id, request });
+            }
         }
         WorkerToBroker::Ready { .. } | WorkerToBroker::ConfineFailed { .. } => {
             return Err("start-up message after start-up".into());

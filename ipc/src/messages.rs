@@ -30,6 +30,14 @@ pub enum BrokerToWorker {
         /// Whether the client asked for progress notifications.
         progress: bool,
     },
+    /// Ask the worker's resource, prompt or completion providers. Answered by exactly one
+    /// `Answer` or `Failed` with the same id (ids share the space of `Call` ids).
+    Query {
+        /// Broker-chosen id.
+        id: CallId,
+        /// What is asked.
+        query: Query,
+    },
     /// The client cancelled this call (or the broker gave up on it): stop the work.
     Cancel {
         /// The call to stop.
@@ -91,6 +99,14 @@ pub enum WorkerToBroker {
         id: CallId,
         /// What the tool produced.
         result: ToolResult,
+    },
+    /// The answer to a [`BrokerToWorker::Query`]: the MCP result object, as JSON text (hostile:
+    /// the broker validates its shape).
+    Answer {
+        /// The query.
+        id: CallId,
+        /// The result object.
+        result_json: String,
     },
     /// A call that could not run: unknown tool, invalid arguments, internal failure.
     Failed {
@@ -156,6 +172,9 @@ pub struct SandboxSpec {
     pub rlimits: ResourceLimits,
     /// Limits the tools apply themselves.
     pub tool_limits: ToolLimits,
+    /// Extra tool sets the operator enabled by name (e.g. `conformance`: the official MCP
+    /// conformance suite's fixtures). Never in a default policy.
+    pub toolsets: Vec<String>,
     /// Command and code execution, operator-defined tools (empty: nothing may be executed).
     pub exec: ExecSpec,
 }
@@ -514,6 +533,36 @@ impl LogLevel {
             _ => return None,
         })
     }
+}
+
+/// Questions for the worker's providers (resources, prompts, completions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// `resources/list` (the broker paginates): `{"resources": [...]}`.
+    ListResources,
+    /// `resources/templates/list`: `{"resourceTemplates": [...]}`.
+    ListResourceTemplates,
+    /// `resources/read`: `{"contents": [...]}`; an unknown URI fails with `InvalidArguments`.
+    ReadResource {
+        /// The URI.
+        uri: String,
+    },
+    /// `prompts/list`: `{"prompts": [...]}`.
+    ListPrompts,
+    /// `prompts/get`: `{"description"?, "messages": [...]}`.
+    GetPrompt {
+        /// Prompt name.
+        name: String,
+        /// Arguments object, JSON text.
+        arguments_json: String,
+    },
+    /// `completion/complete`: `{"completion": {"values": [...], ...}}`.
+    Complete {
+        /// The `ref` object, JSON text.
+        reference_json: String,
+        /// The `argument` object, JSON text.
+        argument_json: String,
+    },
 }
 
 /// What a worker may ask the MCP client.

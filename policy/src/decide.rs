@@ -28,6 +28,12 @@ pub enum Request<'a> {
         /// For command and code tools: what would be executed.
         exec: Option<ExecRequest<'a>>,
     },
+    /// Read a file as an MCP resource (`file://` URI): needs a read grant covering the path
+    /// (the tool allow-list is about tools, not resources).
+    ReadResource {
+        /// The path from the URI.
+        path: &'a str,
+    },
 }
 
 /// What a command or code tool call would execute, as the client asked.
@@ -127,10 +133,20 @@ impl Policy {
         let Some(p) = self.permissions(client) else {
             return Decision::Deny(DenyReason::UnknownClient);
         };
+        if let Request::ReadResource { path } = req {
+            return match check_path(p, path, false) {
+                Ok(root) => Decision::Allow(Allow {
+                    tool: "resources/read".into(),
+                    rule: format!("clients.{client} read:{}", root.display()),
+                }),
+                Err(r) => Decision::Deny(r),
+            };
+        }
         let (tool, access) = match req {
             Request::SeeTool { tool, access } | Request::CallTool { tool, access, .. } => {
                 (*tool, *access)
             }
+            Request::ReadResource { .. } => return Decision::Deny(DenyReason::InvalidPath),
         };
         if !p.tools.contains(tool) {
             return Decision::Deny(DenyReason::ToolNotAllowed);

@@ -169,6 +169,8 @@ pub struct Policy {
     pub cgroup: CgroupSetting,
     /// The Streamable HTTP transport settings.
     pub http: HttpSettings,
+    /// Extra tool sets (`--toolset NAME`), e.g. `conformance`. Never set by a default policy.
+    pub toolsets: Vec<String>,
 }
 
 /// Streamable HTTP transport settings.
@@ -512,6 +514,7 @@ impl Policy {
             operator_tools,
             cgroup,
             http,
+            toolsets: Vec::new(),
         };
         if let Some(a) = audit {
             policy
@@ -637,6 +640,7 @@ impl Policy {
             allow_degraded: self.allow_degraded_sandbox,
             rlimits: p.limits.rlimits.clone(),
             tool_limits: p.limits.tool.clone(),
+            toolsets: self.toolsets.clone(),
             exec: ExecSpec {
                 programs: p
                     .exec

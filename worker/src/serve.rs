@@ -11,12 +11,148 @@ use std::sync::Arc;
 
 use mcpd_ipc::channel::{channel, recv_blocking, send_blocking, Sender};
 use mcpd_ipc::{
-    BrokerToWorker, CallError, CallErrorKind, WorkerToBroker, MAX_FRAME, PROTOCOL_VERSION,
+    BrokerToWorker, CallError, CallErrorKind, ClientReplyOutcome, ClientRequestKind, LogLevel,
+    Query, WorkerToBroker, MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::confine;
-use crate::tools::{paths::Roots, ProgressFn, Registry, ToolContext};
+use crate::tools::{paths::Roots, ClientLink, ProgressFn, Registry, ToolContext};
+
+/// Client requests waiting for the broker's `ClientReply`, by worker-chosen id.
+type PendingReplies =
+    Arc<std::sync::Mutex<HashMap<u64, std::sync::mpsc::Sender<ClientReplyOutcome>>>>;
+
+/// Most client requests a worker may have waiting at once.
+const MAX_PENDING_CLIENT_REQUESTS: usize = 64;
+
+/// A running call's way to the client, through the broker.
+struct Link {
+    call: u64,
+    outbox: mpsc::UnboundedSender<WorkerToBroker>,
+    pending: PendingReplies,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClientLink for Link {
+    fn log(&self, level: LogLevel, data: serde_json::Value) {
+        let _ = self.outbox.send(WorkerToBroker::Log {
+            id: Some(self.call),
+            level,
+            logger: None,
+            data_json: data.to_string(),
+        });
+    }
+
+    fn request(
+        &self,
+        request: ClientRequestKind,
+        cancelled: &AtomicBool,
+        timeout: std::time::Duration,
+    ) -> ClientReplyOutcome {
+        let err = |m: &str| ClientReplyOutcome::Err { message: m.into() };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let Ok(mut p) = self.pending.lock() else {
+                return err("internal error");
+            };
+            if p.len() >= MAX_PENDING_CLIENT_REQUESTS {
+                return err("too many client requests waiting");
+            }
+            p.insert(id, tx);
+        }
+        let _ = self.outbox.send(WorkerToBroker::ClientRequest {
+            id,
+            call: self.call,
+            request,
+        });
+        let deadline = std::time::Instant::now() + timeout;
+        let outcome = loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(o) => break o,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if cancelled.load(Ordering::Relaxed) {
+                        break err("cancelled");
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        break err("the client did not answer in time");
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break err("session ended"),
+            }
+        };
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+        outcome
+    }
+}
+
+/// Answer a provider query (blocking: runs on a tool thread).
+fn answer_query(
+    registry: &Registry,
+    ctx: &ToolContext,
+    query: Query,
+) -> Result<serde_json::Value, CallError> {
+    use serde_json::{json, Value};
+    let bad = |m: &str| CallError {
+        kind: CallErrorKind::InvalidArguments,
+        message: m.to_string(),
+    };
+    let providers = registry.providers();
+    Ok(match query {
+        Query::ListResources => {
+            json!({"resources": providers.iter().flat_map(|p| p.list_resources(ctx)).collect::<Vec<_>>()})
+        }
+        Query::ListResourceTemplates => {
+            json!({"resourceTemplates": providers.iter().flat_map(|p| p.resource_templates()).collect::<Vec<_>>()})
+        }
+        Query::ReadResource { uri } => {
+            return providers
+                .iter()
+                .find_map(|p| p.read_resource(ctx, &uri))
+                .unwrap_or_else(|| {
+                    Err(bad(&format!(
+                        "Resource not found: {}",
+                        uri.chars().take(256).collect::<String>()
+                    )))
+                })
+        }
+        Query::ListPrompts => {
+            json!({"prompts": providers.iter().flat_map(|p| p.prompts()).collect::<Vec<_>>()})
+        }
+        Query::GetPrompt {
+            name,
+            arguments_json,
+        } => {
+            let args = match serde_json::from_str::<Value>(&arguments_json) {
+                Ok(Value::Object(m)) => m,
+                _ => return Err(bad("arguments must be an object")),
+            };
+            return providers
+                .iter()
+                .find_map(|p| p.get_prompt(ctx, &name, &args))
+                .unwrap_or_else(|| Err(bad("Unknown prompt")));
+        }
+        Query::Complete {
+            reference_json,
+            argument_json,
+        } => {
+            let r: Value =
+                serde_json::from_str(&reference_json).map_err(|_| bad("ref must be JSON"))?;
+            let a: Value =
+                serde_json::from_str(&argument_json).map_err(|_| bad("argument must be JSON"))?;
+            let mut values: Vec<String> = providers
+                .iter()
+                .find_map(|p| p.complete(&r, &a))
+                .unwrap_or_default();
+            let total = values.len();
+            values.truncate(100);
+            json!({"completion": {"values": values, "total": total, "hasMore": total > 100}})
+        }
+    })
+}
 
 /// Largest `Confine` message accepted (the sandbox spec is small; this bounds the only
 /// read done before confinement).
@@ -102,7 +238,10 @@ pub fn run(registry: Registry) -> ExitCode {
         }
     };
     let mut registry = registry;
-    if let Err(reason) = registry.add_operator_tools(&spec.exec) {
+    if let Err(reason) = registry
+        .enable_toolsets(&spec.toolsets)
+        .and_then(|()| registry.add_operator_tools(&spec.exec))
+    {
         let _ = send_blocking(
             fd.as_fd(),
             &WorkerToBroker::ConfineFailed {
@@ -170,6 +309,8 @@ async fn serve(
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS));
     let mut inflight: HashMap<u64, Arc<AtomicBool>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+    let replies: PendingReplies = Arc::default();
+    let next_request = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let code = loop {
         tokio::select! {
             Some(id) = done_rx.recv() => { inflight.remove(&id); }
@@ -201,7 +342,8 @@ async fn serve(
                                 id, progress: p.progress, total: p.total, message: p.message });
                         }) as ProgressFn
                     });
-                    let ctx = ToolContext::new(roots.clone(), limits.clone(), cancelled, progress_fn).with_exec(exec.clone());
+                    let link = Arc::new(Link { call: id, outbox: outbox.clone(), pending: replies.clone(), next: next_request.clone() });
+                    let ctx = ToolContext::new(roots.clone(), limits.clone(), cancelled, progress_fn).with_exec(exec.clone()).with_link(link);
                     let outbox = outbox.clone();
                     let done_tx = done_tx.clone();
                     let slots = slots.clone();
@@ -225,8 +367,27 @@ async fn serve(
                         flag.store(true, Ordering::Relaxed);
                     }
                 }
-                Ok(Some(BrokerToWorker::ClientReply { .. })) => {
-                    // No built-in tool issues client requests yet; an unexpected reply is ignored.
+                Ok(Some(BrokerToWorker::ClientReply { id, outcome })) => {
+                    // A reply for a request that gave up waiting is dropped.
+                    let waiter = replies.lock().ok().and_then(|mut p| p.remove(&id));
+                    if let Some(w) = waiter {
+                        let _ = w.send(outcome);
+                    }
+                }
+                Ok(Some(BrokerToWorker::Query { id, query })) => {
+                    let registry = registry.clone();
+                    let ctx = ToolContext::new(roots.clone(), limits.clone(), Arc::new(AtomicBool::new(false)), None).with_exec(exec.clone());
+                    let outbox = outbox.clone();
+                    let slots = slots.clone();
+                    tokio::spawn(async move {
+                        let _permit = slots.acquire_owned().await;
+                        let answer = match tokio::task::spawn_blocking(move || answer_query(&registry, &ctx, query)).await {
+                            Ok(Ok(v)) => WorkerToBroker::Answer { id, result_json: v.to_string() },
+                            Ok(Err(error)) => WorkerToBroker::Failed { id, error },
+                            Err(_) => WorkerToBroker::Failed { id, error: CallError { kind: CallErrorKind::Internal, message: "query failed".into() } },
+                        };
+                        let _ = outbox.send(answer);
+                    });
                 }
                 Ok(Some(BrokerToWorker::Confine { .. })) => {
                     eprintln!("mcpd-worker: second Confine message; exiting");

@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use mcpd_ipc::{
-    CallError, CallErrorKind, Content, ExecSpec, ToolDescriptor, ToolLimits, ToolResult,
+    CallError, CallErrorKind, ClientReplyOutcome, ClientRequestKind, Content, ExecSpec, LogLevel,
+    ToolDescriptor, ToolLimits, ToolResult,
 };
 
 pub mod code;
+pub mod conformance;
 pub mod exec;
 pub mod fs;
 pub mod paths;
@@ -34,6 +36,20 @@ pub struct ProgressUpdate {
 /// Sink for progress reports of one call (no-op when the client did not ask for progress).
 pub type ProgressFn = Arc<dyn Fn(ProgressUpdate) + Send + Sync>;
 
+/// What a tool can say to the client while it runs, besides progress: log messages and
+/// requests (sampling, elicitation, roots) that the broker relays.
+pub trait ClientLink: Send + Sync {
+    /// A `notifications/message` for the client (the broker filters by the client's level).
+    fn log(&self, level: LogLevel, data: serde_json::Value);
+    /// Ask the client; blocks until it answers, the call is cancelled, or `timeout` passes.
+    fn request(
+        &self,
+        request: ClientRequestKind,
+        cancelled: &AtomicBool,
+        timeout: std::time::Duration,
+    ) -> ClientReplyOutcome;
+}
+
 /// Everything a tool call may use.
 #[derive(Clone)]
 pub struct ToolContext {
@@ -45,6 +61,7 @@ pub struct ToolContext {
     pub exec: Arc<ExecSpec>,
     cancelled: Arc<AtomicBool>,
     progress: Option<ProgressFn>,
+    link: Option<Arc<dyn ClientLink>>,
 }
 
 impl std::fmt::Debug for ToolContext {
@@ -71,6 +88,35 @@ impl ToolContext {
             exec: Arc::new(ExecSpec::default()),
             cancelled,
             progress,
+            link: None,
+        }
+    }
+
+    /// The same context, able to log to and ask the client.
+    pub fn with_link(mut self, link: Arc<dyn ClientLink>) -> Self {
+        self.link = Some(link);
+        self
+    }
+
+    /// Send a log message to the client (dropped if the context has no link).
+    pub fn log(&self, level: LogLevel, data: serde_json::Value) {
+        if let Some(l) = &self.link {
+            l.log(level, data);
+        }
+    }
+
+    /// Ask the client (sampling, elicitation, roots); an error outcome if the context has no
+    /// link, the client refuses or does not answer within `timeout`, or the call is cancelled.
+    pub fn ask_client(
+        &self,
+        request: ClientRequestKind,
+        timeout: std::time::Duration,
+    ) -> ClientReplyOutcome {
+        match &self.link {
+            Some(l) => l.request(request, &self.cancelled, timeout),
+            None => ClientReplyOutcome::Err {
+                message: "no client link".into(),
+            },
         }
     }
 
@@ -111,10 +157,53 @@ pub trait Tool: Send + Sync {
     fn call(&self, ctx: &ToolContext, args: serde_json::Value) -> Result<ToolResult, CallError>;
 }
 
-/// The set of tools a worker offers, by name.
+/// Resources, prompts and completions a worker offers (each method: `None` = not mine).
+/// Results are MCP JSON objects; the broker validates their shape.
+pub trait Provider: Send + Sync {
+    /// Resources (`{uri, name, ...}` objects).
+    fn list_resources(&self, _ctx: &ToolContext) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+    /// Resource templates (`{uriTemplate, name, ...}` objects).
+    fn resource_templates(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+    /// Read a resource: `{"contents": [...]}`.
+    fn read_resource(
+        &self,
+        _ctx: &ToolContext,
+        _uri: &str,
+    ) -> Option<Result<serde_json::Value, CallError>> {
+        None
+    }
+    /// Prompts (`{name, description, arguments}` objects).
+    fn prompts(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+    /// Get a prompt: `{"description"?, "messages": [...]}`.
+    fn get_prompt(
+        &self,
+        _ctx: &ToolContext,
+        _name: &str,
+        _args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<Result<serde_json::Value, CallError>> {
+        None
+    }
+    /// Completion values for an argument of a prompt or resource template.
+    fn complete(
+        &self,
+        _reference: &serde_json::Value,
+        _argument: &serde_json::Value,
+    ) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// The set of tools (and providers) a worker offers, by name.
 #[derive(Default)]
 pub struct Registry {
     tools: BTreeMap<String, Arc<dyn Tool>>,
+    providers: Vec<Arc<dyn Provider>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -158,6 +247,28 @@ impl Registry {
     pub fn register(&mut self, tool: impl Tool + 'static) {
         let name = tool.descriptor().name;
         self.tools.insert(name, Arc::new(tool));
+    }
+
+    /// Add a resource / prompt / completion provider (asked in registration order).
+    pub fn add_provider(&mut self, p: impl Provider + 'static) {
+        self.providers.push(Arc::new(p));
+    }
+
+    /// The providers, in order.
+    pub fn providers(&self) -> &[Arc<dyn Provider>] {
+        &self.providers
+    }
+
+    /// Enable the tool sets the spec names (unknown names are an error: the operator asked
+    /// for something this worker does not have).
+    pub fn enable_toolsets(&mut self, names: &[String]) -> Result<(), String> {
+        for n in names {
+            match n.as_str() {
+                "conformance" => conformance::register(self),
+                other => return Err(format!("unknown tool set '{other}'")),
+            }
+        }
+        Ok(())
     }
 
     /// Look a tool up by name.

@@ -1,0 +1,448 @@
+//! The `conformance` tool set: the fixtures the official MCP conformance suite
+//! (`@modelcontextprotocol/conformance`) expects, implemented as ordinary worker tools and a
+//! provider, so the suite exercises the real broker → IPC → worker path (policy decisions,
+//! audit, progress and log relay, client requests). Enabled only by `--toolset conformance`;
+//! it replaces every other tool and provider, and is never part of a default policy.
+//!
+//! Values follow the suite's documented fixtures (docs/research/conformance-scenarios.md §6).
+
+use std::time::Duration;
+
+use mcpd_ipc::{
+    CallError, ClientReplyOutcome, ClientRequestKind, Content, LogLevel, ResourceBody, ToolAccess,
+    ToolAnnotations, ToolDescriptor, ToolResult,
+};
+use serde_json::{json, Map, Value};
+
+use super::{error_result, invalid_args, text_result, Provider, Registry, Tool, ToolContext};
+
+/// 1×1 red PNG.
+pub const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+/// A tiny WAV file.
+pub const WAV_B64: &str = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA=";
+
+/// How long a fixture waits for the client to answer a sampling or elicitation request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn b64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
+}
+
+/// Register the fixtures, replacing whatever the registry held.
+pub fn register(r: &mut Registry) {
+    *r = Registry::new();
+    for kind in [
+        Kind::SimpleText,
+        Kind::Image,
+        Kind::Audio,
+        Kind::EmbeddedResource,
+        Kind::Mixed,
+        Kind::Logging,
+        Kind::Progress,
+        Kind::Error,
+        Kind::Sampling,
+        Kind::Elicitation,
+        Kind::ElicitationDefaults,
+        Kind::ElicitationEnums,
+        Kind::JsonSchema2020,
+        Kind::Reconnection,
+    ] {
+        r.register(Fixture(kind));
+    }
+    r.add_provider(Fixtures);
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    SimpleText,
+    Image,
+    Audio,
+    EmbeddedResource,
+    Mixed,
+    Logging,
+    Progress,
+    Error,
+    Sampling,
+    Elicitation,
+    ElicitationDefaults,
+    ElicitationEnums,
+    JsonSchema2020,
+    Reconnection,
+}
+
+#[derive(Debug)]
+struct Fixture(Kind);
+
+fn empty_schema() -> Value {
+    json!({"type": "object", "properties": {}})
+}
+
+impl Fixture {
+    fn meta(&self) -> (&'static str, &'static str, Value) {
+        match self.0 {
+            Kind::SimpleText => (
+                "test_simple_text",
+                "Returns a simple text response",
+                empty_schema(),
+            ),
+            Kind::Image => ("test_image_content", "Returns an image", empty_schema()),
+            Kind::Audio => ("test_audio_content", "Returns audio", empty_schema()),
+            Kind::EmbeddedResource => (
+                "test_embedded_resource",
+                "Returns an embedded resource",
+                empty_schema(),
+            ),
+            Kind::Mixed => (
+                "test_multiple_content_types",
+                "Returns text, an image and a resource",
+                empty_schema(),
+            ),
+            Kind::Logging => (
+                "test_tool_with_logging",
+                "Logs three messages while it runs",
+                empty_schema(),
+            ),
+            Kind::Progress => (
+                "test_tool_with_progress",
+                "Reports progress three times",
+                empty_schema(),
+            ),
+            Kind::Error => (
+                "test_error_handling",
+                "Always returns a tool error",
+                empty_schema(),
+            ),
+            Kind::Sampling => (
+                "test_sampling",
+                "Asks the client's model for a completion",
+                json!({"type": "object", "properties": {"prompt": {"type": "string", "description": "The prompt"}}, "required": ["prompt"]}),
+            ),
+            Kind::Elicitation => (
+                "test_elicitation",
+                "Asks the user for information",
+                json!({"type": "object", "properties": {"message": {"type": "string", "description": "What to ask"}}, "required": ["message"]}),
+            ),
+            Kind::ElicitationDefaults => (
+                "test_elicitation_sep1034_defaults",
+                "Elicitation with default values",
+                empty_schema(),
+            ),
+            Kind::ElicitationEnums => (
+                "test_elicitation_sep1330_enums",
+                "Elicitation with enum schemas",
+                empty_schema(),
+            ),
+            Kind::JsonSchema2020 => (
+                "json_schema_2020_12_tool",
+                "Tool with JSON Schema 2020-12 features",
+                json!({
+                    "$schema": "https://json-schema.org/draft/2020-12/schema",
+                    "type": "object",
+                    "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+                    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+                    "additionalProperties": false
+                }),
+            ),
+            Kind::Reconnection => (
+                "test_reconnection",
+                "Answers after a short pause (SSE reconnection test)",
+                empty_schema(),
+            ),
+        }
+    }
+}
+
+fn elicit(ctx: &ToolContext, params: Value) -> Result<Value, String> {
+    match ctx.ask_client(
+        ClientRequestKind::Elicitation {
+            params_json: params.to_string(),
+        },
+        CLIENT_TIMEOUT,
+    ) {
+        ClientReplyOutcome::Ok { result_json } => {
+            serde_json::from_str(&result_json).map_err(|_| "invalid client answer".to_string())
+        }
+        ClientReplyOutcome::Err { message } => Err(message),
+    }
+}
+
+impl Tool for Fixture {
+    fn descriptor(&self) -> ToolDescriptor {
+        let (name, description, schema) = self.meta();
+        ToolDescriptor {
+            name: name.into(),
+            title: None,
+            description: description.into(),
+            input_schema_json: schema.to_string(),
+            output_schema_json: None,
+            annotations: ToolAnnotations {
+                read_only: true,
+                ..ToolAnnotations::default()
+            },
+            access: ToolAccess::None,
+            path_args: vec![],
+            exec_args: None,
+        }
+    }
+
+    fn call(&self, ctx: &ToolContext, args: Value) -> Result<ToolResult, CallError> {
+        let text = |t: &str| Content::Text { text: t.into() };
+        let image = || Content::Image {
+            data: b64(PNG_B64),
+            mime_type: "image/png".into(),
+        };
+        let ok = |content: Vec<Content>| ToolResult {
+            content,
+            structured_json: None,
+            is_error: false,
+        };
+        Ok(match self.0 {
+            Kind::SimpleText => text_result("This is a simple text response for testing."),
+            Kind::Image => ok(vec![image()]),
+            Kind::Audio => ok(vec![Content::Audio {
+                data: b64(WAV_B64),
+                mime_type: "audio/wav".into(),
+            }]),
+            Kind::EmbeddedResource => ok(vec![Content::Resource {
+                uri: "test://embedded-resource".into(),
+                mime_type: Some("text/plain".into()),
+                body: ResourceBody::Text("This is an embedded resource content.".into()),
+            }]),
+            Kind::Mixed => ok(vec![
+                text("Multiple content types test:"),
+                image(),
+                Content::Resource {
+                    uri: "test://mixed-content-resource".into(),
+                    mime_type: Some("application/json".into()),
+                    body: ResourceBody::Text("{\"test\":\"data\",\"value\":123}".into()),
+                },
+            ]),
+            Kind::Logging => {
+                for (i, m) in [
+                    "Tool execution started",
+                    "Tool processing data",
+                    "Tool execution completed",
+                ]
+                .iter()
+                .enumerate()
+                {
+                    if i > 0 {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    ctx.log(LogLevel::Info, json!(m));
+                }
+                text_result("Tool with logging executed successfully")
+            }
+            Kind::Progress => {
+                for (i, p) in [0.0, 50.0, 100.0].iter().enumerate() {
+                    if i > 0 {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    ctx.progress(*p, Some(100.0), None);
+                }
+                text_result("Tool with progress executed successfully")
+            }
+            Kind::Error => error_result("This tool intentionally returns an error for testing"),
+            Kind::Sampling => {
+                let prompt = args
+                    .get("prompt")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid_args("prompt must be a string"))?;
+                let params = json!({"messages": [{"role": "user", "content": {"type": "text", "text": prompt}}], "maxTokens": 100});
+                match ctx.ask_client(
+                    ClientRequestKind::Sampling {
+                        params_json: params.to_string(),
+                    },
+                    CLIENT_TIMEOUT,
+                ) {
+                    ClientReplyOutcome::Ok { result_json } => {
+                        let v: Value = serde_json::from_str(&result_json).unwrap_or(Value::Null);
+                        let answer = v["content"]["text"].as_str().unwrap_or("").to_string();
+                        text_result(format!("LLM response: {answer}"))
+                    }
+                    ClientReplyOutcome::Err { message } => {
+                        error_result(format!("Sampling failed: {message}"))
+                    }
+                }
+            }
+            Kind::Elicitation => {
+                let message = args
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid_args("message must be a string"))?;
+                let params = json!({"message": message, "requestedSchema": {"type": "object", "properties": {
+                    "username": {"type": "string", "description": "User's response"},
+                    "email": {"type": "string", "description": "User's email address"}},
+                    "required": ["username", "email"]}});
+                match elicit(ctx, params) {
+                    Ok(v) => text_result(format!(
+                        "User response: action={}, content={}",
+                        v["action"].as_str().unwrap_or("?"),
+                        v.get("content").cloned().unwrap_or(Value::Null)
+                    )),
+                    Err(e) => error_result(format!("Elicitation failed: {e}")),
+                }
+            }
+            Kind::ElicitationDefaults => {
+                let params = json!({"message": "Provide your details (defaults shown)", "requestedSchema": {"type": "object", "properties": {
+                    "name": {"type": "string", "default": "John Doe"},
+                    "age": {"type": "integer", "default": 30},
+                    "score": {"type": "number", "default": 95.5},
+                    "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+                    "verified": {"type": "boolean", "default": true}},
+                    "required": []}});
+                match elicit(ctx, params) {
+                    Ok(v) => text_result(format!("Elicitation completed: {v}")),
+                    Err(e) => error_result(format!("Elicitation failed: {e}")),
+                }
+            }
+            Kind::ElicitationEnums => {
+                let params = json!({"message": "Choose options", "requestedSchema": {"type": "object", "properties": {
+                    "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+                    "titledSingle": {"type": "string", "oneOf": [
+                        {"const": "value1", "title": "First Option"},
+                        {"const": "value2", "title": "Second Option"},
+                        {"const": "value3", "title": "Third Option"}]},
+                    "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"], "enumNames": ["Option One", "Option Two", "Option Three"]},
+                    "untitledMulti": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+                    "titledMulti": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"anyOf": [
+                        {"const": "value1", "title": "First Choice"},
+                        {"const": "value2", "title": "Second Choice"},
+                        {"const": "value3", "title": "Third Choice"}]}}},
+                    "required": []}});
+                match elicit(ctx, params) {
+                    Ok(v) => text_result(format!("Elicitation completed: {v}")),
+                    Err(e) => error_result(format!("Elicitation failed: {e}")),
+                }
+            }
+            Kind::JsonSchema2020 => text_result(format!(
+                "Received: {}",
+                Value::Object(args.as_object().cloned().unwrap_or_default())
+            )),
+            Kind::Reconnection => {
+                std::thread::sleep(Duration::from_millis(200));
+                text_result("Reconnection test completed")
+            }
+        })
+    }
+}
+
+/// The fixture resources, templates, prompts and completions.
+#[derive(Debug)]
+struct Fixtures;
+
+fn not_found(uri: &str) -> CallError {
+    invalid_args(format!(
+        "Resource not found: {}",
+        uri.chars().take(256).collect::<String>()
+    ))
+}
+
+impl Provider for Fixtures {
+    fn list_resources(&self, _ctx: &ToolContext) -> Vec<Value> {
+        vec![
+            json!({"uri": "test://static-text", "name": "static-text", "description": "A static text resource", "mimeType": "text/plain"}),
+            json!({"uri": "test://static-binary", "name": "static-binary", "description": "A static binary resource (PNG)", "mimeType": "image/png"}),
+            json!({"uri": "test://watched-resource", "name": "watched-resource", "description": "A resource that can be subscribed to", "mimeType": "text/plain"}),
+        ]
+    }
+
+    fn resource_templates(&self) -> Vec<Value> {
+        vec![
+            json!({"uriTemplate": "test://template/{id}/data", "name": "template", "description": "Data for an id", "mimeType": "application/json"}),
+        ]
+    }
+
+    fn read_resource(&self, _ctx: &ToolContext, uri: &str) -> Option<Result<Value, CallError>> {
+        let contents = match uri {
+            "test://static-text" => {
+                json!({"uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource."})
+            }
+            "test://static-binary" => json!({"uri": uri, "mimeType": "image/png", "blob": PNG_B64}),
+            "test://watched-resource" => {
+                json!({"uri": uri, "mimeType": "text/plain", "text": "Watched resource content"})
+            }
+            _ => {
+                let id = uri
+                    .strip_prefix("test://template/")
+                    .and_then(|r| r.strip_suffix("/data"))
+                    .filter(|id| !id.is_empty() && !id.contains('/') && id.len() <= 128);
+                match id {
+                    Some(id) => json!({"uri": uri, "mimeType": "application/json",
+                        "text": json!({"id": id, "templateTest": true, "data": format!("Data for ID: {id}")}).to_string()}),
+                    None => return Some(Err(not_found(uri))),
+                }
+            }
+        };
+        Some(Ok(json!({"contents": [contents]})))
+    }
+
+    fn prompts(&self) -> Vec<Value> {
+        vec![
+            json!({"name": "test_simple_prompt", "description": "A simple prompt without arguments"}),
+            json!({"name": "test_prompt_with_arguments", "description": "A prompt with two arguments",
+                   "arguments": [{"name": "arg1", "description": "First argument", "required": true},
+                                 {"name": "arg2", "description": "Second argument", "required": true}]}),
+            json!({"name": "test_prompt_with_embedded_resource", "description": "A prompt with an embedded resource",
+                   "arguments": [{"name": "resourceUri", "description": "URI of the resource to embed", "required": true}]}),
+            json!({"name": "test_prompt_with_image", "description": "A prompt with an image"}),
+        ]
+    }
+
+    fn get_prompt(
+        &self,
+        _ctx: &ToolContext,
+        name: &str,
+        args: &Map<String, Value>,
+    ) -> Option<Result<Value, CallError>> {
+        let arg = |k: &str| -> Result<String, CallError> {
+            args.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| invalid_args(format!("missing required argument {k}")))
+        };
+        let user_text = |t: String| json!({"role": "user", "content": {"type": "text", "text": t}});
+        let r = match name {
+            "test_simple_prompt" => Ok(json!({"messages": [user_text("This is a simple prompt for testing.".into())]})),
+            "test_prompt_with_arguments" => (|| {
+                let (a1, a2) = (arg("arg1")?, arg("arg2")?);
+                Ok(json!({"messages": [user_text(format!("Prompt with arguments: arg1='{a1}', arg2='{a2}'"))]}))
+            })(),
+            "test_prompt_with_embedded_resource" => arg("resourceUri").map(|uri| {
+                json!({"messages": [
+                    {"role": "user", "content": {"type": "resource", "resource": {"uri": uri, "mimeType": "text/plain", "text": "Embedded resource content for testing."}}},
+                    user_text("Please process the embedded resource above.".into())]})
+            }),
+            "test_prompt_with_image" => Ok(json!({"messages": [
+                {"role": "user", "content": {"type": "image", "data": PNG_B64, "mimeType": "image/png"}},
+                user_text("Please analyze the image above.".into())]})),
+            _ => return None,
+        };
+        Some(r)
+    }
+
+    fn complete(&self, reference: &Value, argument: &Value) -> Option<Vec<String>> {
+        let prefix = argument["value"].as_str().unwrap_or("");
+        let candidates: &[&str] = match (
+            reference["type"].as_str(),
+            reference["name"].as_str(),
+            reference["uri"].as_str(),
+        ) {
+            (Some("ref/prompt"), Some("test_prompt_with_arguments"), _) => {
+                &["testValue1", "testValue2", "test"]
+            }
+            (Some("ref/resource"), _, Some("test://template/{id}/data")) => &["1", "2", "3", "123"],
+            _ => return None,
+        };
+        Some(
+            candidates
+                .iter()
+                .filter(|c| c.starts_with(prefix))
+                .map(|c| c.to_string())
+                .collect(),
+        )
+    }
+}

@@ -700,7 +700,7 @@ fn tail_lines(file: &File, size: u64, n: u64, max: u64) -> std::io::Result<(Stri
     Ok((lines[lines.len() - keep..].join("\n"), truncated))
 }
 
-fn mime_for(path: &str) -> &'static str {
+pub(crate) fn mime_for(path: &str) -> &'static str {
     let name = path.rsplit('/').next().unwrap_or(path);
     let ext = match name.rfind('.') {
         Some(i) if i > 0 => name[i..].to_ascii_lowercase(),
@@ -721,7 +721,7 @@ fn mime_for(path: &str) -> &'static str {
     }
 }
 
-fn file_uri(path: &str) -> String {
+pub(crate) fn file_uri(path: &str) -> String {
     let mut s = String::from("file://");
     for b in path.bytes() {
         if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {

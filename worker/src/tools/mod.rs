@@ -21,6 +21,7 @@ pub mod exec;
 pub mod fs;
 pub mod paths;
 pub mod process;
+pub mod resources;
 
 /// What a progress report carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,6 +226,7 @@ impl Registry {
         fs::register(&mut r);
         exec::register(&mut r);
         code::register(&mut r);
+        r.add_provider(resources::FileResources);
         r
     }
 

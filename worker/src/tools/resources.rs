@@ -1,0 +1,162 @@
+//! The client's allowed files as MCP resources: `file://` URIs of the files beneath its roots
+//! (listed breadth-first, bounded, symlinks not followed), a `file://{+path}` template, and
+//! reads (text when the content is UTF-8 and not a known binary type, else base64 blob), every
+//! path resolved beneath an open root like the file tools'.
+
+use std::collections::VecDeque;
+use std::io::Read;
+
+use base64::Engine as _;
+use mcpd_ipc::CallError;
+use serde_json::{json, Value};
+
+use super::fs::{file_uri, mime_for};
+use super::paths::{self, Access, EntryKind};
+use super::{invalid_args, Provider, ToolContext};
+
+/// Most resources listed.
+pub const MAX_RESOURCES: usize = 1000;
+/// Deepest directory level listed below a root.
+pub const MAX_DEPTH: usize = 8;
+
+/// The file resource provider.
+#[derive(Debug)]
+pub struct FileResources;
+
+/// The path of a `file://` URI, percent-decoded.
+pub fn uri_path(uri: &str) -> Option<String> {
+    let rest = uri.strip_prefix("file://")?;
+    let path = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !path.starts_with('/') {
+        return None;
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().filter(|p| !p.contains('\0'))
+}
+
+fn not_found(uri: &str) -> CallError {
+    invalid_args(format!(
+        "Resource not found: {}",
+        uri.chars().take(256).collect::<String>()
+    ))
+}
+
+impl Provider for FileResources {
+    fn list_resources(&self, ctx: &ToolContext) -> Vec<Value> {
+        let max =
+            MAX_RESOURCES.min(usize::try_from(ctx.limits.max_entries).unwrap_or(MAX_RESOURCES));
+        let mut out = Vec::new();
+        for root in ctx.roots.list() {
+            if root.is_file {
+                out.push(entry(&root.path));
+                continue;
+            }
+            let mut queue = VecDeque::from([(root.path.clone(), 0usize)]);
+            while let Some((dir, depth)) = queue.pop_front() {
+                if out.len() >= max {
+                    return out;
+                }
+                let Ok(fd) = ctx.roots.open_dir(&dir, Access::Read) else {
+                    continue;
+                };
+                let Ok((entries, _)) = paths::read_dir(std::os::fd::AsFd::as_fd(&fd), max) else {
+                    continue;
+                };
+                let mut entries = entries;
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
+                for e in entries {
+                    let path = format!("{}/{}", dir.trim_end_matches('/'), e.name);
+                    match e.kind {
+                        EntryKind::File if out.len() < max => out.push(entry(&path)),
+                        EntryKind::Dir if depth < MAX_DEPTH => queue.push_back((path, depth + 1)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn resource_templates(&self) -> Vec<Value> {
+        vec![json!({
+            "uriTemplate": "file://{+path}",
+            "name": "file",
+            "description": "A file inside the allowed directories, by absolute path"
+        })]
+    }
+
+    fn read_resource(&self, ctx: &ToolContext, uri: &str) -> Option<Result<Value, CallError>> {
+        if !uri.starts_with("file://") {
+            return None;
+        }
+        let Some(path) = uri_path(uri) else {
+            return Some(Err(not_found(uri)));
+        };
+        // Outside the roots, missing, or not a regular file: all the same "not found".
+        let Ok((file, stat)) = ctx.roots.open_regular(&path, Access::Read) else {
+            return Some(Err(not_found(uri)));
+        };
+        let max = ctx.limits.max_read_bytes;
+        if u64::try_from(stat.st_size).unwrap_or(u64::MAX) > max {
+            return Some(Err(invalid_args(format!(
+                "Resource too large: exceeds the read limit of {max} bytes"
+            ))));
+        }
+        let mut data = Vec::new();
+        if file.take(max).read_to_end(&mut data).is_err() {
+            return Some(Err(not_found(uri)));
+        }
+        let guessed = mime_for(&path);
+        let binary_type = guessed != "application/octet-stream";
+        let content = match (binary_type, String::from_utf8(data)) {
+            (false, Ok(text)) => json!({"uri": uri, "mimeType": "text/plain", "text": text}),
+            (_, Ok(text)) => json!({"uri": uri, "mimeType": guessed,
+                "blob": base64::engine::general_purpose::STANDARD.encode(text.as_bytes())}),
+            (_, Err(e)) => json!({"uri": uri, "mimeType": guessed,
+                "blob": base64::engine::general_purpose::STANDARD.encode(e.as_bytes())}),
+        };
+        Some(Ok(json!({"contents": [content]})))
+    }
+}
+
+fn entry(path: &str) -> Value {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let mime = match mime_for(path) {
+        "application/octet-stream" => "text/plain",
+        m => m,
+    };
+    json!({"uri": file_uri(path), "name": name, "title": path, "mimeType": mime})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_uris_round_trip() {
+        assert_eq!(
+            uri_path("file:///a%20b/c.txt").as_deref(),
+            Some("/a b/c.txt")
+        );
+        assert_eq!(uri_path("file://localhost/x").as_deref(), Some("/x"));
+        assert_eq!(uri_path("file://host/x"), None);
+        assert_eq!(uri_path("file:///%00"), None);
+        assert_eq!(uri_path("file:///%zz"), None);
+        assert_eq!(
+            uri_path(&file_uri("/d/é f#?.md")).as_deref(),
+            Some("/d/é f#?.md")
+        );
+    }
+}

@@ -45,13 +45,16 @@ use axum::routing::any;
 use axum::Router;
 use futures_util::Stream;
 use mcpd_policy::{ClientId, Policy};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::fmt::Write as _;
 use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
-use crate::jsonrpc::{self, Id, INVALID_REQUEST, PARSE_ERROR};
-use crate::session::{Origin, Outgoing, Session, SUPPORTED_VERSIONS};
+use crate::jsonrpc::{self, Id, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
+use crate::session::{
+    is_stateless, stateless_meta, Origin, Outgoing, Session, HEADER_MISMATCH, META_CAPS,
+    META_VERSION, MISSING_CAPABILITY, STATELESS_VERSIONS, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
+};
 use crate::supervisor::Supervisor;
 
 /// The MCP endpoint path.
@@ -89,6 +92,8 @@ struct App {
     hosts: Vec<String>,
     max_body: usize,
     sessions: Mutex<HashMap<String, Arc<HttpSession>>>,
+    /// The principal's stateless-era session (no Mcp-Session-Id; one worker, reaped when idle).
+    stateless: tokio::sync::Mutex<Option<Arc<HttpSession>>>,
 }
 
 /// One HTTP session: the transport-independent [`Session`] plus routing of its output.
@@ -354,6 +359,54 @@ impl App {
         Ok(hs)
     }
 
+    /// The shared session that serves stateless-era requests (created on first use, again
+    /// after it was reaped).
+    async fn stateless_session(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+    ) -> Result<Arc<HttpSession>, Response> {
+        let mut slot = self.stateless.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+        let origin = Origin {
+            transport: "http-stateless",
+            peer: peer.to_string(),
+            auth_method: "none (loopback listener)",
+        };
+        let session = Session::open(
+            self.cfg.client.clone(),
+            self.policy.clone(),
+            self.supervisor.clone(),
+            self.audit.clone(),
+            &origin,
+            tx,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!("stateless session refused: {e}");
+            rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Value::Null,
+                jsonrpc::INTERNAL_ERROR,
+                "The audit log cannot be written; the request was refused",
+            )
+        })?;
+        let hs = Arc::new(HttpSession {
+            session,
+            routes: Mutex::default(),
+            standalone: Mutex::default(),
+            last_seen: Mutex::new(Instant::now()),
+            active: AtomicUsize::new(0),
+            next_event: AtomicU64::new(1),
+        });
+        tokio::spawn(dispatch(rx, Arc::downgrade(&hs)));
+        tracing::info!(session = %hs.session.id(), %peer, "http stateless session open");
+        *slot = Some(hs.clone());
+        Ok(hs)
+    }
+
     fn remove(&self, sid: &str) -> Option<Arc<HttpSession>> {
         self.sessions.lock().ok().and_then(|mut m| m.remove(sid))
     }
@@ -430,17 +483,6 @@ async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -
             "Not Acceptable: accept application/json and text/event-stream",
         );
     }
-    if !version_ok(&headers) {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            Value::Null,
-            INVALID_REQUEST,
-            &format!(
-                "Bad Request: unsupported MCP-Protocol-Version (supported: {})",
-                SUPPORTED_VERSIONS.join(", ")
-            ),
-        );
-    }
     let bytes = match read_body(&app, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -479,6 +521,28 @@ async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -
         _ => None,
     });
     let is_request = method.is_some() && obj.contains_key("id");
+    let empty = serde_json::Map::new();
+    let params = obj
+        .get("params")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let has_session = header_str(&headers, SESSION_HEADER).is_some();
+    let stateless_header = header_str(&headers, VERSION_HEADER)
+        .is_some_and(|v| STATELESS_VERSIONS.contains(&v.trim()));
+    if !has_session && (method.is_some_and(|m| is_stateless(m, params)) || stateless_header) {
+        return post_stateless(&app, peer, &headers, text, obj, sse_ok).await;
+    }
+    if !version_ok(&headers) {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            INVALID_REQUEST,
+            &format!(
+                "Bad Request: unsupported MCP-Protocol-Version (supported: {})",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        );
+    }
     let existing = match app.lookup(&headers) {
         Ok(s) => s,
         Err(r) => return r,
@@ -514,6 +578,154 @@ async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -
             "Invalid Request: id must be a string or an integer",
         );
     };
+    answer(
+        &app, peer, hs, busy, id, text, method, sse_ok, created, false,
+    )
+    .await
+}
+
+/// Status of a stateless-era error response (the spec maps codes to HTTP statuses).
+fn stateless_status(response: &Value) -> StatusCode {
+    match response["error"]["code"].as_i64() {
+        Some(METHOD_NOT_FOUND) => StatusCode::NOT_FOUND,
+        Some(INVALID_PARAMS | HEADER_MISMATCH | MISSING_CAPABILITY | UNSUPPORTED_VERSION) => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::OK,
+    }
+}
+
+fn stateless_error(id: Value, code: i64, message: &str, data: Value) -> Response {
+    let mut e = jsonrpc::error(id, code, message);
+    if !data.is_null() {
+        e["error"]["data"] = data;
+    }
+    json_response(stateless_status(&e), &e)
+}
+
+/// A stateless-era (2026-07-28) POST: the envelope and headers are checked in the order the
+/// specification fixes, then the request runs on the principal's shared stateless session.
+async fn post_stateless(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    text: &str,
+    obj: &serde_json::Map<String, Value>,
+    sse_ok: bool,
+) -> Response {
+    let rid = obj.get("id").cloned().unwrap_or(Value::Null);
+    let method = obj.get("method").and_then(Value::as_str).unwrap_or("");
+    let empty = serde_json::Map::new();
+    let params = obj
+        .get("params")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let meta = params.get("_meta").and_then(Value::as_object);
+    // (1) the envelope's required keys
+    let meta_version = meta
+        .and_then(|m| m.get(META_VERSION))
+        .and_then(Value::as_str);
+    if meta_version.is_none()
+        || !meta.is_some_and(|m| m.get(META_CAPS).is_some_and(Value::is_object))
+    {
+        return stateless_error(
+            rid,
+            INVALID_PARAMS,
+            &format!("Invalid params: _meta must carry {META_VERSION} and {META_CAPS}"),
+            Value::Null,
+        );
+    }
+    // (2) the version header must match the envelope
+    if header_str(headers, VERSION_HEADER).map(str::trim) != meta_version {
+        return stateless_error(
+            rid,
+            HEADER_MISMATCH,
+            "Header mismatch: MCP-Protocol-Version does not match _meta",
+            json!({"header": VERSION_HEADER}),
+        );
+    }
+    // (3) a version this server speaks
+    if let Err((code, message, data)) = stateless_meta(params) {
+        return stateless_error(rid, code, &message, data);
+    }
+    // (4) Mcp-Method, (5) Mcp-Name
+    if header_str(headers, "mcp-method").map(str::trim) != Some(method) {
+        return stateless_error(
+            rid,
+            HEADER_MISMATCH,
+            "Header mismatch: Mcp-Method does not match the request method",
+            json!({"header": "Mcp-Method"}),
+        );
+    }
+    let name_key = match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    };
+    if let Some(k) = name_key {
+        let want = params.get(k).and_then(Value::as_str);
+        if want.is_none() || header_str(headers, "mcp-name").map(str::trim) != want {
+            return stateless_error(
+                rid,
+                HEADER_MISMATCH,
+                "Header mismatch: Mcp-Name does not match the request",
+                json!({"header": "Mcp-Name"}),
+            );
+        }
+    }
+    let hs = match app.stateless_session(peer).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let busy = Busy::new(&hs);
+    let is_request = obj.contains_key("id");
+    if !is_request {
+        hs.session.handle(text);
+        drop(busy);
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let id = match obj.get("id") {
+        Some(Value::String(s)) if s.len() <= 256 => Id::Str(s.clone()),
+        Some(Value::Number(n)) if n.as_i64().is_some() => Id::Num(n.as_i64().unwrap_or(0)),
+        _ => {
+            return stateless_error(
+                Value::Null,
+                INVALID_REQUEST,
+                "Invalid Request: id must be a string or an integer",
+                Value::Null,
+            )
+        }
+    };
+    answer(
+        app,
+        peer,
+        hs,
+        busy,
+        id,
+        text,
+        Some(method),
+        sse_ok,
+        false,
+        true,
+    )
+    .await
+}
+
+/// Run one request on a session and answer it: one JSON body, or (for `tools/call` when the
+/// client accepts it) an SSE stream of its notifications and then its response.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    hs: Arc<HttpSession>,
+    busy: Busy,
+    id: Id,
+    text: &str,
+    method: Option<&str>,
+    sse_ok: bool,
+    created: bool,
+    stateless: bool,
+) -> Response {
     let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
     {
         let Ok(mut routes) = hs.routes.lock() else {
@@ -557,6 +769,10 @@ async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -
             // Cancelled: no JSON-RPC response exists.
             return StatusCode::ACCEPTED.into_response();
         };
+        if stateless {
+            drop(busy);
+            return json_response(stateless_status(&response), &response);
+        }
         let sid = hs.session.id().to_string();
         if created {
             if !hs.session.is_initialized() {
@@ -567,6 +783,7 @@ async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -
             if let Ok(mut m) = app.sessions.lock() {
                 m.insert(sid.clone(), hs.clone());
             }
+            let _ = peer;
             tracing::info!(session = %sid, %peer, "http session open");
         }
         let mut r = json_response(StatusCode::OK, &response);
@@ -575,9 +792,38 @@ async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -
         }
         return r;
     }
+    // Stateless era: an error decided before any notification (missing capability, bad
+    // arguments) is a plain JSON answer with its HTTP status, not a 200 stream.
+    let mut early = None;
+    if stateless {
+        match rx.recv().await {
+            Some(m) if is_response(&m) => {
+                pending.answered = true;
+                drop(pending);
+                drop(busy);
+                return json_response(stateless_status(&m), &m);
+            }
+            Some(m) => early = Some(m),
+            None => {
+                pending.answered = true;
+                return StatusCode::ACCEPTED.into_response();
+            }
+        }
+    }
     // SSE: a priming event (id, empty data, retry), then this request's notifications, then
     // its response; the stream ends after the response.
-    let first = priming(&hs);
+    let first = match early {
+        None => priming(&hs),
+        Some(m) => {
+            let done = is_response(&m);
+            let mut b = priming(&hs).to_vec();
+            b.extend_from_slice(&event(&hs, &m));
+            if done {
+                pending.answered = true;
+            }
+            Bytes::from(b)
+        }
+    };
     let stream_hs = hs.clone();
     let stream = futures_util::stream::unfold(
         (Some(first), rx, pending, busy, false),
@@ -643,7 +889,18 @@ where
         .into_response()
 }
 
+/// GET and DELETE belong to sessions: a stateless-era client gets 405.
+fn stateless_405(headers: &HeaderMap) -> Option<Response> {
+    let stateless = header_str(headers, SESSION_HEADER).is_none()
+        && header_str(headers, VERSION_HEADER)
+            .is_some_and(|v| STATELESS_VERSIONS.contains(&v.trim()));
+    stateless.then(|| (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")]).into_response())
+}
+
 async fn get(app: Arc<App>, headers: HeaderMap) -> Response {
+    if let Some(r) = stateless_405(&headers) {
+        return r;
+    }
     let (_, sse_ok) = accepts(&headers);
     if !sse_ok {
         return rpc_error(
@@ -714,6 +971,9 @@ async fn get(app: Arc<App>, headers: HeaderMap) -> Response {
 }
 
 async fn delete(app: Arc<App>, headers: HeaderMap) -> Response {
+    if let Some(r) = stateless_405(&headers) {
+        return r;
+    }
     let Some(sid) = header_str(&headers, SESSION_HEADER) else {
         return rpc_error(
             StatusCode::BAD_REQUEST,
@@ -757,6 +1017,18 @@ async fn reaper(app: Weak<App>, idle: Duration) {
                 tokio::spawn(end_session(hs, "idle session reaped"));
             }
         }
+        let idle_stateless = {
+            let mut slot = app.stateless.lock().await;
+            match slot.as_ref() {
+                Some(s) if s.active.load(Ordering::SeqCst) == 0 && s.idle_for() >= idle => {
+                    slot.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(hs) = idle_stateless {
+            tokio::spawn(end_session(hs, "idle stateless worker reaped"));
+        }
     }
 }
 
@@ -781,6 +1053,7 @@ pub async fn serve(
         hosts,
         max_body,
         sessions: Mutex::default(),
+        stateless: tokio::sync::Mutex::default(),
     });
     tokio::spawn(reaper(Arc::downgrade(&app), idle));
     let router = Router::new()

@@ -30,6 +30,74 @@ use crate::supervisor::{CallEvent, CallOutcome, Supervisor, Worker, WorkerContex
 
 /// Session-era protocol versions, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+/// Stateless-era protocol versions (selected per request by `_meta`).
+pub const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
+/// `_meta` key carrying the protocol version of a stateless request.
+pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// `_meta` key carrying the client's capabilities.
+pub const META_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
+/// `_meta` key carrying the log level of a stateless request.
+pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+/// Stateless error: a header does not match the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// Stateless error: the client lacks a capability the request needs.
+pub const MISSING_CAPABILITY: i64 = -32021;
+/// Stateless error: unsupported protocol version.
+pub const UNSUPPORTED_VERSION: i64 = -32022;
+/// Cache hint of list, read and discover results: not cacheable across principals, no TTL.
+const TTL_MS: u64 = 0;
+
+/// Per-request context of a stateless-era (2026-07-28) request.
+#[derive(Debug, Clone)]
+pub struct Stateless {
+    /// Log level the request asked for (`None`: no log notifications at all).
+    pub log_level: Option<LogLevel>,
+    /// The client's capabilities for this request.
+    pub caps: Value,
+}
+
+/// Validate the `_meta` envelope of a stateless request (transport-independent part):
+/// `Err((code, message, data))`.
+pub fn stateless_meta(params: &Map<String, Value>) -> Result<Stateless, (i64, String, Value)> {
+    let meta = params.get("_meta").and_then(Value::as_object);
+    let version = meta
+        .and_then(|m| m.get(META_VERSION))
+        .and_then(Value::as_str);
+    let caps = meta
+        .and_then(|m| m.get(META_CAPS))
+        .filter(|c| c.is_object());
+    let (Some(version), Some(caps)) = (version, caps) else {
+        return Err((
+            INVALID_PARAMS,
+            format!("Invalid params: _meta must carry {META_VERSION} and {META_CAPS}"),
+            Value::Null,
+        ));
+    };
+    if !STATELESS_VERSIONS.contains(&version) {
+        return Err((
+            UNSUPPORTED_VERSION,
+            "Unsupported protocol version".into(),
+            json!({"supported": STATELESS_VERSIONS, "requested": printable(version)}),
+        ));
+    }
+    let log_level = meta
+        .and_then(|m| m.get(META_LOG_LEVEL))
+        .and_then(Value::as_str)
+        .and_then(LogLevel::parse);
+    Ok(Stateless {
+        log_level,
+        caps: caps.clone(),
+    })
+}
+
+/// Whether a request selects the stateless era.
+pub fn is_stateless(method: &str, params: &Map<String, Value>) -> bool {
+    method == "server/discover"
+        || params
+            .get("_meta")
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.contains_key(META_VERSION))
+}
 /// Tools per `tools/list` page.
 pub const TOOLS_PAGE_SIZE: usize = 100;
 
@@ -569,12 +637,12 @@ impl Session {
         let rec = Rec::new(method);
         let err = |code, msg: &str| jsonrpc::error(id.to_value(), code, msg);
         let version = self.inner.state.lock().ok().and_then(|s| s.version);
+        if is_stateless(method, &params) {
+            return self.stateless_request(id, method, params, rec).await;
+        }
         match method {
             "ping" => return (rec.allow("protocol"), jsonrpc::response(id, json!({}))),
             "initialize" => return self.initialize(id, &params, rec),
-            "server/discover" => {
-                return (rec, err(METHOD_NOT_FOUND, "Method not found: server/discover (the stateless protocol era is not served yet; use initialize)"))
-            }
             _ => {}
         }
         if version.is_none() {
@@ -588,7 +656,7 @@ impl Session {
         }
         match method {
             "tools/list" => self.tools_list(id, params, rec).await,
-            "tools/call" => self.tools_call(id, params, rec).await,
+            "tools/call" => self.tools_call(id, params, rec, None).await,
             "resources/list"
             | "resources/templates/list"
             | "resources/read"
@@ -827,7 +895,104 @@ impl Session {
         )
     }
 
-    async fn tools_call(&self, id: &Id, params: Map<String, Value>, mut rec: Rec) -> (Rec, Value) {
+    /// A stateless-era request: no session state, `_meta` per request, `resultType` on every
+    /// result, cache hints on lists, reads and discover.
+    async fn stateless_request(
+        &self,
+        id: &Id,
+        method: &str,
+        params: Map<String, Value>,
+        rec: Rec,
+    ) -> (Rec, Value) {
+        let st = match stateless_meta(&params) {
+            Ok(st) => st,
+            Err((code, message, data)) => {
+                let mut e = jsonrpc::error(id.to_value(), code, &message);
+                if !data.is_null() {
+                    e["error"]["data"] = data;
+                }
+                return (rec.deny("invalid_meta"), e);
+            }
+        };
+        let (rec, mut response) = match method {
+            "server/discover" => (
+                rec.allow("protocol"),
+                jsonrpc::response(id, self.discover()),
+            ),
+            "tools/list" => self.tools_list(id, params, rec).await,
+            "tools/call" => self.tools_call(id, params, rec, Some(&st)).await,
+            "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+            | "prompts/list"
+            | "prompts/get"
+            | "completion/complete" => self.provider_request(id, method, params, rec).await,
+            _ => {
+                let mut e = jsonrpc::error(
+                    id.to_value(),
+                    METHOD_NOT_FOUND,
+                    &format!("Method not found: {}", printable(method)),
+                );
+                e["error"]["data"] = json!(printable(method));
+                return (rec, e);
+            }
+        };
+        if let Some(r) = response.get_mut("result").and_then(Value::as_object_mut) {
+            r.entry("resultType").or_insert_with(|| json!("complete"));
+            if matches!(
+                method,
+                "tools/list"
+                    | "resources/list"
+                    | "resources/templates/list"
+                    | "resources/read"
+                    | "prompts/list"
+            ) {
+                r.insert("ttlMs".into(), json!(TTL_MS));
+                r.insert("cacheScope".into(), json!("private"));
+            }
+        }
+        (rec, response)
+    }
+
+    /// The `server/discover` result.
+    fn discover(&self) -> Value {
+        json!({
+            "resultType": "complete",
+            "supportedVersions": STATELESS_VERSIONS,
+            "capabilities": {
+                "tools": {},
+                "resources": {},
+                "prompts": {},
+                "completions": {},
+                "logging": {}
+            },
+            "instructions": "Tools run in a per-client sandbox. Paths must lie within the directories listed by list_allowed_directories.",
+            "ttlMs": TTL_MS,
+            "cacheScope": "private",
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "mcpd", "title": "mcpd (confined MCP server)", "version": env!("CARGO_PKG_VERSION")}}
+        })
+    }
+
+    async fn tools_call(
+        &self,
+        id: &Id,
+        params: Map<String, Value>,
+        mut rec: Rec,
+        stateless: Option<&Stateless>,
+    ) -> (Rec, Value) {
+        // Log notifications: the session's level, or (stateless) only at the level the
+        // request asked for, and none without one.
+        let log_min = match stateless {
+            Some(st) => st.log_level,
+            None => Some(
+                self.inner
+                    .state
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.log_level)
+                    .unwrap_or(LogLevel::Info),
+            ),
+        };
         let err = |code, msg: &str| jsonrpc::error(id.to_value(), code, msg);
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             return (
@@ -892,6 +1057,22 @@ impl Session {
             };
             return (rec, unknown());
         };
+        if let Some(st) = stateless {
+            let missing: Map<String, Value> = desc
+                .client_capabilities
+                .iter()
+                .filter(|c| st.caps.get(c.as_str()).is_none())
+                .map(|c| (c.clone(), json!({})))
+                .collect();
+            if !missing.is_empty() {
+                let mut e = err(
+                    MISSING_CAPABILITY,
+                    "Missing required client capability for this tool",
+                );
+                e["error"]["data"] = json!({"requiredCapabilities": missing});
+                return (rec.deny("missing_client_capability"), e);
+            }
+        }
         let mut paths = Vec::new();
         for pa in &desc.path_args {
             match (args.get(&pa.name), pa.many) {
@@ -1046,7 +1227,7 @@ impl Session {
                         CallEvent::ClientRequest { id: wreq, request } => {
                             self.client_request(id, &worker, handle.id, wreq, request).await;
                         }
-                        ev => self.event(id, ev, progress_token.as_ref(), &mut last_progress),
+                        ev => self.event(id, ev, progress_token.as_ref(), &mut last_progress, log_min),
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -1063,7 +1244,7 @@ impl Session {
         if let Some(ev) = events.as_mut() {
             while let Ok(e) = ev.try_recv() {
                 if !matches!(e, CallEvent::ClientRequest { .. }) {
-                    self.event(id, e, progress_token.as_ref(), &mut last_progress);
+                    self.event(id, e, progress_token.as_ref(), &mut last_progress, log_min);
                 }
             }
         }
@@ -1137,7 +1318,14 @@ impl Session {
         }
     }
 
-    fn event(&self, related: &Id, ev: CallEvent, token: Option<&Value>, last: &mut f64) {
+    fn event(
+        &self,
+        related: &Id,
+        ev: CallEvent,
+        token: Option<&Value>,
+        last: &mut f64,
+        log_min: Option<LogLevel>,
+    ) {
         match ev {
             CallEvent::Progress {
                 progress,
@@ -1167,13 +1355,7 @@ impl Session {
                 logger,
                 data,
             } => {
-                let min = self
-                    .inner
-                    .state
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.log_level)
-                    .unwrap_or(LogLevel::Info);
+                let Some(min) = log_min else { return };
                 if level < min {
                     return;
                 }

@@ -716,6 +716,8 @@ fn validate_tools(tools: Vec<ToolDescriptor>) -> Vec<ToolDescriptor> {
                     .iter()
                     .all(|n| n.as_deref().is_none_or(valid_name))
             })
+            && t.client_capabilities.len() <= 8
+            && t.client_capabilities.iter().all(|c| valid_name(c))
             && seen.insert(t.name.clone());
         if ok {
             out.push(t);
@@ -759,6 +761,7 @@ mod tests {
             access: ToolAccess::FileRead,
             path_args: vec![],
             exec_args: None,
+            client_capabilities: vec![],
         }
     }
 

@@ -341,6 +341,9 @@ pub struct ToolDescriptor {
     /// For command and code tools: which arguments name the program, its arguments, the shell
     /// switch and the language, so the broker can decide them against policy.
     pub exec_args: Option<ExecArgs>,
+    /// Client capabilities the tool needs (`sampling`, `elicitation`, `roots`); a stateless
+    /// request whose client lacks one is refused with -32021 before the worker is asked.
+    pub client_capabilities: Vec<String>,
 }
 
 /// Names of the arguments of a command or code tool that the policy decides on.

@@ -1,8 +1,10 @@
 """The official Python MCP SDK (mcp==2.3.0, default "auto" mode) against the real mcpd, over
 stdio and over Streamable HTTP: list the tools, call one, and see a policy denial.
 
-Usage: python3 sdk_client.py stdio MCPD ROOT
-       python3 sdk_client.py http URL ROOT
+Usage: python3 sdk_client.py stdio MCPD ROOT [MODE]
+       python3 sdk_client.py http URL ROOT [MODE]
+MODE is the SDK's connect mode: "auto" (default: server/discover, the 2026-07-28 stateless
+era when the server offers it) or "legacy" (initialize, the session era).
 Exits non-zero (with a message) on any mismatch. Run by tests/tests/python_sdk.rs.
 """
 import asyncio
@@ -12,8 +14,8 @@ import sys
 from mcp import Client, StdioServerParameters
 
 
-async def exercise(client_target, root):
-    async with Client(client_target) as c:
+async def exercise(client_target, root, mode):
+    async with Client(client_target, mode=mode) as c:
         tools = await c.list_tools()
         names = sorted(t.name for t in tools.tools)
         for want in ("read_text_file", "list_directory", "list_allowed_directories"):
@@ -27,18 +29,19 @@ async def exercise(client_target, root):
         assert r.content[0].text == "Access denied - path outside allowed directories", r
         r = await c.call_tool("list_allowed_directories", {})
         assert root in r.content[0].text, r
-        print(f"ok: {len(names)} tools listed, read and denial behave")
+        print(f"ok ({mode}): {len(names)} tools listed, read and denial behave")
 
 
 def main():
     transport, target, root = sys.argv[1], sys.argv[2], sys.argv[3]
+    mode = sys.argv[4] if len(sys.argv) > 4 else "auto"
     if transport == "stdio":
         params = StdioServerParameters(
             command=target, args=["serve", "--stdio", "--allow-read", root], env={"MCPD_LOG": "warn"}
         )
-        asyncio.run(exercise(params, root))
+        asyncio.run(exercise(params, root, mode))
     elif transport == "http":
-        asyncio.run(exercise(target, root))
+        asyncio.run(exercise(target, root, mode))
     else:
         raise SystemExit(f"unknown transport {transport}")
 

@@ -44,16 +44,41 @@ fn ping_and_empty_results_are_exactly_empty_objects() {
 }
 
 #[test]
-fn server_discover_is_answered_promptly_with_an_error() {
+fn both_eras_on_one_stdio_connection() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start(&["--allow-read", dir.path().to_str().unwrap()]);
     let t = Instant::now();
+    // A discover without the _meta envelope: a prompt -32602 (clients fall back or fix it).
     let r = s.request("server/discover", json!({}));
     assert!(t.elapsed() < Duration::from_secs(2));
-    assert_eq!(r["error"]["code"], -32601);
-    // and the client can fall back to initialize on the same connection
+    assert_eq!(r["error"]["code"], -32602);
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let d = s.result("server/discover", json!({"_meta": meta}));
+    assert_eq!(d["supportedVersions"], json!(["2026-07-28"]));
+    assert_eq!(d["resultType"], "complete");
+    assert_eq!(
+        d["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "mcpd"
+    );
+    assert!(d["ttlMs"].is_u64() && d["cacheScope"] == "private");
+    // Stateless requests need no initialize; every result says resultType, lists carry cache hints.
+    let l = s.result("tools/list", json!({"_meta": meta}));
+    assert_eq!(l["resultType"], "complete");
+    assert!(l["ttlMs"].is_u64());
+    let v = s.request(
+        "server/discover",
+        json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "v999", "io.modelcontextprotocol/clientCapabilities": {}}}),
+    );
+    assert_eq!(v["error"]["code"], -32022);
+    assert_eq!(v["error"]["data"]["requested"], "v999");
+    // Session-era methods do not exist in the stateless era.
+    let p = s.request("ping", json!({"_meta": meta}));
+    assert_eq!(p["error"]["code"], -32601);
+    // And the session era still works on the same connection, without resultType.
     s.initialize();
     assert!(!s.tool_names().is_empty());
+    assert_eq!(s.result("ping", json!({})), json!({}));
 }
 
 #[test]

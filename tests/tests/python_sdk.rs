@@ -44,7 +44,7 @@ fn run(py: &str, args: &[&str]) {
     let out = Command::new(py).arg(script()).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("ok:"),
+        out.status.success() && stdout.contains("ok ("),
         "python SDK client failed ({:?}):\n{stdout}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
@@ -52,18 +52,23 @@ fn run(py: &str, args: &[&str]) {
 }
 
 #[test]
-fn python_sdk_over_stdio() {
+fn python_sdk_over_stdio_both_eras() {
     let Some(py) = python() else { return };
     let (_top, root) = root();
-    run(&py, &["stdio", mcpd_bin().to_str().unwrap(), &root]);
+    // auto: discover succeeds, so the SDK speaks the stateless 2026-07-28 era; legacy: initialize.
+    for mode in ["auto", "legacy"] {
+        run(&py, &["stdio", mcpd_bin().to_str().unwrap(), &root, mode]);
+    }
 }
 
 #[test]
-fn python_sdk_over_http() {
+fn python_sdk_over_http_both_eras() {
     let Some(py) = python() else { return };
     let (_top, root) = root();
     let srv = HttpServer::start(&["--allow-read", &root]);
     let url = format!("http://{}/mcp", srv.addr);
-    run(&py, &["http", &url, &root]);
-    assert!(srv.stderr().contains("http session open"));
+    run(&py, &["http", &url, &root, "auto"]);
+    assert!(srv.stderr().contains("http stateless session open"));
+    run(&py, &["http", &url, &root, "legacy"]);
+    assert!(srv.stderr().contains("http session open session="));
 }

@@ -65,6 +65,7 @@ impl Tool for WordCount {
                 write: false,
             }],
             exec_args: None,
+            client_capabilities: vec![],
         }
     }
 

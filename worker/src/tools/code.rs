@@ -502,6 +502,7 @@ impl Tool for RunCode {
                 language: Some("language".into()),
                 ..ExecArgs::default()
             }),
+            client_capabilities: vec![],
         }
     }
 
@@ -668,6 +669,7 @@ impl Tool for ResetCodeSession {
                 language: Some("language".into()),
                 ..ExecArgs::default()
             }),
+            client_capabilities: vec![],
         }
     }
 

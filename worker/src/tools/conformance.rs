@@ -49,6 +49,9 @@ pub fn register(r: &mut Registry) {
         Kind::ElicitationEnums,
         Kind::JsonSchema2020,
         Kind::Reconnection,
+        Kind::MissingCapability,
+        Kind::StreamingElicitation,
+        Kind::LoggingTool,
     ] {
         r.register(Fixture(kind));
     }
@@ -71,6 +74,9 @@ enum Kind {
     ElicitationEnums,
     JsonSchema2020,
     Reconnection,
+    MissingCapability,
+    StreamingElicitation,
+    LoggingTool,
 }
 
 #[derive(Debug)]
@@ -141,14 +147,39 @@ impl Fixture {
                 json!({
                     "$schema": "https://json-schema.org/draft/2020-12/schema",
                     "type": "object",
-                    "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
-                    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+                    "$defs": {"address": {"$anchor": "addressDef", "type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+                    "properties": {
+                        "name": {"type": "string"},
+                        "address": {"$ref": "#/$defs/address"},
+                        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+                        "phone": {"type": "string"},
+                        "email": {"type": "string"}
+                    },
+                    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+                    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+                    "then": {"required": ["phone"]},
+                    "else": {"required": ["email"]},
                     "additionalProperties": false
                 }),
             ),
             Kind::Reconnection => (
                 "test_reconnection",
                 "Answers after a short pause (SSE reconnection test)",
+                empty_schema(),
+            ),
+            Kind::MissingCapability => (
+                "test_missing_capability",
+                "Needs the client's sampling capability",
+                empty_schema(),
+            ),
+            Kind::StreamingElicitation => (
+                "test_streaming_elicitation",
+                "Needs the client's elicitation capability; never sends a server request on the stream",
+                empty_schema(),
+            ),
+            Kind::LoggingTool => (
+                "test_logging_tool",
+                "Logs at info level (delivered only at the request's log level)",
                 empty_schema(),
             ),
         }
@@ -185,6 +216,11 @@ impl Tool for Fixture {
             access: ToolAccess::None,
             path_args: vec![],
             exec_args: None,
+            client_capabilities: match self.0 {
+                Kind::MissingCapability => vec!["sampling".into()],
+                Kind::StreamingElicitation => vec!["elicitation".into()],
+                _ => vec![],
+            },
         }
     }
 
@@ -325,6 +361,12 @@ impl Tool for Fixture {
             Kind::Reconnection => {
                 std::thread::sleep(Duration::from_millis(200));
                 text_result("Reconnection test completed")
+            }
+            Kind::MissingCapability => text_result("The client declared sampling"),
+            Kind::StreamingElicitation => text_result("Elicitation is available; nothing to ask"),
+            Kind::LoggingTool => {
+                ctx.log(LogLevel::Info, json!("test_logging_tool ran"));
+                text_result("Logged one message")
             }
         })
     }

@@ -268,6 +268,7 @@ impl Tool for RunCommand {
                 shell: Some("shell".into()),
                 language: None,
             }),
+            client_capabilities: vec![],
         }
     }
 
@@ -486,6 +487,7 @@ impl Tool for OperatorTool {
             access: ToolAccess::Operator,
             path_args: self.spec.path_args.clone(),
             exec_args: None,
+            client_capabilities: vec![],
         }
     }
 

@@ -241,6 +241,7 @@ fn descriptor(
         access,
         path_args,
         exec_args: None,
+        client_capabilities: vec![],
     }
 }
 

@@ -8,6 +8,7 @@ mod doctor;
 mod http;
 mod jsonrpc;
 mod sandbox;
+mod seal;
 mod session;
 mod stdio;
 mod supervisor;

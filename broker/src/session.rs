@@ -662,7 +662,7 @@ impl Session {
             | "resources/read"
             | "prompts/list"
             | "prompts/get"
-            | "completion/complete" => self.provider_request(id, method, params, rec).await,
+            | "completion/complete" => self.provider_request(id, method, params, rec, None).await,
             "resources/subscribe" | "resources/unsubscribe" => {
                 let Some(uri) = params
                     .get("uri")
@@ -926,7 +926,10 @@ impl Session {
             | "resources/read"
             | "prompts/list"
             | "prompts/get"
-            | "completion/complete" => self.provider_request(id, method, params, rec).await,
+            | "completion/complete" => {
+                self.provider_request(id, method, params, rec, Some(&st))
+                    .await
+            }
             _ => {
                 let mut e = jsonrpc::error(
                     id.to_value(),
@@ -952,6 +955,64 @@ impl Session {
             }
         }
         (rec, response)
+    }
+
+    /// The client's answers and the verified state of an input-required retry.
+    fn input_round(
+        &self,
+        scope: &str,
+        params: &Map<String, Value>,
+        st: &Stateless,
+    ) -> Result<mcpd_ipc::InputRound, &'static str> {
+        let responses_json = match params.get("inputResponses") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(m)) if m.len() <= 64 && v.to_string().len() <= 1024 * 1024 => {
+                Some(v.to_string())
+            }
+            Some(_) => return Err("Invalid params: inputResponses must be an object"),
+        };
+        let state = match params.get("requestState") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(
+                crate::seal::open(self.inner.client.as_str(), scope, t)
+                    .ok_or("Invalid params: requestState failed verification")?,
+            ),
+            Some(_) => return Err("Invalid params: requestState must be a string"),
+        };
+        Ok(mcpd_ipc::InputRound {
+            client_caps_json: st.caps.to_string(),
+            responses_json,
+            state,
+        })
+    }
+
+    /// An `InputRequiredResult` from a (hostile) worker's request list and state, sealed.
+    fn input_required_json(&self, scope: &str, ir: &mcpd_ipc::InputRequired) -> Option<Value> {
+        let requests: Value = serde_json::from_str(&ir.requests_json).ok()?;
+        let m = requests.as_object()?;
+        let ok = !m.is_empty()
+            && m.len() <= 16
+            && m.iter().all(|(k, v)| {
+                short(k, 128)
+                    && matches!(
+                        v.get("method").and_then(Value::as_str),
+                        Some("elicitation/create" | "sampling/createMessage" | "roots/list")
+                    )
+                    && v.get("params").is_none_or(Value::is_object)
+            });
+        if !ok
+            || ir
+                .state
+                .as_ref()
+                .is_some_and(|s| s.len() > crate::seal::MAX_STATE / 2)
+        {
+            return None;
+        }
+        let mut v = json!({"resultType": "input_required", "inputRequests": requests});
+        if let Some(state) = &ir.state {
+            v["requestState"] = json!(crate::seal::seal(self.inner.client.as_str(), scope, state));
+        }
+        Some(v)
     }
 
     /// The `server/discover` result.
@@ -1213,7 +1274,21 @@ impl Session {
             );
         };
         let args_json = Value::Object(args).to_string();
-        let mut handle = worker.call(allow, args_json, true).await;
+        let scope = format!("tool:{}", desc.name);
+        let input = match stateless {
+            None => None,
+            Some(st) => match self.input_round(&scope, &params, st) {
+                Ok(i) => Some(i),
+                Err(m) => {
+                    return (
+                        rec.deny("invalid_request_state")
+                            .outcome("invalid_arguments"),
+                        err(INVALID_PARAMS, m),
+                    )
+                }
+            },
+        };
+        let mut handle = worker.call(allow, args_json, true, input).await;
         if let Ok(mut m) = self.inner.inflight.lock() {
             m.insert(id.clone(), (worker.clone(), handle.id));
         }
@@ -1262,6 +1337,26 @@ impl Session {
             return (rec.outcome("cancelled"), Value::Null);
         }
         match outcome {
+            Some(CallOutcome::Done(mut r)) if r.input_required.is_some() => {
+                let ir = r.input_required.take();
+                match (
+                    stateless,
+                    ir.and_then(|ir| self.input_required_json(&scope, &ir)),
+                ) {
+                    (Some(_), Some(v)) => (rec.outcome("input_required"), jsonrpc::response(id, v)),
+                    _ => {
+                        tracing::warn!(
+                            pid = worker.pid(),
+                            "worker returned an invalid input-required result; ending it"
+                        );
+                        worker.kill().await;
+                        (
+                            rec.outcome("killed"),
+                            err(INTERNAL_ERROR, "Internal error: malformed tool result"),
+                        )
+                    }
+                }
+            }
             Some(CallOutcome::Done(r)) => {
                 let is_error = r.is_error;
                 match result_json(r) {
@@ -1461,6 +1556,7 @@ impl Session {
         method: &str,
         params: Map<String, Value>,
         rec: Rec,
+        stateless: Option<&Stateless>,
     ) -> (Rec, Value) {
         let err = |code, msg: &str| jsonrpc::error(id.to_value(), code, msg);
         let str_param = |k: &str| {
@@ -1517,9 +1613,19 @@ impl Session {
                         )
                     }
                 };
+                let input = match stateless {
+                    None => None,
+                    Some(st) => match self.input_round(&format!("prompt:{name}"), &params, st) {
+                        Ok(i) => Some(i),
+                        Err(m) => {
+                            return (rec.deny("invalid_request_state"), err(INVALID_PARAMS, m))
+                        }
+                    },
+                };
                 mcpd_ipc::Query::GetPrompt {
                     name,
                     arguments_json: arguments.to_string(),
+                    input,
                 }
             }
             _ => {
@@ -1630,6 +1736,23 @@ impl Session {
                 } else {
                     Err(malformed())
                 }
+            }
+            "prompts/get" if stateless.is_some() && answer.get("inputRequests").is_some() => {
+                let name = str_param("name").unwrap_or_default();
+                let state = match answer.get("requestState") {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(b)) => base64::engine::general_purpose::STANDARD
+                        .decode(b)
+                        .map(Some)
+                        .map_err(|_| ()),
+                    Some(_) => Err(()),
+                };
+                let ir = state.ok().map(|state| mcpd_ipc::InputRequired {
+                    requests_json: answer["inputRequests"].to_string(),
+                    state,
+                });
+                ir.and_then(|ir| self.input_required_json(&format!("prompt:{name}"), &ir))
+                    .ok_or_else(malformed)
             }
             "prompts/get" => {
                 let ok = answer["messages"].as_array().is_some_and(|m| {
@@ -1851,6 +1974,7 @@ mod tests {
             }],
             structured_json: Some(r#"{"a":1}"#.into()),
             is_error: false,
+            input_required: None,
         };
         let v = result_json(ok).unwrap();
         assert_eq!(v["content"][0]["data"], "AQID");
@@ -1863,12 +1987,14 @@ mod tests {
             }],
             structured_json: None,
             is_error: false,
+            input_required: None,
         };
         assert!(result_json(bad_mime).is_none());
         let bad_structured = ToolResult {
             content: vec![],
             structured_json: Some("[1]".into()),
             is_error: false,
+            input_required: None,
         };
         assert!(result_json(bad_structured).is_none());
     }

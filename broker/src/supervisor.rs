@@ -166,6 +166,7 @@ impl Worker {
         allow: mcpd_policy::Allow,
         arguments_json: String,
         want_events: bool,
+        input: Option<mcpd_ipc::InputRound>,
     ) -> CallHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done_tx, done_rx) = oneshot::channel();
@@ -198,6 +199,7 @@ impl Worker {
             tool: allow.tool().to_string(),
             arguments_json,
             progress: want_events,
+            input,
         };
         if self.tx.send(&msg).await.is_err() {
             self.mark_dead();
@@ -819,7 +821,8 @@ mod tests {
                 result: ToolResult {
                     content: vec![],
                     structured_json: None,
-                    is_error: false
+                    is_error: false,
+                    input_required: None,
                 }
             }
         )

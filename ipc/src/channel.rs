@@ -219,6 +219,7 @@ mod tests {
             tool: "write_file".into(),
             arguments_json: "z".repeat(5 * MAX_PACKET),
             progress: false,
+            input: None,
         };
         let tx2 = btx.clone();
         let big2 = big.clone();

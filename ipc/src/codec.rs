@@ -206,6 +206,11 @@ mod tests {
             tool: "read_text_file".into(),
             arguments_json: r#"{"path":"/x"}"#.into(),
             progress: true,
+            input: Some(InputRound {
+                client_caps_json: "{}".into(),
+                responses_json: None,
+                state: Some(vec![1, 2, 3]),
+            }),
         };
         assert_eq!(roundtrip(&m), m);
     }
@@ -220,6 +225,7 @@ mod tests {
                 }],
                 structured_json: None,
                 is_error: false,
+                input_required: None,
             },
         };
         let frame = encode(&m).unwrap();
@@ -263,6 +269,7 @@ mod tests {
                 }],
                 structured_json: None,
                 is_error: false,
+                input_required: None,
             },
         };
         assert!(matches!(encode(&m), Err(CodecError::FrameTooLarge { .. })));
@@ -281,6 +288,7 @@ mod tests {
             tool: "t".into(),
             arguments_json: "{}".into(),
             progress: false,
+            input: None,
         };
         let frame = encode(&m).unwrap();
         for cut in 1..frame.len() - FRAME_HEADER {
@@ -325,7 +333,7 @@ mod tests {
 
         #[test]
         fn calls_roundtrip(id in any::<u64>(), tool in "[a-z_]{1,40}", args in ".{0,300}", progress in any::<bool>()) {
-            let m = BrokerToWorker::Call { id, tool, arguments_json: args, progress };
+            let m = BrokerToWorker::Call { id, tool, arguments_json: args, progress, input: None };
             prop_assert_eq!(roundtrip(&m), m);
         }
 
@@ -333,7 +341,7 @@ mod tests {
         fn results_roundtrip(id in any::<u64>(), text in ".{0,2000}", data in proptest::collection::vec(any::<u8>(), 0..2000), is_error in any::<bool>()) {
             let m = WorkerToBroker::Result { id, result: ToolResult {
                 content: vec![Content::Text { text }, Content::Image { data, mime_type: "image/png".into() }],
-                structured_json: Some("{}".into()), is_error } };
+                structured_json: Some("{}".into()), is_error, input_required: None } };
             let frame = encode(&m).unwrap();
             let mut d = FrameDecoder::default();
             for p in packets(&frame) { d.push(p).unwrap(); }

@@ -29,6 +29,9 @@ pub enum BrokerToWorker {
         arguments_json: String,
         /// Whether the client asked for progress notifications.
         progress: bool,
+        /// Stateless era: the client's capabilities and its answers to an earlier
+        /// input-required round (`None` in the session era).
+        input: Option<InputRound>,
     },
     /// Ask the worker's resource, prompt or completion providers. Answered by exactly one
     /// `Answer` or `Failed` with the same id (ids share the space of `Call` ids).
@@ -409,6 +412,29 @@ pub struct ToolResult {
     pub structured_json: Option<String>,
     /// Tool-level failure (`isError: true`).
     pub is_error: bool,
+    /// Stateless era: the tool needs answers from the client first (an `InputRequiredResult`).
+    pub input_required: Option<InputRequired>,
+}
+
+/// Stateless era, broker → worker: what the client declared and answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRound {
+    /// The request's client capabilities, JSON text.
+    pub client_caps_json: String,
+    /// `inputResponses` of the retry, JSON text (an object), if any.
+    pub responses_json: Option<String>,
+    /// The state the worker asked to get back, after the broker verified its integrity seal.
+    pub state: Option<Vec<u8>>,
+}
+
+/// Stateless era, worker → broker: ask the client for input, then retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRequired {
+    /// `inputRequests`: an object of `{method, params}` requests, JSON text.
+    pub requests_json: String,
+    /// Opaque state to receive back with the retry; the broker seals it (HMAC, bound to the
+    /// principal and the tool) so the client can carry it but not alter it.
+    pub state: Option<Vec<u8>>,
 }
 
 /// MCP content blocks.
@@ -552,12 +578,15 @@ pub enum Query {
     },
     /// `prompts/list`: `{"prompts": [...]}`.
     ListPrompts,
-    /// `prompts/get`: `{"description"?, "messages": [...]}`.
+    /// `prompts/get`: `{"description"?, "messages": [...]}`, or (stateless era)
+    /// `{"inputRequests": {...}, "requestState"?: <base64 of the state bytes>}`.
     GetPrompt {
         /// Prompt name.
         name: String,
         /// Arguments object, JSON text.
         arguments_json: String,
+        /// Stateless era: capabilities and answers of an earlier round.
+        input: Option<InputRound>,
     },
     /// `completion/complete`: `{"completion": {"values": [...], ...}}`.
     Complete {

@@ -125,6 +125,7 @@ fn answer_query(
         Query::GetPrompt {
             name,
             arguments_json,
+            input: _,
         } => {
             let args = match serde_json::from_str::<Value>(&arguments_json) {
                 Ok(Value::Object(m)) => m,
@@ -315,7 +316,7 @@ async fn serve(
         tokio::select! {
             Some(id) = done_rx.recv() => { inflight.remove(&id); }
             msg = rx.recv() => match msg {
-                Ok(Some(BrokerToWorker::Call { id, tool, arguments_json, progress })) => {
+                Ok(Some(BrokerToWorker::Call { id, tool, arguments_json, progress, input })) => {
                     let failed = move |kind, message: &str| WorkerToBroker::Failed {
                         id, error: CallError { kind, message: message.to_string() } };
                     if inflight.contains_key(&id) {
@@ -343,7 +344,7 @@ async fn serve(
                         }) as ProgressFn
                     });
                     let link = Arc::new(Link { call: id, outbox: outbox.clone(), pending: replies.clone(), next: next_request.clone() });
-                    let ctx = ToolContext::new(roots.clone(), limits.clone(), cancelled, progress_fn).with_exec(exec.clone()).with_link(link);
+                    let ctx = ToolContext::new(roots.clone(), limits.clone(), cancelled, progress_fn).with_exec(exec.clone()).with_link(link).with_input(input);
                     let outbox = outbox.clone();
                     let done_tx = done_tx.clone();
                     let slots = slots.clone();
@@ -376,7 +377,8 @@ async fn serve(
                 }
                 Ok(Some(BrokerToWorker::Query { id, query })) => {
                     let registry = registry.clone();
-                    let ctx = ToolContext::new(roots.clone(), limits.clone(), Arc::new(AtomicBool::new(false)), None).with_exec(exec.clone());
+                    let input = match &query { Query::GetPrompt { input, .. } => input.clone(), _ => None };
+                    let ctx = ToolContext::new(roots.clone(), limits.clone(), Arc::new(AtomicBool::new(false)), None).with_exec(exec.clone()).with_input(input);
                     let outbox = outbox.clone();
                     let slots = slots.clone();
                     tokio::spawn(async move {

@@ -632,6 +632,7 @@ impl Tool for RunCode {
             content: vec![Content::Text { text }],
             structured_json: Some(structured.to_string()),
             is_error,
+            input_required: None,
         })
     }
 }
@@ -691,6 +692,7 @@ impl Tool for ResetCodeSession {
             }],
             structured_json: None,
             is_error: false,
+            input_required: None,
         })
     }
 }

@@ -55,6 +55,7 @@ pub fn register(r: &mut Registry) {
     ] {
         r.register(Fixture(kind));
     }
+    register_mrtr(r);
     r.add_provider(Fixtures);
 }
 
@@ -234,6 +235,7 @@ impl Tool for Fixture {
             content,
             structured_json: None,
             is_error: false,
+            input_required: None,
         };
         Ok(match self.0 {
             Kind::SimpleText => text_result("This is a simple text response for testing."),
@@ -431,15 +433,29 @@ impl Provider for Fixtures {
             json!({"name": "test_prompt_with_embedded_resource", "description": "A prompt with an embedded resource",
                    "arguments": [{"name": "resourceUri", "description": "URI of the resource to embed", "required": true}]}),
             json!({"name": "test_prompt_with_image", "description": "A prompt with an image"}),
+            json!({"name": "test_input_required_result_prompt", "description": "A prompt that first asks the client for context (stateless era)"}),
         ]
     }
 
     fn get_prompt(
         &self,
-        _ctx: &ToolContext,
+        ctx: &ToolContext,
         name: &str,
         args: &Map<String, Value>,
     ) -> Option<Result<Value, CallError>> {
+        if name == "test_input_required_result_prompt" {
+            let a = ctx.input_responses();
+            return Some(Ok(
+                match accepted(&a, "user_context", "context").and_then(Value::as_str) {
+                    Some(c) => {
+                        json!({"messages": [{"role": "user", "content": {"type": "text", "text": format!("Use this context: {c}")}}]})
+                    }
+                    None => {
+                        json!({"inputRequests": {"user_context": elicit_req("What context should the prompt use?", "context", "string")}})
+                    }
+                },
+            ));
+        }
         let arg = |k: &str| -> Result<String, CallError> {
             args.get(k)
                 .and_then(Value::as_str)
@@ -486,5 +502,236 @@ impl Provider for Fixtures {
                 .map(|c| c.to_string())
                 .collect(),
         )
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Stateless era (2026-07-28): input-required rounds (SEP-2322). These tools never ask the
+// client directly; they return `input_required` and are run again with the answers.
+
+#[derive(Debug, Clone, Copy)]
+enum Mrtr {
+    Elicitation,
+    Sampling,
+    ListRoots,
+    RequestState,
+    MultipleInputs,
+    MultiRound,
+    TamperedState,
+    Capabilities,
+}
+
+#[derive(Debug)]
+struct MrtrFixture(Mrtr);
+
+fn elicit_req(message: &str, field: &str, ty: &str) -> Value {
+    json!({"method": "elicitation/create", "params": {"message": message,
+        "requestedSchema": {"type": "object", "properties": {field: {"type": ty}}, "required": [field]}}})
+}
+
+fn sampling_req(text: &str, max_tokens: u32) -> Value {
+    json!({"method": "sampling/createMessage", "params": {
+        "messages": [{"role": "user", "content": {"type": "text", "text": text}}], "maxTokens": max_tokens}})
+}
+
+fn roots_req() -> Value {
+    json!({"method": "roots/list", "params": {}})
+}
+
+/// The accepted value of `field` in an elicitation answer.
+fn accepted<'a>(answers: &'a Map<String, Value>, key: &str, field: &str) -> Option<&'a Value> {
+    let a = answers.get(key)?;
+    (a.get("action").and_then(Value::as_str) == Some("accept"))
+        .then(|| a.get("content")?.get(field))
+        .flatten()
+}
+
+fn sampled(answers: &Map<String, Value>, key: &str) -> Option<String> {
+    let c = answers.get(key)?.get("content")?;
+    Some(
+        c.get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+fn rooted(answers: &Map<String, Value>, key: &str) -> Option<usize> {
+    answers.get(key)?.get("roots")?.as_array().map(Vec::len)
+}
+
+impl MrtrFixture {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Mrtr::Elicitation => "test_input_required_result_elicitation",
+            Mrtr::Sampling => "test_input_required_result_sampling",
+            Mrtr::ListRoots => "test_input_required_result_list_roots",
+            Mrtr::RequestState => "test_input_required_result_request_state",
+            Mrtr::MultipleInputs => "test_input_required_result_multiple_inputs",
+            Mrtr::MultiRound => "test_input_required_result_multi_round",
+            Mrtr::TamperedState => "test_input_required_result_tampered_state",
+            Mrtr::Capabilities => "test_input_required_result_capabilities",
+        }
+    }
+}
+
+impl Tool for MrtrFixture {
+    fn descriptor(&self) -> ToolDescriptor {
+        ToolDescriptor {
+            name: self.name().into(),
+            title: None,
+            description: "Asks the client for input with an InputRequiredResult (stateless era)"
+                .into(),
+            input_schema_json: empty_schema().to_string(),
+            output_schema_json: None,
+            annotations: ToolAnnotations {
+                read_only: true,
+                ..ToolAnnotations::default()
+            },
+            access: ToolAccess::None,
+            path_args: vec![],
+            exec_args: None,
+            client_capabilities: vec![],
+        }
+    }
+
+    fn call(&self, ctx: &ToolContext, _args: Value) -> Result<ToolResult, CallError> {
+        if !ctx.is_stateless() {
+            return Ok(error_result(
+                "This tool demonstrates input-required results of the 2026-07-28 protocol",
+            ));
+        }
+        let a = ctx.input_responses();
+        let state = ctx.request_state();
+        Ok(match self.0 {
+            Mrtr::Elicitation => match accepted(&a, "user_name", "name").and_then(Value::as_str) {
+                Some(name) => text_result(format!("Hello, {name}!")),
+                None => super::input_required(
+                    json!({"user_name": elicit_req("What is your name?", "name", "string")}),
+                    None,
+                ),
+            },
+            Mrtr::Sampling => match sampled(&a, "capital_question") {
+                Some(t) => text_result(format!("The model answered: {t}")),
+                None => super::input_required(
+                    json!({"capital_question": sampling_req("What is the capital of France?", 100)}),
+                    None,
+                ),
+            },
+            Mrtr::ListRoots => match rooted(&a, "client_roots") {
+                Some(n) => text_result(format!("The client has {n} root(s)")),
+                None => super::input_required(json!({"client_roots": roots_req()}), None),
+            },
+            Mrtr::RequestState | Mrtr::TamperedState => {
+                let tag: &[u8] = if matches!(self.0, Mrtr::RequestState) {
+                    b"confirm-v1"
+                } else {
+                    b"tamper-check-v1"
+                };
+                match (state, accepted(&a, "confirm", "ok")) {
+                    (Some(s), Some(ok)) if s == tag => {
+                        text_result(format!("state-ok (confirmed: {ok})"))
+                    }
+                    _ => super::input_required(
+                        json!({"confirm": elicit_req("Please confirm", "ok", "boolean")}),
+                        Some(tag.to_vec()),
+                    ),
+                }
+            }
+            Mrtr::MultipleInputs => {
+                let name = accepted(&a, "user_name", "name").and_then(Value::as_str);
+                let greeting = sampled(&a, "greeting");
+                let roots = rooted(&a, "client_roots");
+                match (state, name, greeting, roots) {
+                    (Some(b"multi-v1"), Some(n), Some(g), Some(r)) => {
+                        text_result(format!("{g} {n} ({r} root(s))"))
+                    }
+                    _ => super::input_required(
+                        json!({
+                            "user_name": elicit_req("What is your name?", "name", "string"),
+                            "greeting": sampling_req("Generate a greeting", 50),
+                            "client_roots": roots_req()
+                        }),
+                        Some(b"multi-v1".to_vec()),
+                    ),
+                }
+            }
+            Mrtr::MultiRound => {
+                let round2 = state.and_then(|s| s.strip_prefix(b"round2:"));
+                match (state, round2) {
+                    (_, Some(name)) => match accepted(&a, "step2", "color").and_then(Value::as_str)
+                    {
+                        Some(color) => text_result(format!(
+                            "Hello {}, your favorite color is {color}",
+                            String::from_utf8_lossy(name)
+                        )),
+                        None => super::input_required(
+                            json!({"step2": elicit_req("Step 2: What is your favorite color?", "color", "string")}),
+                            state.map(<[u8]>::to_vec),
+                        ),
+                    },
+                    (Some(b"round1"), None) => {
+                        match accepted(&a, "step1", "name").and_then(Value::as_str) {
+                            Some(name) => super::input_required(
+                                json!({"step2": elicit_req("Step 2: What is your favorite color?", "color", "string")}),
+                                Some([b"round2:".as_slice(), name.as_bytes()].concat()),
+                            ),
+                            None => super::input_required(
+                                json!({"step1": elicit_req("Step 1: What is your name?", "name", "string")}),
+                                Some(b"round1".to_vec()),
+                            ),
+                        }
+                    }
+                    _ => super::input_required(
+                        json!({"step1": elicit_req("Step 1: What is your name?", "name", "string")}),
+                        Some(b"round1".to_vec()),
+                    ),
+                }
+            }
+            Mrtr::Capabilities => {
+                // Ask only for what the client declared it can do.
+                let mut req = Map::new();
+                let mut done = true;
+                if ctx.client_has("elicitation") {
+                    req.insert(
+                        "user_name".into(),
+                        elicit_req("What is your name?", "name", "string"),
+                    );
+                    done &= accepted(&a, "user_name", "name").is_some();
+                }
+                if ctx.client_has("sampling") {
+                    req.insert(
+                        "capital_question".into(),
+                        sampling_req("What is the capital of France?", 100),
+                    );
+                    done &= sampled(&a, "capital_question").is_some();
+                }
+                if ctx.client_has("roots") {
+                    req.insert("client_roots".into(), roots_req());
+                    done &= rooted(&a, "client_roots").is_some();
+                }
+                if req.is_empty() || done {
+                    text_result("Everything the client can provide was provided")
+                } else {
+                    super::input_required(Value::Object(req), None)
+                }
+            }
+        })
+    }
+}
+
+/// Register the input-required fixtures.
+fn register_mrtr(r: &mut Registry) {
+    for k in [
+        Mrtr::Elicitation,
+        Mrtr::Sampling,
+        Mrtr::ListRoots,
+        Mrtr::RequestState,
+        Mrtr::MultipleInputs,
+        Mrtr::MultiRound,
+        Mrtr::TamperedState,
+        Mrtr::Capabilities,
+    ] {
+        r.register(MrtrFixture(k));
     }
 }

@@ -181,6 +181,7 @@ pub(crate) fn render(f: &Finished, timeout: Duration) -> ToolResult {
         content: vec![Content::Text { text }],
         structured_json: Some(structured.to_string()),
         is_error: f.stopped.is_some() || exit_code != Some(0),
+        input_required: None,
     }
 }
 

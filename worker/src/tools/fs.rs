@@ -827,6 +827,7 @@ fn read_media_file(ctx: &ToolContext, args: Value) -> Outcome {
         content: vec![content],
         structured_json: None,
         is_error: false,
+        input_required: None,
     })
 }
 

@@ -63,6 +63,7 @@ pub struct ToolContext {
     cancelled: Arc<AtomicBool>,
     progress: Option<ProgressFn>,
     link: Option<Arc<dyn ClientLink>>,
+    input: Option<Arc<mcpd_ipc::InputRound>>,
 }
 
 impl std::fmt::Debug for ToolContext {
@@ -90,7 +91,47 @@ impl ToolContext {
             cancelled,
             progress,
             link: None,
+            input: None,
         }
+    }
+
+    /// The same context for a stateless-era request (capabilities, answers of the last round).
+    pub fn with_input(mut self, input: Option<mcpd_ipc::InputRound>) -> Self {
+        self.input = input.map(Arc::new);
+        self
+    }
+
+    /// Whether this is a stateless-era request: the tool cannot ask the client directly and
+    /// returns [`input_required`] instead.
+    pub fn is_stateless(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// Stateless era: whether the client declared a capability for this request.
+    pub fn client_has(&self, capability: &str) -> bool {
+        self.input.as_ref().is_some_and(|i| {
+            serde_json::from_str::<serde_json::Value>(&i.client_caps_json)
+                .ok()
+                .is_some_and(|c| c.get(capability).is_some())
+        })
+    }
+
+    /// Stateless era: the client's answers (`inputResponses`) of the last round.
+    pub fn input_responses(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.input
+            .as_ref()
+            .and_then(|i| i.responses_json.as_deref())
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| match v {
+                serde_json::Value::Object(m) => Some(m),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stateless era: the state this tool asked to get back (integrity already verified).
+    pub fn request_state(&self) -> Option<&[u8]> {
+        self.input.as_ref().and_then(|i| i.state.as_deref())
     }
 
     /// The same context, able to log to and ask the client.
@@ -290,6 +331,7 @@ pub fn text_result(text: impl Into<String>) -> ToolResult {
         content: vec![Content::Text { text: text.into() }],
         structured_json: None,
         is_error: false,
+        input_required: None,
     }
 }
 
@@ -299,6 +341,21 @@ pub fn error_result(text: impl Into<String>) -> ToolResult {
         content: vec![Content::Text { text: text.into() }],
         structured_json: None,
         is_error: true,
+        input_required: None,
+    }
+}
+
+/// A stateless-era "input required" result: the client answers `requests` (an object of
+/// `{method, params}`) and retries, bringing `state` back (sealed by the broker).
+pub fn input_required(requests: serde_json::Value, state: Option<Vec<u8>>) -> ToolResult {
+    ToolResult {
+        content: Vec::new(),
+        structured_json: None,
+        is_error: false,
+        input_required: Some(mcpd_ipc::InputRequired {
+            requests_json: requests.to_string(),
+            state,
+        }),
     }
 }
 

@@ -85,6 +85,7 @@ use tokio::sync::oneshot;
 
 pub use keys::generate_key;
 pub use read::{discover_files, query, read_records, Query};
+pub use record::now_rfc3339;
 pub use verify::{verify, verify_with_head, FailureKind, VerifyFailure, VerifyReport};
 
 use writer::{Msg, Pending, State, Writer};

@@ -41,7 +41,7 @@ pub(crate) fn record_hash(without_hash: &Map<String, Value>) -> String {
 }
 
 /// Current time as RFC 3339 UTC with microseconds, e.g. `2025-01-31T12:00:00.123456Z`.
-pub(crate) fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -660,6 +660,7 @@ async fn post_stateless(
     let name_key = match method {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" => Some("uri"),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     };
     if let Some(k) = name_key {
@@ -677,6 +678,22 @@ async fn post_stateless(
         Ok(s) => s,
         Err(r) => return r,
     };
+    // (6) arguments a tool mirrors into headers (`x-mcp-header`) must match them.
+    if method == "tools/call" {
+        if let Some(name) = params.get("name").and_then(Value::as_str) {
+            if let Some(schema) = hs.session.tool_input_schema(name).await {
+                let args = params.get("arguments").and_then(Value::as_object);
+                if let Err(h) = check_param_headers(&schema, args, headers) {
+                    return stateless_error(
+                        rid,
+                        HEADER_MISMATCH,
+                        "Header mismatch: an Mcp-Param header does not match its argument",
+                        json!({"header": h}),
+                    );
+                }
+            }
+        }
+    }
     let busy = Busy::new(&hs);
     let is_request = obj.contains_key("id");
     if !is_request {
@@ -709,6 +726,49 @@ async fn post_stateless(
         true,
     )
     .await
+}
+
+/// Decode an `Mcp-Param-*` header value: `=?base64?<standard base64>?=` or a literal.
+/// `Err` for a base64 form that does not decode (bad padding, bad characters, not UTF-8).
+fn param_header_value(v: &str) -> Result<String, ()> {
+    use base64::Engine as _;
+    match v
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| ())
+            .and_then(|b| String::from_utf8(b).map_err(|_| ())),
+        None => Ok(v.to_string()),
+    }
+}
+
+/// Check the `Mcp-Param-<Name>` headers of string arguments whose schema says
+/// `"x-mcp-header": "<Name>"`: present and equal whenever the argument is. `Err(header)`.
+fn check_param_headers(
+    schema: &Value,
+    args: Option<&serde_json::Map<String, Value>>,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    for (prop, def) in props.iter().take(256) {
+        let Some(hname) = def.get("x-mcp-header").and_then(Value::as_str) else {
+            continue;
+        };
+        let Some(arg) = args.and_then(|a| a.get(prop)).and_then(Value::as_str) else {
+            continue;
+        };
+        let header = format!("mcp-param-{}", hname.to_ascii_lowercase());
+        let got = header_str(headers, &header).map(str::trim);
+        match got.map(param_header_value) {
+            Some(Ok(v)) if v == arg => {}
+            _ => return Err(format!("Mcp-Param-{hname}")),
+        }
+    }
+    Ok(())
 }
 
 /// Run one request on a session and answer it: one JSON body, or (for `tools/call` when the

@@ -13,6 +13,7 @@ mod session;
 mod stdio;
 mod supervisor;
 mod sys;
+mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -175,6 +175,7 @@ struct Inner {
     inflight: Mutex<HashMap<Id, (Arc<Worker>, u64)>>,
     client_pending: Mutex<HashMap<Id, ClientPending>>,
     next_client_request: std::sync::atomic::AtomicU64,
+    mcp_tasks: Mutex<crate::tasks::Tasks>,
     slots: Arc<Semaphore>,
     tasks: tokio::sync::watch::Sender<usize>,
     opened: Instant,
@@ -268,6 +269,7 @@ impl Session {
                 inflight: Mutex::default(),
                 client_pending: Mutex::default(),
                 next_client_request: std::sync::atomic::AtomicU64::new(1),
+                mcp_tasks: Mutex::default(),
                 slots: Arc::new(Semaphore::new(slots.max(1))),
                 tasks: tokio::sync::watch::Sender::new(0),
                 opened: Instant::now(),
@@ -920,7 +922,10 @@ impl Session {
                 jsonrpc::response(id, self.discover()),
             ),
             "tools/list" => self.tools_list(id, params, rec).await,
-            "tools/call" => self.tools_call(id, params, rec, Some(&st)).await,
+            "tools/call" => self.call_or_task(id, params, rec, &st).await,
+            "tasks/get" | "tasks/update" | "tasks/cancel" => {
+                self.tasks_request(id, method, &params, rec, &st)
+            }
             "resources/list"
             | "resources/templates/list"
             | "resources/read"
@@ -941,6 +946,7 @@ impl Session {
             }
         };
         if let Some(r) = response.get_mut("result").and_then(Value::as_object_mut) {
+            r.remove("_inTask");
             r.entry("resultType").or_insert_with(|| json!("complete"));
             if matches!(
                 method,
@@ -955,6 +961,17 @@ impl Session {
             }
         }
         (rec, response)
+    }
+
+    /// The input schema of a tool this client may see (for transports that check headers
+    /// derived from it).
+    pub async fn tool_input_schema(&self, name: &str) -> Option<Value> {
+        let worker = self.worker().await.ok()?;
+        let t = worker.tools().iter().find(|t| t.name == name)?;
+        if self.visible(std::slice::from_ref(t)).is_empty() {
+            return None;
+        }
+        serde_json::from_str(&t.input_schema_json).ok()
     }
 
     /// The client's answers and the verified state of an input-required retry.
@@ -1009,10 +1026,227 @@ impl Session {
             return None;
         }
         let mut v = json!({"resultType": "input_required", "inputRequests": requests});
+        if ir.in_task {
+            // Internal marker for the task runner (removed before anything reaches a client).
+            v["_inTask"] = json!(true);
+        }
         if let Some(state) = &ir.state {
             v["requestState"] = json!(crate::seal::seal(self.inner.client.as_str(), scope, state));
         }
         Some(v)
+    }
+
+    /// `tools/call` in the stateless era: a task when the tool supports tasks and the request
+    /// declares the extension, else an ordinary call.
+    async fn call_or_task(
+        &self,
+        id: &Id,
+        params: Map<String, Value>,
+        rec: Rec,
+        st: &Stateless,
+    ) -> (Rec, Value) {
+        use crate::tasks::{self, Task};
+        use mcpd_ipc::TaskSupport;
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let name = name.as_str();
+        let support = match self.worker().await {
+            Ok(w) => w
+                .tools()
+                .iter()
+                .find(|t| t.name == name)
+                .filter(|t| self.visible(std::slice::from_ref(*t)).len() == 1)
+                .map(|t| t.task_support),
+            Err(_) => None,
+        };
+        match (support, tasks::declared(st)) {
+            (Some(TaskSupport::Required), false) => {
+                let mut e = jsonrpc::error(
+                    id.to_value(),
+                    MISSING_CAPABILITY,
+                    "This tool runs only as a task: declare the tasks extension",
+                );
+                e["error"]["data"] = tasks::required_capability();
+                return (rec.deny("missing_client_capability"), e);
+            }
+            (Some(TaskSupport::Optional | TaskSupport::Required), true) => {}
+            _ => return self.tools_call(id, params, rec, Some(st)).await,
+        }
+        if let Ok(mut t) = self.inner.mcp_tasks.lock() {
+            t.expire();
+            if t.full() {
+                return (
+                    rec.outcome("limit"),
+                    jsonrpc::error(id.to_value(), INTERNAL_ERROR, "Too many tasks"),
+                );
+            }
+        }
+        let task_id = crate::auditing::random_id();
+        let run_id = Id::Str(format!("task:{task_id}"));
+        let started = Instant::now();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        {
+            let s = self.clone();
+            let (p, st, rid) = (params.clone(), st.clone(), run_id.clone());
+            tokio::spawn(async move {
+                let r = s.tools_call(&rid, p, rec, Some(&st)).await;
+                let _ = tx.send(r);
+            });
+        }
+        // A tool that needs input before any work starts answers at once: that is an input
+        // round of the request itself, not a task.
+        let early = tokio::time::timeout(tasks::DECIDE_WINDOW, &mut rx).await;
+        if let Ok(Ok((rec, resp))) = &early {
+            let result = &resp["result"];
+            let round = result.get("resultType").and_then(Value::as_str) == Some("input_required")
+                && result.get("_inTask").is_none();
+            if round || resp.get("result").is_none() {
+                let mut out = resp.clone();
+                out["id"] = id.to_value();
+                let rec = Rec {
+                    method: rec.method.clone(),
+                    tool: rec.tool.clone(),
+                    args_digest: rec.args_digest.clone(),
+                    args_preview: rec.args_preview.clone(),
+                    decision: rec.decision.clone(),
+                    outcome: rec.outcome,
+                    paths: rec.paths.clone(),
+                    command: rec.command.clone(),
+                    limit: rec.limit,
+                };
+                return (rec, out);
+            }
+        }
+        let mut task = Task::new(params, run_id, st.clone());
+        let created = task.to_json(&task_id, true);
+        let mut create_rec = Rec::new("tools/call");
+        create_rec.tool = Some(printable(name));
+        create_rec = create_rec.allow("tasks").outcome("task_created");
+        match early {
+            Ok(Ok((rec, resp))) => {
+                task.finish_run(&resp);
+                if let Ok(mut t) = self.inner.mcp_tasks.lock() {
+                    t.insert(task_id.clone(), task);
+                }
+                let s = self.clone();
+                tokio::spawn(async move { s.finish(None, started, rec, Value::Null).await });
+            }
+            Ok(Err(_)) => {
+                return (
+                    create_rec,
+                    jsonrpc::error(id.to_value(), INTERNAL_ERROR, "Internal error"),
+                )
+            }
+            Err(_) => {
+                if let Ok(mut t) = self.inner.mcp_tasks.lock() {
+                    t.insert(task_id.clone(), task);
+                }
+                self.watch_task(task_id.clone(), rx, started);
+            }
+        }
+        (create_rec, jsonrpc::response(id, created))
+    }
+
+    /// When a task's run ends: record its outcome, audit it.
+    fn watch_task(
+        &self,
+        task_id: String,
+        rx: tokio::sync::oneshot::Receiver<(Rec, Value)>,
+        started: Instant,
+    ) {
+        let s = self.clone();
+        tokio::spawn(async move {
+            let Ok((rec, resp)) = rx.await else { return };
+            if let Ok(mut t) = s.inner.mcp_tasks.lock() {
+                if let Some(task) = t.get_mut(&task_id) {
+                    task.finish_run(&resp);
+                }
+            }
+            s.finish(None, started, rec, Value::Null).await;
+        });
+    }
+
+    /// tasks/get, tasks/update, tasks/cancel.
+    fn tasks_request(
+        &self,
+        id: &Id,
+        method: &str,
+        params: &Map<String, Value>,
+        rec: Rec,
+        st: &Stateless,
+    ) -> (Rec, Value) {
+        use crate::tasks;
+        if !tasks::declared(st) {
+            let mut e = jsonrpc::error(
+                id.to_value(),
+                MISSING_CAPABILITY,
+                "The tasks extension is not declared by this request",
+            );
+            e["error"]["data"] = tasks::required_capability();
+            return (rec.deny("missing_client_capability"), e);
+        }
+        let Some(task_id) = params.get("taskId").and_then(Value::as_str) else {
+            return (
+                rec,
+                jsonrpc::error(
+                    id.to_value(),
+                    INVALID_PARAMS,
+                    "Invalid params: taskId must be a string",
+                ),
+            );
+        };
+        let mut rerun = None;
+        let answer = {
+            let Ok(mut all) = self.inner.mcp_tasks.lock() else {
+                return (
+                    rec,
+                    jsonrpc::error(id.to_value(), INTERNAL_ERROR, "Internal error"),
+                );
+            };
+            all.expire();
+            let Some(t) = all.get_mut(task_id) else {
+                let mut e = jsonrpc::error(id.to_value(), INVALID_PARAMS, "Unknown task");
+                e["error"]["data"] = json!({"taskId": printable(task_id)});
+                return (rec, e);
+            };
+            match method {
+                "tasks/get" => t.to_json(task_id, false),
+                "tasks/update" => {
+                    let answers = params
+                        .get("inputResponses")
+                        .and_then(Value::as_object)
+                        .cloned()
+                        .unwrap_or_default();
+                    if t.update(&answers) {
+                        let n = crate::auditing::random_id();
+                        t.run_id = Id::Str(format!("task:{task_id}:{n}"));
+                        rerun = Some((t.run_id.clone(), t.rerun_params(), t.ctx.clone()));
+                    }
+                    json!({})
+                }
+                _ => {
+                    if t.cancel() {
+                        self.cancel(&t.run_id);
+                    }
+                    json!({})
+                }
+            }
+        };
+        if let Some((run_id, p, st)) = rerun {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let s = self.clone();
+            tokio::spawn(async move {
+                let mut r = Rec::new("tools/call");
+                r.tool = p.get("name").and_then(Value::as_str).map(printable);
+                let out = s.tools_call(&run_id, p, r, Some(&st)).await;
+                let _ = tx.send(out);
+            });
+            self.watch_task(task_id.to_string(), rx, Instant::now());
+        }
+        (rec.allow("tasks"), jsonrpc::response(id, answer))
     }
 
     /// The `server/discover` result.
@@ -1025,7 +1259,8 @@ impl Session {
                 "resources": {},
                 "prompts": {},
                 "completions": {},
-                "logging": {}
+                "logging": {},
+                "extensions": {crate::tasks::TASKS_EXT: {}}
             },
             "instructions": "Tools run in a per-client sandbox. Paths must lie within the directories listed by list_allowed_directories.",
             "ttlMs": TTL_MS,
@@ -1750,6 +1985,7 @@ impl Session {
                 let ir = state.ok().map(|state| mcpd_ipc::InputRequired {
                     requests_json: answer["inputRequests"].to_string(),
                     state,
+                    in_task: false,
                 });
                 ir.and_then(|ir| self.input_required_json(&format!("prompt:{name}"), &ir))
                     .ok_or_else(malformed)
@@ -1883,6 +2119,11 @@ fn tool_json(t: &ToolDescriptor) -> Value {
     });
     if let Some(title) = &t.title {
         v["title"] = json!(title);
+    }
+    match t.task_support {
+        mcpd_ipc::TaskSupport::Forbidden => {}
+        mcpd_ipc::TaskSupport::Optional => v["execution"] = json!({"taskSupport": "optional"}),
+        mcpd_ipc::TaskSupport::Required => v["execution"] = json!({"taskSupport": "required"}),
     }
     if let Some(o) = t
         .output_schema_json

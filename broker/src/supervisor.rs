@@ -764,6 +764,7 @@ mod tests {
             path_args: vec![],
             exec_args: None,
             client_capabilities: vec![],
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
         }
     }
 

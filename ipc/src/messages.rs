@@ -347,6 +347,20 @@ pub struct ToolDescriptor {
     /// Client capabilities the tool needs (`sampling`, `elicitation`, `roots`); a stateless
     /// request whose client lacks one is refused with -32021 before the worker is asked.
     pub client_capabilities: Vec<String>,
+    /// Whether a call may run as a task (tasks extension, stateless era).
+    pub task_support: TaskSupport,
+}
+
+/// Task support of a tool (`io.modelcontextprotocol/tasks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TaskSupport {
+    /// Always synchronous.
+    #[default]
+    Forbidden,
+    /// A task when the client declares the extension, else synchronous.
+    Optional,
+    /// Only as a task: without the extension the call is refused (-32021).
+    Required,
 }
 
 /// Names of the arguments of a command or code tool that the policy decides on.
@@ -435,6 +449,9 @@ pub struct InputRequired {
     /// Opaque state to receive back with the retry; the broker seals it (HMAC, bound to the
     /// principal and the tool) so the client can carry it but not alter it.
     pub state: Option<Vec<u8>>,
+    /// The input is needed by running work (a task goes `input_required` and is resumed by
+    /// `tasks/update`), not before the work starts (an `InputRequiredResult` round).
+    pub in_task: bool,
 }
 
 /// MCP content blocks.

@@ -66,6 +66,7 @@ impl Tool for WordCount {
             }],
             exec_args: None,
             client_capabilities: vec![],
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
         }
     }
 

@@ -503,6 +503,7 @@ impl Tool for RunCode {
                 ..ExecArgs::default()
             }),
             client_capabilities: vec![],
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
         }
     }
 
@@ -671,6 +672,7 @@ impl Tool for ResetCodeSession {
                 ..ExecArgs::default()
             }),
             client_capabilities: vec![],
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
         }
     }
 

@@ -52,10 +52,12 @@ pub fn register(r: &mut Registry) {
         Kind::MissingCapability,
         Kind::StreamingElicitation,
         Kind::LoggingTool,
+        Kind::CustomHeader,
     ] {
         r.register(Fixture(kind));
     }
     register_mrtr(r);
+    register_tasks(r);
     r.add_provider(Fixtures);
 }
 
@@ -78,6 +80,7 @@ enum Kind {
     MissingCapability,
     StreamingElicitation,
     LoggingTool,
+    CustomHeader,
 }
 
 #[derive(Debug)]
@@ -183,6 +186,11 @@ impl Fixture {
                 "Logs at info level (delivered only at the request's log level)",
                 empty_schema(),
             ),
+            Kind::CustomHeader => (
+                "test_custom_header_tool",
+                "Its region argument is mirrored in the Mcp-Param-Region header",
+                json!({"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}, "required": ["region"]}),
+            ),
         }
     }
 }
@@ -222,6 +230,7 @@ impl Tool for Fixture {
                 Kind::StreamingElicitation => vec!["elicitation".into()],
                 _ => vec![],
             },
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
         }
     }
 
@@ -370,6 +379,10 @@ impl Tool for Fixture {
                 ctx.log(LogLevel::Info, json!("test_logging_tool ran"));
                 text_result("Logged one message")
             }
+            Kind::CustomHeader => text_result(format!(
+                "Region: {}",
+                args.get("region").and_then(Value::as_str).unwrap_or("")
+            )),
         })
     }
 }
@@ -592,6 +605,7 @@ impl Tool for MrtrFixture {
             path_args: vec![],
             exec_args: None,
             client_capabilities: vec![],
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
         }
     }
 
@@ -733,5 +747,201 @@ fn register_mrtr(r: &mut Registry) {
         Mrtr::Capabilities,
     ] {
         r.register(MrtrFixture(k));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Tasks extension (`io.modelcontextprotocol/tasks`) fixtures. The broker decides whether a call
+// runs as a task (the tool's task support and the request's capabilities); the tools only do
+// their work, ask for input, honour cancellation.
+
+#[derive(Debug, Clone, Copy)]
+enum TaskKind {
+    Greet,
+    SlowCompute,
+    FailingJob,
+    ProtocolErrorJob,
+    ConfirmDelete,
+    MultiInput,
+    ToolWithTask,
+}
+
+#[derive(Debug)]
+struct TaskFixture(TaskKind);
+
+fn elicit_bool(message: &str, field: &str) -> Value {
+    elicit_req(message, field, "boolean")
+}
+
+impl Tool for TaskFixture {
+    fn descriptor(&self) -> ToolDescriptor {
+        use mcpd_ipc::TaskSupport::{Forbidden, Optional, Required};
+        let (name, description, schema, support) = match self.0 {
+            TaskKind::Greet => (
+                "greet",
+                "Greets by name (always synchronous)",
+                json!({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}),
+                Forbidden,
+            ),
+            TaskKind::SlowCompute => (
+                "slow_compute",
+                "Works for a number of seconds (a task when the client supports tasks)",
+                json!({"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0}, "label": {"type": "string"}}}),
+                Optional,
+            ),
+            TaskKind::FailingJob => (
+                "failing_job",
+                "A task that ends with a tool error",
+                empty_schema(),
+                Required,
+            ),
+            TaskKind::ProtocolErrorJob => (
+                "protocol_error_job",
+                "A task that ends with a protocol error",
+                empty_schema(),
+                Required,
+            ),
+            TaskKind::ConfirmDelete => (
+                "confirm_delete",
+                "A task that asks for confirmation before it finishes",
+                json!({"type": "object", "properties": {"filename": {"type": "string"}}}),
+                Required,
+            ),
+            TaskKind::MultiInput => (
+                "multi_input",
+                "A task that asks two questions at once",
+                empty_schema(),
+                Required,
+            ),
+            TaskKind::ToolWithTask => (
+                "test_tool_with_task",
+                "Asks for a name, then works as a task",
+                empty_schema(),
+                Required,
+            ),
+        };
+        ToolDescriptor {
+            name: name.into(),
+            title: None,
+            description: description.into(),
+            input_schema_json: schema.to_string(),
+            output_schema_json: None,
+            annotations: ToolAnnotations::default(),
+            access: ToolAccess::None,
+            path_args: vec![],
+            exec_args: None,
+            client_capabilities: vec![],
+            task_support: support,
+        }
+    }
+
+    fn call(&self, ctx: &ToolContext, args: Value) -> Result<ToolResult, CallError> {
+        let a = ctx.input_responses();
+        Ok(match self.0 {
+            TaskKind::Greet => text_result(format!(
+                "Hello, {}!",
+                args.get("name").and_then(Value::as_str).unwrap_or("world")
+            )),
+            TaskKind::SlowCompute => {
+                let secs = args
+                    .get("seconds")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(1.0)
+                    .clamp(0.0, 3600.0);
+                let label = args.get("label").and_then(Value::as_str).unwrap_or("job");
+                let until = std::time::Instant::now() + Duration::from_secs_f64(secs);
+                while std::time::Instant::now() < until {
+                    if ctx.is_cancelled() {
+                        return Ok(error_result("cancelled"));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                text_result(format!("Computed {label} in {secs} s"))
+            }
+            TaskKind::FailingJob => {
+                std::thread::sleep(Duration::from_millis(1000));
+                error_result("The job failed (as designed)")
+            }
+            TaskKind::ProtocolErrorJob => {
+                std::thread::sleep(Duration::from_millis(200));
+                return Err(CallError {
+                    kind: mcpd_ipc::CallErrorKind::Internal,
+                    message: "the job hit a protocol error (as designed)".into(),
+                });
+            }
+            TaskKind::ConfirmDelete => {
+                let file = args
+                    .get("filename")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the file");
+                match accepted(&a, "confirm", "confirm").and_then(Value::as_bool) {
+                    Some(true) => text_result(format!(
+                        "Deleted {file} (pretend: this fixture touches nothing)"
+                    )),
+                    Some(false) => text_result(format!("Kept {file}")),
+                    None => super::task_input_required(
+                        json!({"confirm": elicit_bool(&format!("Delete {file}?"), "confirm")}),
+                        None,
+                    ),
+                }
+            }
+            TaskKind::MultiInput => {
+                // Any answer counts (the content's shape is the client's business).
+                let answer = |k: &str| {
+                    a.get(k).map(|v| {
+                        v.get("content")
+                            .and_then(|c| c.get("answer"))
+                            .and_then(Value::as_str)
+                            .map_or_else(|| v.to_string(), str::to_string)
+                    })
+                };
+                let (first, second) = (answer("first"), answer("second"));
+                if let (Some(f), Some(s)) = (&first, &second) {
+                    text_result(format!("Answers: {f}, {s}"))
+                } else {
+                    let mut req = Map::new();
+                    if first.is_none() {
+                        req.insert(
+                            "first".into(),
+                            elicit_req("First question?", "answer", "string"),
+                        );
+                    }
+                    if second.is_none() {
+                        req.insert(
+                            "second".into(),
+                            elicit_req("Second question?", "answer", "string"),
+                        );
+                    }
+                    super::task_input_required(Value::Object(req), None)
+                }
+            }
+            TaskKind::ToolWithTask => {
+                match accepted(&a, "user_name", "name").and_then(Value::as_str) {
+                    // The input round comes first (before any task exists), then the work.
+                    None => super::input_required(
+                        json!({"user_name": elicit_req("What is your name?", "name", "string")}),
+                        None,
+                    ),
+                    Some(name) => {
+                        std::thread::sleep(Duration::from_millis(300));
+                        text_result(format!("Task finished for {name}"))
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn register_tasks(r: &mut Registry) {
+    for k in [
+        TaskKind::Greet,
+        TaskKind::SlowCompute,
+        TaskKind::FailingJob,
+        TaskKind::ProtocolErrorJob,
+        TaskKind::ConfirmDelete,
+        TaskKind::MultiInput,
+        TaskKind::ToolWithTask,
+    ] {
+        r.register(TaskFixture(k));
     }
 }

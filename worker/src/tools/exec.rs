@@ -270,6 +270,7 @@ impl Tool for RunCommand {
                 language: None,
             }),
             client_capabilities: vec![],
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
         }
     }
 
@@ -489,6 +490,7 @@ impl Tool for OperatorTool {
             path_args: self.spec.path_args.clone(),
             exec_args: None,
             client_capabilities: vec![],
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
         }
     }
 

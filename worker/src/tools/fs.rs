@@ -242,6 +242,7 @@ fn descriptor(
         path_args,
         exec_args: None,
         client_capabilities: vec![],
+        task_support: mcpd_ipc::TaskSupport::Forbidden,
     }
 }
 
@@ -1916,7 +1917,8 @@ mod tests {
     fn descriptors_are_well_formed() {
         let f = fx();
         let ds = f.reg.descriptors();
-        let names: Vec<_> = ds.iter().map(|d| d.name.as_str()).collect();
+        let mut names: Vec<_> = ds.iter().map(|d| d.name.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(names, ALL);
         for d in &ds {
             let schema: Value = serde_json::from_str(&d.input_schema_json).unwrap();

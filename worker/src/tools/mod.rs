@@ -6,7 +6,6 @@
 //! an open root directory (see [`paths`]) so that the kernel is the backstop, not the only check.
 //! A custom worker (see `examples/`) builds its own [`Registry`] with extra tools.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -244,13 +243,17 @@ pub trait Provider: Send + Sync {
 /// The set of tools (and providers) a worker offers, by name.
 #[derive(Default)]
 pub struct Registry {
-    tools: BTreeMap<String, Arc<dyn Tool>>,
+    /// In registration order (the order clients see in `tools/list`: deterministic, and chosen
+    /// by whoever builds the registry).
+    tools: Vec<(String, Arc<dyn Tool>)>,
     providers: Vec<Arc<dyn Provider>>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.tools.keys()).finish()
+        f.debug_list()
+            .entries(self.tools.iter().map(|(k, _)| k))
+            .finish()
     }
 }
 
@@ -275,7 +278,7 @@ impl Registry {
     /// already registered is refused (an operator tool never shadows a built-in one).
     pub fn add_operator_tools(&mut self, spec: &ExecSpec) -> Result<(), String> {
         for t in &spec.operator_tools {
-            if self.tools.contains_key(&t.name) {
+            if self.tools.iter().any(|(k, _)| *k == t.name) {
                 return Err(format!(
                     "operator tool '{}' has the name of a built-in tool",
                     t.name
@@ -289,7 +292,11 @@ impl Registry {
     /// Add a tool; a later tool with the same name replaces the earlier one.
     pub fn register(&mut self, tool: impl Tool + 'static) {
         let name = tool.descriptor().name;
-        self.tools.insert(name, Arc::new(tool));
+        let tool: Arc<dyn Tool> = Arc::new(tool);
+        match self.tools.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = tool,
+            None => self.tools.push((name, tool)),
+        }
     }
 
     /// Add a resource / prompt / completion provider (asked in registration order).
@@ -316,12 +323,15 @@ impl Registry {
 
     /// Look a tool up by name.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Tool>> {
-        self.tools.get(name).cloned()
+        self.tools
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, t)| t.clone())
     }
 
-    /// Every tool's descriptor, sorted by name.
+    /// Every tool's descriptor, in registration order.
     pub fn descriptors(&self) -> Vec<ToolDescriptor> {
-        self.tools.values().map(|t| t.descriptor()).collect()
+        self.tools.iter().map(|(_, t)| t.descriptor()).collect()
     }
 }
 
@@ -355,8 +365,19 @@ pub fn input_required(requests: serde_json::Value, state: Option<Vec<u8>>) -> To
         input_required: Some(mcpd_ipc::InputRequired {
             requests_json: requests.to_string(),
             state,
+            in_task: false,
         }),
     }
+}
+
+/// Input needed by work that runs as a task: the task goes `input_required` and the tool runs
+/// again with the answers the client sends with `tasks/update`.
+pub fn task_input_required(requests: serde_json::Value, state: Option<Vec<u8>>) -> ToolResult {
+    let mut r = input_required(requests, state);
+    if let Some(i) = r.input_required.as_mut() {
+        i.in_task = true;
+    }
+    r
 }
 
 /// An invalid-arguments error.

@@ -126,8 +126,6 @@ pub const MAX_SUBSCRIPTIONS: usize = 1024;
 pub const LIST_PAGE_SIZE: usize = 100;
 /// Most server→client requests waiting for an answer per session.
 pub const MAX_CLIENT_REQUESTS: usize = 64;
-/// How long the broker waits for the client to answer a server→client request.
-pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A server→client request waiting for the client's answer.
 struct ClientPending {
@@ -585,7 +583,10 @@ impl Session {
         // Give up after a while: the worker is told, and a late answer is ignored.
         let s = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(CLIENT_REQUEST_TIMEOUT).await;
+            tokio::time::sleep(Duration::from_secs(
+                s.inner.policy.client_request_timeout_secs,
+            ))
+            .await;
             let gone = s
                 .inner
                 .client_pending

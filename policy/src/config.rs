@@ -194,6 +194,9 @@ pub struct RawServer {
     pub max_message_bytes: Option<u64>,
     /// Seconds a session's worker may sit idle before it is reaped (it is restarted on demand).
     pub worker_idle_secs: Option<u64>,
+    /// Seconds the broker waits for the client to answer a server→client request (sampling,
+    /// elicitation, roots) before the tool is told it will not come (default 60).
+    pub client_request_timeout_secs: Option<u64>,
     /// Per-worker control groups: `"auto"` (default), `"off"`, or the absolute path of a
     /// delegated cgroup v2 directory.
     pub cgroup: Option<Spanned<String>>,

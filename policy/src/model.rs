@@ -159,6 +159,8 @@ pub struct Policy {
     pub max_message_bytes: u64,
     /// Worker idle time before reaping, seconds.
     pub worker_idle_secs: u64,
+    /// How long the client may take to answer a server→client request, seconds.
+    pub client_request_timeout_secs: u64,
     /// Warnings to print loudly at load (e.g. global write).
     pub warnings: Vec<String>,
     /// The audit log, when configured.
@@ -509,6 +511,10 @@ impl Policy {
                 .worker_idle_secs
                 .unwrap_or(DEFAULT_WORKER_IDLE_SECS)
                 .max(1),
+            client_request_timeout_secs: server
+                .client_request_timeout_secs
+                .unwrap_or(60)
+                .clamp(1, 3600),
             warnings,
             audit: None,
             operator_tools,

@@ -318,3 +318,205 @@ fn stdio_and_http_in_one_process() {
         .expect("mcpd did not exit on SIGTERM");
     assert!(st.success(), "{st:?}\n{}", srv.stderr());
 }
+
+fn stateless_headers<'a>(method: &'a str, name: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        JSON,
+        ACCEPT,
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", method),
+    ];
+    if let Some(n) = name {
+        h.push(("Mcp-Name", n));
+    }
+    h
+}
+
+fn meta(caps: Value) -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+           "io.modelcontextprotocol/clientCapabilities": caps})
+}
+
+#[test]
+fn stateless_requests_are_checked_in_order_and_get_http_statuses() {
+    let srv = HttpServer::start(&["--toolset", "conformance"]);
+    let post = |headers: Vec<(&str, &str)>, body: Value| {
+        let r = srv.request("POST", &headers, body.to_string().as_bytes());
+        let j = r.json();
+        (r.status, j)
+    };
+    let disc = |m: Value| json!({"jsonrpc": "2.0", "id": 7, "method": "server/discover", "params": {"_meta": m}});
+    // The envelope first (even when headers are also wrong)...
+    let (st, j) = post(
+        stateless_headers("server/discover", None),
+        json!({"jsonrpc": "2.0", "id": 7, "method": "server/discover", "params": {}}),
+    );
+    assert_eq!(
+        (st, j["error"]["code"].as_i64(), j["id"].as_i64()),
+        (400, Some(-32602), Some(7))
+    );
+    // ...then header vs envelope (-32020) before version support (-32022).
+    let (st, j) = post(
+        stateless_headers("server/discover", None),
+        disc(
+            json!({"io.modelcontextprotocol/protocolVersion": "v999", "io.modelcontextprotocol/clientCapabilities": {}}),
+        ),
+    );
+    assert_eq!((st, j["error"]["code"].as_i64()), (400, Some(-32020)));
+    let mut h = stateless_headers("server/discover", None);
+    h[2] = ("MCP-Protocol-Version", "v999");
+    let (st, j) = post(
+        h,
+        disc(
+            json!({"io.modelcontextprotocol/protocolVersion": "v999", "io.modelcontextprotocol/clientCapabilities": {}}),
+        ),
+    );
+    assert_eq!((st, j["error"]["code"].as_i64()), (400, Some(-32022)));
+    assert_eq!(j["error"]["data"]["requested"], "v999");
+    assert_eq!(j["error"]["data"]["supported"], json!(["2026-07-28"]));
+    // Mcp-Method must match, exactly.
+    let (st, j) = post(
+        stateless_headers("SERVER/DISCOVER", None),
+        disc(meta(json!({}))),
+    );
+    assert_eq!((st, j["error"]["code"].as_i64()), (400, Some(-32020)));
+    let (st, j) = post(
+        stateless_headers("server/discover", None),
+        disc(meta(json!({}))),
+    );
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(j["result"]["resultType"], "complete");
+    // Session-era methods are gone: 404 + -32601.
+    let (st, j) = post(
+        stateless_headers("ping", None),
+        json!({"jsonrpc": "2.0", "id": 8, "method": "ping", "params": {"_meta": meta(json!({}))}}),
+    );
+    assert_eq!((st, j["error"]["code"].as_i64()), (404, Some(-32601)));
+    // A tool that needs an undeclared capability: 400 + -32021, with what is missing.
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "test_missing_capability", "arguments": {}, "_meta": meta(json!({}))}});
+    let (st, j) = post(
+        stateless_headers("tools/call", Some("test_missing_capability")),
+        call.clone(),
+    );
+    assert_eq!((st, j["error"]["code"].as_i64()), (400, Some(-32021)));
+    assert!(
+        j["error"]["data"]["requiredCapabilities"]["sampling"].is_object(),
+        "{j}"
+    );
+    let (st, j) = post(stateless_headers("tools/call", Some("another_tool")), call);
+    assert_eq!((st, j["error"]["code"].as_i64()), (400, Some(-32020)));
+    // GET and DELETE belong to sessions.
+    for m in ["GET", "DELETE"] {
+        let r = srv.request(
+            m,
+            &[
+                ("Accept", "text/event-stream"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+            ],
+            b"",
+        );
+        assert_eq!(r.status, 405, "{m}");
+        assert_eq!(r.header("allow"), Some("POST"));
+    }
+}
+
+#[test]
+fn a_tampered_request_state_is_rejected() {
+    let srv = HttpServer::start(&["--toolset", "conformance"]);
+    let tool = "test_input_required_result_request_state";
+    let call = |extra: Value| {
+        let mut params =
+            json!({"name": tool, "arguments": {}, "_meta": meta(json!({"elicitation": {}}))});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params});
+        let r = srv.request(
+            "POST",
+            &stateless_headers("tools/call", Some(tool)),
+            body.to_string().as_bytes(),
+        );
+        let msgs: Vec<Value> = if r
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"))
+        {
+            r.sse_data()
+                .iter()
+                .filter(|d| !d.is_empty())
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect()
+        } else {
+            vec![r.json()]
+        };
+        msgs.into_iter().find(|m| m["id"] == 1).unwrap()
+    };
+    let first = call(json!({}));
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    let state = first["result"]["requestState"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answer = json!({"confirm": {"action": "accept", "content": {"ok": true}}});
+    let ok = call(json!({"inputResponses": answer, "requestState": state}));
+    assert!(
+        ok["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("state-ok"),
+        "{ok}"
+    );
+    // Any change to the state, or a state made for another tool, is refused.
+    let mut flipped = state.clone().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    for bad in [
+        format!("{state}-TAMPERED"),
+        String::from_utf8(flipped).unwrap(),
+        "x.y".into(),
+    ] {
+        let r = call(json!({"inputResponses": answer, "requestState": bad}));
+        assert_eq!(r["error"]["code"], -32602, "{r}");
+    }
+}
+
+#[test]
+fn an_elicitation_the_client_never_answers_times_out() {
+    let d = dirs();
+    let cfg = d.root.parent().unwrap().join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nclient_request_timeout_secs = 1\n[clients.local]\n",
+    )
+    .unwrap();
+    let srv = HttpServer::start(&["--config", s(&cfg), "--toolset", "conformance"]);
+    let r = srv.post(
+        None,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "e2e", "version": "0"}}}),
+    );
+    let sid = r.header("mcp-session-id").unwrap().to_string();
+    let started = std::time::Instant::now();
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_elicitation", "arguments": {"message": "Who?"}}}),
+    );
+    let msgs: Vec<Value> = r
+        .sse_data()
+        .iter()
+        .filter(|d| !d.is_empty())
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    // The request reached the client on the call's stream...
+    assert_eq!(msgs[0]["method"], "elicitation/create", "{msgs:?}");
+    // ...which never answered: the tool was told, and the call ended.
+    let last = msgs.last().unwrap();
+    assert_eq!(last["id"], 2);
+    assert_eq!(last["result"]["isError"], true);
+    assert!(
+        last["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer in time"),
+        "{last}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -1802,6 +1802,48 @@ impl Session {
                 .filter(|v| short(v, 8192))
                 .map(str::to_string)
         };
+        // Operator prompts (from the policy) are served by the broker itself.
+        let operator_prompts = self.inner.policy.prompts_for(&self.inner.client);
+        let operator_prompt = |n: &str| operator_prompts.iter().find(|p| p.name == n).copied();
+        if method == "prompts/get" {
+            if let Some(p) = str_param("name").as_deref().and_then(operator_prompt) {
+                let args = params
+                    .get("arguments")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                return match p.render(&args) {
+                    Ok(v) => (rec.allow("prompts"), jsonrpc::response(id, v)),
+                    Err(m) => (rec, err(INVALID_PARAMS, &format!("Invalid params: {m}"))),
+                };
+            }
+        }
+        if method == "completion/complete" {
+            let r = params.get("ref");
+            let prompt = (r.and_then(|r| r.get("type")).and_then(Value::as_str)
+                == Some("ref/prompt"))
+            .then(|| r.and_then(|r| r.get("name")).and_then(Value::as_str))
+            .flatten()
+            .and_then(operator_prompt);
+            if let Some(p) = prompt {
+                let a = params.get("argument");
+                let values = p.complete(
+                    a.and_then(|a| a.get("name"))
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                    a.and_then(|a| a.get("value"))
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                );
+                return (
+                    rec.allow("prompts"),
+                    jsonrpc::response(
+                        id,
+                        json!({"completion": {"values": values, "total": values.len(), "hasMore": false}}),
+                    ),
+                );
+            }
+        }
         let query = match method {
             "resources/list" => mcpd_ipc::Query::ListResources,
             "resources/templates/list" => mcpd_ipc::Query::ListResourceTemplates,
@@ -1958,7 +2000,16 @@ impl Session {
                     .ok_or_else(malformed)
             }
             "prompts/list" => valid_entries(&answer, "prompts", &["name"])
-                .map(|p| json!({"prompts": p}))
+                .map(|p| {
+                    let mut all: Vec<Value> =
+                        operator_prompts.iter().map(|op| op.listing()).collect();
+                    all.extend(p.into_iter().filter(|w| {
+                        !operator_prompts
+                            .iter()
+                            .any(|op| Some(op.name.as_str()) == w["name"].as_str())
+                    }));
+                    json!({"prompts": all})
+                })
                 .ok_or_else(malformed),
             "resources/read" => {
                 let ok = answer["contents"].as_array().is_some_and(|c| {

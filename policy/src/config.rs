@@ -104,6 +104,9 @@ pub struct RawConfig {
     pub tools: BTreeMap<String, Spanned<RawTool>>,
     /// The Streamable HTTP listener.
     pub http: Option<RawHttp>,
+    /// Operator-defined prompts by name.
+    #[serde(default)]
+    pub prompts: BTreeMap<String, Spanned<crate::prompts::RawPrompt>>,
 }
 
 /// `[http]`: the Streamable HTTP transport.

@@ -17,6 +17,7 @@ mod config;
 mod decide;
 mod exec;
 mod model;
+mod prompts;
 
 pub use config::{ConfigError, RawConfig};
 pub use decide::{Allow, Decision, DenyReason, ExecRequest, Request};
@@ -28,3 +29,4 @@ pub use model::{
     AuditSettings, Canonicalize, CgroupSetting, ClientId, Limits, Permissions, Policy, QuickStart,
     ToolSet, DEFAULT_CLIENT,
 };
+pub use prompts::Prompt;

@@ -173,6 +173,10 @@ pub struct Policy {
     pub http: HttpSettings,
     /// Extra tool sets (`--toolset NAME`), e.g. `conformance`. Never set by a default policy.
     pub toolsets: Vec<String>,
+    /// Operator-defined prompts.
+    pub prompts: BTreeMap<String, crate::prompts::Prompt>,
+    /// Which prompts each client may use.
+    prompt_grants: BTreeMap<ClientId, BTreeSet<String>>,
 }
 
 /// Streamable HTTP transport settings.
@@ -521,7 +525,45 @@ impl Policy {
             cgroup,
             http,
             toolsets: Vec::new(),
+            prompts: BTreeMap::new(),
+            prompt_grants: BTreeMap::new(),
         };
+        for (name, p) in &raw.prompts {
+            let prompt = crate::prompts::prompt(src, name, p)?;
+            for r in &p.get_ref().roles {
+                if !raw.roles.contains_key(r.get_ref()) {
+                    return Err(src.error(
+                        Some(r.span()),
+                        format!("prompts.{name}: unknown role '{}'", r.get_ref()),
+                    ));
+                }
+            }
+            for c in &p.get_ref().clients {
+                if !raw.clients.contains_key(c.get_ref()) {
+                    return Err(src.error(
+                        Some(c.span()),
+                        format!("prompts.{name}: unknown client '{}'", c.get_ref()),
+                    ));
+                }
+            }
+            for (cname, grant) in &raw.clients {
+                let by_role = grant
+                    .get_ref()
+                    .roles
+                    .iter()
+                    .any(|r| prompt.roles.contains(r.get_ref()));
+                if prompt.clients.contains(cname) || by_role {
+                    if let Some(id) = ClientId::parse(cname) {
+                        policy
+                            .prompt_grants
+                            .entry(id)
+                            .or_default()
+                            .insert(name.clone());
+                    }
+                }
+            }
+            policy.prompts.insert(name.clone(), prompt);
+        }
         if let Some(a) = audit {
             policy
                 .check_audit_reach(&a.path)
@@ -574,6 +616,14 @@ impl Policy {
     /// The client the stdio transport speaks for, if any. Without one, stdio is refused.
     pub fn stdio_client(&self) -> Option<&ClientId> {
         self.stdio_client.as_ref()
+    }
+
+    /// The operator prompts a client may use (deny by default).
+    pub fn prompts_for(&self, client: &ClientId) -> Vec<&crate::prompts::Prompt> {
+        self.prompt_grants
+            .get(client)
+            .map(|names| names.iter().filter_map(|n| self.prompts.get(n)).collect())
+            .unwrap_or_default()
     }
 
     /// An operator-defined tool by name.

@@ -108,6 +108,51 @@ struct HttpSession {
     active: AtomicUsize,
     /// SSE event ids.
     next_event: AtomicU64,
+    /// Recent events of request streams, for `Last-Event-ID` resumption (session era).
+    replay: Mutex<Replay>,
+}
+
+/// Most events kept for resumption per session.
+const REPLAY_EVENTS: usize = 1024;
+/// Most bytes kept for resumption per session.
+const REPLAY_BYTES: usize = 4 * 1024 * 1024;
+/// How long a request whose client disconnected waits for a `Last-Event-ID` resumption before
+/// it is cancelled (session era; in the stateless era a closed stream cancels at once).
+pub const RESUME_GRACE: Duration = Duration::from_secs(3);
+
+/// Events of request streams and the live relays, by stream (the priming event's id).
+#[derive(Default)]
+struct Replay {
+    events: std::collections::VecDeque<(u64, u64, Bytes)>,
+    bytes: usize,
+    /// Streams whose request is still running: where to send their next events.
+    live: HashMap<u64, Arc<Mutex<Option<mpsc::UnboundedSender<Bytes>>>>>,
+}
+
+impl Replay {
+    fn push(&mut self, event: u64, stream: u64, b: Bytes) {
+        self.bytes += b.len();
+        self.events.push_back((event, stream, b));
+        while self.events.len() > REPLAY_EVENTS || self.bytes > REPLAY_BYTES {
+            match self.events.pop_front() {
+                Some((_, _, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+    fn stream_of(&self, event: u64) -> Option<u64> {
+        self.events
+            .iter()
+            .find(|(e, _, _)| *e == event)
+            .map(|(_, s, _)| *s)
+    }
+    fn after(&self, stream: u64, event: u64) -> Vec<Bytes> {
+        self.events
+            .iter()
+            .filter(|(e, s, _)| *s == stream && *e > event)
+            .map(|(_, _, b)| b.clone())
+            .collect()
+    }
 }
 
 impl HttpSession {
@@ -354,6 +399,7 @@ impl App {
             last_seen: Mutex::new(Instant::now()),
             active: AtomicUsize::new(0),
             next_event: AtomicU64::new(1),
+            replay: Mutex::default(),
         });
         tokio::spawn(dispatch(rx, Arc::downgrade(&hs)));
         Ok(hs)
@@ -400,6 +446,7 @@ impl App {
             last_seen: Mutex::new(Instant::now()),
             active: AtomicUsize::new(0),
             next_event: AtomicU64::new(1),
+            replay: Mutex::default(),
         });
         tokio::spawn(dispatch(rx, Arc::downgrade(&hs)));
         tracing::info!(session = %hs.session.id(), %peer, "http stateless session open");
@@ -852,6 +899,9 @@ async fn answer(
         }
         return r;
     }
+    if !stateless {
+        return resumable_stream(hs, rx, pending, busy);
+    }
     // Stateless era: an error decided before any notification (missing capability, bad
     // arguments) is a plain JSON answer with its HTTP status, not a 200 stream.
     let mut early = None;
@@ -914,6 +964,111 @@ async fn answer(
         },
     );
     sse(stream)
+}
+
+/// Session era: the request's messages go through a relay that records every event for
+/// resumption and forwards it to whichever HTTP stream is attached: first this POST's
+/// response, after a disconnect a `GET` with `Last-Event-ID`. With nobody attached for
+/// [`RESUME_GRACE`], the request is cancelled.
+fn resumable_stream(
+    hs: Arc<HttpSession>,
+    mut rx: mpsc::UnboundedReceiver<Value>,
+    mut pending: PendingRequest,
+    busy: Busy,
+) -> Response {
+    let stream_id = hs.next_event.fetch_add(1, Ordering::Relaxed);
+    let priming = Bytes::from(format!(
+        "id: {stream_id}\nretry: {}\ndata: \n\n",
+        SSE_RETRY.as_millis()
+    ));
+    let (btx, brx) = mpsc::unbounded_channel::<Bytes>();
+    let _ = btx.send(priming.clone());
+    let attached = Arc::new(Mutex::new(Some(btx)));
+    if let Ok(mut r) = hs.replay.lock() {
+        r.push(stream_id, stream_id, priming);
+        r.live.insert(stream_id, attached.clone());
+    }
+    let relay_hs = hs.clone();
+    tokio::spawn(async move {
+        let _busy = busy;
+        let mut detached_since: Option<Instant> = None;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_millis(250), rx.recv()).await;
+            let sender = attached.lock().ok().and_then(|a| a.clone());
+            match msg {
+                Ok(Some(m)) => {
+                    let last = is_response(&m);
+                    let eid = relay_hs.next_event.fetch_add(1, Ordering::Relaxed);
+                    let b = Bytes::from(format!("id: {eid}\ndata: {m}\n\n"));
+                    if let Ok(mut r) = relay_hs.replay.lock() {
+                        r.push(eid, stream_id, b.clone());
+                    }
+                    if let Some(tx) = sender {
+                        if tx.send(b).is_err() {
+                            if let Ok(mut a) = attached.lock() {
+                                a.take();
+                            }
+                        }
+                    }
+                    if last {
+                        pending.answered = true;
+                        break;
+                    }
+                }
+                Ok(None) => break, // cancelled: no response exists
+                Err(_) => {
+                    // Keep-alive doubles as a liveness probe of the attached stream.
+                    let alive =
+                        sender.is_some_and(|tx| tx.send(Bytes::from_static(b":\n\n")).is_ok());
+                    if alive {
+                        detached_since = None;
+                    } else {
+                        if let Ok(mut a) = attached.lock() {
+                            a.take();
+                        }
+                        let since = *detached_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= RESUME_GRACE {
+                            break; // `pending` drops unanswered: the request is cancelled
+                        }
+                    }
+                }
+            }
+        }
+        if let Ok(mut r) = relay_hs.replay.lock() {
+            r.live.remove(&stream_id);
+        }
+        drop(pending);
+    });
+    let stream = futures_util::stream::unfold(brx, |mut brx| async move {
+        let b = brx.recv().await?;
+        Some((Ok::<Bytes, Infallible>(b), brx))
+    });
+    sse(stream)
+}
+
+/// `GET` with `Last-Event-ID` naming an event of a request stream: replay what followed it,
+/// then (if the request is still running) attach to its relay.
+fn resume(hs: &Arc<HttpSession>, last: u64) -> Option<Response> {
+    let (replayed, live) = {
+        let r = hs.replay.lock().ok()?;
+        let stream = r.stream_of(last)?;
+        (r.after(stream, last), r.live.get(&stream).cloned())
+    };
+    let (btx, brx) = mpsc::unbounded_channel::<Bytes>();
+    for b in replayed {
+        let _ = btx.send(b);
+    }
+    if let Some(slot) = live {
+        if let Ok(mut a) = slot.lock() {
+            *a = Some(btx);
+        }
+    }
+    let busy = Busy::new(hs);
+    let stream = futures_util::stream::unfold((brx, busy), |(mut brx, busy)| async move {
+        let b = brx.recv().await?;
+        Some((Ok::<Bytes, Infallible>(b), (brx, busy)))
+    });
+    Some(sse(stream))
 }
 
 /// The first event of every stream: an id to resume from, the reconnection delay, and an
@@ -990,6 +1145,14 @@ async fn get(app: Arc<App>, headers: HeaderMap) -> Response {
         }
         Err(r) => return r,
     };
+    if let Some(last) =
+        header_str(&headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        if let Some(r) = resume(&hs, last) {
+            tracing::info!(session = %hs.session.id(), last, "stream resumed with Last-Event-ID");
+            return r;
+        }
+    }
     let (tx, rx) = mpsc::unbounded_channel::<Value>();
     {
         let Ok(mut s) = hs.standalone.lock() else {

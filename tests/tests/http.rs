@@ -520,3 +520,69 @@ fn an_elicitation_the_client_never_answers_times_out() {
     );
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_dropped_stream_resumes_with_last_event_id() {
+    let d = dirs();
+    let srv = HttpServer::start(&[
+        "--allow-read",
+        s(&d.root),
+        "--allow-exec",
+        "sh",
+        "--allow-exec",
+        "sleep",
+    ]);
+    let sid = srv.initialize();
+    let body = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {
+        "name": "run_command", "arguments": {"command": "sh", "args": ["-c", "sleep 1; echo resumed-ok"]}}})
+    .to_string();
+    let stream = srv.open(
+        "POST",
+        &[
+            JSON,
+            ACCEPT,
+            ("Mcp-Session-Id", &sid),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ],
+        body.as_bytes(),
+    );
+    let mut reader = BufReader::new(stream);
+    let (status, _) = read_head(&mut reader);
+    assert_eq!(status, 200);
+    let mut last_id = None;
+    for _ in 0..6 {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if let Some(v) = line.strip_prefix("id: ") {
+            last_id = Some(v.trim().to_string());
+            break;
+        }
+    }
+    let last_id = last_id.expect("priming event id");
+    drop(reader); // the connection drops before the result
+    let r = srv.request(
+        "GET",
+        &[
+            ("Accept", "text/event-stream"),
+            ("Mcp-Session-Id", &sid),
+            ("Last-Event-ID", &last_id),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let msgs: Vec<Value> = r
+        .sse_data()
+        .iter()
+        .filter(|d| !d.is_empty())
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let result = msgs
+        .iter()
+        .find(|m| m["id"] == 11)
+        .expect("result replayed on the resumed stream");
+    assert_eq!(
+        result["result"]["structuredContent"]["stdout"],
+        "resumed-ok\n"
+    );
+    assert!(srv.stderr().contains("stream resumed with Last-Event-ID"));
+}

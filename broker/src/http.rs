@@ -44,7 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use futures_util::Stream;
-use mcpd_policy::{ClientId, Policy};
+use mcpd_policy::ClientId;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use tokio::sync::mpsc;
@@ -85,7 +85,7 @@ pub struct HttpConfig {
 }
 
 struct App {
-    policy: Arc<Policy>,
+    policy: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
     cfg: HttpConfig,
@@ -854,7 +854,7 @@ async fn answer(
         answered: false,
     };
     hs.session.handle(text);
-    let streaming = sse_ok && method == Some("tools/call");
+    let streaming = sse_ok && matches!(method, Some("tools/call" | "subscriptions/listen"));
     if !streaming {
         // One JSON response; notifications of this request (none for these methods, or the
         // client refused SSE) go to the GET stream if there is one.
@@ -1259,13 +1259,13 @@ async fn reaper(app: Weak<App>, idle: Duration) {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cfg: HttpConfig,
-    policy: Arc<Policy>,
+    policy: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
-    let max_body = usize::try_from(policy.max_message_bytes).unwrap_or(usize::MAX);
+    let max_body = usize::try_from(policy.get().max_message_bytes).unwrap_or(usize::MAX);
     let hosts = allowed_hosts(&cfg);
     let idle = cfg.idle;
     let app = Arc::new(App {

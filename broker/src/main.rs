@@ -7,6 +7,7 @@ mod cgroup;
 mod doctor;
 mod http;
 mod jsonrpc;
+mod reload;
 mod sandbox;
 mod seal;
 mod session;
@@ -17,7 +18,6 @@ mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use mcpd_policy::{Policy, QuickStart};
@@ -196,7 +196,7 @@ fn audit_cmd(cmd: AuditCommand) -> ExitCode {
     }
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct ServeArgs {
     /// Serve on stdin/stdout (the default transport when no HTTP listener is asked for).
     #[arg(long)]
@@ -265,6 +265,40 @@ fn detect_cgroups(setting: &mcpd_policy::CgroupSetting) -> Result<Option<cgroup:
             Ok(None)
         }
         Err(e) => Err(format!("server.cgroup: {e}")),
+    }
+}
+
+/// `SIGHUP`: load the configuration again (same file and flags); if it is valid, it takes
+/// effect for every following decision, sessions announce `list_changed` and restart their
+/// workers under the new sandbox. A broken configuration changes nothing. Listener addresses,
+/// the audit log, the worker path and cgroups are read at start only.
+async fn reload_on_sighup(args: ServeArgs, cell: reload::PolicyCell, audit: auditing::Audit) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match load_policy(&args) {
+            Ok(p) => {
+                for w in &p.warnings {
+                    tracing::warn!("{w}");
+                }
+                let digest = mcpd_audit::args_digest(&serde_json::Value::String(p.describe()));
+                let mut f = serde_json::Map::new();
+                f.insert("policy_digest".into(), digest.into());
+                f.insert("reload".into(), true.into());
+                f.insert("clients".into(), p.clients().count().into());
+                if let Err(e) = audit.record("config.load", f).await {
+                    tracing::error!("policy reload refused: the audit log cannot record it: {e}");
+                    continue;
+                }
+                cell.replace(p);
+                tracing::info!("policy reloaded (SIGHUP)");
+            }
+            Err(e) => {
+                tracing::error!("policy reload refused, the previous policy stays in force: {e}")
+            }
+        }
     }
 }
 
@@ -456,13 +490,20 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let policy = Arc::new(policy);
+    let cell = reload::PolicyCell::new(policy);
+    let policy = cell.get();
     let serve_audit = audit.clone();
+    let reload_args = args.clone();
     let result = rt.block_on(async move {
+        tokio::spawn(reload_on_sighup(
+            reload_args,
+            cell.clone(),
+            serve_audit.clone(),
+        ));
         let sup = supervisor::Supervisor::start(worker, policy.allow_degraded_sandbox, cgroups)?;
         let Some(addr) = http_addr else {
             let (input, output) = stdio::process_stdio();
-            return stdio::serve(policy, sup, serve_audit, input, output).await;
+            return stdio::serve(cell, sup, serve_audit, input, output).await;
         };
         let Some(client) = policy.http.client.clone() else {
             return Err(std::io::Error::other(
@@ -485,7 +526,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let http_task = tokio::spawn(http::serve(
             listener,
             cfg,
-            policy.clone(),
+            cell.clone(),
             sup.clone(),
             serve_audit.clone(),
             async move {
@@ -495,7 +536,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let stdio_task = serve_stdio.then(|| {
             let (input, output) = stdio::process_stdio();
             tokio::spawn(stdio::serve(
-                policy.clone(),
+                cell.clone(),
                 sup.clone(),
                 serve_audit.clone(),
                 input,

@@ -127,6 +127,21 @@ pub const LIST_PAGE_SIZE: usize = 100;
 /// Most server→client requests waiting for an answer per session.
 pub const MAX_CLIENT_REQUESTS: usize = 64;
 
+/// Most `subscriptions/listen` streams per session.
+pub const MAX_LISTENERS: usize = 32;
+/// Most change notifications forwarded per second per session.
+const MAX_CHANGES_PER_SEC: u32 = 20;
+
+/// One `subscriptions/listen` stream.
+#[derive(Debug)]
+struct Listener {
+    id: Id,
+    tools: bool,
+    prompts: bool,
+    resources: bool,
+    uris: std::collections::BTreeSet<String>,
+}
+
 /// A server→client request waiting for the client's answer.
 struct ClientPending {
     worker: Arc<Worker>,
@@ -164,7 +179,7 @@ pub struct Session {
 struct Inner {
     id: String,
     client: ClientId,
-    policy: Arc<Policy>,
+    policy_cell: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
     out: mpsc::UnboundedSender<Outgoing>,
@@ -174,9 +189,20 @@ struct Inner {
     client_pending: Mutex<HashMap<Id, ClientPending>>,
     next_client_request: std::sync::atomic::AtomicU64,
     mcp_tasks: Mutex<crate::tasks::Tasks>,
+    /// Stateless-era `subscriptions/listen` streams.
+    listeners: Mutex<Vec<Listener>>,
+    /// Change reports from the worker (and from policy reloads).
+    changes: mpsc::UnboundedSender<mcpd_ipc::Change>,
     slots: Arc<Semaphore>,
     tasks: tokio::sync::watch::Sender<usize>,
     opened: Instant,
+}
+
+impl Inner {
+    /// The policy in force now (it may be reloaded between two requests).
+    fn policy(&self) -> Arc<Policy> {
+        self.policy_cell.get()
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -229,16 +255,18 @@ impl Session {
     /// `session.open`; fails if the audit log cannot take them (fail closed).
     pub async fn open(
         client: ClientId,
-        policy: Arc<Policy>,
+        policy_cell: crate::reload::PolicyCell,
         supervisor: Supervisor,
         audit: Audit,
         origin: &Origin,
         out: mpsc::UnboundedSender<Outgoing>,
     ) -> Result<Self, String> {
+        let policy = policy_cell.get();
         let slots = policy.permissions(&client).map_or(1, |p| {
             usize::try_from(p.limits.max_concurrent_calls).unwrap_or(1)
         });
         let id = crate::auditing::random_id();
+        let (changes, mut changes_rx) = mpsc::unbounded_channel::<mcpd_ipc::Change>();
         let mut f = Map::new();
         f.insert("session".into(), json!(id));
         f.insert("principal".into(), json!(client.as_str()));
@@ -254,11 +282,11 @@ impl Session {
             .record("session.open", f)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Self {
+        let session = Self {
             inner: Arc::new(Inner {
                 id,
                 client,
-                policy,
+                policy_cell: policy_cell.clone(),
                 supervisor,
                 audit,
                 out,
@@ -268,11 +296,143 @@ impl Session {
                 client_pending: Mutex::default(),
                 next_client_request: std::sync::atomic::AtomicU64::new(1),
                 mcp_tasks: Mutex::default(),
+                listeners: Mutex::default(),
+                changes,
                 slots: Arc::new(Semaphore::new(slots.max(1))),
                 tasks: tokio::sync::watch::Sender::new(0),
                 opened: Instant::now(),
             }),
-        })
+        };
+        // Change reports (worker, policy reload) become notifications, rate-limited. The task
+        // holds only a weak reference: it ends with the session.
+        // A policy reload: decisions already use the new policy; announce the lists as changed
+        // and retire the worker, so the next call gets a sandbox built from the new policy.
+        let weak_reload = Arc::downgrade(&session.inner);
+        let mut reloads = policy_cell.subscribe();
+        tokio::spawn(async move {
+            while reloads.recv().await.is_ok() {
+                let Some(inner) = weak_reload.upgrade() else {
+                    break;
+                };
+                let s = Session { inner };
+                let old = s.inner.worker.lock().await.take();
+                if let Some(w) = old {
+                    w.shutdown().await;
+                }
+                for c in [
+                    mcpd_ipc::Change::Tools,
+                    mcpd_ipc::Change::Prompts,
+                    mcpd_ipc::Change::Resources,
+                ] {
+                    s.changed(c);
+                }
+            }
+        });
+        let weak = Arc::downgrade(&session.inner);
+        tokio::spawn(async move {
+            let mut window = Instant::now();
+            let mut sent = 0u32;
+            while let Some(change) = changes_rx.recv().await {
+                let Some(inner) = weak.upgrade() else { break };
+                if window.elapsed() >= Duration::from_secs(1) {
+                    window = Instant::now();
+                    sent = 0;
+                }
+                sent += 1;
+                if sent <= MAX_CHANGES_PER_SEC {
+                    Session { inner }.notify_changed(&change);
+                }
+            }
+        });
+        Ok(session)
+    }
+
+    /// Tell the client about a change: on the session's own stream (session era) and on every
+    /// `subscriptions/listen` stream whose filter asks for it.
+    fn notify_changed(&self, change: &mcpd_ipc::Change) {
+        use mcpd_ipc::Change;
+        let (method, uri) = match change {
+            Change::Tools => ("notifications/tools/list_changed", None),
+            Change::Prompts => ("notifications/prompts/list_changed", None),
+            Change::Resources => ("notifications/resources/list_changed", None),
+            Change::ResourceUpdated { uri } => {
+                ("notifications/resources/updated", Some(uri.as_str()))
+            }
+        };
+        let params = |sub: Option<&Id>| {
+            let mut p = json!({});
+            if let Some(u) = uri {
+                p["uri"] = json!(u);
+            }
+            if let Some(id) = sub {
+                p["_meta"] = json!({"io.modelcontextprotocol/subscriptionId": id.to_value()});
+            }
+            p
+        };
+        let (session_era, subscribed) = self
+            .inner
+            .state
+            .lock()
+            .map(|s| {
+                (
+                    s.version.is_some(),
+                    uri.is_none_or(|u| s.subscriptions.contains(u)),
+                )
+            })
+            .unwrap_or((false, false));
+        if session_era && subscribed {
+            self.send(None, jsonrpc::notification(method, params(None)));
+        }
+        let targets: Vec<Id> = self
+            .inner
+            .listeners
+            .lock()
+            .map(|ls| {
+                ls.iter()
+                    .filter(|l| match change {
+                        Change::Tools => l.tools,
+                        Change::Prompts => l.prompts,
+                        Change::Resources => l.resources,
+                        Change::ResourceUpdated { uri } => l.uris.contains(uri),
+                    })
+                    .map(|l| l.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in targets {
+            self.send(Some(&id), jsonrpc::notification(method, params(Some(&id))));
+        }
+    }
+
+    /// Report a change (e.g. after a policy reload).
+    pub fn changed(&self, change: mcpd_ipc::Change) {
+        let _ = self.inner.changes.send(change);
+    }
+
+    /// Every resource URI someone in this session watches, for the worker.
+    fn watched_uris(&self) -> Vec<String> {
+        let mut all: std::collections::BTreeSet<String> = self
+            .inner
+            .state
+            .lock()
+            .map(|s| s.subscriptions.clone())
+            .unwrap_or_default();
+        if let Ok(ls) = self.inner.listeners.lock() {
+            for l in ls.iter() {
+                all.extend(l.uris.iter().cloned());
+            }
+        }
+        all.into_iter()
+            .filter(|u| u.starts_with("file://"))
+            .collect()
+    }
+
+    async fn update_watch(&self) {
+        let uris = self.watched_uris();
+        let w = self.inner.worker.lock().await.clone();
+        if let Some(w) = w {
+            w.watch(uris).await;
+        }
     }
 
     /// Run request work in the background, counted so [`Session::drain`] can wait for it.
@@ -295,7 +455,7 @@ impl Session {
     pub fn call_timeout(&self) -> Duration {
         Duration::from_secs(
             self.inner
-                .policy
+                .policy()
                 .permissions(&self.inner.client)
                 .map_or(1, |p| p.limits.call_timeout_secs),
         )
@@ -325,6 +485,15 @@ impl Session {
     /// Cancel a request in progress (the client cancelled it or went away): the worker is told
     /// to stop, and no response is sent.
     pub fn cancel(&self, id: &Id) {
+        let was_listener = self.inner.listeners.lock().is_ok_and(|mut ls| {
+            let before = ls.len();
+            ls.retain(|l| &l.id != id);
+            ls.len() != before
+        });
+        if was_listener {
+            let s = self.clone();
+            tokio::spawn(async move { s.update_watch().await });
+        }
         let entry = self
             .inner
             .inflight
@@ -584,7 +753,7 @@ impl Session {
         let s = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(
-                s.inner.policy.client_request_timeout_secs,
+                s.inner.policy().client_request_timeout_secs,
             ))
             .await;
             let gone = s
@@ -677,21 +846,26 @@ impl Session {
                         err(INVALID_PARAMS, "Invalid params: uri must be a string"),
                     );
                 };
-                let Ok(mut s) = self.inner.state.lock() else {
-                    return (rec, err(INTERNAL_ERROR, "Internal error"));
-                };
-                if method == "resources/subscribe" {
-                    if s.subscriptions.len() >= MAX_SUBSCRIPTIONS {
-                        drop(s);
-                        return (
-                            rec.outcome("limit"),
-                            err(INVALID_PARAMS, "Invalid params: too many subscriptions"),
-                        );
+                let updated: Result<(), &str> = match self.inner.state.lock() {
+                    Err(_) => Err("Internal error"),
+                    Ok(mut s) => {
+                        if method == "resources/subscribe" {
+                            if s.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                                Err("Invalid params: too many subscriptions")
+                            } else {
+                                s.subscriptions.insert(uri.to_string());
+                                Ok(())
+                            }
+                        } else {
+                            s.subscriptions.remove(uri);
+                            Ok(())
+                        }
                     }
-                    s.subscriptions.insert(uri.to_string());
-                } else {
-                    s.subscriptions.remove(uri);
+                };
+                if let Err(m) = updated {
+                    return (rec.outcome("limit"), err(INVALID_PARAMS, m));
                 }
+                self.update_watch().await;
                 (rec.allow("protocol"), jsonrpc::response(id, json!({})))
             }
             "logging/setLevel" => match params
@@ -776,9 +950,9 @@ impl Session {
                 json!({
                     "protocolVersion": version,
                     "capabilities": {
-                        "tools": {"listChanged": false},
-                        "resources": {"subscribe": true, "listChanged": false},
-                        "prompts": {"listChanged": false},
+                        "tools": {"listChanged": true},
+                        "resources": {"subscribe": true, "listChanged": true},
+                        "prompts": {"listChanged": true},
                         "completions": {},
                         "logging": {}
                     },
@@ -802,18 +976,19 @@ impl Session {
             audit: self.inner.audit.clone(),
             session: self.inner.id.clone(),
             principal: self.inner.client.to_string(),
+            changes: Some(self.inner.changes.clone()),
         };
         match self
             .inner
             .supervisor
             .spawn(
                 {
-                    let mut spec = self.inner.policy.sandbox_spec(&self.inner.client);
+                    let mut spec = self.inner.policy().sandbox_spec(&self.inner.client);
                     crate::sandbox::complete(&mut spec);
                     spec
                 },
                 self.inner
-                    .policy
+                    .policy()
                     .permissions(&self.inner.client)
                     .map(|p| crate::cgroup::Limits {
                         max_processes: p.limits.max_processes,
@@ -827,6 +1002,10 @@ impl Session {
             Ok(w) => {
                 tracing::info!(client = %self.inner.client, pid = w.pid(), landlock = ?w.enforcement().landlock, "worker started");
                 *slot = Some(w.clone());
+                let uris = self.watched_uris();
+                if !uris.is_empty() {
+                    w.watch(uris).await;
+                }
                 Ok(w)
             }
             Err(e) => {
@@ -841,7 +1020,7 @@ impl Session {
             .iter()
             .filter(|t| {
                 matches!(
-                    self.inner.policy.decide(
+                    self.inner.policy().decide(
                         &self.inner.client,
                         &Request::SeeTool {
                             tool: &t.name,
@@ -927,6 +1106,7 @@ impl Session {
             "tasks/get" | "tasks/update" | "tasks/cancel" => {
                 self.tasks_request(id, method, &params, rec, &st)
             }
+            "subscriptions/listen" => return self.listen(id, &params, rec).await,
             "resources/list"
             | "resources/templates/list"
             | "resources/read"
@@ -1250,15 +1430,87 @@ impl Session {
         (rec.allow("tasks"), jsonrpc::response(id, answer))
     }
 
+    /// `subscriptions/listen`: acknowledge the honoured filter on the request's stream, then
+    /// keep sending matching notifications there until the client closes it (no response).
+    async fn listen(&self, id: &Id, params: &Map<String, Value>, rec: Rec) -> (Rec, Value) {
+        let n = params.get("notifications").and_then(Value::as_object);
+        let flag = |k: &str| {
+            n.and_then(|n| n.get(k))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        let uris: std::collections::BTreeSet<String> = n
+            .and_then(|n| n.get("resourceSubscriptions"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .filter(|u| short(u, 8192))
+                    .take(MAX_SUBSCRIPTIONS)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let listener = Listener {
+            id: id.clone(),
+            tools: flag("toolsListChanged"),
+            prompts: flag("promptsListChanged"),
+            resources: flag("resourcesListChanged"),
+            uris,
+        };
+        let mut honoured = json!({});
+        for (k, on) in [
+            ("toolsListChanged", listener.tools),
+            ("promptsListChanged", listener.prompts),
+            ("resourcesListChanged", listener.resources),
+        ] {
+            if on {
+                honoured[k] = json!(true);
+            }
+        }
+        if !listener.uris.is_empty() {
+            honoured["resourceSubscriptions"] = json!(listener.uris);
+        }
+        let watch = !listener.uris.is_empty();
+        let added = self.inner.listeners.lock().is_ok_and(|mut ls| {
+            if ls.len() >= MAX_LISTENERS || ls.iter().any(|l| &l.id == id) {
+                return false;
+            }
+            ls.push(listener);
+            true
+        });
+        if !added {
+            return (
+                rec.outcome("limit"),
+                jsonrpc::error(
+                    id.to_value(),
+                    INVALID_REQUEST,
+                    "Too many subscriptions streams",
+                ),
+            );
+        }
+        if watch {
+            self.update_watch().await;
+        }
+        self.send(
+            Some(id),
+            jsonrpc::notification(
+                "notifications/subscriptions/acknowledged",
+                json!({"notifications": honoured, "_meta": {"io.modelcontextprotocol/subscriptionId": id.to_value()}}),
+            ),
+        );
+        (rec.allow("protocol"), Value::Null)
+    }
+
     /// The `server/discover` result.
     fn discover(&self) -> Value {
         json!({
             "resultType": "complete",
             "supportedVersions": STATELESS_VERSIONS,
             "capabilities": {
-                "tools": {},
-                "resources": {},
-                "prompts": {},
+                "tools": {"listChanged": true},
+                "resources": {"listChanged": true, "subscribe": true},
+                "prompts": {"listChanged": true},
                 "completions": {},
                 "logging": {},
                 "extensions": {crate::tasks::TASKS_EXT: {}}
@@ -1425,7 +1677,7 @@ impl Session {
         }
         if desc.access == ToolAccess::Operator {
             // The schema is the operator's (from the policy), never the worker's.
-            match self.inner.policy.operator_tool(&desc.name) {
+            match self.inner.policy().operator_tool(&desc.name) {
                 None => return (rec.deny("unknown_tool"), unknown()),
                 Some(t) => {
                     if let Err(m) = t.validate(&Value::Object(args.clone())) {
@@ -1437,7 +1689,7 @@ impl Session {
                 }
             }
         }
-        let decision = self.inner.policy.decide(
+        let decision = self.inner.policy().decide(
             &self.inner.client,
             &Request::CallTool {
                 tool: &desc.name,
@@ -1489,7 +1741,7 @@ impl Session {
         }
         let limits = self
             .inner
-            .policy
+            .policy()
             .permissions(&self.inner.client)
             .map(|p| p.limits.clone())
             .unwrap_or_default();
@@ -1803,7 +2055,8 @@ impl Session {
                 .map(str::to_string)
         };
         // Operator prompts (from the policy) are served by the broker itself.
-        let operator_prompts = self.inner.policy.prompts_for(&self.inner.client);
+        let policy_now = self.inner.policy();
+        let operator_prompts = policy_now.prompts_for(&self.inner.client);
         let operator_prompt = |n: &str| operator_prompts.iter().find(|p| p.name == n).copied();
         if method == "prompts/get" {
             if let Some(p) = str_param("name").as_deref().and_then(operator_prompt) {
@@ -1858,7 +2111,7 @@ impl Session {
                 if let Some(path) = file_uri_path(&uri) {
                     let d = self
                         .inner
-                        .policy
+                        .policy()
                         .decide(&self.inner.client, &Request::ReadResource { path: &path });
                     match d {
                         Decision::Allow(_) => {}
@@ -1978,7 +2231,7 @@ impl Session {
                         .filter(|r| match r["uri"].as_str().and_then(file_uri_path) {
                             None => true,
                             Some(p) => matches!(
-                                self.inner.policy.decide(
+                                self.inner.policy().decide(
                                     &self.inner.client,
                                     &Request::ReadResource { path: &p }
                                 ),

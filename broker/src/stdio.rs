@@ -2,10 +2,8 @@
 //! messages (logs go to stderr); the process ends on stdin EOF after in-flight calls answer
 //! and the worker is reaped.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use mcpd_policy::Policy;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -142,7 +140,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
 /// Serve one session over a reader/writer pair (stdin/stdout in production).
 pub async fn serve<R, W>(
-    policy: Arc<Policy>,
+    cell: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
     input: R,
@@ -152,6 +150,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let policy = cell.get();
     let Some(client) = policy.stdio_client().cloned() else {
         return Err(std::io::Error::other(
             "the policy names no stdio client ([stdio] client = ...): stdio is refused",
@@ -177,7 +176,7 @@ where
         ),
         auth_method: "local-process",
     };
-    let session = Session::open(client, policy, supervisor, audit, &origin, tx)
+    let session = Session::open(client, cell, supervisor, audit, &origin, tx)
         .await
         .map_err(|e| {
             std::io::Error::other(format!("audit log unavailable, session refused: {e}"))

@@ -208,6 +208,13 @@ impl Worker {
     }
 
     /// Tell the worker to stop a call; its outcome is no longer awaited.
+    /// Tell the worker which resources to watch.
+    pub async fn watch(&self, uris: Vec<String>) {
+        if self.is_alive() {
+            let _ = self.tx.send(&BrokerToWorker::Watch { uris }).await;
+        }
+    }
+
     /// Ask the worker's providers (resources, prompts, completions).
     pub async fn query(&self, query: mcpd_ipc::Query) -> CallOutcome {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -311,6 +318,8 @@ pub struct WorkerContext {
     pub session: String,
     /// Principal.
     pub principal: String,
+    /// Where the worker's change reports go (the session), if anywhere.
+    pub changes: Option<mpsc::UnboundedSender<mcpd_ipc::Change>>,
 }
 
 impl WorkerContext {
@@ -527,9 +536,22 @@ impl Supervisor {
         // Reader: routes the worker's messages; any protocol violation ends the worker.
         let reader_pending = pending.clone();
         let reader_alive = alive.clone();
+        let changes = ctx.changes.clone();
         let reader = tokio::spawn(async move {
             let why = loop {
                 match rx.recv().await {
+                    Ok(Some(WorkerToBroker::Changed { change })) => {
+                        let ok = match &change {
+                            mcpd_ipc::Change::ResourceUpdated { uri } => uri.len() <= 8192,
+                            _ => true,
+                        };
+                        if !ok {
+                            break "malformed change report".to_string();
+                        }
+                        if let Some(c) = &changes {
+                            let _ = c.send(change);
+                        }
+                    }
                     Ok(Some(msg)) => {
                         if let Err(why) = route(&reader_pending, msg) {
                             break why;
@@ -680,6 +702,7 @@ fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<
                 let _ = ev.send(CallEvent::ClientRequest { id, request });
             }
         }
+        WorkerToBroker::Changed { .. } => {} // handled by the reader
         WorkerToBroker::Ready { .. } | WorkerToBroker::ConfineFailed { .. } => {
             return Err("start-up message after start-up".into());
         }

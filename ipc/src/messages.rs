@@ -53,6 +53,12 @@ pub enum BrokerToWorker {
         /// The client's result (JSON text) or an error.
         outcome: ClientReplyOutcome,
     },
+    /// The `file://` resources the client subscribed to (the whole set, replacing the last):
+    /// the worker reports changes with [`WorkerToBroker::Changed`].
+    Watch {
+        /// Resource URIs.
+        uris: Vec<String>,
+    },
     /// End of session: finish or abandon calls and exit.
     Shutdown,
 }
@@ -117,6 +123,11 @@ pub enum WorkerToBroker {
         id: CallId,
         /// Why.
         error: CallError,
+    },
+    /// Something the client may want to hear about changed (rate-limited by the broker).
+    Changed {
+        /// What changed.
+        change: Change,
     },
     /// A running tool asks the MCP client for something (sampling, elicitation, roots).
     ClientRequest {
@@ -611,6 +622,23 @@ pub enum Query {
         reference_json: String,
         /// The `argument` object, JSON text.
         argument_json: String,
+    },
+}
+
+/// A change the client is told about (`notifications/*/list_changed`,
+/// `notifications/resources/updated`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The tool list changed.
+    Tools,
+    /// The prompt list changed.
+    Prompts,
+    /// The resource list changed.
+    Resources,
+    /// A subscribed resource changed.
+    ResourceUpdated {
+        /// Its URI.
+        uri: String,
     },
 }
 

@@ -586,3 +586,54 @@ fn a_dropped_stream_resumes_with_last_event_id() {
     );
     assert!(srv.stderr().contains("stream resumed with Last-Event-ID"));
 }
+
+#[test]
+fn subscriptions_listen_streams_matching_notifications() {
+    let srv = HttpServer::start(&["--toolset", "conformance"]);
+    let listen = json!({"jsonrpc": "2.0", "id": 42, "method": "subscriptions/listen", "params": {
+        "notifications": {"toolsListChanged": true}, "_meta": meta(json!({}))}})
+    .to_string();
+    let stream = srv.open(
+        "POST",
+        &stateless_headers("subscriptions/listen", None),
+        listen.as_bytes(),
+    );
+    let mut reader = BufReader::new(stream);
+    let (status, _) = read_head(&mut reader);
+    assert_eq!(status, 200);
+    let mut next_data = || loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended");
+        if let Some(d) = line.strip_prefix("data: ") {
+            if !d.trim().is_empty() {
+                return serde_json::from_str::<Value>(d.trim()).unwrap();
+            }
+        }
+    };
+    let ack = next_data();
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true})
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        42
+    );
+    for tool in ["test_trigger_prompt_change", "test_trigger_tool_change"] {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}, "_meta": meta(json!({}))}});
+        let r = srv.request(
+            "POST",
+            &stateless_headers("tools/call", Some(tool)),
+            call.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200);
+    }
+    // Only the tool change reaches this stream (the filter), tagged with the subscription.
+    let n = next_data();
+    assert_eq!(n["method"], "notifications/tools/list_changed", "{n}");
+    assert_eq!(
+        n["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        42
+    );
+}

@@ -102,3 +102,41 @@ fn allowed_files_are_resources_and_nothing_else_is() {
     );
     assert_eq!(c["completion"]["values"], json!([]));
 }
+
+#[test]
+fn a_subscribed_file_that_changes_is_announced() {
+    let top = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(top.path()).unwrap();
+    let file = root.join("watched.txt");
+    std::fs::write(&file, "v1\n").unwrap();
+    let mut srv = Server::start(&["--allow-read", root.to_str().unwrap()]);
+    srv.initialize();
+    let uri = format!("file://{}", file.to_str().unwrap());
+    assert_eq!(
+        srv.result("resources/subscribe", json!({"uri": uri})),
+        json!({})
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::write(&file, "v2, longer\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = false;
+    while std::time::Instant::now() < deadline && !seen {
+        if let Some(m) = srv.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen = m["method"] == "notifications/resources/updated" && m["params"]["uri"] == uri;
+        }
+    }
+    assert!(seen, "no notifications/resources/updated for {uri}");
+    // After unsubscribing, changes are quiet.
+    assert_eq!(
+        srv.result("resources/unsubscribe", json!({"uri": uri})),
+        json!({})
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    std::fs::write(&file, "v3\n").unwrap();
+    let quiet_until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    while std::time::Instant::now() < quiet_until {
+        if let Some(m) = srv.recv_timeout(std::time::Duration::from_millis(200)) {
+            assert_ne!(m["method"], "notifications/resources/updated", "{m}");
+        }
+    }
+}

@@ -44,6 +44,10 @@ impl ClientLink for Link {
         });
     }
 
+    fn changed(&self, change: mcpd_ipc::Change) {
+        let _ = self.outbox.send(WorkerToBroker::Changed { change });
+    }
+
     fn request(
         &self,
         request: ClientRequestKind,
@@ -86,6 +90,65 @@ impl ClientLink for Link {
             p.remove(&id);
         }
         outcome
+    }
+}
+
+/// Most resources watched for changes.
+const MAX_WATCHED: usize = 256;
+/// How often watched resources are checked.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Poll the subscribed `file://` resources (size and modification time, beneath the roots)
+/// and report changes. Polling, not inotify: it needs no extra kernel interface inside the
+/// sandbox and is bounded by [`MAX_WATCHED`].
+async fn watch_files(
+    watched: Arc<std::sync::Mutex<Vec<String>>>,
+    roots: Arc<Roots>,
+    outbox: mpsc::UnboundedSender<WorkerToBroker>,
+) {
+    let mut seen: HashMap<String, Option<(i128, i128, u64)>> = HashMap::new();
+    loop {
+        tokio::time::sleep(WATCH_INTERVAL).await;
+        let uris: Vec<String> = watched.lock().map(|w| w.clone()).unwrap_or_default();
+        if uris.is_empty() {
+            seen.clear();
+            continue;
+        }
+        let roots = roots.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            uris.into_iter()
+                .map(|u| {
+                    let st = crate::tools::resources::uri_path(&u)
+                        .and_then(|p| {
+                            roots
+                                .open_regular(&p, crate::tools::paths::Access::Read)
+                                .ok()
+                        })
+                        .map(|(_, st)| {
+                            (
+                                i128::from(st.st_mtime),
+                                i128::from(st.st_mtime_nsec),
+                                st.st_size as u64,
+                            )
+                        });
+                    (u, st)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let mut next = HashMap::new();
+        for (uri, st) in stats {
+            if let Some(prev) = seen.get(&uri) {
+                if *prev != st {
+                    let _ = outbox.send(WorkerToBroker::Changed {
+                        change: mcpd_ipc::Change::ResourceUpdated { uri: uri.clone() },
+                    });
+                }
+            }
+            next.insert(uri, st);
+        }
+        seen = next;
     }
 }
 
@@ -311,6 +374,8 @@ async fn serve(
     let mut inflight: HashMap<u64, Arc<AtomicBool>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
     let replies: PendingReplies = Arc::default();
+    let watched: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    tokio::spawn(watch_files(watched.clone(), roots.clone(), outbox.clone()));
     let next_request = Arc::new(std::sync::atomic::AtomicU64::new(1));
     let code = loop {
         tokio::select! {
@@ -373,6 +438,11 @@ async fn serve(
                     let waiter = replies.lock().ok().and_then(|mut p| p.remove(&id));
                     if let Some(w) = waiter {
                         let _ = w.send(outcome);
+                    }
+                }
+                Ok(Some(BrokerToWorker::Watch { uris })) => {
+                    if let Ok(mut w) = watched.lock() {
+                        *w = uris.into_iter().filter(|u| u.starts_with("file://")).take(MAX_WATCHED).collect();
                     }
                 }
                 Ok(Some(BrokerToWorker::Query { id, query })) => {

@@ -53,6 +53,8 @@ pub fn register(r: &mut Registry) {
         Kind::StreamingElicitation,
         Kind::LoggingTool,
         Kind::CustomHeader,
+        Kind::TriggerToolChange,
+        Kind::TriggerPromptChange,
     ] {
         r.register(Fixture(kind));
     }
@@ -81,6 +83,8 @@ enum Kind {
     StreamingElicitation,
     LoggingTool,
     CustomHeader,
+    TriggerToolChange,
+    TriggerPromptChange,
 }
 
 #[derive(Debug)]
@@ -184,6 +188,16 @@ impl Fixture {
             Kind::LoggingTool => (
                 "test_logging_tool",
                 "Logs at info level (delivered only at the request's log level)",
+                empty_schema(),
+            ),
+            Kind::TriggerToolChange => (
+                "test_trigger_tool_change",
+                "Announces that the tool list changed",
+                empty_schema(),
+            ),
+            Kind::TriggerPromptChange => (
+                "test_trigger_prompt_change",
+                "Announces that the prompt list changed",
                 empty_schema(),
             ),
             Kind::CustomHeader => (
@@ -378,6 +392,14 @@ impl Tool for Fixture {
             Kind::LoggingTool => {
                 ctx.log(LogLevel::Info, json!("test_logging_tool ran"));
                 text_result("Logged one message")
+            }
+            Kind::TriggerToolChange => {
+                ctx.notify_changed(mcpd_ipc::Change::Tools);
+                text_result("Tool list change announced")
+            }
+            Kind::TriggerPromptChange => {
+                ctx.notify_changed(mcpd_ipc::Change::Prompts);
+                text_result("Prompt list change announced")
             }
             Kind::CustomHeader => text_result(format!(
                 "Region: {}",

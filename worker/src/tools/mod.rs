@@ -41,6 +41,8 @@ pub type ProgressFn = Arc<dyn Fn(ProgressUpdate) + Send + Sync>;
 pub trait ClientLink: Send + Sync {
     /// A `notifications/message` for the client (the broker filters by the client's level).
     fn log(&self, level: LogLevel, data: serde_json::Value);
+    /// Tell the client that something changed (list_changed, resources/updated).
+    fn changed(&self, change: mcpd_ipc::Change);
     /// Ask the client; blocks until it answers, the call is cancelled, or `timeout` passes.
     fn request(
         &self,
@@ -143,6 +145,13 @@ impl ToolContext {
     pub fn log(&self, level: LogLevel, data: serde_json::Value) {
         if let Some(l) = &self.link {
             l.log(level, data);
+        }
+    }
+
+    /// Tell the client that something changed (dropped if the context has no link).
+    pub fn notify_changed(&self, change: mcpd_ipc::Change) {
+        if let Some(l) = &self.link {
+            l.changed(change);
         }
     }
 

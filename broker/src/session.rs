@@ -118,6 +118,11 @@ struct State {
     client_caps: Value,
     /// `resources/subscribe`d URIs.
     subscriptions: std::collections::BTreeSet<String>,
+    /// The roots the client reported (`roots/list`): they narrow the configured paths, never
+    /// widen them. `None` until the client reported any.
+    client_roots: Option<Vec<std::path::PathBuf>>,
+    /// Id of the broker's own `roots/list` request waiting for the client.
+    roots_request: Option<Id>,
 }
 
 /// Most resource subscriptions per session.
@@ -651,6 +656,19 @@ impl Session {
     /// The client answered one of our requests: pass the answer to the worker that asked.
     fn client_response(&self, id: Option<Id>, outcome: Result<Value, Value>) {
         let Some(id) = id else { return };
+        // The answer to the broker's own roots/list?
+        let own = self.inner.state.lock().ok().is_some_and(|mut s| {
+            if s.roots_request.as_ref() == Some(&id) {
+                s.roots_request = None;
+                true
+            } else {
+                false
+            }
+        });
+        if own {
+            self.set_client_roots(outcome.ok());
+            return;
+        }
         let Some(p) = self
             .inner
             .client_pending
@@ -677,6 +695,82 @@ impl Session {
             },
         };
         tokio::spawn(async move { p.worker.client_reply(p.worker_request, reply).await });
+    }
+
+    /// Ask the client for its roots (session era, if it declared the capability).
+    fn ask_roots(&self) {
+        let id = {
+            let Ok(mut s) = self.inner.state.lock() else {
+                return;
+            };
+            if s.version.is_none() || s.client_caps.get("roots").is_none() {
+                return;
+            }
+            let n = self
+                .inner
+                .next_client_request
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = Id::Str(format!("mcpd-roots-{n}"));
+            s.roots_request = Some(id.clone());
+            id
+        };
+        self.send(
+            None,
+            json!({"jsonrpc": "2.0", "id": id.to_value(), "method": "roots/list", "params": {}}),
+        );
+    }
+
+    /// Record the client's roots: `file://` directories, lexically normalised. A malformed
+    /// answer leaves the previous roots in place.
+    fn set_client_roots(&self, result: Option<Value>) {
+        let Some(list) = result
+            .as_ref()
+            .and_then(|r| r.get("roots"))
+            .and_then(Value::as_array)
+        else {
+            return;
+        };
+        let roots: Vec<std::path::PathBuf> = list
+            .iter()
+            .take(256)
+            .filter_map(|r| r.get("uri").and_then(Value::as_str))
+            .filter_map(file_uri_path)
+            .filter_map(|p| lexical(std::path::Path::new(&p)))
+            .collect();
+        tracing::info!(client = %self.inner.client, roots = roots.len(), "client roots narrow the configured paths");
+        if let Ok(mut s) = self.inner.state.lock() {
+            // No usable roots (an empty list, or none that is a file:// URI) narrow nothing.
+            s.client_roots = (!roots.is_empty()).then_some(roots);
+        }
+    }
+
+    /// With client roots: whether every path lies inside one of them (resolved like the
+    /// policy resolves it). Without: true.
+    fn inside_client_roots(&self, paths: &[&str]) -> bool {
+        let roots = self
+            .inner
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.client_roots.clone());
+        let Some(roots) = roots else { return true };
+        let policy = self.inner.policy();
+        let base = policy
+            .permissions(&self.inner.client)
+            .and_then(mcpd_policy::base_dir)
+            .map(std::path::Path::to_path_buf);
+        paths.iter().all(|p| {
+            let given = std::path::Path::new(p);
+            let abs = if given.is_absolute() {
+                given.to_path_buf()
+            } else {
+                match &base {
+                    Some(b) => b.join(given),
+                    None => return false,
+                }
+            };
+            lexical(&abs).is_some_and(|n| roots.iter().any(|r| n.starts_with(r)))
+        })
     }
 
     /// Relay a worker's request to the client, on the stream of the call that made it.
@@ -790,7 +884,9 @@ impl Session {
                         s.initialized = true;
                     }
                 }
+                self.ask_roots();
             }
+            "notifications/roots/list_changed" => self.ask_roots(),
             "notifications/cancelled" => {
                 let Some(id) = params.get("requestId").and_then(|v| match v {
                     Value::String(s) => Some(Id::Str(s.clone())),
@@ -1689,6 +1785,7 @@ impl Session {
                 }
             }
         }
+        let path_list: Vec<&str> = paths.iter().map(|(p, _)| *p).collect();
         let decision = self.inner.policy().decide(
             &self.inner.client,
             &Request::CallTool {
@@ -1699,6 +1796,14 @@ impl Session {
             },
         );
         let allow = match decision {
+            // Roots the client reported narrow what the policy allows (never widen it).
+            Decision::Allow(_) if !self.inside_client_roots(&path_list) => {
+                tracing::info!(client = %self.inner.client, tool = %desc.name, "denied: outside the client's roots");
+                return (
+                    rec.deny("outside_client_roots").outcome("denied"),
+                    jsonrpc::response(id, tool_error(ACCESS_DENIED)),
+                );
+            }
             Decision::Allow(a) => a,
             Decision::Deny(r @ (DenyReason::PathOutsideScope | DenyReason::InvalidPath)) => {
                 tracing::info!(client = %self.inner.client, tool = %desc.name, "denied: path outside scope");
@@ -1969,6 +2074,24 @@ impl Session {
         );
         let _ = self.inner.audit.record("session.close", f).await;
     }
+}
+
+/// Fold `.` and `..` without touching the filesystem; `None` if `..` climbs above `/`.
+fn lexical(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    Some(out)
 }
 
 fn short(s: &str, n: usize) -> bool {

@@ -123,6 +123,24 @@ struct State {
     client_roots: Option<Vec<std::path::PathBuf>>,
     /// Id of the broker's own `roots/list` request waiting for the client.
     roots_request: Option<Id>,
+    /// When the client last sent anything.
+    last_activity: LastActivity,
+}
+
+/// A timestamp that defaults to now.
+#[derive(Debug, Clone, Copy)]
+struct LastActivity(Instant);
+
+impl Default for LastActivity {
+    fn default() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl LastActivity {
+    fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
 }
 
 /// Most resource subscriptions per session.
@@ -330,6 +348,42 @@ impl Session {
                     mcpd_ipc::Change::Resources,
                 ] {
                     s.changed(c);
+                }
+            }
+        });
+        // Ping both ways: a session-era client idle for a while gets a `ping` (its answer, or
+        // silence, changes nothing here; it keeps intermediaries from closing the connection).
+        let weak_ping = Arc::downgrade(&session.inner);
+        tokio::spawn(async move {
+            loop {
+                let secs = match weak_ping.upgrade() {
+                    Some(inner) => inner.policy().client_ping_secs,
+                    None => return,
+                };
+                if secs == 0 {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                let Some(inner) = weak_ping.upgrade() else {
+                    return;
+                };
+                let s = Session { inner };
+                let (ready, idle) = s
+                    .inner
+                    .state
+                    .lock()
+                    .map(|st| (st.initialized, st.last_activity.elapsed()))
+                    .unwrap_or((false, Duration::ZERO));
+                if ready && idle >= Duration::from_secs(secs) {
+                    let n = s
+                        .inner
+                        .next_client_request
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    s.send(
+                        None,
+                        json!({"jsonrpc": "2.0", "id": format!("mcpd-ping-{n}"), "method": "ping"}),
+                    );
                 }
             }
         });
@@ -622,6 +676,9 @@ impl Session {
     /// audit record is written.
     pub fn handle(&self, text: &str) {
         let started = Instant::now();
+        if let Ok(mut s) = self.inner.state.lock() {
+            s.last_activity = LastActivity(started);
+        }
         match jsonrpc::classify(text) {
             Incoming::Invalid { id, code, message } => {
                 let s = self.clone();

@@ -200,6 +200,8 @@ pub struct RawServer {
     /// Seconds the broker waits for the client to answer a server→client request (sampling,
     /// elicitation, roots) before the tool is told it will not come (default 60).
     pub client_request_timeout_secs: Option<u64>,
+    /// Session era: ping the client after this many idle seconds (0 = never; default 60).
+    pub client_ping_secs: Option<u64>,
     /// Per-worker control groups: `"auto"` (default), `"off"`, or the absolute path of a
     /// delegated cgroup v2 directory.
     pub cgroup: Option<Spanned<String>>,

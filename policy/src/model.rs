@@ -161,6 +161,8 @@ pub struct Policy {
     pub worker_idle_secs: u64,
     /// How long the client may take to answer a server→client request, seconds.
     pub client_request_timeout_secs: u64,
+    /// Idle seconds before the broker pings a session-era client (0 = never).
+    pub client_ping_secs: u64,
     /// Warnings to print loudly at load (e.g. global write).
     pub warnings: Vec<String>,
     /// The audit log, when configured.
@@ -519,6 +521,7 @@ impl Policy {
                 .client_request_timeout_secs
                 .unwrap_or(60)
                 .clamp(1, 3600),
+            client_ping_secs: server.client_ping_secs.unwrap_or(60),
             warnings,
             audit: None,
             operator_tools,

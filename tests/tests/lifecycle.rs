@@ -225,3 +225,29 @@ fn worker_is_confined_by_the_kernel() {
     );
     assert!(stderr.contains("FullyEnforced"), "{stderr}");
 }
+
+#[test]
+fn the_server_pings_an_idle_session_era_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nclient_ping_secs = 1\n[clients.local]\nread = [\"{}\"]\n",
+            dir.path().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    s.initialize();
+    let ping = (0..40)
+        .find_map(|_| {
+            s.recv_timeout(Duration::from_millis(100))
+                .filter(|m| m["method"] == "ping")
+        })
+        .expect("a ping from the server");
+    assert!(ping["id"].as_str().unwrap().starts_with("mcpd-ping-"));
+    // The client answers; the session goes on.
+    s.send(&json!({"jsonrpc": "2.0", "id": ping["id"], "result": {}}));
+    assert_eq!(s.result("ping", json!({})), json!({}));
+}

@@ -368,9 +368,19 @@ impl App {
                 "Too many sessions",
             ));
         }
+        self.open_session("http", peer).await
+    }
+
+    /// Open a `Session` for the HTTP client (audited: `auth.success`, `session.open`) and start
+    /// routing its output.
+    async fn open_session(
+        &self,
+        transport: &'static str,
+        peer: SocketAddr,
+    ) -> Result<Arc<HttpSession>, Response> {
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         let origin = Origin {
-            transport: "http",
+            transport,
             peer: peer.to_string(),
             auth_method: "none (loopback listener)",
         };
@@ -384,7 +394,7 @@ impl App {
         )
         .await
         .map_err(|e| {
-            tracing::error!("session refused: {e}");
+            tracing::error!("{transport} session refused: {e}");
             rpc_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Value::Null,
@@ -415,40 +425,7 @@ impl App {
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
-        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-        let origin = Origin {
-            transport: "http-stateless",
-            peer: peer.to_string(),
-            auth_method: "none (loopback listener)",
-        };
-        let session = Session::open(
-            self.cfg.client.clone(),
-            self.policy.clone(),
-            self.supervisor.clone(),
-            self.audit.clone(),
-            &origin,
-            tx,
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!("stateless session refused: {e}");
-            rpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Value::Null,
-                jsonrpc::INTERNAL_ERROR,
-                "The audit log cannot be written; the request was refused",
-            )
-        })?;
-        let hs = Arc::new(HttpSession {
-            session,
-            routes: Mutex::default(),
-            standalone: Mutex::default(),
-            last_seen: Mutex::new(Instant::now()),
-            active: AtomicUsize::new(0),
-            next_event: AtomicU64::new(1),
-            replay: Mutex::default(),
-        });
-        tokio::spawn(dispatch(rx, Arc::downgrade(&hs)));
+        let hs = self.open_session("http-stateless", peer).await?;
         tracing::info!(session = %hs.session.id(), %peer, "http stateless session open");
         *slot = Some(hs.clone());
         Ok(hs)

@@ -1994,17 +1994,7 @@ impl Session {
                     ir.and_then(|ir| self.input_required_json(&scope, &ir)),
                 ) {
                     (Some(_), Some(v)) => (rec.outcome("input_required"), jsonrpc::response(id, v)),
-                    _ => {
-                        tracing::warn!(
-                            pid = worker.pid(),
-                            "worker returned an invalid input-required result; ending it"
-                        );
-                        worker.kill().await;
-                        (
-                            rec.outcome("killed"),
-                            err(INTERNAL_ERROR, "Internal error: malformed tool result"),
-                        )
-                    }
+                    _ => malformed_result(&worker, rec, id).await,
                 }
             }
             Some(CallOutcome::Done(r)) => {
@@ -2014,17 +2004,7 @@ impl Session {
                         rec.outcome(if is_error { "tool_error" } else { "success" }),
                         jsonrpc::response(id, v),
                     ),
-                    None => {
-                        tracing::warn!(
-                            pid = worker.pid(),
-                            "worker returned a malformed result; ending it"
-                        );
-                        worker.kill().await;
-                        (
-                            rec.outcome("killed"),
-                            err(INTERNAL_ERROR, "Internal error: malformed tool result"),
-                        )
-                    }
+                    None => malformed_result(&worker, rec, id).await,
                 }
             }
             Some(CallOutcome::Failed(e)) => match e.kind {
@@ -2133,23 +2113,7 @@ impl Session {
     }
 }
 
-/// Fold `.` and `..` without touching the filesystem; `None` if `..` climbs above `/`.
-fn lexical(path: &std::path::Path) -> Option<std::path::PathBuf> {
-    use std::path::Component;
-    let mut out = std::path::PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::Normal(n) => out.push(n),
-        }
-    }
-    Some(out)
-}
+use mcpd_policy::lexical_normalize as lexical;
 
 fn short(s: &str, n: usize) -> bool {
     !s.is_empty() && s.len() <= n
@@ -2177,28 +2141,7 @@ fn valid_entries(v: &Value, list: &str, keys: &[&str]) -> Option<Vec<Value>> {
     )
 }
 
-/// The path of a `file://` URI (percent-decoded), if it is one.
-pub fn file_uri_path(uri: &str) -> Option<String> {
-    let rest = uri.strip_prefix("file://")?;
-    let path = rest.strip_prefix("localhost").unwrap_or(rest);
-    if !path.starts_with('/') {
-        return None;
-    }
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok().filter(|p| !p.contains('\0'))
-}
+pub use mcpd_ipc::text::file_uri_path;
 
 fn page(items: Vec<Value>, cursor: Option<&Value>) -> Result<(Vec<Value>, Option<String>), ()> {
     let start = match cursor {
@@ -2580,6 +2523,23 @@ fn exec_request<'a>(
         shell,
         language,
     }))
+}
+
+/// A worker sent a result that breaks the protocol: it is ended, the client gets an error.
+async fn malformed_result(worker: &Worker, rec: Rec, id: &Id) -> (Rec, Value) {
+    tracing::warn!(
+        pid = worker.pid(),
+        "worker returned a malformed result; ending it"
+    );
+    worker.kill().await;
+    (
+        rec.outcome("killed"),
+        jsonrpc::error(
+            id.to_value(),
+            INTERNAL_ERROR,
+            "Internal error: malformed tool result",
+        ),
+    )
 }
 
 fn printable(s: &str) -> String {

@@ -17,6 +17,7 @@
 
 pub mod codec;
 pub mod messages;
+pub mod text;
 
 #[cfg(feature = "channel")]
 pub mod channel;

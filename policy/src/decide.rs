@@ -284,7 +284,7 @@ fn check_path<'p>(p: &'p Permissions, raw: &str, write: bool) -> Result<&'p Path
 }
 
 /// Fold `.` and `..` lexically. `None` if `..` climbs above `/`.
-pub(crate) fn lexical_normalize(path: &Path) -> Option<PathBuf> {
+pub fn lexical_normalize(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::from("/");
     for c in path.components() {
         match c {

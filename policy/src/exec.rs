@@ -308,39 +308,7 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     }
 }
 
-/// Check a template element: `{name}` placeholders with `[A-Za-z0-9_]` names, `{{`/`}}` for
-/// literal braces. Returns the placeholder names.
-pub fn template_placeholders(element: &str) -> Result<Vec<String>, String> {
-    let mut names = Vec::new();
-    let mut chars = element.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-            }
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some('}') => break,
-                        Some(ch) if ch.is_ascii_alphanumeric() || ch == '_' => name.push(ch),
-                        _ => return Err(format!("bad placeholder in '{element}'")),
-                    }
-                }
-                if name.is_empty() {
-                    return Err(format!("empty placeholder in '{element}'"));
-                }
-                names.push(name);
-            }
-            '}' => return Err(format!("unmatched '}}' in '{element}'")),
-            _ => {}
-        }
-    }
-    Ok(names)
-}
+pub use mcpd_ipc::text::template_placeholders;
 
 const TOOL_NAME_MAX: usize = 64;
 

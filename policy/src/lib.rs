@@ -20,7 +20,7 @@ mod model;
 mod prompts;
 
 pub use config::{ConfigError, RawConfig};
-pub use decide::{base_dir, Allow, Decision, DenyReason, ExecRequest, Request};
+pub use decide::{base_dir, lexical_normalize, Allow, Decision, DenyReason, ExecRequest, Request};
 pub use exec::{
     language_alias, template_placeholders, ArgPattern, ExecGrant, Language, OperatorTool, Program,
     ENV_NEVER_FROM_CLIENT, TRUSTED_SEARCH_PATH,

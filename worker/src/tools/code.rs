@@ -454,6 +454,16 @@ fn run_block(
     }
 }
 
+/// The language a client names, with the aliases the policy accepts.
+fn canonical_language(asked: &str) -> &str {
+    match asked {
+        "python" | "python3" => "python3",
+        "shell" | "sh" => "sh",
+        "js" | "javascript" | "node" => "node",
+        other => other,
+    }
+}
+
 /// `run_code`.
 #[derive(Debug)]
 pub struct RunCode {
@@ -522,12 +532,7 @@ impl Tool for RunCode {
             .ok_or_else(|| {
                 invalid_args(format!("code must be a string of at most {MAX_CODE} bytes"))
             })?;
-        let canonical = match asked {
-            "python" | "python3" => "python3",
-            "shell" | "sh" => "sh",
-            "js" | "javascript" | "node" => "node",
-            other => other,
-        };
+        let canonical = canonical_language(asked);
         let Some(lang) = ctx.exec.languages.iter().find(|l| l.name == canonical) else {
             return Ok(error_result(format!(
                 "Language not allowed by policy: {}",
@@ -679,12 +684,7 @@ impl Tool for ResetCodeSession {
     fn call(&self, _ctx: &ToolContext, args: Value) -> Result<ToolResult, CallError> {
         let lang = match args.get("language") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(match s.as_str() {
-                "python" | "python3" => "python3",
-                "shell" | "sh" => "sh",
-                "js" | "javascript" | "node" => "node",
-                other => other,
-            }),
+            Some(Value::String(s)) => Some(canonical_language(s)),
             Some(_) => return Err(invalid_args("language must be a string")),
         };
         let n = self.sessions.reset(lang);

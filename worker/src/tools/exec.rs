@@ -385,8 +385,7 @@ pub fn expand_template(
 ) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for el in template {
-        let names =
-            mcpd_policy_free_placeholders(el).ok_or_else(|| format!("bad template '{el}'"))?;
+        let names = mcpd_ipc::text::template_placeholders(el)?;
         if names.len() == 1 && el == &format!("{{{}}}", names[0]) {
             match args.get(&names[0]) {
                 None | Some(Value::Null) => continue,
@@ -431,40 +430,6 @@ pub fn expand_template(
         return Err("arguments must not contain NUL".into());
     }
     Ok(out)
-}
-
-/// Placeholder names of a template element (`None` if malformed). The policy validated the
-/// templates at load; this is the worker's own, independent parse.
-fn mcpd_policy_free_placeholders(el: &str) -> Option<Vec<String>> {
-    let mut names = Vec::new();
-    let mut chars = el.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-            }
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next()? {
-                        '}' => break,
-                        ch if ch.is_ascii_alphanumeric() || ch == '_' => name.push(ch),
-                        _ => return None,
-                    }
-                }
-                if name.is_empty() {
-                    return None;
-                }
-                names.push(name);
-            }
-            '}' => return None,
-            _ => {}
-        }
-    }
-    Some(names)
 }
 
 impl Tool for OperatorTool {

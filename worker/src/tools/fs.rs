@@ -723,17 +723,7 @@ pub(crate) fn mime_for(path: &str) -> &'static str {
     }
 }
 
-pub(crate) fn file_uri(path: &str) -> String {
-    let mut s = String::from("file://");
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
-            s.push(char::from(b));
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
-}
+pub(crate) use mcpd_ipc::text::file_uri;
 
 // ----------------------------------------------------------------------------------------
 // Read tools

@@ -23,28 +23,7 @@ pub const MAX_DEPTH: usize = 8;
 #[derive(Debug)]
 pub struct FileResources;
 
-/// The path of a `file://` URI, percent-decoded.
-pub fn uri_path(uri: &str) -> Option<String> {
-    let rest = uri.strip_prefix("file://")?;
-    let path = rest.strip_prefix("localhost").unwrap_or(rest);
-    if !path.starts_with('/') {
-        return None;
-    }
-    let b = path.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok().filter(|p| !p.contains('\0'))
-}
+pub use mcpd_ipc::text::file_uri_path as uri_path;
 
 fn not_found(uri: &str) -> CallError {
     invalid_args(format!(
@@ -138,25 +117,4 @@ fn entry(path: &str) -> Value {
         m => m,
     };
     json!({"uri": file_uri(path), "name": name, "title": path, "mimeType": mime})
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_uris_round_trip() {
-        assert_eq!(
-            uri_path("file:///a%20b/c.txt").as_deref(),
-            Some("/a b/c.txt")
-        );
-        assert_eq!(uri_path("file://localhost/x").as_deref(), Some("/x"));
-        assert_eq!(uri_path("file://host/x"), None);
-        assert_eq!(uri_path("file:///%00"), None);
-        assert_eq!(uri_path("file:///%zz"), None);
-        assert_eq!(
-            uri_path(&file_uri("/d/é f#?.md")).as_deref(),
-            Some("/d/é f#?.md")
-        );
-    }
 }

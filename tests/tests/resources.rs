@@ -101,6 +101,21 @@ fn allowed_files_are_resources_and_nothing_else_is() {
         json!({"ref": {"type": "ref/prompt", "name": "none"}, "argument": {"name": "a", "value": "x"}}),
     );
     assert_eq!(c["completion"]["values"], json!([]));
+    // Completion of the file template's path, beneath the roots only.
+    let c = srv.result(
+        "completion/complete",
+        json!({"ref": {"type": "ref/resource", "uri": "file://{+path}"}, "argument": {"name": "path", "value": format!("{r}/s")}}),
+    );
+    assert_eq!(c["completion"]["values"], json!([format!("{r}/sub dir/")]));
+    let c = srv.result(
+        "completion/complete",
+        json!({"ref": {"type": "ref/resource", "uri": "file://{+path}"}, "argument": {"name": "path", "value": format!("{o}/")}}),
+    );
+    assert_eq!(
+        c["completion"]["values"],
+        json!([]),
+        "outside the roots: nothing"
+    );
 }
 
 #[test]

@@ -209,7 +209,7 @@ fn answer_query(
                 serde_json::from_str(&argument_json).map_err(|_| bad("argument must be JSON"))?;
             let mut values: Vec<String> = providers
                 .iter()
-                .find_map(|p| p.complete(&r, &a))
+                .find_map(|p| p.complete(ctx, &r, &a))
                 .unwrap_or_default();
             let total = values.len();
             values.truncate(100);

@@ -517,7 +517,12 @@ impl Provider for Fixtures {
         Some(r)
     }
 
-    fn complete(&self, reference: &Value, argument: &Value) -> Option<Vec<String>> {
+    fn complete(
+        &self,
+        _ctx: &ToolContext,
+        reference: &Value,
+        argument: &Value,
+    ) -> Option<Vec<String>> {
         let prefix = argument["value"].as_str().unwrap_or("");
         let candidates: &[&str] = match (
             reference["type"].as_str(),

@@ -242,6 +242,7 @@ pub trait Provider: Send + Sync {
     /// Completion values for an argument of a prompt or resource template.
     fn complete(
         &self,
+        _ctx: &ToolContext,
         _reference: &serde_json::Value,
         _argument: &serde_json::Value,
     ) -> Option<Vec<String>> {

@@ -76,6 +76,55 @@ impl Provider for FileResources {
         })]
     }
 
+    fn complete(
+        &self,
+        ctx: &ToolContext,
+        reference: &Value,
+        argument: &Value,
+    ) -> Option<Vec<String>> {
+        // The file template's `path` variable: entries beneath the roots that extend the prefix.
+        if reference.get("uri").and_then(Value::as_str) != Some("file://{+path}")
+            || argument.get("name").and_then(Value::as_str) != Some("path")
+        {
+            return None;
+        }
+        let prefix = argument.get("value").and_then(Value::as_str).unwrap_or("");
+        let (dir, start) = match prefix.rfind('/') {
+            Some(i) => (&prefix[..=i], &prefix[i + 1..]),
+            None => ("", prefix),
+        };
+        if dir.is_empty() {
+            // Nothing typed yet: the roots themselves.
+            return Some(
+                ctx.roots
+                    .list()
+                    .into_iter()
+                    .map(|r| r.path)
+                    .take(100)
+                    .collect(),
+            );
+        }
+        let Ok(fd) = ctx.roots.open_dir(dir, Access::Read) else {
+            return Some(Vec::new());
+        };
+        let (entries, _) = paths::read_dir(std::os::fd::AsFd::as_fd(&fd), 1000).unwrap_or_default();
+        let mut out: Vec<String> = entries
+            .into_iter()
+            .filter(|e| e.name.starts_with(start))
+            .map(|e| {
+                let slash = if matches!(e.kind, EntryKind::Dir) {
+                    "/"
+                } else {
+                    ""
+                };
+                format!("{dir}{}{slash}", e.name)
+            })
+            .collect();
+        out.sort();
+        out.truncate(100);
+        Some(out)
+    }
+
     fn read_resource(&self, ctx: &ToolContext, uri: &str) -> Option<Result<Value, CallError>> {
         if !uri.starts_with("file://") {
             return None;

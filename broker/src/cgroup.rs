@@ -49,6 +49,12 @@ use rustix::fs::{Access, AtFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+/// Whether a process with this pid exists. Conservative on purpose: a recycled pid keeps a
+/// dead broker's groups (a harmless leak until the pid is free), never the reverse.
+fn broker_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// `statfs` magic of cgroup2 file systems (`CGROUP2_SUPER_MAGIC`).
 const CGROUP2_SUPER_MAGIC: i128 = 0x6367_7270;
 /// Child of the broker's own v2 cgroup used by the fallback layout.
@@ -313,6 +319,58 @@ impl Cgroups {
     /// `name` must be unique per broker and host (include the broker pid and a counter) and
     /// match `[A-Za-z0-9_.-]{1,64}`; an existing group of that name is an error, never adopted.
     /// On error, whatever was created is removed again.
+    /// Remove the groups a broker that died without cleaning up (SIGKILL, crash) left behind:
+    /// `mcpd-<pid>-<n>` directories whose broker pid no longer exists. Their processes (if any
+    /// survived) are killed first, exactly as at a session's end. Returns how many were removed.
+    /// Bounded: at most `MAX_STALE` groups per call.
+    pub fn reap_stale(&self) -> usize {
+        const MAX_STALE: usize = 10_000;
+        let own = std::process::id();
+        let mut names = std::collections::BTreeSet::new();
+        for h in &self.hierarchies {
+            let Ok(rd) = fs::read_dir(&h.base) else {
+                continue;
+            };
+            for e in rd.flatten().take(MAX_STALE * 2) {
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let Some(pid) = name
+                    .strip_prefix("mcpd-")
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(p, n)| n.parse::<u64>().ok().and(p.parse::<u32>().ok()))
+                else {
+                    continue;
+                };
+                if pid != own && !broker_alive(pid) && validate_name(&name).is_ok() {
+                    names.insert(name);
+                }
+            }
+        }
+        let mut removed = 0;
+        for name in names.into_iter().take(MAX_STALE) {
+            let group = WorkerGroup {
+                version: self.version,
+                dirs: self
+                    .hierarchies
+                    .iter()
+                    .filter(|h| h.base.join(&name).is_dir())
+                    .map(|h| GroupDir {
+                        key: h.key.clone(),
+                        path: h.base.join(&name),
+                        rel: join_rel(&h.base_rel, &name),
+                        controllers: h.controllers,
+                    })
+                    .collect(),
+                removed: false,
+            };
+            if group.remove().is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     pub fn create(&self, name: &str, limits: &Limits) -> Result<WorkerGroup, CgroupError> {
         validate_name(name)?;
         let available = self.controllers();

@@ -255,6 +255,10 @@ fn detect_cgroups(setting: &mcpd_policy::CgroupSetting) -> Result<Option<cgroup:
     match cgroup::Cgroups::detect_with_notes(&mode, &mut notes) {
         Ok(Some(c)) => {
             tracing::info!("worker limits: {}", c.describe());
+            let stale = c.reap_stale();
+            if stale > 0 {
+                tracing::info!("removed {stale} cgroup(s) left behind by brokers that were killed");
+            }
             Ok(Some(c))
         }
         Ok(None) => {

@@ -214,3 +214,43 @@ fn fd_exhaustion_is_refused() {
     });
     still_serving(&mut srv, &d);
 }
+
+#[test]
+fn cgroups_of_a_killed_broker_are_removed_by_the_next_one() {
+    let d = dirs();
+    let mut srv = start(&d);
+    let Some(cg) = cgroup_in_use(&srv) else {
+        eprintln!("SKIPPED cgroups_of_a_killed_broker_are_removed_by_the_next_one: no cgroup");
+        return;
+    };
+    eprintln!("exercised: {cg}");
+    srv.tool_names(); // the worker (and its group) exists
+    let pid = srv.child.id();
+    let groups = || -> Vec<String> {
+        std::fs::read_dir("/sys/fs/cgroup/pids")
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| n.starts_with(&format!("mcpd-{pid}-")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if !std::path::Path::new("/sys/fs/cgroup/pids").is_dir() {
+        eprintln!("SKIPPED the directory check: no v1 pids hierarchy at /sys/fs/cgroup/pids");
+        return;
+    }
+    assert_eq!(groups().len(), 1, "the worker's group");
+    srv.child.kill().unwrap(); // no cleanup possible
+    srv.child.wait().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }));
+    assert_eq!(groups().len(), 1, "left behind by the killed broker");
+    let next = start(&d);
+    assert!(
+        wait_until(Duration::from_secs(10), || groups().is_empty()),
+        "not reaped"
+    );
+    drop(next);
+}

@@ -494,15 +494,6 @@ impl Session {
         }
     }
 
-    /// Start the session's worker now, in the background (stdio: before the client's
-    /// `initialize` arrives, so the sandbox is ready sooner).
-    pub fn prewarm(&self) {
-        let s = self.clone();
-        tokio::spawn(async move {
-            let _ = s.worker().await;
-        });
-    }
-
     /// Run request work in the background, counted so [`Session::drain`] can wait for it.
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
         self.inner.tasks.send_modify(|n| *n += 1);

@@ -181,7 +181,6 @@ where
         .map_err(|e| {
             std::io::Error::other(format!("audit log unavailable, session refused: {e}"))
         })?;
-    session.prewarm();
     let mut reader = LineReader::new(input, max);
     loop {
         match reader.next().await {

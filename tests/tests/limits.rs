@@ -1,6 +1,6 @@
 //! Resource limits of what a client runs: fork bomb, memory bomb, CPU spin, fd exhaustion.
 //! Each is stopped within its limit, the client gets a clear error, and the broker and a
-//! second, concurrent client session keep working.
+//! second, concurrent client session on the same broker (over HTTP, its own worker) keep working.
 //!
 //! Process-count and memory limits need a per-worker cgroup (v2 delegated, or v1 pids+memory
 //! hierarchies as on this machine); the broker logs which one it uses, and these tests print it.
@@ -50,7 +50,9 @@ fn start(d: &Dirs) -> Server {
         ),
     )
     .unwrap();
-    let mut srv = Server::start(&["--config", s(&cfg)]);
+    // stdio for the misbehaving session, and HTTP on the same broker for a second, concurrent
+    // session (its own worker, its own cgroup).
+    let mut srv = Server::start(&["--config", s(&cfg), "--http", "127.0.0.1:0"]);
     srv.initialize();
     srv
 }
@@ -72,23 +74,81 @@ fn structured(r: &Value) -> &Value {
     &r["structuredContent"]
 }
 
-/// A second client session (its own broker process over stdio) that runs calls while the
-/// first one misbehaves; returns how many calls succeeded.
+/// The HTTP address of the broker (it listens beside stdio).
+fn http_addr(srv: &Server) -> std::net::SocketAddr {
+    assert!(wait_until(Duration::from_secs(10), || srv
+        .stderr()
+        .contains("listening on http://")));
+    let log = srv.stderr();
+    let rest = log.split("listening on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// One POST to the broker's /mcp; the JSON-RPC response (from a JSON or an SSE body) and the
+/// session id header.
+fn post(addr: std::net::SocketAddr, sid: Option<&str>, msg: &Value) -> (Value, Option<String>) {
+    use std::io::Write;
+    let body = msg.to_string();
+    let mut st = std::net::TcpStream::connect(addr).unwrap();
+    st.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let sid_h = sid
+        .map(|x| format!("Mcp-Session-Id: {x}\r\n"))
+        .unwrap_or_default();
+    write!(
+        st,
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{sid_h}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let r = mcpd_e2e::http::read_response(&mut st);
+    let sid = r.header("mcp-session-id").map(str::to_string);
+    let v = if r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream"))
+    {
+        r.sse_data()
+            .iter()
+            .filter(|d| !d.is_empty())
+            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .find(|m| m.get("id") == msg.get("id"))
+            .unwrap()
+    } else {
+        r.json()
+    };
+    (v, sid)
+}
+
+/// A second client session on the same broker (over HTTP) that runs calls while the first one
+/// misbehaves; returns how many calls succeeded.
 fn neighbour(
     d: &Dirs,
+    addr: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> thread::JoinHandle<usize> {
     let root = d.root.clone();
     thread::spawn(move || {
-        let mut srv = Server::start(&["--allow-read", s(&root)]);
-        srv.initialize();
+        let (_, sid) = post(
+            addr,
+            None,
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "neighbour", "version": "0"}}}),
+        );
+        let sid = sid.expect("session id");
         let mut ok = 0;
+        let mut id = 2;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let (t, err) = srv.call_text(
-                "read_text_file",
-                json!({"path": s(&root.join("inside.txt"))}),
+            id += 1;
+            let (r, _) = post(
+                addr,
+                Some(&sid),
+                &json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+                    "name": "read_text_file", "arguments": {"path": s(&root.join("inside.txt"))}}}),
             );
-            assert!(!err && t == "inside\n", "neighbour failed: {t}");
+            let t = r["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(t, "inside\n", "neighbour failed: {r}");
             ok += 1;
             thread::sleep(Duration::from_millis(50));
         }
@@ -111,9 +171,9 @@ fn still_serving(srv: &mut Server, d: &Dirs) {
     assert_eq!(structured(&r)["stdout"], "alive\n", "{r}");
 }
 
-fn with_neighbour(d: &Dirs, f: impl FnOnce()) {
+fn with_neighbour(d: &Dirs, addr: std::net::SocketAddr, f: impl FnOnce()) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let n = neighbour(d, stop.clone());
+    let n = neighbour(d, addr, stop.clone());
     f();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let calls = n.join().expect("the neighbouring session failed");
@@ -129,7 +189,7 @@ fn fork_bomb_is_contained() {
         return;
     };
     eprintln!("fork_bomb_is_contained exercised: {cg}");
-    with_neighbour(&d, || {
+    with_neighbour(&d, http_addr(&srv), || {
         let started = Instant::now();
         let r = srv.call(
             "run_command",
@@ -157,7 +217,7 @@ fn memory_bomb_is_stopped() {
         eprintln!("SKIPPED memory_bomb_is_stopped: no cgroup memory controller");
         return;
     }
-    with_neighbour(&d, || {
+    with_neighbour(&d, http_addr(&srv), || {
         let r = srv.call(
             "run_command",
             json!({"command": "python3", "args": ["-c", "x = []\nwhile True: x.append(b'x' * (16 << 20))"], "timeout_secs": 30}),
@@ -177,7 +237,7 @@ fn memory_bomb_is_stopped() {
 fn cpu_spin_is_stopped_by_its_cpu_limit() {
     let d = dirs();
     let mut srv = start(&d);
-    with_neighbour(&d, || {
+    with_neighbour(&d, http_addr(&srv), || {
         let started = Instant::now();
         let r = srv.call(
             "run_command",
@@ -202,7 +262,7 @@ fn cpu_spin_is_stopped_by_its_cpu_limit() {
 fn fd_exhaustion_is_refused() {
     let d = dirs();
     let mut srv = start(&d);
-    with_neighbour(&d, || {
+    with_neighbour(&d, http_addr(&srv), || {
         let r = srv.call(
             "run_command",
             json!({"command": "python3", "args": ["-c", "import os\nfds = []\ntry:\n    while True: fds.append(os.open('inside.txt', os.O_RDONLY))\nexcept OSError as e:\n    print(len(fds), e.strerror)"]}),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::Mutex;
 
 use crate::codec::{self, CodecError, FrameDecoder, MAX_FRAME, MAX_PACKET};
@@ -38,12 +39,19 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+/// Register a socket with the reactor for `interest` only.
+///
+/// The channel's socket is registered for *readability* alone: with write interest, every time
+/// the peer consumes a packet the kernel's `unix_write_space` wakes the epoll waiter with an
+/// `EPOLLOUT` edge nobody waits for — one spurious wake-up (a context switch) per message on
+/// both sides. A sender that finds the socket full registers a duplicate descriptor for
+/// writability just while it waits.
 #[allow(unsafe_code)]
-fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: `OwnedFd` owns a valid, open descriptor, and `AsyncFd` takes ownership of it:
     // nothing can close or replace the descriptor while it is registered, which is the
-    // I/O-safety precondition of `AsyncFd::register`.
-    unsafe { Ok(AsyncFd::register(fd)?) }
+    // I/O-safety precondition of `AsyncFd::register_with_interest`.
+    unsafe { Ok(AsyncFd::register_with_interest(fd, interest)?) }
 }
 
 /// Receive side of a channel.
@@ -80,7 +88,7 @@ pub fn channel<In: DeserializeOwned, Out: Serialize>(
     max_frame: usize,
 ) -> io::Result<(Sender<Out>, Receiver<In>)> {
     rustix::io::ioctl_fionbio(&fd, true)?;
-    let fd = Arc::new(register(fd)?);
+    let fd = Arc::new(register(fd, Interest::READABLE)?);
     Ok((
         Sender {
             fd: fd.clone(),
@@ -101,19 +109,28 @@ impl<Out: Serialize> Sender<Out> {
     pub async fn send(&self, msg: &Out) -> Result<(), ChannelError> {
         let frame = codec::encode(msg)?;
         let _guard = self.lock.lock().await;
+        let mut waiter: Option<AsyncFd<OwnedFd>> = None;
         for packet in codec::packets(&frame) {
             loop {
-                let mut ready = self.fd.writable().await?;
-                match ready.try_io(|fd| {
-                    rustix::net::send(fd.get_ref(), packet, SendFlags::NOSIGNAL)
-                        .map_err(io::Error::from)
-                }) {
-                    Ok(Ok(n)) if n == packet.len() => break,
-                    Ok(Ok(_)) => {
+                // The socket is non-blocking: try first, wait for room only when it is full.
+                match rustix::net::send(self.fd.get_ref(), packet, SendFlags::NOSIGNAL) {
+                    Ok(n) if n == packet.len() => break,
+                    Ok(_) => {
                         return Err(io::Error::new(io::ErrorKind::WriteZero, "short packet").into())
                     }
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_would_block) => continue,
+                    Err(rustix::io::Errno::AGAIN) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(io::Error::from(e).into()),
+                }
+                if waiter.is_none() {
+                    let dup = rustix::io::fcntl_dupfd_cloexec(self.fd.get_ref(), 0)
+                        .map_err(io::Error::from)?;
+                    waiter = Some(register(dup, Interest::WRITABLE)?);
+                }
+                if let Some(w) = &waiter {
+                    let mut ready = w.writable().await?;
+                    // Readiness is re-armed by the next attempt; an EAGAIN there waits again.
+                    ready.clear_ready();
                 }
             }
         }

@@ -410,6 +410,16 @@ async fn serve(
                     });
                     let link = Arc::new(Link { call: id, outbox: outbox.clone(), pending: replies.clone(), next: next_request.clone() });
                     let ctx = ToolContext::new(roots.clone(), limits.clone(), cancelled, progress_fn).with_exec(exec.clone()).with_link(link).with_input(input);
+                    if t.is_quick() && inflight.len() == 1 {
+                        // Nothing else in flight: run it here (no hand-off to a tool thread).
+                        let answer = match t.call(&ctx, args) {
+                            Ok(result) => WorkerToBroker::Result { id, result },
+                            Err(error) => WorkerToBroker::Failed { id, error },
+                        };
+                        let _ = outbox.send(answer);
+                        inflight.remove(&id);
+                        continue;
+                    }
                     let outbox = outbox.clone();
                     let done_tx = done_tx.clone();
                     let slots = slots.clone();

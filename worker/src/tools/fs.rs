@@ -83,6 +83,7 @@ type Handler = fn(&ToolContext, Value) -> Outcome;
 struct FsTool {
     descriptor: fn() -> ToolDescriptor,
     handler: Handler,
+    quick: bool,
 }
 
 impl Tool for FsTool {
@@ -96,6 +97,10 @@ impl Tool for FsTool {
             Err(Fail::Tool(msg)) => Ok(error_result(msg)),
             Err(Fail::Call(e)) => Err(e),
         }
+    }
+
+    fn is_quick(&self) -> bool {
+        self.quick
     }
 }
 
@@ -119,9 +124,16 @@ pub fn register(r: &mut Registry) {
         (d_grep, grep),
     ];
     for (descriptor, handler) in tools {
+        // Bounded single-file reads and stats run inline when the worker is otherwise idle.
+        let name = descriptor().name;
+        let quick = matches!(
+            name.as_str(),
+            "read_text_file" | "get_file_info" | "list_allowed_directories"
+        );
         r.register(FsTool {
             descriptor,
             handler,
+            quick,
         });
     }
 }

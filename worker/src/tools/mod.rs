@@ -205,6 +205,14 @@ pub trait Tool: Send + Sync {
     /// Run the tool. `Ok` with `is_error: true` is a tool-level failure the model sees;
     /// `Err` is a protocol-level failure (invalid arguments, internal error).
     fn call(&self, ctx: &ToolContext, args: serde_json::Value) -> Result<ToolResult, CallError>;
+
+    /// A quick, bounded tool (a small read, a stat): when nothing else is in flight, the worker
+    /// runs it on its own event thread instead of handing it to a tool thread, which saves two
+    /// thread wake-ups per call. Only for work that cannot wait on anything but the local disk
+    /// and is bounded by the tool limits. Default: no.
+    fn is_quick(&self) -> bool {
+        false
+    }
 }
 
 /// Resources, prompts and completions a worker offers (each method: `None` = not mine).

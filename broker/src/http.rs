@@ -1016,9 +1016,15 @@ fn resumable_stream(
         }
         drop(pending);
     });
-    let stream = futures_util::stream::unfold(brx, |mut brx| async move {
-        let b = brx.recv().await?;
-        Some((Ok::<Bytes, Infallible>(b), brx))
+    sse_bytes(brx, ())
+}
+
+/// An SSE response that forwards ready-made event bytes until the sender side is gone,
+/// holding `keep` (a guard) for as long as the client reads.
+fn sse_bytes<G: Send + 'static>(rx: mpsc::UnboundedReceiver<Bytes>, keep: G) -> Response {
+    let stream = futures_util::stream::unfold((rx, keep), |(mut rx, keep)| async move {
+        let b = rx.recv().await?;
+        Some((Ok::<Bytes, Infallible>(b), (rx, keep)))
     });
     sse(stream)
 }
@@ -1040,12 +1046,7 @@ fn resume(hs: &Arc<HttpSession>, last: u64) -> Option<Response> {
             *a = Some(btx);
         }
     }
-    let busy = Busy::new(hs);
-    let stream = futures_util::stream::unfold((brx, busy), |(mut brx, busy)| async move {
-        let b = brx.recv().await?;
-        Some((Ok::<Bytes, Infallible>(b), (brx, busy)))
-    });
-    Some(sse(stream))
+    Some(sse_bytes(brx, Busy::new(hs)))
 }
 
 /// The first event of every stream: an id to resume from, the reconnection delay, and an

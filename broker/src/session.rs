@@ -376,13 +376,10 @@ impl Session {
                     .map(|st| (st.initialized, st.last_activity.elapsed()))
                     .unwrap_or((false, Duration::ZERO));
                 if ready && idle >= Duration::from_secs(secs) {
-                    let n = s
-                        .inner
-                        .next_client_request
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let id = s.next_request_id("ping");
                     s.send(
                         None,
-                        json!({"jsonrpc": "2.0", "id": format!("mcpd-ping-{n}"), "method": "ping"}),
+                        json!({"jsonrpc": "2.0", "id": id.to_value(), "method": "ping"}),
                     );
                 }
             }
@@ -763,11 +760,7 @@ impl Session {
             if s.version.is_none() || s.client_caps.get("roots").is_none() {
                 return;
             }
-            let n = self
-                .inner
-                .next_client_request
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let id = Id::Str(format!("mcpd-roots-{n}"));
+            let id = self.next_request_id("roots");
             s.roots_request = Some(id.clone());
             id
         };
@@ -868,11 +861,7 @@ impl Session {
                 .await;
             return;
         }
-        let n = self
-            .inner
-            .next_client_request
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = Id::Str(format!("mcpd-{n}"));
+        let id = self.next_request_id("req");
         let registered = match self.inner.client_pending.lock() {
             Ok(mut m) if m.len() < MAX_CLIENT_REQUESTS => {
                 m.insert(
@@ -1168,22 +1157,41 @@ impl Session {
         }
     }
 
+    /// Whether the policy lets this client see (and so call) a tool.
+    fn may_see(&self, t: &ToolDescriptor) -> bool {
+        matches!(
+            self.inner.policy().decide(
+                &self.inner.client,
+                &Request::SeeTool {
+                    tool: &t.name,
+                    access: t.access
+                }
+            ),
+            Decision::Allow(_)
+        )
+    }
+
     fn visible<'a>(&self, tools: &'a [ToolDescriptor]) -> Vec<&'a ToolDescriptor> {
-        tools
+        tools.iter().filter(|t| self.may_see(t)).collect()
+    }
+
+    /// A tool of the worker by name, if this client may see it.
+    fn visible_tool<'a>(&self, worker: &'a Worker, name: &str) -> Option<&'a ToolDescriptor> {
+        worker
+            .tools()
             .iter()
-            .filter(|t| {
-                matches!(
-                    self.inner.policy().decide(
-                        &self.inner.client,
-                        &Request::SeeTool {
-                            tool: &t.name,
-                            access: t.access
-                        }
-                    ),
-                    Decision::Allow(_)
-                )
-            })
-            .collect()
+            .find(|t| t.name == name)
+            .filter(|t| self.may_see(t))
+    }
+
+    /// A fresh id for a request the broker sends to the client (`mcpd-<kind>-<n>`), unique in
+    /// the session so the client's answer finds its way back.
+    fn next_request_id(&self, kind: &str) -> Id {
+        let n = self
+            .inner
+            .next_client_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Id::Str(format!("mcpd-{kind}-{n}"))
     }
 
     async fn tools_list(&self, id: &Id, params: Map<String, Value>, rec: Rec) -> (Rec, Value) {
@@ -1301,10 +1309,7 @@ impl Session {
     /// derived from it).
     pub async fn tool_input_schema(&self, name: &str) -> Option<Value> {
         let worker = self.worker().await.ok()?;
-        let t = worker.tools().iter().find(|t| t.name == name)?;
-        if self.visible(std::slice::from_ref(t)).is_empty() {
-            return None;
-        }
+        let t = self.visible_tool(&worker, name)?;
         serde_json::from_str(&t.input_schema_json).ok()
     }
 
@@ -1388,12 +1393,7 @@ impl Session {
             .to_string();
         let name = name.as_str();
         let support = match self.worker().await {
-            Ok(w) => w
-                .tools()
-                .iter()
-                .find(|t| t.name == name)
-                .filter(|t| self.visible(std::slice::from_ref(*t)).len() == 1)
-                .map(|t| t.task_support),
+            Ok(w) => self.visible_tool(&w, name).map(|t| t.task_support),
             Err(_) => None,
         };
         match (support, tasks::declared(st)) {
@@ -1744,13 +1744,7 @@ impl Session {
             )
         };
         // A tool the client may not see is reported exactly like a tool that does not exist.
-        let Some(desc) = worker
-            .tools()
-            .iter()
-            .find(|t| t.name == name)
-            .filter(|t| self.visible(std::slice::from_ref(*t)).len() == 1)
-            .cloned()
-        else {
+        let Some(desc) = self.visible_tool(&worker, name).cloned() else {
             let known = worker.tools().iter().any(|t| t.name == name);
             let rec = if known {
                 rec.deny(DenyReason::ToolNotAllowed.code())

@@ -37,6 +37,36 @@ impl Response {
             )
         })
     }
+    /// The JSON-RPC messages of the body: every non-empty `data:` line of an SSE body, in
+    /// order, or the one JSON body.
+    pub fn messages(&self) -> Vec<Value> {
+        if self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"))
+        {
+            self.sse_data()
+                .iter()
+                .filter(|d| !d.is_empty())
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect()
+        } else {
+            vec![self.json()]
+        }
+    }
+
+    /// The response to the request with this id (from a JSON or an SSE body).
+    pub fn response_to(&self, id: &Value) -> Value {
+        self.messages()
+            .into_iter()
+            .find(|m| m.get("id") == Some(id))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no response to {id} in {}",
+                    String::from_utf8_lossy(&self.body)
+                )
+            })
+    }
+
     /// The `data:` payloads of an SSE body, in order (empty ones included).
     pub fn sse_data(&self) -> Vec<String> {
         String::from_utf8_lossy(&self.body)
@@ -109,42 +139,17 @@ impl HttpServer {
     /// Send one request; `headers` are added to `Host`, `Content-Length` and
     /// `Connection: close` (a `Host` in `headers` replaces the default).
     pub fn request(&self, method: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        let mut s = self.open(method, headers, body);
-        read_response(&mut s)
+        request_at(self.addr, method, headers, body)
     }
 
     /// Send a request and return the connection, positioned before the response.
     pub fn open(&self, method: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
-        let mut s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut req = format!("{method} /mcp HTTP/1.1\r\n");
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-            req.push_str(&format!("Host: {}\r\n", self.host()));
-        }
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        ));
-        s.write_all(req.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        s
+        open_at(self.addr, method, headers, body)
     }
 
     /// POST a JSON-RPC message with the standard MCP headers (and a session id if given).
     pub fn post(&self, session: Option<&str>, msg: &Value) -> Response {
-        let body = msg.to_string();
-        let mut h = vec![
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("MCP-Protocol-Version", "2025-11-25"),
-        ];
-        if let Some(sid) = session {
-            h.push(("Mcp-Session-Id", sid));
-        }
-        self.request("POST", &h, body.as_bytes())
+        post_at(self.addr, session, msg)
     }
 
     /// initialize + notifications/initialized; returns the session id.
@@ -171,18 +176,7 @@ impl HttpServer {
             &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
         );
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        if r.header("content-type")
-            .is_some_and(|c| c.starts_with("text/event-stream"))
-        {
-            r.sse_data()
-                .iter()
-                .filter(|d| !d.is_empty())
-                .map(|d| serde_json::from_str::<Value>(d).unwrap())
-                .find(|m| m.get("id") == Some(&json!(id)))
-                .expect("response on the stream")
-        } else {
-            r.json()
-        }
+        r.response_to(&json!(id))
     }
 }
 
@@ -191,6 +185,53 @@ impl Drop for HttpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Send a request to the `/mcp` endpoint at `addr` and return the connection, positioned
+/// before the response. `headers` are added to `Host`, `Content-Length` and
+/// `Connection: close` (a `Host` in `headers` replaces the default).
+pub fn open_at(addr: SocketAddr, method: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} /mcp HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s
+}
+
+/// One request to the `/mcp` endpoint at `addr`, read to the end.
+pub fn request_at(
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut s = open_at(addr, method, headers, body);
+    read_response(&mut s)
+}
+
+/// POST a JSON-RPC message to `addr` with the standard MCP headers (and a session id).
+pub fn post_at(addr: SocketAddr, session: Option<&str>, msg: &Value) -> Response {
+    let body = msg.to_string();
+    let mut h = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    if let Some(sid) = session {
+        h.push(("Mcp-Session-Id", sid));
+    }
+    request_at(addr, "POST", &h, body.as_bytes())
 }
 
 /// Read a whole response (the server closes the connection: `Connection: close`), decoding a

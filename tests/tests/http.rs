@@ -105,12 +105,7 @@ fn progress_notifications_arrive_on_the_request_stream_before_the_result() {
             "name": "run_command", "arguments": {"command": "sh", "args": ["-c", "sleep 1.5; echo done"]},
             "_meta": {"progressToken": 77}}}),
     );
-    let msgs: Vec<Value> = r
-        .sse_data()
-        .iter()
-        .filter(|d| !d.is_empty())
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let msgs = r.messages();
     assert!(msgs.len() >= 2, "{msgs:?}");
     assert_eq!(msgs[0]["method"], "notifications/progress");
     assert_eq!(msgs[0]["params"]["progressToken"], 77); // echoed with its JSON type
@@ -436,19 +431,7 @@ fn a_tampered_request_state_is_rejected() {
             &stateless_headers("tools/call", Some(tool)),
             body.to_string().as_bytes(),
         );
-        let msgs: Vec<Value> = if r
-            .header("content-type")
-            .is_some_and(|c| c.starts_with("text/event-stream"))
-        {
-            r.sse_data()
-                .iter()
-                .filter(|d| !d.is_empty())
-                .map(|d| serde_json::from_str(d).unwrap())
-                .collect()
-        } else {
-            vec![r.json()]
-        };
-        msgs.into_iter().find(|m| m["id"] == 1).unwrap()
+        r.response_to(&json!(1))
     };
     let first = call(json!({}));
     assert_eq!(first["result"]["resultType"], "input_required", "{first}");
@@ -499,12 +482,7 @@ fn an_elicitation_the_client_never_answers_times_out() {
         Some(&sid),
         &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_elicitation", "arguments": {"message": "Who?"}}}),
     );
-    let msgs: Vec<Value> = r
-        .sse_data()
-        .iter()
-        .filter(|d| !d.is_empty())
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let msgs = r.messages();
     // The request reached the client on the call's stream...
     assert_eq!(msgs[0]["method"], "elicitation/create", "{msgs:?}");
     // ...which never answered: the tool was told, and the call ended.
@@ -570,12 +548,7 @@ fn a_dropped_stream_resumes_with_last_event_id() {
         b"",
     );
     assert_eq!(r.status, 200);
-    let msgs: Vec<Value> = r
-        .sse_data()
-        .iter()
-        .filter(|d| !d.is_empty())
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let msgs = r.messages();
     let result = msgs
         .iter()
         .find(|m| m["id"] == 11)

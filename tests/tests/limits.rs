@@ -84,38 +84,13 @@ fn http_addr(srv: &Server) -> std::net::SocketAddr {
     rest.split('/').next().unwrap().parse().unwrap()
 }
 
-/// One POST to the broker's /mcp; the JSON-RPC response (from a JSON or an SSE body) and the
-/// session id header.
+/// One POST to the broker's /mcp: the JSON-RPC response and the session id header.
 fn post(addr: std::net::SocketAddr, sid: Option<&str>, msg: &Value) -> (Value, Option<String>) {
-    use std::io::Write;
-    let body = msg.to_string();
-    let mut st = std::net::TcpStream::connect(addr).unwrap();
-    st.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let sid_h = sid
-        .map(|x| format!("Mcp-Session-Id: {x}\r\n"))
-        .unwrap_or_default();
-    write!(
-        st,
-        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{sid_h}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let r = mcpd_e2e::http::post_at(addr, sid, msg);
+    (
+        r.response_to(&msg["id"]),
+        r.header("mcp-session-id").map(str::to_string),
     )
-    .unwrap();
-    let r = mcpd_e2e::http::read_response(&mut st);
-    let sid = r.header("mcp-session-id").map(str::to_string);
-    let v = if r
-        .header("content-type")
-        .is_some_and(|c| c.starts_with("text/event-stream"))
-    {
-        r.sse_data()
-            .iter()
-            .filter(|d| !d.is_empty())
-            .map(|d| serde_json::from_str::<Value>(d).unwrap())
-            .find(|m| m.get("id") == msg.get("id"))
-            .unwrap()
-    } else {
-        r.json()
-    };
-    (v, sid)
 }
 
 /// A second client session on the same broker (over HTTP) that runs calls while the first one

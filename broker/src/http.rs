@@ -705,7 +705,7 @@ async fn post_stateless(
     // (6) arguments a tool mirrors into headers (`x-mcp-header`) must match them.
     if method == "tools/call" {
         if let Some(name) = params.get("name").and_then(Value::as_str) {
-            if let Some(schema) = hs.session.tool_input_schema(name).await {
+            if let Some(schema) = hs.session.header_mapped_schema(name).await {
                 let args = params.get("arguments").and_then(Value::as_object);
                 if let Err(h) = check_param_headers(&schema, args, headers) {
                     return stateless_error(

@@ -1305,11 +1305,15 @@ impl Session {
         (rec, response)
     }
 
-    /// The input schema of a tool this client may see (for transports that check headers
-    /// derived from it).
-    pub async fn tool_input_schema(&self, name: &str) -> Option<Value> {
+    /// The input schema of a tool this client may see, when it mirrors arguments into headers
+    /// (`x-mcp-header`, checked by the HTTP transport); `None` otherwise, so the common call
+    /// does not parse a schema.
+    pub async fn header_mapped_schema(&self, name: &str) -> Option<Value> {
         let worker = self.worker().await.ok()?;
         let t = self.visible_tool(&worker, name)?;
+        if !t.input_schema_json.contains("x-mcp-header") {
+            return None;
+        }
         serde_json::from_str(&t.input_schema_json).ok()
     }
 
@@ -1432,56 +1436,36 @@ impl Session {
         }
         // A tool that needs input before any work starts answers at once: that is an input
         // round of the request itself, not a task.
-        let early = tokio::time::timeout(tasks::DECIDE_WINDOW, &mut rx).await;
-        if let Ok(Ok((rec, resp))) = &early {
-            let result = &resp["result"];
-            let round = result.get("resultType").and_then(Value::as_str) == Some("input_required")
-                && result.get("_inTask").is_none();
-            if round || resp.get("result").is_none() {
-                let mut out = resp.clone();
-                out["id"] = id.to_value();
-                let rec = Rec {
-                    method: rec.method.clone(),
-                    tool: rec.tool.clone(),
-                    args_digest: rec.args_digest.clone(),
-                    args_preview: rec.args_preview.clone(),
-                    decision: rec.decision.clone(),
-                    outcome: rec.outcome,
-                    paths: rec.paths.clone(),
-                    command: rec.command.clone(),
-                    limit: rec.limit,
-                };
-                return (rec, out);
+        let early = match tokio::time::timeout(tasks::DECIDE_WINDOW, &mut rx).await {
+            // No response (cancelled), or an input round: answered as the request itself.
+            Ok(Ok((rec, mut resp))) if resp.get("result").is_none() || is_input_round(&resp) => {
+                resp["id"] = id.to_value();
+                return (rec, resp);
             }
-        }
-        let mut task = Task::new(params, run_id, st.clone());
-        let created = task.to_json(&task_id, true);
-        let mut create_rec = Rec::new("tools/call");
-        create_rec.tool = Some(printable(name));
-        create_rec = create_rec.allow("tasks").outcome("task_created");
-        match early {
-            Ok(Ok((rec, resp))) => {
-                task.finish_run(&resp);
-                if let Ok(mut t) = self.inner.mcp_tasks.lock() {
-                    t.insert(task_id.clone(), task);
-                }
-                let s = self.clone();
-                tokio::spawn(async move { s.finish(None, started, rec, Value::Null).await });
-            }
+            Ok(Ok(done)) => Some(done),
             Ok(Err(_)) => {
                 return (
-                    create_rec,
+                    rec_task_created(name),
                     jsonrpc::error(id.to_value(), INTERNAL_ERROR, "Internal error"),
                 )
             }
-            Err(_) => {
-                if let Ok(mut t) = self.inner.mcp_tasks.lock() {
-                    t.insert(task_id.clone(), task);
-                }
-                self.watch_task(task_id.clone(), rx, started);
-            }
+            Err(_) => None,
+        };
+        let mut task = Task::new(params, run_id, st.clone());
+        let created = task.to_json(&task_id, true);
+        let still_running = early.is_none();
+        if let Some((rec, resp)) = early {
+            task.finish_run(&resp);
+            let s = self.clone();
+            tokio::spawn(async move { s.finish(None, started, rec, Value::Null).await });
         }
-        (create_rec, jsonrpc::response(id, created))
+        if let Ok(mut t) = self.inner.mcp_tasks.lock() {
+            t.insert(task_id.clone(), task);
+        }
+        if still_running {
+            self.watch_task(task_id, rx, started);
+        }
+        (rec_task_created(name), jsonrpc::response(id, created))
     }
 
     /// When a task's run ends: record its outcome, audit it.
@@ -2517,6 +2501,23 @@ fn exec_request<'a>(
         shell,
         language,
     }))
+}
+
+/// The audit record of a `tools/call` answered with a new task.
+fn rec_task_created(tool: &str) -> Rec {
+    let mut r = Rec::new("tools/call")
+        .allow("tasks")
+        .outcome("task_created");
+    r.tool = Some(printable(tool));
+    r
+}
+
+/// An input round before any work starts (not a task's question): `input_required` without the
+/// task runner's internal marker.
+fn is_input_round(resp: &Value) -> bool {
+    let r = &resp["result"];
+    r.get("resultType").and_then(Value::as_str) == Some("input_required")
+        && r.get("_inTask").is_none()
 }
 
 /// A worker sent a result that breaks the protocol: it is ended, the client gets an error.

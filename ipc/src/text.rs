@@ -73,6 +73,32 @@ pub fn template_placeholders(element: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Fill a template element: each `{name}` becomes `value(name)` (its text, inserted as is,
+/// never re-parsed), `{{` and `}}` become literal braces. The element is assumed valid (see
+/// [`template_placeholders`]).
+pub fn fill_template(element: &str, mut value: impl FnMut(&str) -> String) -> String {
+    let mut out = String::with_capacity(element.len());
+    let mut chars = element.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                out.push_str(&value(&name));
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -105,5 +131,13 @@ mod tests {
         assert!(template_placeholders("{}").is_err());
         assert!(template_placeholders("}").is_err());
         assert!(template_placeholders("{a-b}").is_err());
+        let filled = fill_template("{{x}} {a}-{b}", |n| {
+            if n == "a" {
+                "{b}".into()
+            } else {
+                "2".into()
+            }
+        });
+        assert_eq!(filled, "{x} {b}-2");
     }
 }

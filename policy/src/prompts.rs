@@ -132,26 +132,13 @@ impl Prompt {
 
 /// Replace `{name}` by the value (absent optional arguments become empty); `{{`/`}}` are braces.
 fn fill(text: &str, values: &Map<String, Value>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-                out.push('{');
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-                out.push('}');
-            }
-            '{' => {
-                let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                out.push_str(values.get(&name).and_then(Value::as_str).unwrap_or(""));
-            }
-            other => out.push(other),
-        }
-    }
-    out
+    mcpd_ipc::text::fill_template(text, |name| {
+        values
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    })
 }
 
 fn name_ok(n: &str) -> bool {

@@ -405,26 +405,9 @@ pub fn expand_template(
         {
             continue;
         }
-        let mut s = String::new();
-        let mut chars = el.chars().peekable();
-        while let Some(c) = chars.next() {
-            match c {
-                '{' if chars.peek() == Some(&'{') => {
-                    chars.next();
-                    s.push('{');
-                }
-                '}' if chars.peek() == Some(&'}') => {
-                    chars.next();
-                    s.push('}');
-                }
-                '{' => {
-                    let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                    s.push_str(&args.get(&name).map(value_text).unwrap_or_default());
-                }
-                other => s.push(other),
-            }
-        }
-        out.push(s);
+        out.push(mcpd_ipc::text::fill_template(el, |name| {
+            args.get(name).map(value_text).unwrap_or_default()
+        }));
     }
     if out.iter().any(|a| a.contains('\0')) {
         return Err("arguments must not contain NUL".into());

@@ -504,7 +504,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             cell.clone(),
             serve_audit.clone(),
         ));
-        let sup = supervisor::Supervisor::start(worker, policy.allow_degraded_sandbox, cgroups)?;
+        let sup = supervisor::Supervisor::start(
+            worker,
+            policy.allow_degraded_sandbox,
+            cgroups,
+            std::time::Duration::from_micros(policy.ipc_spin_us),
+        )?;
         let Some(addr) = http_addr else {
             let (input, output) = stdio::process_stdio();
             return stdio::serve(cell, sup, serve_audit, input, output).await;

@@ -341,6 +341,7 @@ pub struct Supervisor {
     allow_degraded: bool,
     cgroups: Option<crate::cgroup::Cgroups>,
     groups_made: Arc<AtomicU64>,
+    ipc_spin: Duration,
 }
 
 impl Supervisor {
@@ -349,6 +350,7 @@ impl Supervisor {
         worker_path: PathBuf,
         allow_degraded: bool,
         cgroups: Option<crate::cgroup::Cgroups>,
+        ipc_spin: Duration,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
         let handle = tokio::runtime::Handle::current();
@@ -366,6 +368,7 @@ impl Supervisor {
             allow_degraded,
             cgroups,
             groups_made: Arc::new(AtomicU64::new(0)),
+            ipc_spin,
         })
     }
 
@@ -518,6 +521,9 @@ impl Supervisor {
             landlock_net = enforcement.landlock_net, landlock_scoped = enforcement.landlock_scoped,
             seccomp = enforcement.seccomp, no_new_privs = enforcement.no_new_privs, tools = tools.len(),
             "worker confined and ready");
+        // From here on a request to the worker is usually answered within tens of µs: poll for
+        // the answer that long instead of sleeping (bounded; `server.ipc_spin_us`).
+        tx.spin_after_send(self.ipc_spin);
         let pending: Arc<Mutex<HashMap<u64, Pending>>> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let (kill_tx, kill_rx) = oneshot::channel::<()>();

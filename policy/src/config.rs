@@ -205,6 +205,9 @@ pub struct RawServer {
     /// Per-worker control groups: `"auto"` (default), `"off"`, or the absolute path of a
     /// delegated cgroup v2 directory.
     pub cgroup: Option<Spanned<String>>,
+    /// Microseconds the broker keeps polling a worker's socket after sending it a request,
+    /// before it sleeps in the reactor (default 100, at most 10000; 0 = never poll).
+    pub ipc_spin_us: Option<Spanned<u64>>,
 }
 
 /// `[stdio]`

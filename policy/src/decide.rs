@@ -551,6 +551,23 @@ call_timeout_secs = 30
         let e = Policy::from_toml("c.toml", "[server]\nmax_message_bytes = 0\n", &fake_canon)
             .unwrap_err();
         assert!(e.message.contains("max_message_bytes"));
+        let e = Policy::from_toml("c.toml", "[server]\nipc_spin_us = 10001\n", &fake_canon)
+            .unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(
+            e.message.contains("ipc_spin_us must be at most 10000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ipc_spin_defaults_and_can_be_turned_off() {
+        assert_eq!(policy("").ipc_spin_us, crate::model::DEFAULT_IPC_SPIN_US);
+        assert_eq!(policy("[server]\nipc_spin_us = 0\n").ipc_spin_us, 0);
+        assert_eq!(
+            policy("[server]\nipc_spin_us = 10000\n").ipc_spin_us,
+            10_000
+        );
     }
 
     #[test]

@@ -24,6 +24,11 @@ pub const MAX_MESSAGE_BYTES_CEILING: u64 = 64 * 1024 * 1024;
 pub const MAX_RESULT_BYTES_CEILING: u64 = (mcpd_ipc::MAX_FRAME as u64) * 3 / 4;
 /// Default idle time before a session's worker is reaped, seconds.
 pub const DEFAULT_WORKER_IDLE_SECS: u64 = 600;
+/// Default `server.ipc_spin_us`: covers a quick tool's answer (a wake-up and a few tens of µs of
+/// work), so such a call costs the broker no sleep and wake-up cycle (docs/ARCHITECTURE.md).
+pub const DEFAULT_IPC_SPIN_US: u64 = 100;
+/// Upper bound of `server.ipc_spin_us`.
+pub const MAX_IPC_SPIN_US: u64 = 10_000;
 
 /// Resolves a configured path to its canonical absolute form (realpath). Supplied by the
 /// caller so the policy crate does no I/O itself. An error means the path does not exist.
@@ -171,6 +176,8 @@ pub struct Policy {
     pub operator_tools: BTreeMap<String, OperatorTool>,
     /// Per-worker control groups.
     pub cgroup: CgroupSetting,
+    /// How long the broker polls a worker's socket after a send before sleeping, µs (0 = never).
+    pub ipc_spin_us: u64,
     /// The Streamable HTTP transport settings.
     pub http: HttpSettings,
     /// Extra tool sets (`--toolset NAME`), e.g. `conformance`. Never set by a default policy.
@@ -507,6 +514,16 @@ impl Policy {
                 ));
             }
         };
+        let ipc_spin_us = match &raw.server.ipc_spin_us {
+            None => DEFAULT_IPC_SPIN_US,
+            Some(v) if *v.get_ref() <= MAX_IPC_SPIN_US => *v.get_ref(),
+            Some(v) => {
+                return Err(src.error(
+                    Some(v.span()),
+                    format!("server.ipc_spin_us must be at most {MAX_IPC_SPIN_US}"),
+                ));
+            }
+        };
         let mut policy = Self {
             clients,
             stdio_client,
@@ -526,6 +543,7 @@ impl Policy {
             audit: None,
             operator_tools,
             cgroup,
+            ipc_spin_us,
             http,
             toolsets: Vec::new(),
             prompts: BTreeMap::new(),
@@ -746,9 +764,10 @@ impl Policy {
             out.push_str(&format!("WARNING: {w}\n"));
         }
         out.push_str(&format!(
-            "server: max_message_bytes={} worker_idle_secs={} degraded_sandbox={} worker={}\n",
+            "server: max_message_bytes={} worker_idle_secs={} ipc_spin_us={} degraded_sandbox={} worker={}\n",
             self.max_message_bytes,
             self.worker_idle_secs,
+            self.ipc_spin_us,
             self.allow_degraded_sandbox,
             self.worker_path
                 .as_ref()

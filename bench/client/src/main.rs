@@ -7,7 +7,8 @@
 //! (almost only) the server and the pipes.
 //!
 //! Usage: `mcpd-stdio-bench --calls N --warmup N --cold-runs N --file PATH -- SERVER ARGV...`
-//! Prints one JSON object: p50/p99/mean latency (µs), calls/s, cold-start median/min (ms).
+//! Prints one JSON object: p50/p99/mean latency (µs), calls/s, cold-start median/min (ms), and
+//! the p50 of `ping` round trips (the transport floor, no tool run).
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -156,6 +157,15 @@ fn run() -> Result<(), String> {
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let total = started.elapsed().as_secs_f64();
+    // The transport floor: `ping` round trips, which a server answers without running a tool
+    // (mcpd: the broker alone, no worker hop).
+    let mut ping = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        c.request("ping", &json!({}))?;
+        ping.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    ping.sort_by(f64::total_cmp);
     c.close();
     lat.sort_by(f64::total_cmp);
 
@@ -177,6 +187,7 @@ fn run() -> Result<(), String> {
             "p50_us": percentile(&lat, 0.5),
             "p99_us": percentile(&lat, 0.99),
             "mean_us": mean,
+            "ping_p50_us": percentile(&ping, 0.5),
             "calls_per_s": calls as f64 / total,
             "cold_median_ms": percentile(&cold, 0.5),
             "cold_min_ms": cold.first().copied().unwrap_or(0.0),

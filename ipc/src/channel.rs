@@ -8,7 +8,7 @@
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,13 +61,60 @@ fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
 /// Sleeping in the reactor and being woken by the answer costs a context switch pair, and on a
 /// virtual machine a cross-CPU wake-up of a halted vCPU: tens of µs, more than a quick tool's
 /// whole run. For a window after each send the receiver instead re-checks the socket between
-/// yields to the runtime (other tasks still run), then falls back to waiting for readiness.
+/// yields to the runtime (its other tasks still run), then falls back to waiting for readiness.
+///
+/// Polling pays only when the peer has a CPU to answer on, so a window opens only when the
+/// kernel counts no more runnable tasks than this process has CPUs ([`cpu_to_spare`]). And when
+/// the answer comes after the window anyway, the poll only took CPU from others: a window that
+/// ends empty makes the next 1, 3, 7 … up to [`MAX_SPIN_BACKOFF`] sends not poll at all, and an
+/// answer caught while polling resets that.
 #[derive(Debug)]
 struct Spin {
     base: Instant,
     window_ns: AtomicU64,
     last_send_ns: AtomicU64,
+    /// Sends left that do not open a window.
+    skip: AtomicU32,
+    /// Length of the current back-off (0 after a poll that caught its answer).
+    backoff: AtomicU32,
     sent: Notify,
+}
+
+/// Longest back-off, in sends, after polls that caught nothing.
+const MAX_SPIN_BACKOFF: u32 = 63;
+
+/// Whether the machine has a CPU for the peer while this thread polls: the kernel's count of
+/// runnable tasks right now (`/proc/loadavg`, read with one `pread`, ~1 µs) is at most the CPUs
+/// this process may use. Polling on a machine whose CPUs are all taken only delays the peer (and
+/// everyone else). Where `/proc/loadavg` cannot be read (a unit with `ProcSubset=pid`) the
+/// answer is "yes" and only the back-off limits polling.
+fn cpu_to_spare() -> bool {
+    use std::sync::OnceLock;
+    static LOADAVG: OnceLock<Option<(OwnedFd, usize)>> = OnceLock::new();
+    let Some((fd, cpus)) = LOADAVG.get_or_init(|| {
+        let fd = rustix::fs::open(
+            "/proc/loadavg",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Some((fd, cpus))
+    }) else {
+        return true;
+    };
+    let mut buf = [0u8; 128];
+    let Ok(n) = rustix::io::pread(fd, &mut buf, 0) else {
+        return true;
+    };
+    runnable_tasks(&buf[..n]).is_none_or(|running| running <= *cpus)
+}
+
+/// The runnable-task count of a `/proc/loadavg` line (`0.50 0.40 0.30 3/210 4567`).
+fn runnable_tasks(line: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(line).ok()?;
+    let field = text.split_ascii_whitespace().nth(3)?;
+    field.split_once('/')?.0.parse().ok()
 }
 
 impl Spin {
@@ -76,8 +123,40 @@ impl Spin {
             base: Instant::now(),
             window_ns: AtomicU64::new(0),
             last_send_ns: AtomicU64::new(0),
+            skip: AtomicU32::new(0),
+            backoff: AtomicU32::new(0),
             sent: Notify::new(),
         }
+    }
+
+    /// A message went out: open a window, unless polling is off, backing off, or every CPU is
+    /// taken.
+    fn arm(&self) {
+        if self.window_ns.load(Ordering::Relaxed) == 0 || self.backing_off() || !cpu_to_spare() {
+            return;
+        }
+        self.last_send_ns.store(self.now_ns(), Ordering::Relaxed);
+        self.sent.notify_one();
+    }
+
+    /// Counts one send against the back-off; true while it lasts.
+    fn backing_off(&self) -> bool {
+        self.skip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// A poll caught an answer.
+    fn caught(&self) {
+        self.backoff.store(0, Ordering::Relaxed);
+    }
+
+    /// A window ended with nothing: poll less for a while.
+    fn missed(&self) {
+        let b = self.backoff.load(Ordering::Relaxed);
+        let next = (b.saturating_mul(2) + 1).min(MAX_SPIN_BACKOFF);
+        self.backoff.store(next, Ordering::Relaxed);
+        self.skip.store(next, Ordering::Relaxed);
     }
 
     fn now_ns(&self) -> u64 {
@@ -190,12 +269,7 @@ impl<Out: Serialize> Sender<Out> {
                 }
             }
         }
-        if self.spin.window_ns.load(Ordering::Relaxed) > 0 {
-            self.spin
-                .last_send_ns
-                .store(self.spin.now_ns(), Ordering::Relaxed);
-            self.spin.sent.notify_one();
-        }
+        self.spin.arm();
         Ok(())
     }
 }
@@ -207,16 +281,26 @@ impl<In: DeserializeOwned> Receiver<In> {
             if let Some(payload) = self.decoder.next_frame() {
                 return Ok(Some(codec::decode(&payload)?));
             }
+            let mut polling = false;
             let n = loop {
                 match rustix::net::recv(self.fd.get_ref(), &mut self.buf[..], RecvFlags::empty()) {
-                    Ok((n, _)) => break n,
+                    Ok((n, _)) => {
+                        if polling {
+                            self.spin.caught();
+                        }
+                        break n;
+                    }
                     Err(rustix::io::Errno::AGAIN) => {}
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(e) => return Err(io::Error::from(e).into()),
                 }
                 if self.spin.open() {
+                    polling = true;
                     tokio::task::yield_now().await;
                     continue;
+                }
+                if std::mem::take(&mut polling) {
+                    self.spin.missed();
                 }
                 tokio::select! {
                     ready = self.fd.readable() => {
@@ -401,6 +485,33 @@ mod tests {
         );
         drop(keep);
         assert!(brx.recv().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn polling_backs_off_after_empty_windows_and_reads_the_runnable_count() {
+        let s = Spin::new();
+        assert!(!s.backing_off());
+        let mut lengths = Vec::new();
+        for _ in 0..8 {
+            s.missed();
+            let mut n = 0;
+            while s.backing_off() {
+                n += 1;
+            }
+            lengths.push(n);
+        }
+        assert_eq!(lengths, [1, 3, 7, 15, 31, 63, 63, 63]);
+        s.caught();
+        s.missed();
+        assert!(s.backing_off());
+        assert!(!s.backing_off(), "a caught answer resets the back-off");
+        assert_eq!(runnable_tasks(b"0.50 0.40 0.30 3/210 4567\n"), Some(3));
+        assert_eq!(runnable_tasks(b"0.50 0.40 0.30"), None);
+        assert_eq!(runnable_tasks(b"a b c x/y z"), None);
+        assert_eq!(runnable_tasks(&[0xff, 0xfe]), None);
+        // This machine's own file parses (a kernel without it would make polling unconditional).
+        let line = std::fs::read("/proc/loadavg").unwrap();
+        assert!(runnable_tasks(&line).is_some_and(|n| n >= 1), "{line:?}");
     }
 
     #[test]

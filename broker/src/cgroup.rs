@@ -1391,11 +1391,17 @@ mod tests {
         }
     }
 
-    /// `(state, starttime)` from `/proc/<pid>/stat`, `None` when the process is gone.
-    fn proc_state(pid: u32) -> Option<(char, u64)> {
+    /// The fields of `/proc/<pid>/stat` after the command name (field 3, the state, comes
+    /// first), `None` when the process is gone.
+    fn stat_fields(pid: &str) -> Option<Vec<String>> {
         let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let after = &text[text.rfind(')')? + 1..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
+        Some(after.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// `(state, starttime)` from `/proc/<pid>/stat`, `None` when the process is gone.
+    fn proc_state(pid: u32) -> Option<(char, u64)> {
+        let fields = stat_fields(&pid.to_string())?;
         let state = fields.first()?.chars().next()?;
         let start = fields.get(19)?.parse().ok()?;
         Some((state, start))
@@ -1403,9 +1409,7 @@ mod tests {
 
     /// The session id field of `/proc/<pid>/stat` (0 when the leader is in another pid namespace).
     fn proc_session(pid: &str) -> Option<i64> {
-        let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let after = &text[text.rfind(')')? + 1..];
-        after.split_whitespace().nth(3)?.parse().ok()
+        stat_fields(pid)?.get(3)?.parse().ok()
     }
 
     /// Start `sh` in the group; it double-forks a `sleep 60` into a new session and exits.

@@ -28,7 +28,16 @@ pub const SYSTEM_READ_PATHS: &[&str] = &[
 ];
 
 /// Device files commands may read and write.
-pub const DEVICE_PATHS: &[&str] = &["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
+pub const DEVICE_PATHS: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/urandom",
+    "/dev/random",
+];
+
+/// Where bare program names are looked up (the same fixed `PATH` the worker gives commands).
+pub const PROGRAM_DIRS: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 
 /// Dynamic loaders (executed by the kernel for every dynamically linked program).
 pub const LOADERS: &[&str] = &[
@@ -65,10 +74,36 @@ pub fn complete(spec: &mut SandboxSpec) {
         return;
     }
     let mut exec = spec.exec_paths.clone();
+    // Spellings the worker's private view must resolve (its symlink chains are reproduced
+    // there): the loaders, `#!` interpreters and program names as written, not canonical.
+    let mut aliases: Vec<String> = LOADERS
+        .iter()
+        .filter(|l| Path::new(l).exists())
+        .map(|l| (*l).to_string())
+        .collect();
+    if spec.exec.shell.is_some() {
+        aliases.push("/bin/sh".into());
+    }
+    let names = spec
+        .exec
+        .programs
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(spec.exec.languages.iter().map(|l| l.name.as_str()));
+    for name in names {
+        if name.starts_with('/') {
+            aliases.push(name.to_string());
+        } else {
+            aliases.extend(PROGRAM_DIRS.iter().map(|d| format!("{d}/{name}")));
+        }
+    }
     let mut i = 0;
     let mut depth = 0;
     while i < exec.len() && depth < MAX_SHEBANG_DEPTH * 64 {
         if let Some(interp) = shebang(Path::new(&exec[i])) {
+            if let Some(spelled) = interp.to_str() {
+                aliases.push(spelled.to_string());
+            }
             if let Some(c) = interp.to_str().and_then(canonical) {
                 if !exec.contains(&c) {
                     exec.push(c);
@@ -90,6 +125,9 @@ pub fn complete(spec: &mut SandboxSpec) {
     sys.dedup();
     spec.exec.system_read_paths = sys;
     spec.exec.device_paths = DEVICE_PATHS.iter().filter_map(|p| canonical(p)).collect();
+    aliases.sort();
+    aliases.dedup();
+    spec.isolation.aliases = aliases;
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a worker gets to exit after `Shutdown` before it is killed.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Why a worker's reader ended when the worker closed its end of the socket.
+const SOCKET_CLOSED: &str = "worker closed the socket";
 /// Most tools a worker may advertise.
 pub const MAX_TOOLS: usize = 256;
 /// Largest tool description accepted from a worker, bytes.
@@ -487,6 +489,18 @@ impl Supervisor {
             let _ = child.kill().await;
             return Err(SpawnError::Degraded(enforcement.landlock));
         }
+        let iso = &enforcement.isolation;
+        if (!iso.namespaces || !iso.capabilities_cleared) && !self.allow_degraded {
+            let _ = child.kill().await;
+            return Err(SpawnError::Confine(format!(
+                "worker runs without {} and degraded mode is not enabled",
+                if iso.namespaces {
+                    "cleared capabilities"
+                } else {
+                    "namespaces"
+                }
+            )));
+        }
         if !enforcement.seccomp || !enforcement.no_new_privs {
             let _ = child.kill().await;
             return Err(SpawnError::Confine(
@@ -505,6 +519,17 @@ impl Supervisor {
         f.insert("landlock_scoped".into(), enforcement.landlock_scoped.into());
         f.insert("seccomp".into(), enforcement.seccomp.into());
         f.insert("no_new_privs".into(), enforcement.no_new_privs.into());
+        f.insert("namespaces".into(), iso.namespaces.into());
+        f.insert("network_namespace".into(), iso.network_namespace.into());
+        f.insert("user_namespace".into(), iso.user_namespace.into());
+        f.insert("uid".into(), iso.uid.into());
+        f.insert(
+            "capabilities_cleared".into(),
+            iso.capabilities_cleared.into(),
+        );
+        f.insert("memfd_noexec".into(), iso.memfd_noexec.into());
+        f.insert("idmapped".into(), iso.idmapped.len().into());
+        f.insert("not_idmapped".into(), iso.not_idmapped.clone().into());
         f.insert("tools".into(), tools.len().into());
         f.insert(
             "cgroup".into(),
@@ -520,7 +545,15 @@ impl Supervisor {
         tracing::info!(pid, landlock_abi = enforcement.landlock_abi, landlock = ?enforcement.landlock,
             landlock_net = enforcement.landlock_net, landlock_scoped = enforcement.landlock_scoped,
             seccomp = enforcement.seccomp, no_new_privs = enforcement.no_new_privs, tools = tools.len(),
-            "worker confined and ready");
+            namespaces = iso.namespaces, network_namespace = iso.network_namespace,
+            user_namespace = iso.user_namespace, uid = iso.uid,
+            capabilities_cleared = iso.capabilities_cleared, memfd_noexec = iso.memfd_noexec,
+            idmapped = iso.idmapped.len(), "worker confined and ready");
+        if !iso.not_idmapped.is_empty() {
+            tracing::warn!(pid, roots = ?iso.not_idmapped, uid = iso.uid,
+                "these roots' filesystems refused an idmapped mount: the worker runs as their owner \
+                 (capabilities cleared; tenants with such roots may share that uid)");
+        }
         // From here on a request to the worker is usually answered within tens of µs: poll for
         // the answer that long instead of sleeping (bounded; `server.ipc_spin_us`).
         tx.spin_after_send(self.ipc_spin);
@@ -563,7 +596,7 @@ impl Supervisor {
                             break why;
                         }
                     }
-                    Ok(None) => break "worker closed the socket".to_string(),
+                    Ok(None) => break SOCKET_CLOSED.to_string(),
                     Err(e) => break format!("invalid ipc from worker: {e}"),
                 }
             };
@@ -578,9 +611,22 @@ impl Supervisor {
             let status = tokio::select! {
                 st = child.wait() => st,
                 why = &mut reader => {
-                    if let Ok(why) = why { tracing::warn!(pid, "ending worker: {why}"); }
-                    let _ = child.start_kill();
-                    child.wait().await
+                    // A worker that closed its socket is exiting: its outer process relays
+                    // the status once the PID namespace's init has gone; give it that long.
+                    let closed = matches!(&why, Ok(w) if w == SOCKET_CLOSED);
+                    if closed {
+                        if let Ok(st) = tokio::time::timeout(SHUTDOWN_GRACE, child.wait()).await {
+                            st
+                        } else {
+                            tracing::warn!(pid, "ending worker: {SOCKET_CLOSED} but did not exit");
+                            let _ = child.start_kill();
+                            child.wait().await
+                        }
+                    } else {
+                        if let Ok(why) = why { tracing::warn!(pid, "ending worker: {why}"); }
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
                 }
                 _ = &mut kill_rx => {
                     let _ = child.start_kill();

@@ -155,6 +155,51 @@ pub struct Enforcement {
     pub seccomp: bool,
     /// `PR_SET_NO_NEW_PRIVS` is set.
     pub no_new_privs: bool,
+    /// The namespaces and identity the worker runs in (sandbox v2).
+    pub isolation: IsolationReport,
+}
+
+/// What the namespace and identity steps achieved (see [`Isolation`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct IsolationReport {
+    /// Own mount, PID, IPC and UTS namespaces, and a private root holding only the spec's
+    /// paths (the rest of the host's filesystem does not exist for the worker).
+    pub namespaces: bool,
+    /// Own (empty) network namespace: no network at all.
+    pub network_namespace: bool,
+    /// Own user namespace (the broker is unprivileged).
+    pub user_namespace: bool,
+    /// The worker's uid as the host sees it.
+    pub uid: u32,
+    /// Every capability set (bounding, ambient, inheritable, permitted, effective) is empty,
+    /// supplementary groups are dropped where the kernel allows it, securebits are locked.
+    pub capabilities_cleared: bool,
+    /// Roots mounted idmapped (their host owner appears as the worker's uid).
+    pub idmapped: Vec<String>,
+    /// Roots whose filesystem refused an idmapped mount: the documented fallback applies (the
+    /// worker runs as the owner of the first such root, capabilities still cleared).
+    pub not_idmapped: Vec<String>,
+    /// `vm.memfd_noexec = 2` in the worker's PID namespace (no executable memfd).
+    pub memfd_noexec: bool,
+}
+
+/// The namespaces, filesystem view and identity a worker builds before it reads any request
+/// (sandbox v2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Isolation {
+    /// Build the private view: mount, PID, IPC, UTS namespaces (and a network namespace unless
+    /// [`SandboxSpec::allow_network`]), a user namespace when the worker is not root. Always on
+    /// in a spec the broker derives from policy; off only in tests of the other layers.
+    pub namespaces: bool,
+    /// The uid (and gid) the worker runs as when it starts as root (`server.worker_uids`).
+    /// A root worker without one refuses to start.
+    pub uid: Option<u32>,
+    /// Size of the private `/tmp` (and `/dev/shm`), bytes.
+    pub tmp_bytes: u64,
+    /// Paths as programs spell them (the ELF loader, `#!` interpreters, program names) whose
+    /// host symlink chains the view reproduces, so `/lib64/ld-linux-x86-64.so.2` or `/bin/sh`
+    /// resolve inside the view to the (canonical) files that are mounted there.
+    pub aliases: Vec<String>,
 }
 
 /// Landlock enforcement level.
@@ -191,6 +236,8 @@ pub struct SandboxSpec {
     pub toolsets: Vec<String>,
     /// Command and code execution, operator-defined tools (empty: nothing may be executed).
     pub exec: ExecSpec,
+    /// Namespaces, private filesystem view and identity.
+    pub isolation: Isolation,
 }
 
 /// What the worker may execute, derived from the client's command, code and operator-tool

@@ -208,6 +208,11 @@ pub struct RawServer {
     /// Microseconds the broker keeps polling a worker's socket after sending it a request,
     /// before it sleeps in the reactor (default 100, at most 10000; 0 = never poll).
     pub ipc_spin_us: Option<Spanned<u64>>,
+    /// `"START-END"`: the uids (and gids) a root broker's workers run as, one per client
+    /// (default `"60578-61183"`).
+    pub worker_uids: Option<Spanned<String>>,
+    /// Size of each worker's private `/tmp` and `/dev/shm`, bytes (default 64 MiB).
+    pub worker_tmp_bytes: Option<Spanned<u64>>,
 }
 
 /// `[stdio]`

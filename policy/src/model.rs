@@ -29,6 +29,77 @@ pub const DEFAULT_WORKER_IDLE_SECS: u64 = 600;
 pub const DEFAULT_IPC_SPIN_US: u64 = 100;
 /// Upper bound of `server.ipc_spin_us`.
 pub const MAX_IPC_SPIN_US: u64 = 10_000;
+/// Default `server.worker_uids`: a range systemd leaves unused (between the `systemd-homed`
+/// and host-user ranges and the `DynamicUser=` range, docs "Users, Groups, UIDs and GIDs on
+/// systemd Systems"), below 65534 so 16-bit tools show it.
+pub const DEFAULT_WORKER_UIDS: UidRange = UidRange {
+    start: 60578,
+    end: 61183,
+};
+/// Default `server.worker_tmp_bytes`: the worker's private `/tmp` (and `/dev/shm`).
+pub const DEFAULT_WORKER_TMP_BYTES: u64 = 64 * 1024 * 1024;
+/// Ceiling of `server.worker_tmp_bytes` (tmpfs pages are charged to the worker's memory).
+pub const MAX_WORKER_TMP_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
+/// An inclusive range of uids (and the gids of the same numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    /// First uid.
+    pub start: u32,
+    /// Last uid (inclusive).
+    pub end: u32,
+}
+
+impl UidRange {
+    /// Parse `"START-END"`; refuses ranges holding 0 (root), 65534/65535 (nobody, 16-bit -1)
+    /// or anything from 2^31 on (negative in 32-bit signed tools; -1 is "unchanged").
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("'{s}' is not START-END"))?;
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("'{t}' is not a uid"))
+        };
+        let r = Self {
+            start: num(a)?,
+            end: num(b)?,
+        };
+        if r.start == 0 || r.start > r.end {
+            return Err(format!("'{s}': START must be at least 1 and at most END"));
+        }
+        if r.end >= 1 << 31 {
+            return Err(format!("'{s}': uids from 2147483648 on are not allowed"));
+        }
+        if r.start <= 65535 && r.end >= 65534 {
+            return Err(format!("'{s}' holds 65534 (nobody) or 65535"));
+        }
+        Ok(r)
+    }
+    /// How many uids the range holds.
+    pub fn len(&self) -> u64 {
+        u64::from(self.end - self.start) + 1
+    }
+    /// Never empty (parse refuses START > END); for clippy's len-without-is-empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl fmt::Display for UidRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// FNV-1a, 64 bits: a stable (across versions and hosts) spread of client ids over the uid
+/// range. Not a security function: collisions are resolved by probing.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// Resolves a configured path to its canonical absolute form (realpath). Supplied by the
 /// caller so the policy crate does no I/O itself. An error means the path does not exist.
@@ -178,6 +249,10 @@ pub struct Policy {
     pub cgroup: CgroupSetting,
     /// How long the broker polls a worker's socket after a send before sleeping, µs (0 = never).
     pub ipc_spin_us: u64,
+    /// The uids a root broker's workers run as (one per client).
+    pub worker_uids: UidRange,
+    /// Size of each worker's private `/tmp` and `/dev/shm`, bytes.
+    pub worker_tmp_bytes: u64,
     /// The Streamable HTTP transport settings.
     pub http: HttpSettings,
     /// Extra tool sets (`--toolset NAME`), e.g. `conformance`. Never set by a default policy.
@@ -524,9 +599,40 @@ impl Policy {
                 ));
             }
         };
+        let worker_uids = match &raw.server.worker_uids {
+            None => DEFAULT_WORKER_UIDS,
+            Some(v) => UidRange::parse(v.get_ref())
+                .map_err(|m| src.error(Some(v.span()), format!("server.worker_uids: {m}")))?,
+        };
+        // One uid per client, and one for requests of unknown clients.
+        if worker_uids.len() < clients.len() as u64 + 1 {
+            return Err(src.error(
+                raw.server.worker_uids.as_ref().map(|v| v.span()),
+                format!(
+                    "server.worker_uids ({worker_uids}) holds {} uids: {} clients need {}",
+                    worker_uids.len(),
+                    clients.len(),
+                    clients.len() + 1
+                ),
+            ));
+        }
+        let worker_tmp_bytes = match &raw.server.worker_tmp_bytes {
+            None => DEFAULT_WORKER_TMP_BYTES,
+            Some(v) if (1024 * 1024..=MAX_WORKER_TMP_BYTES).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                return Err(src.error(
+                    Some(v.span()),
+                    format!(
+                        "server.worker_tmp_bytes must be between 1048576 and {MAX_WORKER_TMP_BYTES}"
+                    ),
+                ));
+            }
+        };
         let mut policy = Self {
             clients,
             stdio_client,
+            worker_uids,
+            worker_tmp_bytes,
             worker_path: server.worker.as_ref().map(PathBuf::from),
             allow_degraded_sandbox: server.allow_degraded_sandbox,
             max_message_bytes,
@@ -662,12 +768,52 @@ impl Policy {
         self.clients.iter()
     }
 
+    /// The uid (and gid) a root broker runs `client`'s workers as: stable for a client as
+    /// long as the set of clients keeps its hash slots (FNV-1a of the id over
+    /// `server.worker_uids`, collisions probed in the order of client ids), and never shared
+    /// by two clients. An unknown client gets a slot of its own after all known ones.
+    pub fn worker_uid(&self, client: &ClientId) -> u32 {
+        let size = self.worker_uids.len();
+        let mut taken = BTreeSet::new();
+        let known = self.clients.contains_key(client);
+        let order = self
+            .clients
+            .keys()
+            .chain((!known).then_some(client));
+        for id in order {
+            let mut slot = fnv1a(id.as_str()) % size;
+            // The range holds more uids than clients (checked at load); bounded anyway.
+            let mut probes = 0;
+            while taken.contains(&slot) && probes < size {
+                slot = (slot + 1) % size;
+                probes += 1;
+            }
+            taken.insert(slot);
+            if id == client {
+                // slot < size <= 2^31: fits.
+                return self.worker_uids.start + u32::try_from(slot).unwrap_or(0);
+            }
+        }
+        self.worker_uids.end
+    }
+
+    /// The namespaces and identity part of a client's sandbox.
+    fn isolation(&self, client: &ClientId) -> mcpd_ipc::Isolation {
+        mcpd_ipc::Isolation {
+            namespaces: true,
+            uid: Some(self.worker_uid(client)),
+            tmp_bytes: self.worker_tmp_bytes,
+            aliases: Vec::new(),
+        }
+    }
+
     /// The sandbox a client's worker must enforce, derived from the same permissions the
     /// broker decides with. Unknown clients get an empty sandbox (no paths at all).
     pub fn sandbox_spec(&self, client: &ClientId) -> SandboxSpec {
         let Some(p) = self.clients.get(client) else {
             return SandboxSpec {
                 allow_degraded: self.allow_degraded_sandbox,
+                isolation: self.isolation(client),
                 ..SandboxSpec::default()
             };
         };
@@ -718,6 +864,7 @@ impl Policy {
             rlimits: p.limits.rlimits.clone(),
             tool_limits: p.limits.tool.clone(),
             toolsets: self.toolsets.clone(),
+            isolation: self.isolation(client),
             exec: ExecSpec {
                 programs: p
                     .exec
@@ -764,11 +911,13 @@ impl Policy {
             out.push_str(&format!("WARNING: {w}\n"));
         }
         out.push_str(&format!(
-            "server: max_message_bytes={} worker_idle_secs={} ipc_spin_us={} degraded_sandbox={} worker={}\n",
+            "server: max_message_bytes={} worker_idle_secs={} ipc_spin_us={} degraded_sandbox={} worker_uids={} worker_tmp_bytes={} worker={}\n",
             self.max_message_bytes,
             self.worker_idle_secs,
             self.ipc_spin_us,
             self.allow_degraded_sandbox,
+            self.worker_uids,
+            self.worker_tmp_bytes,
             self.worker_path
                 .as_ref()
                 .map_or("<next to mcpd>".into(), |p| p.display().to_string())
@@ -796,7 +945,10 @@ impl Policy {
             out.push_str("no clients: every request is denied\n");
         }
         for (id, p) in &self.clients {
-            out.push_str(&format!("client {id}:\n"));
+            out.push_str(&format!(
+                "client {id}: (worker uid/gid {} under a root broker)\n",
+                self.worker_uid(id)
+            ));
             for r in &p.read {
                 out.push_str(&format!("  read   {}\n", r.display()));
             }

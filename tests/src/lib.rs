@@ -213,9 +213,25 @@ impl Server {
             .collect()
     }
 
-    /// Pids of mcpd's child processes (its workers).
+    /// Pids of mcpd's child processes (its workers' outer processes: what the broker started,
+    /// placed in a cgroup and kills).
     pub fn worker_pids(&self) -> Vec<i32> {
         children_of(self.child.id() as i32)
+    }
+
+    /// Host pids of the processes that serve the sessions (PID 2 of each worker's PID
+    /// namespace, beneath the outer process and the namespace's init).
+    pub fn serving_pids(&self) -> Vec<i32> {
+        self.worker_pids()
+            .into_iter()
+            .filter_map(serving_pid)
+            .collect()
+    }
+
+    /// The host pid of the process that is `ns_pid` in the PID namespace of this server's
+    /// first worker (commands print their pids as their namespace sees them).
+    pub fn host_pid(&self, ns_pid: i32) -> Option<i32> {
+        host_pid_under(self.child.id() as i32, ns_pid)
     }
 
     /// Close stdin and wait for mcpd to exit (bounded).
@@ -263,6 +279,48 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// The host pid of the process that is `ns_pid` in the PID namespace of the first worker of
+/// the mcpd process `mcpd`.
+pub fn host_pid_under(mcpd: i32, ns_pid: i32) -> Option<i32> {
+    let outer = *children_of(mcpd).first()?;
+    let init = *children_of(outer).first()?;
+    host_pid_in(init, ns_pid)
+}
+
+/// The serving worker beneath a worker's outer process: the child of its PID namespace's init
+/// that is PID 2 there.
+pub fn serving_pid(outer: i32) -> Option<i32> {
+    let init = *children_of(outer).first()?;
+    host_pid_in(init, 2)
+}
+
+/// The host pid of the process that has pid `ns_pid` in the PID namespace `member` (a host
+/// pid) belongs to, from `/proc/*/ns/pid` and the `NSpid:` line of `/proc/*/status`.
+pub fn host_pid_in(member: i32, ns_pid: i32) -> Option<i32> {
+    let ns = std::fs::read_link(format!("/proc/{member}/ns/pid")).ok()?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{p}/ns/pid"))
+            .ok()
+            .as_ref()
+            != Some(&ns)
+        {
+            continue;
+        }
+        let inner = proc_status(p, "NSpid").and_then(|v| {
+            v.split_whitespace()
+                .last()
+                .and_then(|x| x.parse::<i32>().ok())
+        });
+        if inner == Some(ns_pid) {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// A field of /proc/PID/status, e.g. "Seccomp".

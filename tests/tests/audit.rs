@@ -73,7 +73,8 @@ fn a_scripted_session_records_every_kind_of_event() {
     s.send_raw(b"{not json\n");
     s.recv();
     // worker crash: freeze, call, kill
-    let w = s.worker_pids()[0];
+    // The serving process (beneath the outer process and its PID namespace's init).
+    let w = s.serving_pids()[0];
     signal(w, libc::SIGSTOP);
     s.send(&json!({"jsonrpc": "2.0", "id": 4242, "method": "tools/call", "params": {"name": "read_text_file", "arguments": {"path": f.data.join("a.txt")}}}));
     std::thread::sleep(Duration::from_millis(200));

@@ -170,7 +170,8 @@ fn requests_before_initialize_are_refused() {
 fn worker_dying_mid_call_fails_that_call_only() {
     let (mut s, dir) = server();
     s.tool_names();
-    let w = s.worker_pids()[0];
+    // The serving process (beneath the outer process and its PID namespace's init).
+    let w = s.serving_pids()[0];
     // Freeze the worker so the call is certainly in flight when it dies.
     signal(w, libc::SIGSTOP);
     s.send(&json!({"jsonrpc": "2.0", "id": 900, "method": "tools/call", "params": {"name": "read_text_file", "arguments": {"path": dir.path().join("f.txt")}}}));
@@ -189,7 +190,7 @@ fn worker_dying_mid_call_fails_that_call_only() {
     let (text, err) = s.call_text("read_text_file", json!({"path": dir.path().join("f.txt")}));
     assert!(!err, "{text}");
     assert_eq!(text, "content");
-    let now = s.worker_pids();
+    let now = s.serving_pids();
     assert_eq!(now.len(), 1);
     assert_ne!(now[0], w);
 }

@@ -255,11 +255,13 @@ fn a_client_that_disconnects_mid_call_cancels_it() {
     assert!(wait_until(Duration::from_secs(10), || {
         std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n'))
     }));
-    let leader: i32 = std::fs::read_to_string(&pidfile)
+    let leader_ns: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
+    let leader =
+        mcpd_e2e::host_pid_under(srv.child.id() as i32, leader_ns).expect("leader on the host");
     assert!(alive(leader));
     drop(stream); // the client goes away
     assert!(

@@ -4,7 +4,7 @@
 //! malformed arguments, duplicate call ids all get a `Failed` answer, never a panic).
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -248,6 +248,8 @@ fn fail(msg: &str, code: u8) -> ExitCode {
 pub fn run(registry: Registry) -> ExitCode {
     // INVARIANT (confinement order; docs/ARCHITECTURE.md "Worker start-up"):
     //   1. sanitize (fds, env, non-dumpable, no core)   2. read ONE bounded Confine message
+    //   2b. namespaces → private view (pivot_root) → own /proc → privileges dropped (uid,
+    //       capabilities, securebits) — in the PID namespace's init, before the worker forks
     //   3-6. rlimits → no_new_privs → Landlock → seccomp (last)   7. Ready, then serve.
     // Nothing but the single Confine frame is read from the broker before step 6 completed,
     // and no client-controlled byte is read before it. Do not reorder.
@@ -274,7 +276,22 @@ pub fn run(registry: Registry) -> ExitCode {
         Ok(None) => return fail("broker closed before Confine", exit::HANDSHAKE),
         Err(e) => return fail(&format!("reading Confine: {e}"), exit::HANDSHAKE),
     };
-    let enforcement = match confine::confine(&spec) {
+    // 2b. Namespaces, private view, identity (returns in the worker process only; the outer
+    //     process and the PID namespace's init end inside).
+    let isolated = match confine::isolate(&spec, fd.as_raw_fd()) {
+        Ok(i) => i,
+        Err(e) => {
+            let reason = e.to_string();
+            let _ = send_blocking(
+                fd.as_fd(),
+                &WorkerToBroker::ConfineFailed {
+                    reason: reason.clone(),
+                },
+            );
+            return fail(&format!("isolate: {reason}"), exit::CONFINE);
+        }
+    };
+    let enforcement = match confine::confine(&spec, isolated) {
         Ok(e) => e,
         Err(e) => {
             let reason = e.to_string();

@@ -269,11 +269,22 @@ fn eperm(stage: &'static str) -> Expect {
     Expect::Errno(stage, libc::EPERM)
 }
 
+/// The isolation of these layer tests: no namespaces (tested end to end with the real
+/// broker), and a root worker keeps uid 0 with every capability cleared, so each test
+/// attacks Landlock or seccomp on its own.
+fn layer_isolation() -> mcpd_ipc::Isolation {
+    mcpd_ipc::Isolation {
+        uid: Some(0),
+        ..mcpd_ipc::Isolation::default()
+    }
+}
+
 /// A spec with the given read and write paths, nothing else.
 fn fs_spec(read: &[&Path], write: &[&Path]) -> SandboxSpec {
     SandboxSpec {
         read_paths: read.iter().map(|p| path_str(p)).collect(),
         write_paths: write.iter().map(|p| path_str(p)).collect(),
+        isolation: layer_isolation(),
         ..SandboxSpec::default()
     }
 }
@@ -1093,6 +1104,7 @@ fn sanitize_process_closes_fds_clears_env_and_disables_dumps() {
     // /proc readable so that the child can list its own fds.
     let spec = SandboxSpec {
         read_paths: vec!["/proc".into()],
+        isolation: layer_isolation(),
         ..SandboxSpec::default()
     };
     // Control: without step 1, the marker fd and the environment are there.
@@ -1216,6 +1228,7 @@ fn confine_refuses_relative_and_missing_paths() {
         (
             SandboxSpec {
                 read_paths: vec!["relative/dir".into()],
+                isolation: layer_isolation(),
                 ..SandboxSpec::default()
             },
             "not an absolute path",
@@ -1223,6 +1236,7 @@ fn confine_refuses_relative_and_missing_paths() {
         (
             SandboxSpec {
                 write_paths: vec![path_str(&ro.path().join("gone"))],
+                isolation: layer_isolation(),
                 ..SandboxSpec::default()
             },
             "write path",
@@ -1230,6 +1244,7 @@ fn confine_refuses_relative_and_missing_paths() {
         (
             SandboxSpec {
                 exec_paths: vec![path_str(&ro.path().join("gone"))],
+                isolation: layer_isolation(),
                 ..SandboxSpec::default()
             },
             "exec path",

@@ -19,7 +19,10 @@
 //! | paths        | rights                                                                     |
 //! |--------------|----------------------------------------------------------------------------|
 //! | `read_paths` | `ReadFile`, `ReadDir`                                                      |
-//! | `write_paths`| every right but `Execute`: `ReadFile ReadDir WriteFile Truncate RemoveDir RemoveFile MakeChar MakeDir MakeReg MakeSock MakeFifo MakeBlock MakeSym Refer IoctlDev` |
+//! | `write_paths`| every right but `Execute`, `MakeChar`, `MakeBlock`, `IoctlDev`: `ReadFile ReadDir WriteFile Truncate RemoveDir RemoveFile MakeDir MakeReg MakeSock MakeFifo MakeSym Refer` |
+//! | the view's private `/tmp`, `/dev/shm` | as `write_paths`                                |
+//! | the view's `/proc` | `ReadFile`, `ReadDir`                                                |
+//! | the view's devices (`/dev/null`, `zero`, `full`, `random`, `urandom`) | as `device_paths` |
 //! | `exec_paths` | `ReadFile`, `ReadDir`, `Execute`                                           |
 //! | `exec.system_read_paths` | `ReadFile`, `ReadDir` (libraries, loader cache: only when execution is granted) |
 //! | `exec.device_paths` | `ReadFile`, `WriteFile` (`/dev/null`, `/dev/zero`, `/dev/urandom`)   |
@@ -65,9 +68,11 @@ fn read_access() -> BitFlags<AccessFs> {
     AccessFs::ReadFile | AccessFs::ReadDir
 }
 
-/// Rights of a read-write path: everything the pinned ABI handles except `Execute`.
+/// Rights of a read-write path: everything the pinned ABI handles except `Execute`, device
+/// creation (`MakeChar`, `MakeBlock`) and device ioctls (`IoctlDev`).
 fn write_access() -> BitFlags<AccessFs> {
-    AccessFs::from_all(PINNED_ABI) & !BitFlags::from(AccessFs::Execute)
+    AccessFs::from_all(PINNED_ABI)
+        & !(AccessFs::Execute | AccessFs::MakeChar | AccessFs::MakeBlock | AccessFs::IoctlDev)
 }
 
 /// Rights of a path whose programs may be executed.
@@ -90,7 +95,10 @@ fn ruleset_err(context: &'static str) -> impl FnOnce(::landlock::RulesetError) -
 
 /// Build and enforce the ruleset on the calling thread (inherited by threads and processes
 /// created afterwards).
-pub(super) fn apply(spec: &SandboxSpec) -> Result<Outcome, ConfineError> {
+pub(super) fn apply(
+    spec: &SandboxSpec,
+    view: Option<&super::view::Built>,
+) -> Result<Outcome, ConfineError> {
     let deny_tcp = !spec.allow_network;
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
@@ -114,8 +122,28 @@ pub(super) fn apply(spec: &SandboxSpec) -> Result<Outcome, ConfineError> {
         ("system", &spec.exec.system_read_paths, read_access()),
         ("device", &spec.exec.device_paths, device_access()),
     ];
-    for (kind, paths, access) in groups {
-        for path in paths {
+    // The private view's own paths: its /tmp and /dev/shm (private tmpfs, read-write but never
+    // executable), its devices, and its own /proc (read-only).
+    let (private, devices, proc_dir) = match view {
+        Some(v) => (
+            v.private_writable.clone(),
+            v.devices.clone(),
+            if v.proc {
+                vec!["/proc".to_string()]
+            } else {
+                vec![]
+            },
+        ),
+        None => (vec![], vec![], vec![]),
+    };
+    let extra = [
+        ("private", &private, write_access()),
+        ("device", &devices, device_access()),
+        ("proc", &proc_dir, read_access()),
+    ];
+    for (kind, paths, access) in groups.iter().chain(extra.iter()) {
+        let (kind, access) = (*kind, *access);
+        for path in paths.iter() {
             let rule = path_rule(kind, path, access)?;
             created = created
                 .add_rule(rule)
@@ -210,12 +238,19 @@ mod tests {
             AccessFs::Refer,
             AccessFs::MakeReg,
             AccessFs::RemoveFile,
-            AccessFs::IoctlDev,
+            AccessFs::MakeSock,
         ] {
             assert!(write_access().contains(right), "{right:?}");
         }
+        for right in [AccessFs::MakeChar, AccessFs::MakeBlock, AccessFs::IoctlDev] {
+            assert!(!write_access().contains(right), "{right:?}");
+        }
         assert_eq!(
-            write_access() | AccessFs::Execute,
+            write_access()
+                | AccessFs::Execute
+                | AccessFs::MakeChar
+                | AccessFs::MakeBlock
+                | AccessFs::IoctlDev,
             AccessFs::from_all(PINNED_ABI)
         );
         assert!(!read_access().contains(AccessFs::Execute));

@@ -44,10 +44,14 @@
 //!   [`sanitize_process`] and [`confine`]).
 
 pub mod child;
+mod identity;
+mod isolate;
 pub mod landlock_rules;
 mod process;
 pub mod seccomp;
+pub mod view;
 
+pub use isolate::{isolate, Isolated};
 use mcpd_ipc::{Enforcement, LandlockStatus, SandboxSpec};
 
 /// Why confinement failed. Operator-facing (sent to the broker in `ConfineFailed` and logged);
@@ -118,6 +122,24 @@ pub enum ConfineError {
         /// the ABI mcpd pins
         needed: u32,
     },
+    /// The namespaces could not be created (step 2b).
+    #[error("namespaces: {message}")]
+    Namespaces {
+        /// what happened
+        message: String,
+    },
+    /// The private filesystem view could not be built (step 2b).
+    #[error("view: {message}")]
+    View {
+        /// what happened
+        message: String,
+    },
+    /// Privileges could not be dropped (step 2b).
+    #[error("identity: {message}")]
+    Identity {
+        /// what happened
+        message: String,
+    },
     /// The seccomp filter could not be built or installed (step 6).
     #[error("seccomp: {context}: {message}")]
     Seccomp {
@@ -156,7 +178,7 @@ pub fn sanitize_process() -> Result<(), ConfineError> {
 /// every thread even if this invariant were broken; Landlock at ABI < 8 cannot.)
 ///
 /// On error the process is left partly confined; the caller reports `ConfineFailed` and exits.
-pub fn confine(spec: &SandboxSpec) -> Result<Enforcement, ConfineError> {
+pub fn confine(spec: &SandboxSpec, isolated: Isolated) -> Result<Enforcement, ConfineError> {
     // Built before anything is applied: a bug in the filter tables fails here, with the
     // process untouched.
     let filters = seccomp::build(spec)?;
@@ -172,7 +194,7 @@ pub fn confine(spec: &SandboxSpec) -> Result<Enforcement, ConfineError> {
     // Do not reorder, and do not add steps after seccomp.
     process::apply_rlimits(&spec.rlimits)?; // 3
     process::set_no_new_privs()?; // 4
-    let landlock = landlock_rules::apply(spec)?; // 5
+    let landlock = landlock_rules::apply(spec, isolated.view.as_ref())?; // 5
     seccomp::install(&filters)?; // 6
 
     Ok(Enforcement {
@@ -182,6 +204,7 @@ pub fn confine(spec: &SandboxSpec) -> Result<Enforcement, ConfineError> {
         landlock_scoped: landlock.scoped,
         seccomp: true,
         no_new_privs: true,
+        isolation: isolated.report,
     })
 }
 

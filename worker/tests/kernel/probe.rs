@@ -161,7 +161,16 @@ pub fn run_child(request_json: &str) {
         }
     }
     let prepared: Vec<Prepared> = request.probes.iter().map(prepare).collect();
-    match mcpd_worker::confine::confine(&request.spec) {
+    // Namespaces are off in these specs (a multi-threaded test process cannot unshare a
+    // mount namespace); the identity step clears capabilities (uid 0 stays 0).
+    let isolated = match mcpd_worker::confine::isolate(&request.spec, -1) {
+        Ok(i) => i,
+        Err(e) => {
+            emit(format!("{CONFINE_FAILED_PREFIX}{e}"));
+            return;
+        }
+    };
+    match mcpd_worker::confine::confine(&request.spec, isolated) {
         Ok(enforcement) => emit(format!("{CONFINED_PREFIX}{}", to_json(&enforcement))),
         Err(e) => {
             emit(format!("{CONFINE_FAILED_PREFIX}{e}"));

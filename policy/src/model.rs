@@ -776,10 +776,7 @@ impl Policy {
         let size = self.worker_uids.len();
         let mut taken = BTreeSet::new();
         let known = self.clients.contains_key(client);
-        let order = self
-            .clients
-            .keys()
-            .chain((!known).then_some(client));
+        let order = self.clients.keys().chain((!known).then_some(client));
         for id in order {
             let mut slot = fnv1a(id.as_str()) % size;
             // The range holds more uids than clients (checked at load); bounded anyway.

@@ -174,10 +174,18 @@ pub fn isolate(spec: &SandboxSpec, ipc_fd: i32) -> Result<Isolated, ConfineError
     );
     unshare(flags)?;
     if !root {
-        // Only our own ids, mapped to themselves: files keep their owners.
-        write_file("/proc/self/setgroups", "deny")?;
-        write_file("/proc/self/uid_map", &format!("{uid} {uid} 1\n"))?;
-        write_file("/proc/self/gid_map", &format!("{gid} {gid} 1\n"))?;
+        // Only our own ids, mapped to themselves: files keep their owners. A non-dumpable
+        // process's /proc/self files belong to root, so it is dumpable for these three writes
+        // (nothing else runs meanwhile: single-threaded, no child yet).
+        use rustix::process::{set_dumpable_behavior, DumpableBehavior};
+        let dumpable =
+            |b| set_dumpable_behavior(b).map_err(|e| ns_err("PR_SET_DUMPABLE")(errno(e)));
+        dumpable(DumpableBehavior::Dumpable)?;
+        let mapped = write_file("/proc/self/setgroups", "deny")
+            .and_then(|()| write_file("/proc/self/uid_map", &format!("{uid} {uid} 1\n")))
+            .and_then(|()| write_file("/proc/self/gid_map", &format!("{gid} {gid} 1\n")));
+        dumpable(DumpableBehavior::NotDumpable)?;
+        mapped?;
     }
     // 4./5. Outer and init.
     let filters = seccomp::build(spec)?;
@@ -269,10 +277,8 @@ fn init(
 ) -> Result<Isolated, ConfineError> {
     let alive_fd = alive.as_raw_fd();
     DeathCheck::Pipe(alive_fd).arm()?;
-    let mut built = view::build(plan, &userns)?;
+    let built = view::build(plan, &userns)?;
     drop(userns);
-    view::mount_proc()?;
-    built.proc = true;
     let memfd_noexec = root && write_file("/proc/sys/vm/memfd_noexec", "2").is_ok();
     rustix::system::sethostname(HOSTNAME.as_bytes())
         .map_err(|e| ns_err("sethostname")(errno(e)))?;

@@ -13,6 +13,7 @@
 //! | `clone` with any `CLONE_NEW*` flag (one rule per flag: NS, CGROUP, UTS, IPC, USER, PID, NET) | `EPERM` |
 //! | `personality` other than `PER_LINUX` (0) or the query `0xffffffff` | `EPERM` |
 //! | `ioctl` `TIOCSTI` / `TIOCLINUX` (typing into a terminal)           | `EPERM` |
+//! | `memfd_create` without `MFD_NOEXEC_SEAL`, or with `MFD_EXEC` (an executable anonymous file) | `EPERM` |
 //! | `clone3`                                        | `ENOSYS`          |
 //! | `socket` with a family other than `AF_UNIX` (+ `AF_INET`, `AF_INET6` when the spec grants network) | `EACCES` |
 //! | `socketpair` with a family other than `AF_UNIX` | `EACCES`          |
@@ -203,6 +204,10 @@ const PERSONALITY_QUERY: u64 = 0xffff_ffff;
 /// operator's shell if a tty ever leaks in) and `TIOCLINUX` (same, via the console selection).
 const DENIED_IOCTLS: &[(&str, u64)] = &[("TIOCSTI", libc::TIOCSTI), ("TIOCLINUX", libc::TIOCLINUX)];
 
+/// `memfd_create(2)` flags (uapi `linux/memfd.h`, Linux 6.3).
+const MFD_NOEXEC_SEAL: u64 = 0x0008;
+const MFD_EXEC: u64 = 0x0010;
+
 /// `__X32_SYSCALL_BIT`.
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -277,6 +282,17 @@ pub(super) fn build(spec: &SandboxSpec) -> Result<Filters, ConfineError> {
         .map(|&(_, request)| rule(vec![arg32(1, SeccompCmpOp::Eq, request)?]))
         .collect::<Result<Vec<_>, _>>()?;
     eperm.insert(libc::SYS_ioctl, ioctl_rules);
+    // memfd_create: only sealed non-executable memfds (MFD_NOEXEC_SEAL set, MFD_EXEC not):
+    // an executable memfd is a program that no exec rule lists. Under a root broker the PID
+    // namespace's `vm.memfd_noexec = 2` says the same; a user namespace cannot set it, so this
+    // is the layer that holds there.
+    eperm.insert(
+        libc::SYS_memfd_create,
+        vec![
+            rule(vec![arg32(1, SeccompCmpOp::MaskedEq(MFD_NOEXEC_SEAL), 0)?])?,
+            rule(vec![arg32(1, SeccompCmpOp::MaskedEq(MFD_EXEC), MFD_EXEC)?])?,
+        ],
+    );
     let mut eperm = compile(eperm, errno(libc::EPERM), "EPERM filter")?;
     #[cfg(target_arch = "x86_64")]
     {

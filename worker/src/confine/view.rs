@@ -24,7 +24,8 @@
 //!
 //! * It decides nothing: the paths come from the broker's spec. A path that cannot be mounted
 //!   is an error (the worker refuses to start), never a silently different view.
-//! * `/proc` is mounted by [`mount_proc`] from inside the new PID namespace.
+//! * It must run in PID 1 of the worker's new PID namespace (its `/proc` shows the process
+//!   that mounts it).
 //! * It does not hide anything *inside* a root: what is beneath a root is visible, as the
 //!   policy says.
 //!
@@ -508,7 +509,13 @@ pub(super) fn build(plan: &Plan, userns: &[OwnedFd]) -> Result<Built, ConfineErr
             Err(e) => return Err(err(format!("/{link}"))(e)),
         }
     }
+    // The worker's own /proc, mounted while the host's is still attached: the kernel lets a
+    // user namespace mount procfs only where a fully visible one exists in its mount
+    // namespace. Mounted by the caller, PID 1 of the new PID namespace: procfs shows the
+    // namespace of the process that mounts it.
     make_dirs(&root, "/proc")?;
+    mount_proc(&root.join("proc"))?;
+    built.proc = true;
 
     // 4. The host's symlink chains of the aliases.
     for a in &plan.aliases {
@@ -564,12 +571,12 @@ fn set_attrs_one(fd: BorrowedFd<'_>, set: u64) -> std::io::Result<()> {
     }
 }
 
-/// Mount the worker's own `/proc` (`nosuid,nodev,noexec`). Must run inside the new PID
-/// namespace: procfs shows the namespace of the process that mounts it.
-pub(super) fn mount_proc() -> Result<(), ConfineError> {
+/// Mount the worker's own `/proc` (`nosuid,nodev,noexec`) at `target`. Must run inside the
+/// new PID namespace: procfs shows the namespace of the process that mounts it.
+fn mount_proc(target: &Path) -> Result<(), ConfineError> {
     mount(
         "proc",
-        "/proc",
+        target,
         "proc",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         c"",

@@ -27,7 +27,7 @@ pub use messages::*;
 
 /// Version of this IPC protocol. The broker sends it in [`BrokerToWorker::Confine`]; a worker
 /// built for another version refuses to start (reply [`WorkerToBroker::ConfineFailed`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The file descriptor number on which a worker finds its end of the socketpair.
 pub const WORKER_FD: i32 = 3;

@@ -46,6 +46,16 @@ fn start_with_config(d: &Dirs, toml: &str) -> Server {
     srv
 }
 
+/// A client with a shell grant and `sleep`: a command line may run the listed programs (a
+/// program granted on its own, such as `sh` in `exec`, may not: it runs in its own exec domain).
+fn start_shell(d: &Dirs) -> Server {
+    let toml = format!(
+        "[clients.local]\nwrite = [\"{}\"]\nexec = [\"sleep\"]\nshell = true\n",
+        s(&d.root)
+    );
+    start_with_config(d, &toml)
+}
+
 fn structured(r: &Value) -> &Value {
     &r["structuredContent"]
 }
@@ -250,19 +260,11 @@ print("mount", res(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)))
 #[test]
 fn timeout_kills_the_whole_process_group() {
     let d = dirs();
-    let mut srv = Server::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
-    srv.initialize();
+    let mut srv = start_shell(&d);
     let started = Instant::now();
     let r = srv.call(
         "run_command",
-        json!({"command": "sh", "args": ["-c", "sleep 300 & echo $!; sleep 300"], "timeout_secs": 1}),
+        json!({"command": "sleep 300 & echo $!; sleep 300", "shell": true, "timeout_secs": 1}),
     );
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(r["isError"], true);
@@ -284,18 +286,10 @@ fn timeout_kills_the_whole_process_group() {
 #[test]
 fn cancellation_kills_the_whole_process_group() {
     let d = dirs();
-    let mut srv = Server::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
-    srv.initialize();
+    let mut srv = start_shell(&d);
     srv.send(&json!({"jsonrpc": "2.0", "id": "long", "method": "tools/call", "params": {
         "name": "run_command",
-        "arguments": {"command": "sh", "args": ["-c", "sleep 300 & echo $! > bg.pid; echo $$ > leader.pid; sleep 300"]}
+        "arguments": {"command": "sleep 300 & echo $! > bg.pid; echo $$ > leader.pid; sleep 300", "shell": true}
     }}));
     let pidfile = d.root.join("bg.pid");
     let leaderfile = d.root.join("leader.pid");
@@ -326,19 +320,11 @@ fn cancellation_kills_the_whole_process_group() {
 #[test]
 fn end_of_session_kills_running_commands() {
     let d = dirs();
-    let mut srv = Server::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
-    srv.initialize();
+    let mut srv = start_shell(&d);
     srv.send(
         &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
             "name": "run_command",
-            "arguments": {"command": "sh", "args": ["-c", "echo $$ > leader.pid; sleep 300"]}
+            "arguments": {"command": "echo $$ > leader.pid; sleep 300", "shell": true}
         }}),
     );
     let leaderfile = d.root.join("leader.pid");
@@ -739,18 +725,10 @@ fn audit_records_name_the_command() {
 #[test]
 fn long_commands_report_progress() {
     let d = dirs();
-    let mut srv = Server::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
-    srv.initialize();
+    let mut srv = start_shell(&d);
     let r = srv.result(
         "tools/call",
-        json!({"name": "run_command", "arguments": {"command": "sh", "args": ["-c", "sleep 2.5; echo done"]},
+        json!({"name": "run_command", "arguments": {"command": "sleep 2.5; echo done", "shell": true},
                "_meta": {"progressToken": "tok-1"}}),
     );
     assert_eq!(structured(&r)["stdout"], "done\n", "{r}");
@@ -770,3 +748,4 @@ fn long_commands_report_progress() {
     assert!(progress.len() >= 2, "{:?}", srv.notifications);
     assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
 }
+

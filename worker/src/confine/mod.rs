@@ -44,6 +44,7 @@
 //!   [`sanitize_process`] and [`confine`]).
 
 pub mod child;
+pub mod exec_domain;
 pub mod landlock_rules;
 mod process;
 pub mod seccomp;

@@ -13,6 +13,7 @@
 //! | `clone` with any `CLONE_NEW*` flag (one rule per flag: NS, CGROUP, UTS, IPC, USER, PID, NET) | `EPERM` |
 //! | `personality` other than `PER_LINUX` (0) or the query `0xffffffff` | `EPERM` |
 //! | `ioctl` `TIOCSTI` / `TIOCLINUX` (typing into a terminal)           | `EPERM` |
+//! | `execveat` with `AT_EMPTY_PATH` in its flags (`fexecve`: execute an open fd) | `EPERM` |
 //! | `clone3`                                        | `ENOSYS`          |
 //! | `socket` with a family other than `AF_UNIX` (+ `AF_INET`, `AF_INET6` when the spec grants network) | `EACCES` |
 //! | `socketpair` with a family other than `AF_UNIX` | `EACCES`          |
@@ -33,6 +34,17 @@
 //! * `personality`: `ADDR_NO_RANDOMIZE` / `READ_IMPLIES_EXEC` weaken ASLR/NX for what the
 //!   worker executes; the query form and `PER_LINUX` are allowed because some runtimes call
 //!   them.
+//! * `execveat(fd, "", ..., AT_EMPTY_PATH)` (glibc's `fexecve`, Python's `os.execve(fd, ...)`)
+//!   executes whatever file an fd refers to, chosen by no path: a `memfd`, an `O_TMPFILE`, or a
+//!   file opened before a rename. Landlock exempts files on internal kernel mounts (memfd,
+//!   pipes) from its path rules, so this is the way to run an anonymous or unlisted file
+//!   despite the per-program exec domains. Nothing the worker runs needs it (glibc's
+//!   `execv*`/`posix_spawn`, Python, Node, Go and Rust std use `execve`). `execveat` with a
+//!   path (a directory fd + a name, or `AT_FDCWD`) stays allowed: it resolves the path like
+//!   `execve`, and Landlock checks the result. Denied with `EPERM` (not `ENOSYS`): glibc's
+//!   `fexecve` falls back to `/proc/self/fd/N` only on `ENOSYS` (and `/proc` is outside every
+//!   sandbox anyway). `vm.memfd_noexec` (set for the worker's pid namespace) covers
+//!   `execve("/proc/self/fd/N")` of a memfd.
 //! * Arguments the kernel truncates to 32 bits (`clone` flags via `lower_32_bits`, `socket`
 //!   family `int`, `ioctl` cmd `unsigned int`, `personality` `unsigned int`) are compared as
 //!   32-bit words on purpose: comparing 64 bits would let junk in the upper half slip past a
@@ -203,6 +215,9 @@ const PERSONALITY_QUERY: u64 = 0xffff_ffff;
 /// operator's shell if a tty ever leaks in) and `TIOCLINUX` (same, via the console selection).
 const DENIED_IOCTLS: &[(&str, u64)] = &[("TIOCSTI", libc::TIOCSTI), ("TIOCLINUX", libc::TIOCLINUX)];
 
+/// `AT_EMPTY_PATH`: with it, `execveat` executes the fd itself (see the module docs).
+const AT_EMPTY_PATH: u64 = libc::AT_EMPTY_PATH.unsigned_abs() as u64;
+
 /// `__X32_SYSCALL_BIT`.
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -277,6 +292,15 @@ pub(super) fn build(spec: &SandboxSpec) -> Result<Filters, ConfineError> {
         .map(|&(_, request)| rule(vec![arg32(1, SeccompCmpOp::Eq, request)?]))
         .collect::<Result<Vec<_>, _>>()?;
     eperm.insert(libc::SYS_ioctl, ioctl_rules);
+    // execveat(dirfd, path, argv, envp, flags): fexecve of an fd bypasses path rules.
+    eperm.insert(
+        libc::SYS_execveat,
+        vec![rule(vec![arg32(
+            4,
+            SeccompCmpOp::MaskedEq(AT_EMPTY_PATH),
+            AT_EMPTY_PATH,
+        )?])?],
+    );
     let mut eperm = compile(eperm, errno(libc::EPERM), "EPERM filter")?;
     #[cfg(target_arch = "x86_64")]
     {
@@ -390,6 +414,7 @@ mod tests {
             libc::SYS_clone3,
             libc::SYS_personality,
             libc::SYS_ioctl,
+            libc::SYS_execveat,
             libc::SYS_socket,
             libc::SYS_socketpair,
         ] {

@@ -68,12 +68,48 @@ fn shebang(path: &Path) -> Option<PathBuf> {
     interp.starts_with('/').then(|| PathBuf::from(interp))
 }
 
-/// Add loaders, script interpreters, libraries and devices when the spec executes anything.
+/// Complete an exec set: for each file in it, the interpreters its `#!` chain names (at most
+/// [`MAX_SHEBANG_DEPTH`] deep, as the kernel), then the dynamic loaders. Sorted, deduplicated.
+/// Used for every per-program set and for the worker's outer `exec_paths`, so the two cannot
+/// disagree. A `#!/usr/bin/env NAME` script brings `env`, not `NAME`: the operator declares
+/// `NAME` as a helper if the script needs it.
+/// The `#!` interpreters as spelled go to `aliases` (the worker's view reproduces them).
+fn close_exec_set(set: &[String], loaders: &[String], aliases: &mut Vec<String>) -> Vec<String> {
+    if set.is_empty() {
+        return Vec::new();
+    }
+    let mut out = set.to_vec();
+    for start in set {
+        let mut at = PathBuf::from(start);
+        for _ in 0..MAX_SHEBANG_DEPTH {
+            let Some(spelled) = shebang(&at).and_then(|i| i.to_str().map(str::to_string)) else {
+                break;
+            };
+            aliases.push(spelled.clone());
+            let Some(c) = canonical(&spelled) else {
+                break;
+            };
+            if out.contains(&c) {
+                break;
+            }
+            out.push(c.clone());
+            at = PathBuf::from(c);
+        }
+    }
+    out.extend(loaders.iter().cloned());
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Add loaders, script interpreters, libraries and devices when the spec executes anything:
+/// to each program's, the shell's, each interpreter's and each operator tool's own exec set,
+/// and to the worker's `exec_paths`, which is made the union of all of them.
 pub fn complete(spec: &mut SandboxSpec) {
     if spec.exec_paths.is_empty() {
         return;
     }
-    let mut exec = spec.exec_paths.clone();
+    let loaders: Vec<String> = LOADERS.iter().filter_map(|l| canonical(l)).collect();
     // Spellings the worker's private view must resolve (its symlink chains are reproduced
     // there): the loaders, `#!` interpreters and program names as written, not canonical.
     let mut aliases: Vec<String> = LOADERS
@@ -97,26 +133,22 @@ pub fn complete(spec: &mut SandboxSpec) {
             aliases.extend(PROGRAM_DIRS.iter().map(|d| format!("{d}/{name}")));
         }
     }
-    let mut i = 0;
-    let mut depth = 0;
-    while i < exec.len() && depth < MAX_SHEBANG_DEPTH * 64 {
-        if let Some(interp) = shebang(Path::new(&exec[i])) {
-            if let Some(spelled) = interp.to_str() {
-                aliases.push(spelled.to_string());
-            }
-            if let Some(c) = interp.to_str().and_then(canonical) {
-                if !exec.contains(&c) {
-                    exec.push(c);
-                }
-            }
-        }
-        i += 1;
-        depth += 1;
+    let exec = &mut spec.exec;
+    let sets = exec
+        .programs
+        .iter_mut()
+        .map(|g| &mut g.exec_set)
+        .chain(std::iter::once(&mut exec.shell_exec_set))
+        .chain(exec.languages.iter_mut().map(|l| &mut l.exec_set))
+        .chain(exec.operator_tools.iter_mut().map(|t| &mut t.exec_set));
+    let mut all = close_exec_set(&spec.exec_paths, &loaders, &mut aliases);
+    for set in sets {
+        *set = close_exec_set(set, &loaders, &mut aliases);
+        all.extend(set.iter().cloned());
     }
-    exec.extend(LOADERS.iter().filter_map(|l| canonical(l)));
-    exec.sort();
-    exec.dedup();
-    spec.exec_paths = exec;
+    all.sort();
+    all.dedup();
+    spec.exec_paths = all;
     let mut sys: Vec<String> = SYSTEM_READ_PATHS
         .iter()
         .filter_map(|p| canonical(p))
@@ -165,5 +197,55 @@ mod tests {
             .iter()
             .filter_map(|l| canonical(l))
             .all(|l| spec.exec_paths.contains(&l)));
+    }
+
+    #[test]
+    fn each_exec_set_is_completed_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        // script -> second (a script too) -> /bin/sh: the whole chain, as the kernel follows it.
+        let second = dir.join("second");
+        std::fs::write(&second, "#!/bin/sh\n").unwrap();
+        let script = dir.join("script");
+        std::fs::write(&script, format!("#!{} -x\n", second.display())).unwrap();
+        let helper = dir.join("helpers");
+        std::fs::create_dir(&helper).unwrap();
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        let cat = canonical("/bin/cat").unwrap();
+        let sh = canonical("/bin/sh").unwrap();
+        let mut spec = SandboxSpec {
+            exec_paths: vec![s(&script), s(&helper), cat.clone()],
+            ..SandboxSpec::default()
+        };
+        spec.exec.programs = vec![
+            mcpd_ipc::ProgramGrant {
+                name: "script".into(),
+                path: s(&script),
+                exec_set: vec![s(&script), s(&helper)],
+            },
+            mcpd_ipc::ProgramGrant {
+                name: "cat".into(),
+                path: cat.clone(),
+                exec_set: vec![cat.clone()],
+            },
+        ];
+        complete(&mut spec);
+        let loaders: Vec<String> = LOADERS.iter().filter_map(|l| canonical(l)).collect();
+        assert!(!loaders.is_empty());
+        let mut want = vec![s(&script), s(&second), sh.clone(), s(&helper)];
+        want.extend(loaders.iter().cloned());
+        want.sort();
+        want.dedup();
+        assert_eq!(spec.exec.programs[0].exec_set, want);
+        let mut want_cat = vec![cat.clone()];
+        want_cat.extend(loaders.iter().cloned());
+        want_cat.sort();
+        assert_eq!(spec.exec.programs[1].exec_set, want_cat);
+        // No shell grant: no shell set, and nothing added to it.
+        assert!(spec.exec.shell_exec_set.is_empty());
+        // The outer domain executes the union of every set.
+        for p in want.iter().chain(&want_cat) {
+            assert!(spec.exec_paths.contains(p), "{p} missing");
+        }
     }
 }

@@ -243,12 +243,18 @@ pub struct SandboxSpec {
 /// What the worker may execute, derived from the client's command, code and operator-tool
 /// grants. Landlock grants `Execute` only on [`SandboxSpec::exec_paths`], which the broker
 /// derives from the same grants: a program missing there cannot run whatever a tool tries.
+/// Each program, shell command line and interpreter additionally runs in its own nested
+/// Landlock domain that may execute only its `exec_set` (a subset of `exec_paths`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ExecSpec {
     /// Allow-listed programs (`run_command`).
     pub programs: Vec<ProgramGrant>,
     /// `/bin/sh`, canonical, when the client may run shell command lines.
     pub shell: Option<String>,
+    /// What a shell command line may execute (its own exec domain): the shell and the exec
+    /// sets of every allow-listed program (a command line cannot be argument-checked, so it may
+    /// run any listed program with any arguments). Empty without a shell grant.
+    pub shell_exec_set: Vec<String>,
     /// Languages of persistent code sessions (`run_code`).
     pub languages: Vec<LanguageGrant>,
     /// Environment variables the client may set (names).
@@ -273,6 +279,11 @@ pub struct ProgramGrant {
     pub name: String,
     /// Canonical absolute path, resolved when the policy was loaded.
     pub path: String,
+    /// What this program may execute (its own nested Landlock domain, `Execute` only):
+    /// canonical paths of the program, its `#!` interpreter chain, the dynamic loader and the
+    /// helper files or directories the operator declared for it (`exec_helpers`). The policy
+    /// fills in the program and its helpers; the broker adds interpreters and loaders.
+    pub exec_set: Vec<String>,
 }
 
 /// One code-session language.
@@ -282,6 +293,9 @@ pub struct LanguageGrant {
     pub name: String,
     /// Canonical absolute path of the interpreter.
     pub interpreter: String,
+    /// What the session's interpreter may execute: itself, its `#!` chain and the loader
+    /// (see [`ProgramGrant::exec_set`]). Never the client's other programs.
+    pub exec_set: Vec<String>,
 }
 
 /// An operator-defined tool: a fixed argv template filled with the call's arguments.
@@ -302,6 +316,9 @@ pub struct OperatorToolSpec {
     pub timeout_secs: u64,
     /// Arguments that name paths (checked by the broker like file-tool paths).
     pub path_args: Vec<PathArg>,
+    /// What the tool's program may execute: `argv[0]`, its `#!` chain, the loader and the
+    /// tool's declared `helpers` (see [`ProgramGrant::exec_set`]).
+    pub exec_set: Vec<String>,
 }
 
 /// Limits of the processes a worker starts (commands, interpreters, operator tools).

@@ -155,6 +155,9 @@ pub struct RawTool {
     /// Arguments that name paths the tool writes (checked against the client's write paths).
     #[serde(default)]
     pub write_path_args: Vec<Spanned<String>>,
+    /// Helper files or directories the tool's program may execute (see `exec_helpers`).
+    #[serde(default)]
+    pub helpers: Vec<Spanned<String>>,
 }
 
 /// `[audit]`
@@ -252,8 +255,14 @@ pub struct RawGrant {
     /// fully match one of the regular expressions.
     #[serde(default)]
     pub exec_args: BTreeMap<String, Vec<Spanned<String>>>,
-    /// `run_command` may run a shell command line with `/bin/sh -c` (every program the shell
-    /// can reach then needs its own `exec` entry to be executable).
+    /// Helper files or directories a program (as written in `exec`) may execute besides itself,
+    /// its `#!` interpreters and the dynamic loader, e.g. `git = ["/usr/lib/git-core"]`.
+    /// Canonicalised at load; each program otherwise runs in an exec domain of its own.
+    #[serde(default)]
+    pub exec_helpers: BTreeMap<String, Vec<Spanned<String>>>,
+    /// `run_command` may run a shell command line with `/bin/sh -c`. The shell may execute
+    /// only itself and the programs in `exec` (with any arguments: `exec_args` cannot hold
+    /// for a command line).
     #[serde(default)]
     pub shell: bool,
     /// CODE_EXECUTION: languages of persistent code sessions (`python3`, `sh`, `node`).

@@ -878,6 +878,118 @@ roles = ["operators"]
     }
 
     #[test]
+    fn every_program_interpreter_and_tool_gets_its_own_exec_set() {
+        let p = policy(
+            r#"
+[clients.dev]
+write = ["/srv/code"]
+exec = ["git", "/usr/bin/env"]
+code = ["python3"]
+shell = true
+[clients.dev.exec_helpers]
+git = ["/usr/lib/git-core", "/usr/lib/git-core"]
+
+[tools.du]
+description = "du"
+command = ["/usr/bin/du", "{p}"]
+input_schema = { type = "object", properties = { p = { type = "string" } } }
+helpers = ["/usr/lib/du-helpers"]
+clients = ["dev"]
+"#,
+        );
+        let dev = id("dev");
+        let perms = p.permissions(&dev).unwrap();
+        assert_eq!(
+            perms.exec.programs[0].helpers,
+            vec![PathBuf::from("/usr/lib/git-core")]
+        );
+        assert!(p.describe().contains("helpers: /usr/lib/git-core"));
+        let spec = p.sandbox_spec(&dev);
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let git = &spec.exec.programs[0];
+        assert_eq!(git.path, "/usr/local/bin/git");
+        assert_eq!(
+            git.exec_set,
+            set(&["/usr/local/bin/git", "/usr/lib/git-core"])
+        );
+        assert_eq!(spec.exec.programs[1].exec_set, set(&["/usr/bin/env"]));
+        // The interpreter executes only itself; never the client's programs.
+        assert_eq!(
+            spec.exec.languages[0].exec_set,
+            set(&["/usr/local/bin/python3"])
+        );
+        // A command line: the shell and every listed program (with its helpers), no
+        // interpreter and no operator tool.
+        assert_eq!(
+            spec.exec.shell_exec_set,
+            set(&[
+                "/bin/sh",
+                "/usr/bin/env",
+                "/usr/lib/git-core",
+                "/usr/local/bin/git"
+            ])
+        );
+        assert_eq!(
+            spec.exec.operator_tools[0].exec_set,
+            set(&["/usr/bin/du", "/usr/lib/du-helpers"])
+        );
+        // The worker's outer domain executes the union.
+        for s in spec
+            .exec
+            .programs
+            .iter()
+            .flat_map(|g| &g.exec_set)
+            .chain(&spec.exec.shell_exec_set)
+            .chain(spec.exec.languages.iter().flat_map(|l| &l.exec_set))
+            .chain(spec.exec.operator_tools.iter().flat_map(|t| &t.exec_set))
+        {
+            assert!(spec.exec_paths.contains(s), "{s} not in exec_paths");
+        }
+        // Without a shell grant there is no shell set.
+        let q = policy("[clients.c]\nread = [\"/a\"]\nexec = [\"cat\"]\n");
+        assert!(q.sandbox_spec(&id("c")).exec.shell_exec_set.is_empty());
+    }
+
+    #[test]
+    fn exec_helpers_are_checked_at_load() {
+        // A missing helper: an error naming the file and the helper's line.
+        let err = Policy::from_toml(
+            "t.toml",
+            "[clients.c]\nexec = [\"git\"]\n[clients.c.exec_helpers]\ngit = [\"/missing/git-core\"]\n",
+            &fake_canon,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("t.toml:4:"), "{err}");
+        assert!(err.to_string().contains("/missing/git-core"), "{err}");
+        for (text, want, line) in [
+            (
+                "[clients.c]\nexec = [\"git\"]\n[clients.c.exec_helpers]\ngit = [\"lib/git-core\"]\n",
+                "must be absolute",
+                4,
+            ),
+            (
+                "[clients.c]\nexec = [\"git\"]\n[clients.c.exec_helpers]\ngit = [\"/usr/lib/../bin\"]\n",
+                "must not contain '..'",
+                4,
+            ),
+            (
+                "[clients.c]\nexec = [\"git\"]\n[clients.c.exec_helpers]\ncat = [\"/usr/lib\"]\n",
+                "exec_helpers.cat names a program that is not in exec",
+                4,
+            ),
+            (
+                "[tools.t]\ndescription = \"d\"\ncommand = [\"/bin/echo\"]\nclients = [\"c\"]\nhelpers = [\"/missing/x\"]\n[clients.c]\n",
+                "/missing/x",
+                5,
+            ),
+        ] {
+            let err = Policy::from_toml("t.toml", text, &fake_canon).unwrap_err();
+            assert!(err.to_string().contains(want), "{text}: {err}");
+            assert_eq!(err.line, Some(line), "{err}");
+        }
+    }
+
+    #[test]
     fn operator_tool_config_errors_are_located() {
         let bad = [
             ("[tools.t]\ndescription = \"d\"\ncommand = [\"/bin/echo\", \"{nope}\"]\nroles = []\nclients = [\"c\"]\n[clients.c]\nread = [\"/a\"]\n", "placeholder {nope}"),

@@ -15,7 +15,7 @@ use mcpd_ipc::{OperatorToolSpec, PathArg};
 use toml::Spanned;
 
 use crate::config::{ConfigError, RawTool, Source};
-use crate::model::Canonicalize;
+use crate::model::{canonical, Canonicalize};
 
 /// Where program names without a slash are looked up, in order. Fixed: the broker's own
 /// `PATH` is operator environment, not policy.
@@ -57,6 +57,19 @@ pub struct Program {
     pub path: PathBuf,
     /// Argument allow-list; empty means any argument.
     pub arg_patterns: Vec<ArgPattern>,
+    /// Canonical helper files or directories it may execute (`exec_helpers`), sorted.
+    pub helpers: Vec<PathBuf>,
+}
+
+impl Program {
+    /// What the program's own exec domain allows before the broker adds `#!` interpreters and
+    /// the loader: the program and its helpers.
+    pub fn exec_set(&self) -> Vec<String> {
+        std::iter::once(&self.path)
+            .chain(&self.helpers)
+            .filter_map(|p| p.to_str().map(str::to_string))
+            .collect()
+    }
 }
 
 /// A code-session language.
@@ -430,6 +443,13 @@ pub(crate) fn operator_tool(
             });
         }
     }
+    let mut exec_set = vec![argv[0].clone()];
+    for h in &raw.helpers {
+        let c = canonical(src, &who, h, canon)?;
+        exec_set.push(c.to_str().unwrap_or_default().to_string());
+    }
+    exec_set.sort();
+    exec_set.dedup();
     if raw.roles.is_empty() && raw.clients.is_empty() {
         return Err(at(
             "no roles or clients may call it (deny by default): add roles = [...] or clients = [...]".into(),
@@ -444,6 +464,7 @@ pub(crate) fn operator_tool(
             argv,
             timeout_secs: raw.timeout_secs.unwrap_or(default_timeout).max(1),
             path_args,
+            exec_set,
         },
         validator: Arc::new(validator),
         clients: raw.clients.iter().map(|c| c.get_ref().clone()).collect(),

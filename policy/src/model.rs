@@ -832,23 +832,51 @@ impl Policy {
                 spec
             })
             .collect();
-        let mut exec_paths: Vec<String> = p
+        // Each program, shell command line, interpreter and operator tool runs in a nested
+        // exec domain of its own (`exec_set`); the worker's outer domain executes their union.
+        let programs: Vec<ProgramGrant> = p
             .exec
             .programs
             .iter()
-            .filter_map(|g| path_str(&g.path))
-            .chain(p.exec.shell.as_deref().and_then(path_str))
-            .chain(
-                p.exec
-                    .languages
-                    .iter()
-                    .filter_map(|l| path_str(&l.interpreter)),
-            )
-            .chain(
-                operator_tools
-                    .iter()
-                    .filter_map(|t| t.argv.first().cloned()),
-            )
+            .filter_map(|g| {
+                Some(ProgramGrant {
+                    name: g.name.clone(),
+                    path: path_str(&g.path)?,
+                    exec_set: g.exec_set(),
+                })
+            })
+            .collect();
+        let languages: Vec<LanguageGrant> = p
+            .exec
+            .languages
+            .iter()
+            .filter_map(|l| {
+                let interpreter = path_str(&l.interpreter)?;
+                Some(LanguageGrant {
+                    name: l.name.clone(),
+                    exec_set: vec![interpreter.clone()],
+                    interpreter,
+                })
+            })
+            .collect();
+        let shell = p.exec.shell.as_deref().and_then(path_str);
+        // A command line cannot be argument-checked: it may run every listed program (with any
+        // arguments), and nothing else; never the code-session interpreters or operator tools.
+        let mut shell_exec_set: Vec<String> = match &shell {
+            None => Vec::new(),
+            Some(sh) => std::iter::once(sh.clone())
+                .chain(programs.iter().flat_map(|g| g.exec_set.iter().cloned()))
+                .collect(),
+        };
+        shell_exec_set.sort();
+        shell_exec_set.dedup();
+        let mut exec_paths: Vec<String> = programs
+            .iter()
+            .flat_map(|g| &g.exec_set)
+            .chain(&shell_exec_set)
+            .chain(languages.iter().flat_map(|l| &l.exec_set))
+            .chain(operator_tools.iter().flat_map(|t| &t.exec_set))
+            .cloned()
             .collect();
         exec_paths.sort();
         exec_paths.dedup();
@@ -863,29 +891,10 @@ impl Policy {
             toolsets: self.toolsets.clone(),
             isolation: self.isolation(client),
             exec: ExecSpec {
-                programs: p
-                    .exec
-                    .programs
-                    .iter()
-                    .filter_map(|g| {
-                        Some(ProgramGrant {
-                            name: g.name.clone(),
-                            path: path_str(&g.path)?,
-                        })
-                    })
-                    .collect(),
-                shell: p.exec.shell.as_deref().and_then(path_str),
-                languages: p
-                    .exec
-                    .languages
-                    .iter()
-                    .filter_map(|l| {
-                        Some(LanguageGrant {
-                            name: l.name.clone(),
-                            interpreter: path_str(&l.interpreter)?,
-                        })
-                    })
-                    .collect(),
+                programs,
+                shell,
+                shell_exec_set,
+                languages,
                 env_allow: p.exec.env_allow.iter().cloned().collect(),
                 env_fixed: p
                     .exec
@@ -970,13 +979,20 @@ impl Policy {
             for g in &p.exec.programs {
                 let pats: Vec<&str> = g.arg_patterns.iter().map(|a| a.as_str()).collect();
                 out.push_str(&format!(
-                    "  exec   {} -> {}{}\n",
+                    "  exec   {} -> {}{}{}\n",
                     g.name,
                     g.path.display(),
                     if pats.is_empty() {
                         String::new()
                     } else {
                         format!("   args: {}", pats.join(" | "))
+                    },
+                    if g.helpers.is_empty() {
+                        String::new()
+                    } else {
+                        let h: Vec<String> =
+                            g.helpers.iter().map(|h| h.display().to_string()).collect();
+                        format!("   helpers: {}", h.join(", "))
                     }
                 ));
             }
@@ -1172,7 +1188,9 @@ fn dedup(v: &mut Vec<PathBuf>) {
     v.dedup();
 }
 
-fn canonical(
+/// A configured path, absolute and without `..`, canonicalised (a missing path is an error
+/// naming the file and line).
+pub(crate) fn canonical(
     src: &Source,
     who: &str,
     p: &Spanned<String>,
@@ -1241,6 +1259,15 @@ fn merge(
                     arg_patterns.push(exec_grant::arg_pattern(src, who, p)?);
                 }
             }
+            let mut helpers = Vec::new();
+            for h in g.exec_helpers.get(name.get_ref()).into_iter().flatten() {
+                helpers.push(canonical(
+                    src,
+                    &format!("{who}: exec_helpers.{}", name.get_ref()),
+                    h,
+                    canon,
+                )?);
+            }
             match exec.programs.iter_mut().find(|p| p.path == path) {
                 // The same program from two grants: the union of what they allow (an
                 // unrestricted grant wins).
@@ -1250,12 +1277,18 @@ fn merge(
                     } else {
                         existing.arg_patterns.extend(arg_patterns);
                     }
+                    existing.helpers.extend(helpers);
+                    dedup(&mut existing.helpers);
                 }
-                None => exec.programs.push(Program {
-                    name: name.get_ref().clone(),
-                    path,
-                    arg_patterns,
-                }),
+                None => {
+                    dedup(&mut helpers);
+                    exec.programs.push(Program {
+                        name: name.get_ref().clone(),
+                        path,
+                        arg_patterns,
+                        helpers,
+                    });
+                }
             }
         }
         for key in g.exec_args.keys() {
@@ -1263,6 +1296,14 @@ fn merge(
                 return Err(src.error(
                     None,
                     format!("{who}: exec_args.{key} names a program that is not in exec"),
+                ));
+            }
+        }
+        for (key, paths) in &g.exec_helpers {
+            if !g.exec.iter().any(|e| e.get_ref() == key) {
+                return Err(src.error(
+                    paths.first().map(Spanned::span),
+                    format!("{who}: exec_helpers.{key} names a program that is not in exec"),
                 ));
             }
         }

@@ -46,6 +46,16 @@ fn start_with_config(d: &Dirs, toml: &str) -> Server {
     srv
 }
 
+/// A client with a shell grant and `sleep`: a command line may run the listed programs (a
+/// program granted on its own, such as `sh` in `exec`, may not: it runs in its own exec domain).
+fn start_shell(d: &Dirs) -> Server {
+    let toml = format!(
+        "[clients.local]\nwrite = [\"{}\"]\nexec = [\"sleep\"]\nshell = true\n",
+        s(&d.root)
+    );
+    start_with_config(d, &toml)
+}
+
 fn structured(r: &Value) -> &Value {
     &r["structuredContent"]
 }
@@ -265,19 +275,11 @@ print("mount", res(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)))
 #[test]
 fn timeout_kills_the_whole_process_group() {
     let d = dirs();
-    let mut srv = Server::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
-    srv.initialize();
+    let mut srv = start_shell(&d);
     let started = Instant::now();
     let r = srv.call(
         "run_command",
-        json!({"command": "sh", "args": ["-c", "sleep 300 & echo $!; sleep 300"], "timeout_secs": 1}),
+        json!({"command": "sleep 300 & echo $!; sleep 300", "shell": true, "timeout_secs": 1}),
     );
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(r["isError"], true);
@@ -302,18 +304,10 @@ fn timeout_kills_the_whole_process_group() {
 #[test]
 fn cancellation_kills_the_whole_process_group() {
     let d = dirs();
-    let mut srv = Server::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
-    srv.initialize();
+    let mut srv = start_shell(&d);
     srv.send(&json!({"jsonrpc": "2.0", "id": "long", "method": "tools/call", "params": {
         "name": "run_command",
-        "arguments": {"command": "sh", "args": ["-c", "sleep 300 & echo $! > bg.pid; echo $$ > leader.pid; sleep 300"]}
+        "arguments": {"command": "sleep 300 & echo $! > bg.pid; echo $$ > leader.pid; sleep 300", "shell": true}
     }}));
     let pidfile = d.root.join("bg.pid");
     let leaderfile = d.root.join("leader.pid");
@@ -342,19 +336,11 @@ fn cancellation_kills_the_whole_process_group() {
 #[test]
 fn end_of_session_kills_running_commands() {
     let d = dirs();
-    let mut srv = Server::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
-    srv.initialize();
+    let mut srv = start_shell(&d);
     srv.send(
         &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
             "name": "run_command",
-            "arguments": {"command": "sh", "args": ["-c", "echo $$ > leader.pid; sleep 300"]}
+            "arguments": {"command": "echo $$ > leader.pid; sleep 300", "shell": true}
         }}),
     );
     let leaderfile = d.root.join("leader.pid");
@@ -756,18 +742,10 @@ fn audit_records_name_the_command() {
 #[test]
 fn long_commands_report_progress() {
     let d = dirs();
-    let mut srv = Server::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
-    srv.initialize();
+    let mut srv = start_shell(&d);
     let r = srv.result(
         "tools/call",
-        json!({"name": "run_command", "arguments": {"command": "sh", "args": ["-c", "sleep 2.5; echo done"]},
+        json!({"name": "run_command", "arguments": {"command": "sleep 2.5; echo done", "shell": true},
                "_meta": {"progressToken": "tok-1"}}),
     );
     assert_eq!(structured(&r)["stdout"], "done\n", "{r}");
@@ -786,4 +764,328 @@ fn long_commands_report_progress() {
         .collect();
     assert!(progress.len() >= 2, "{:?}", srv.notifications);
     assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Only listed programs run: each program runs in its own exec domain.
+// ---------------------------------------------------------------------------------------
+
+/// The git the policy resolves (`/usr/local/bin`, then `/usr/bin`, then `/bin`), canonical.
+fn resolved_git() -> Option<PathBuf> {
+    ["/usr/local/bin/git", "/usr/bin/git", "/bin/git"]
+        .iter()
+        .find_map(|p| std::fs::canonicalize(p).ok())
+}
+
+/// Run the test's own (unconfined) git.
+fn git(git: &Path, dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new(git)
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+}
+
+fn stderr_of(r: &Value) -> String {
+    structured(r)["stderr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn git_status_cannot_run_a_repository_fsmonitor_hook() {
+    let Some(gitp) = resolved_git() else {
+        eprintln!(
+            "SKIPPED git_status_cannot_run_a_repository_fsmonitor_hook: git is not installed"
+        );
+        return;
+    };
+    let out = std::process::Command::new(&gitp)
+        .arg("--exec-path")
+        .output()
+        .unwrap();
+    let git_core = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let d = dirs();
+    let repo = d.root.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&gitp, &repo, &["init", "-q"]);
+    std::fs::write(repo.join("tracked.txt"), "tracked\n").unwrap();
+    git(&gitp, &repo, &["add", "tracked.txt"]);
+    // fsmonitor protocol: the hook runs as `HOOK <version> <token>` in the worktree, so with
+    // python3 as the hook, python3 executes the file named `2` (then `1`): the payload.
+    for v in ["1", "2"] {
+        std::fs::write(repo.join(v), "open('pwned', 'w').write('hook ran')\n").unwrap();
+    }
+    git(
+        &gitp,
+        &repo,
+        &["config", "core.fsmonitor", python.to_str().unwrap()],
+    );
+    // git, python3 and sh are all granted, so the worker's own domain lets all three execute:
+    // only git's own exec domain stands between `git status` and the hook.
+    let toml = format!(
+        r#"[clients.local]
+write = ["{root}"]
+exec = ["git", "python3", "sh"]
+env = ["GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=safe.directory", "GIT_CONFIG_VALUE_0=*"]
+[clients.local.exec_args]
+git = ["status", "--porcelain", "--short"]
+[clients.local.exec_helpers]
+git = ["{git_core}"]
+"#,
+        root = s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    // Control: the payload works when python3 is what the client runs.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["2"], "cwd": s(&repo)}),
+    );
+    assert_eq!(structured(&r)["exit_code"], 0, "{r}");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("pwned")).unwrap(),
+        "hook ran"
+    );
+    std::fs::remove_file(repo.join("pwned")).unwrap();
+
+    // The hook as a program (git execs it directly)...
+    let r = srv.call(
+        "run_command",
+        json!({"command": "git", "args": ["status", "--porcelain"], "cwd": s(&repo)}),
+    );
+    let err = stderr_of(&r);
+    assert!(!repo.join("pwned").exists(), "the fsmonitor hook ran: {r}");
+    assert!(
+        err.contains(&format!(
+            "cannot exec '{}': Permission denied",
+            python.display()
+        )),
+        "{r}"
+    );
+    // ...git itself still works (the hook's failure is not fatal to status).
+    assert_eq!(structured(&r)["exit_code"], 0, "{r}");
+    assert!(
+        structured(&r)["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("A  tracked.txt"),
+        "{r}"
+    );
+
+    // The hook as a command line: git runs it with /bin/sh -c, and sh is not git's.
+    git(
+        &gitp,
+        &repo,
+        &[
+            "config",
+            "core.fsmonitor",
+            "python3 -c \"open('pwned', 'w')\"",
+        ],
+    );
+    let r = srv.call(
+        "run_command",
+        json!({"command": "git", "args": ["status", "--porcelain"], "cwd": s(&repo)}),
+    );
+    assert!(!repo.join("pwned").exists(), "the fsmonitor hook ran: {r}");
+    assert!(
+        stderr_of(&r)
+            .contains(r#"cannot exec 'python3 -c "open('pwned', 'w')"': Permission denied"#),
+        "{r}"
+    );
+    assert_eq!(structured(&r)["exit_code"], 0, "{r}");
+}
+
+#[test]
+fn a_code_session_cannot_run_the_clients_commands() {
+    let Some(gitp) = resolved_git() else {
+        eprintln!("SKIPPED a_code_session_cannot_run_the_clients_commands: git is not installed");
+        return;
+    };
+    let d = dirs();
+    let toml = format!(
+        "[clients.local]\nwrite = [\"{}\"]\nexec = [\"git\", \"cat\"]\ncode = [\"python3\"]\n[clients.local.exec_args]\ngit = [\"--version\"]\n",
+        s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    // git is granted to run_command (with exec_args), and runs there.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "git", "args": ["--version"]}),
+    );
+    assert_eq!(structured(&r)["exit_code"], 0, "{r}");
+    // From python3, neither git (past its exec_args) nor any other granted program starts;
+    // the interpreter may start itself (its exec set is its own).
+    let code = format!(
+        r#"
+import subprocess
+for argv in (["{git}", "log"], ["/usr/bin/cat", "inside.txt"], ["/usr/bin/python3", "-c", "1"]):
+    try:
+        subprocess.run(argv)
+        print("RAN", argv[0])
+    except PermissionError as e:
+        print("DENIED", e.errno)
+"#,
+        git = gitp.display()
+    );
+    let r = srv.call("run_code", json!({"language": "python3", "code": code}));
+    assert_eq!(
+        structured(&r)["stdout"],
+        "DENIED 13\nDENIED 13\nRAN /usr/bin/python3\n",
+        "{r}"
+    );
+}
+
+#[test]
+fn a_program_cannot_start_another_granted_program() {
+    let d = dirs();
+    // A granted script (outside the roots: they are never executable) that runs `cat`.
+    let script = d.root.parent().unwrap().join("show.sh");
+    std::fs::write(&script, "#!/bin/sh\ncat inside.txt\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let toml = format!(
+        r#"[clients.local]
+write = ["{root}"]
+exec = ["env", "cat", "{script}", "printf"]
+code = ["python3"]
+shell = true
+[clients.local.exec_helpers]
+printf = ["/usr/bin/cat"]
+"#,
+        root = s(&d.root),
+        script = s(&script)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let r = srv.call(
+        "run_command",
+        json!({"command": "cat", "args": ["inside.txt"]}),
+    );
+    assert_eq!(structured(&r)["stdout"], "inside\n", "{r}");
+    // env may execute env, not cat.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "env", "args": ["cat", "inside.txt"]}),
+    );
+    assert_eq!(structured(&r)["exit_code"], 126, "{r}");
+    assert_eq!(
+        stderr_of(&r),
+        "/usr/bin/env: ‘cat’: Permission denied\n",
+        "{r}"
+    );
+    // The script may execute itself and its interpreter, not cat.
+    let r = srv.call("run_command", json!({"command": s(&script)}));
+    assert_eq!(structured(&r)["exit_code"], 126, "{r}");
+    assert_eq!(
+        stderr_of(&r),
+        format!("{}: 2: cat: Permission denied\n", script.display()),
+        "{r}"
+    );
+    assert_eq!(structured(&r)["stdout"], "", "{r}");
+    // A shell command line may run every listed program...
+    let r = srv.call(
+        "run_command",
+        json!({"command": "cat inside.txt | env cat", "shell": true}),
+    );
+    assert_eq!(structured(&r)["stdout"], "inside\n", "{r}");
+    // ...but not a code-session interpreter (granted, so the worker's domain allows it).
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3 -c 'print(1)'", "shell": true}),
+    );
+    assert_eq!(structured(&r)["exit_code"], 126, "{r}");
+    assert!(
+        stderr_of(&r).ends_with("python3: Permission denied\n"),
+        "{r}"
+    );
+}
+
+#[test]
+fn exec_helpers_extend_one_programs_domain() {
+    let d = dirs();
+    let toml = format!(
+        r#"[clients.local]
+write = ["{root}"]
+exec = ["env", "cat"]
+[clients.local.exec_helpers]
+env = ["/usr/bin/printf"]
+"#,
+        root = s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    // printf is not a program of the client, but env's declared helper.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "env", "args": ["printf", "%s", "helped"]}),
+    );
+    assert_eq!(structured(&r)["stdout"], "helped", "{r}");
+    let r = srv.call(
+        "run_command",
+        json!({"command": "env", "args": ["cat", "inside.txt"]}),
+    );
+    assert_eq!(
+        stderr_of(&r),
+        "/usr/bin/env: ‘cat’: Permission denied\n",
+        "{r}"
+    );
+    // It is not the client's program: run_command refuses it.
+    let r = srv.call("run_command", json!({"command": "printf", "args": ["x"]}));
+    assert_eq!(text(&r), "Program not allowed by policy");
+    // A missing helper is a configuration error with file and line.
+    let cfg = d.root.parent().unwrap().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clients.local]\nwrite = [\"{}\"]\nexec = [\"env\"]\n[clients.local.exec_helpers]\nenv = [\"/nonexistent/mcpd-helper\"]\n",
+            s(&d.root)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(mcpd_e2e::mcpd_bin())
+        .args(["check-config", "--config", s(&cfg)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:5:", cfg.display())) && err.contains("/nonexistent/mcpd-helper"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fexecve_is_refused_and_the_session_survives() {
+    let d = dirs();
+    let mut srv = Server::start(&["--allow-write", s(&d.root), "--allow-code", "python3"]);
+    srv.initialize();
+    // The interpreter's own file: its exec domain allows it, so only seccomp stands in the way
+    // of executing it by fd (the way to run an anonymous or unlisted file).
+    let code = r#"
+import os, sys
+fd = os.open(sys.executable, os.O_RDONLY)
+try:
+    os.execve(fd, [sys.executable, "-c", "print('replaced')"], {})
+except PermissionError as e:
+    print("DENIED", e.errno)
+alive = os.getpid()
+alive
+"#;
+    let r = srv.call("run_code", json!({"language": "python3", "code": code}));
+    let out = structured(&r)["stdout"].as_str().unwrap().to_string();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("DENIED 1"), "{r}");
+    let pid: i64 = lines.next().unwrap().parse().unwrap();
+    // The same interpreter is still there, session intact.
+    let r = srv.call("run_code", json!({"language": "python3", "code": "alive"}));
+    assert_eq!(structured(&r)["stdout"], format!("{pid}\n"), "{r}");
+    assert_eq!(structured(&r)["session_runs"], 2, "{r}");
+    // execveat with a path is still the ordinary, Landlock-checked exec.
+    let r = srv.call(
+        "run_code",
+        json!({"language": "python3", "code": "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nrc = libc.syscall(322, -100, b'/usr/bin/cat', None, None, 0)\nprint(rc, os.strerror(ctypes.get_errno()))"}),
+    );
+    assert_eq!(structured(&r)["stdout"], "-1 Permission denied\n", "{r}");
 }

@@ -90,19 +90,12 @@ fn session_lifecycle_json_and_sse() {
 #[test]
 fn progress_notifications_arrive_on_the_request_stream_before_the_result() {
     let d = dirs();
-    let srv = HttpServer::start(&[
-        "--allow-read",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
+    let srv = HttpServer::start(&["--allow-read", s(&d.root), "--allow-exec", "python3"]);
     let sid = srv.initialize();
     let r = srv.post(
         Some(&sid),
         &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
-            "name": "run_command", "arguments": {"command": "sh", "args": ["-c", "sleep 1.5; echo done"]},
+            "name": "run_command", "arguments": {"command": "python3", "args": ["-c", "import time; time.sleep(1.5); print('done')"]},
             "_meta": {"progressToken": 77}}}),
     );
     let msgs = r.messages();
@@ -229,17 +222,10 @@ fn idle_sessions_and_their_workers_are_reaped() {
 #[test]
 fn a_client_that_disconnects_mid_call_cancels_it() {
     let d = dirs();
-    let srv = HttpServer::start(&[
-        "--allow-write",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
+    let srv = HttpServer::start(&["--allow-write", s(&d.root), "--allow-exec", "python3"]);
     let sid = srv.initialize();
     let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
-        "name": "run_command", "arguments": {"command": "sh", "args": ["-c", "echo $$ > leader.pid; sleep 300"], "cwd": s(&d.root)}}})
+        "name": "run_command", "arguments": {"command": "python3", "args": ["-c", "import os, time; open('leader.pid', 'w').write('%d\\n' % os.getpid()); time.sleep(300)"], "cwd": s(&d.root)}}})
     .to_string();
     let stream = srv.open(
         "POST",
@@ -504,17 +490,10 @@ fn an_elicitation_the_client_never_answers_times_out() {
 #[test]
 fn a_dropped_stream_resumes_with_last_event_id() {
     let d = dirs();
-    let srv = HttpServer::start(&[
-        "--allow-read",
-        s(&d.root),
-        "--allow-exec",
-        "sh",
-        "--allow-exec",
-        "sleep",
-    ]);
+    let srv = HttpServer::start(&["--allow-read", s(&d.root), "--allow-exec", "python3"]);
     let sid = srv.initialize();
     let body = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {
-        "name": "run_command", "arguments": {"command": "sh", "args": ["-c", "sleep 1; echo resumed-ok"]}}})
+        "name": "run_command", "arguments": {"command": "python3", "args": ["-c", "import time; time.sleep(1); print('resumed-ok')"]}}})
     .to_string();
     let stream = srv.open(
         "POST",

@@ -45,7 +45,7 @@ fn start(d: &Dirs) -> Server {
     std::fs::write(
         &cfg,
         format!(
-            "[clients.local]\nwrite = [\"{}\"]\nexec = [\"sh\", \"python3\", \"sleep\"]\n{LIMITS}",
+            "[clients.local]\nwrite = [\"{}\"]\nexec = [\"sh\", \"python3\", \"sleep\"]\nshell = true\n{LIMITS}",
             s(&d.root)
         ),
     )
@@ -168,7 +168,7 @@ fn fork_bomb_is_contained() {
         let started = Instant::now();
         let r = srv.call(
             "run_command",
-            json!({"command": "sh", "args": ["-c", "b() { b | b & }; b; sleep 3; echo done"], "timeout_secs": 6}),
+            json!({"command": "b() { b | b & }; b; sleep 3; echo done", "shell": true, "timeout_secs": 6}),
         );
         assert!(started.elapsed() < Duration::from_secs(30));
         // The shell reports the refused forks; the limit held (the call returned, and the

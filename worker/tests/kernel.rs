@@ -237,6 +237,7 @@ fn check(run: &ProbeRun, probes: &[(Probe, Expect)]) {
     for ((probe, expect), got) in probes.iter().zip(&run.outcomes) {
         let ok = match (expect, got) {
             (Expect::Ok, Outcome::Ok(_)) => true,
+            (Expect::OkWith(want), Outcome::Ok(got)) => got == want,
             (Expect::Errno(stage, errno), Outcome::Errno { stage: s, errno: e }) => {
                 s == stage && e == errno
             }
@@ -258,6 +259,8 @@ fn check(run: &ProbeRun, probes: &[(Probe, Expect)]) {
 #[derive(Debug, Clone)]
 enum Expect {
     Ok,
+    /// It worked, with exactly this detail (e.g. an exit code).
+    OkWith(&'static str),
     Errno(&'static str, i32),
 }
 
@@ -638,6 +641,131 @@ fn exec_paths_grant_execution() {
     let run = run_probes(&spec, &list);
     assert_full_enforcement(&run, true);
     check(&run, &probes);
+}
+
+/// The worker's outer exec rules of the exec-domain tests: everything under /usr (merged /usr:
+/// /bin, /lib and /lib64 resolve into it).
+fn usr_exec_spec(ro: &Path) -> SandboxSpec {
+    let mut spec = fs_spec(&[ro], &[]);
+    spec.exec_paths = ["/usr", "/lib", "/lib64", "/bin"]
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .map(|p| p.to_string())
+        .collect();
+    spec
+}
+
+fn canonical(p: &str) -> String {
+    path_str(&std::fs::canonicalize(p).unwrap())
+}
+
+#[test]
+fn a_nested_exec_domain_executes_only_its_set() {
+    if !kernel_supports("a_nested_exec_domain_executes_only_its_set", 6) {
+        return;
+    }
+    let ro = tempdir();
+    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .iter()
+        .find(|l| Path::new(l).exists())
+        .map(|l| canonical(l))
+        .expect("a dynamic loader");
+    let t = canonical("/usr/bin/true");
+    let sh = canonical("/bin/sh");
+    let in_domain = |domain: &[&str], program: &str, args: &[&str]| Probe::ExecInDomain {
+        domain: domain.iter().map(|s| s.to_string()).collect(),
+        program: program.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+    };
+    let probes = [
+        // The outer domain executes all of /usr...
+        (Probe::Exec("/usr/bin/echo".into()), Expect::Ok),
+        // ...a nested one only its set: the program and the loader.
+        (
+            in_domain(&[&t, &loader], "/usr/bin/true", &[]),
+            Expect::OkWith("exit Some(0)"),
+        ),
+        (
+            in_domain(&[&t, &loader], "/usr/bin/echo", &[]),
+            eacces("spawn"),
+        ),
+        // The loader is executed by the kernel too: without it nothing dynamic starts.
+        (in_domain(&[&t], "/usr/bin/true", &[]), eacces("spawn")),
+        // What runs in the domain cannot leave it: sh may not exec true (126).
+        (
+            in_domain(&[&sh, &loader], "/bin/sh", &["-c", "exec /usr/bin/true"]),
+            Expect::OkWith("exit Some(126)"),
+        ),
+        (
+            in_domain(&[&sh, &loader], "/bin/sh", &["-c", "exec /bin/sh -c true"]),
+            Expect::OkWith("exit Some(0)"),
+        ),
+        // A directory in the set (a helper directory) covers everything beneath it.
+        (
+            in_domain(&["/usr/bin", &loader], "/usr/bin/true", &[]),
+            Expect::OkWith("exit Some(0)"),
+        ),
+        // Domains stack: a nested set cannot grant what the outer domain denies.
+        (
+            in_domain(
+                &[&path_str(ro.path()), &loader],
+                &path_str(&ro.path().join("true")),
+                &[],
+            ),
+            eacces("spawn"),
+        ),
+        // The prober itself is still in the outer domain only.
+        (Probe::Exec("/usr/bin/true".into()), Expect::Ok),
+    ];
+    std::fs::copy("/usr/bin/true", ro.path().join("true")).unwrap();
+    std::fs::set_permissions(
+        ro.path().join("true"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let list: Vec<Probe> = probes.iter().map(|(p, _)| p.clone()).collect();
+    let run = run_probes(&usr_exec_spec(ro.path()), &list);
+    assert_full_enforcement(&run, true);
+    check(&run, &probes);
+}
+
+#[test]
+fn seccomp_refuses_fexecve_but_not_execveat_by_path() {
+    if !kernel_supports("seccomp_refuses_fexecve_but_not_execveat_by_path", 6) {
+        return;
+    }
+    let ro = tempdir();
+    let t = canonical("/usr/bin/true");
+    let probes = [
+        // Executing an open fd (AT_EMPTY_PATH): EPERM, although Landlock allows the file.
+        (
+            Probe::Execveat {
+                path: t.clone(),
+                by_fd: true,
+            },
+            eperm("execveat"),
+        ),
+        // execveat by path is an ordinary exec.
+        (
+            Probe::Execveat {
+                path: t.clone(),
+                by_fd: false,
+            },
+            Expect::OkWith("exit Some(0)"),
+        ),
+        (Probe::Exec(t.clone()), Expect::Ok),
+    ];
+    let list: Vec<Probe> = probes.iter().map(|(p, _)| p.clone()).collect();
+    let run = run_probes(&usr_exec_spec(ro.path()), &list);
+    assert_full_enforcement(&run, true);
+    check(&run, &probes);
+}
+
+/// Control for the probe above: unconfined, fexecve of the same file works.
+#[test]
+fn unconfined_fexecve_works() {
+    let run = probe::unconfined_execveat(&canonical("/usr/bin/true"));
+    assert_eq!(run, probe::Outcome::Ok("exit Some(0)".into()));
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! The `pre_exec` hook of every process the worker starts (commands, interpreters, operator
 //! tools): working directory from an already-opened directory fd, per-process resource limits,
-//! and death with the worker.
+//! death with the worker, and last the program's own exec domain
+//! ([`super::exec_domain`]).
 //!
 //! The child inherits all of the worker's confinement (no_new_privs, Landlock, seccomp: filters
-//! and rulesets only stack) and its rlimits; this hook can only *lower* limits further. It runs
-//! between `fork` and `exec` in the child of a multi-threaded process, so it makes only
-//! async-signal-safe system calls (`fchdir`, `setrlimit`, `prctl`, `getppid`) and never allocates:
-//! everything it needs is computed before the fork.
+//! and rulesets only stack) and its rlimits; this hook can only *lower* limits further and add
+//! a nested Landlock domain. It runs between `fork` and `exec` in the child of a multi-threaded
+//! process, so it makes only async-signal-safe system calls (`fchdir`, `setrlimit`, `prctl`,
+//! `getppid`, `landlock_restrict_self`) and never allocates: everything it needs is computed
+//! before the fork.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
@@ -24,6 +26,7 @@ pub struct ChildSetup {
     count: usize,
     die_with_parent: bool,
     parent: libc::pid_t,
+    exec_domain: Option<i32>,
 }
 
 impl ChildSetup {
@@ -37,6 +40,7 @@ impl ChildSetup {
             count: 1, // RLIMIT_CORE = 0 (already inherited; kept explicit)
             die_with_parent,
             parent: std::process::id().try_into().unwrap_or(0),
+            exec_domain: None,
         };
         let wanted = [
             (libc::RLIMIT_CPU, limits.cpu_seconds),
@@ -58,6 +62,13 @@ impl ChildSetup {
     /// until the child was spawned.
     pub fn cwd(mut self, dir: BorrowedFd<'_>) -> Self {
         self.cwd = Some(dir.as_raw_fd());
+        self
+    }
+
+    /// Enter this Landlock ruleset (an [`super::exec_domain::ExecDomain`]'s fd) as the very last
+    /// step before exec. The fd must stay open until the child was spawned.
+    pub fn exec_domain(mut self, ruleset: BorrowedFd<'_>) -> Self {
+        self.exec_domain = Some(ruleset.as_raw_fd());
         self
     }
 
@@ -126,6 +137,23 @@ impl ChildSetup {
             // SAFETY: getppid takes no argument and cannot fail.
             if unsafe { libc::getppid() } != self.parent {
                 return Err(std::io::Error::other("parent exited"));
+            }
+        }
+        if let Some(ruleset) = self.exec_domain {
+            // Last, so that nothing above runs restricted (none of it executes anything, but
+            // the order keeps that obvious). no_new_privs is inherited from the worker.
+            // SAFETY: landlock_restrict_self takes an integer fd (a Landlock ruleset kept open
+            // by the parent until the spawn returns, inherited across fork) and integer flags;
+            // it reads no memory of ours and is async-signal-safe (a plain system call).
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_landlock_restrict_self,
+                    ruleset as libc::c_long,
+                    0 as libc::c_long,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
             }
         }
         Ok(())

@@ -44,6 +44,7 @@
 //!   [`sanitize_process`] and [`confine`]).
 
 pub mod child;
+pub mod exec_domain;
 mod identity;
 mod isolate;
 pub mod landlock_rules;

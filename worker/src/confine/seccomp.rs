@@ -14,6 +14,7 @@
 //! | `personality` other than `PER_LINUX` (0) or the query `0xffffffff` | `EPERM` |
 //! | `ioctl` `TIOCSTI` / `TIOCLINUX` (typing into a terminal)           | `EPERM` |
 //! | `memfd_create` without `MFD_NOEXEC_SEAL`, or with `MFD_EXEC` (an executable anonymous file) | `EPERM` |
+//! | `execveat` with `AT_EMPTY_PATH` in its flags (`fexecve`: execute an open fd) | `EPERM` |
 //! | `clone3`                                        | `ENOSYS`          |
 //! | `socket` with a family other than `AF_UNIX` (+ `AF_INET`, `AF_INET6` when the spec grants network) | `EACCES` |
 //! | `socketpair` with a family other than `AF_UNIX` | `EACCES`          |
@@ -34,6 +35,17 @@
 //! * `personality`: `ADDR_NO_RANDOMIZE` / `READ_IMPLIES_EXEC` weaken ASLR/NX for what the
 //!   worker executes; the query form and `PER_LINUX` are allowed because some runtimes call
 //!   them.
+//! * `execveat(fd, "", ..., AT_EMPTY_PATH)` (glibc's `fexecve`, Python's `os.execve(fd, ...)`)
+//!   executes whatever file an fd refers to, chosen by no path: a `memfd`, an `O_TMPFILE`, or a
+//!   file opened before a rename. Landlock exempts files on internal kernel mounts (memfd,
+//!   pipes) from its path rules, so this is the way to run an anonymous or unlisted file
+//!   despite the per-program exec domains. Nothing the worker runs needs it (glibc's
+//!   `execv*`/`posix_spawn`, Python, Node, Go and Rust std use `execve`). `execveat` with a
+//!   path (a directory fd + a name, or `AT_FDCWD`) stays allowed: it resolves the path like
+//!   `execve`, and Landlock checks the result. Denied with `EPERM` (not `ENOSYS`): glibc's
+//!   `fexecve` falls back to `/proc/self/fd/N` only on `ENOSYS` (and `/proc` is outside every
+//!   sandbox anyway). `vm.memfd_noexec` (set for the worker's pid namespace) covers
+//!   `execve("/proc/self/fd/N")` of a memfd.
 //! * Arguments the kernel truncates to 32 bits (`clone` flags via `lower_32_bits`, `socket`
 //!   family `int`, `ioctl` cmd `unsigned int`, `personality` `unsigned int`) are compared as
 //!   32-bit words on purpose: comparing 64 bits would let junk in the upper half slip past a
@@ -207,6 +219,8 @@ const DENIED_IOCTLS: &[(&str, u64)] = &[("TIOCSTI", libc::TIOCSTI), ("TIOCLINUX"
 /// `memfd_create(2)` flags (uapi `linux/memfd.h`, Linux 6.3).
 const MFD_NOEXEC_SEAL: u64 = 0x0008;
 const MFD_EXEC: u64 = 0x0010;
+/// `AT_EMPTY_PATH`: with it, `execveat` executes the fd itself (see the module docs).
+const AT_EMPTY_PATH: u64 = libc::AT_EMPTY_PATH.unsigned_abs() as u64;
 
 /// `__X32_SYSCALL_BIT`.
 #[cfg(target_arch = "x86_64")]
@@ -292,6 +306,15 @@ pub(super) fn build(spec: &SandboxSpec) -> Result<Filters, ConfineError> {
             rule(vec![arg32(1, SeccompCmpOp::MaskedEq(MFD_NOEXEC_SEAL), 0)?])?,
             rule(vec![arg32(1, SeccompCmpOp::MaskedEq(MFD_EXEC), MFD_EXEC)?])?,
         ],
+    );
+    // execveat(dirfd, path, argv, envp, flags): fexecve of an fd bypasses path rules.
+    eperm.insert(
+        libc::SYS_execveat,
+        vec![rule(vec![arg32(
+            4,
+            SeccompCmpOp::MaskedEq(AT_EMPTY_PATH),
+            AT_EMPTY_PATH,
+        )?])?],
     );
     let mut eperm = compile(eperm, errno(libc::EPERM), "EPERM filter")?;
     #[cfg(target_arch = "x86_64")]
@@ -406,6 +429,7 @@ mod tests {
             libc::SYS_clone3,
             libc::SYS_personality,
             libc::SYS_ioctl,
+            libc::SYS_execveat,
             libc::SYS_socket,
             libc::SYS_socketpair,
         ] {

@@ -258,6 +258,7 @@ fn start(ctx: &ToolContext, lang: &LanguageGrant) -> Result<Interpreter, String>
     // worker kills every group at exit, or with the worker's cgroup.
     let mut child = process::spawn_child(
         &lang.interpreter,
+        &lang.exec_set,
         &args,
         &env,
         cwd.as_ref(),

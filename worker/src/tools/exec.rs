@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use mcpd_ipc::{
-    CallError, Content, ExecArgs, ExecSpec, OperatorToolSpec, PathArg, ToolAccess, ToolAnnotations,
-    ToolDescriptor, ToolResult,
+    CallError, Content, ExecArgs, ExecSpec, OperatorToolSpec, PathArg, ProgramGrant, ToolAccess,
+    ToolAnnotations, ToolDescriptor, ToolResult,
 };
 use serde_json::{json, Map, Value};
 
@@ -97,12 +97,11 @@ fn client_env(
     }
 }
 
-/// The absolute path of an allow-listed program, as the policy resolved it.
-pub(crate) fn allowed_program<'a>(exec: &'a ExecSpec, asked: &str) -> Option<&'a str> {
+/// An allow-listed program (its absolute path, as the policy resolved it, and its exec set).
+pub(crate) fn allowed_program<'a>(exec: &'a ExecSpec, asked: &str) -> Option<&'a ProgramGrant> {
     exec.programs
         .iter()
         .find(|p| p.name == asked || p.path == asked)
-        .map(|p| p.path.as_str())
 }
 
 fn timeout_of(ctx: &ToolContext, args: &Map<String, Value>) -> Result<Duration, CallError> {
@@ -315,7 +314,7 @@ impl Tool for RunCommand {
             }
         };
         let timeout = timeout_of(ctx, &args)?;
-        let (program, argv) = if shell {
+        let (program, exec_set, argv) = if shell {
             let Some(sh) = ctx.exec.shell.clone() else {
                 return Ok(error_result(
                     "Shell command lines are not allowed by policy",
@@ -323,7 +322,7 @@ impl Tool for RunCommand {
             };
             let mut v = vec!["-c".to_string(), command.to_string(), "sh".to_string()];
             v.extend(list);
-            (sh, v)
+            (sh, ctx.exec.shell_exec_set.clone(), v)
         } else {
             let Some(p) = allowed_program(&ctx.exec, command) else {
                 return Ok(error_result(format!(
@@ -331,7 +330,7 @@ impl Tool for RunCommand {
                     command.chars().take(256).collect::<String>()
                 )));
             };
-            (p.to_string(), list)
+            (p.path.clone(), p.exec_set.clone(), list)
         };
         let mut env = base_env(ctx);
         client_env(ctx, &mut env, args.get("env"))?;
@@ -341,6 +340,7 @@ impl Tool for RunCommand {
         };
         let spawn = Spawn {
             program,
+            exec_set,
             args: argv,
             cwd,
             env,
@@ -462,6 +462,7 @@ impl Tool for OperatorTool {
         };
         let spawn = Spawn {
             program: program.clone(),
+            exec_set: self.spec.exec_set.clone(),
             args: argv,
             cwd,
             env: base_env(ctx),

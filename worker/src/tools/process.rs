@@ -2,7 +2,9 @@
 //! output, a wall-clock deadline, cancellation, and no process left behind.
 //!
 //! The child inherits the worker's whole confinement (Landlock, seccomp, no_new_privs,
-//! rlimits) and [`crate::confine::child::ChildSetup`] lowers its limits further. It starts in
+//! rlimits) and [`crate::confine::child::ChildSetup`] lowers its limits further and puts it in
+//! its own exec domain ([`crate::confine::exec_domain`]): it may execute only its exec set,
+//! never the client's other programs. It starts in
 //! its own process group; on timeout, cancellation, output flood or normal exit the *group* is
 //! sent `SIGKILL` while the leader is still unreaped (so its id cannot have been reused), then
 //! the leader is reaped. A descendant that left the group (`setsid`) is out of reach here: the
@@ -22,6 +24,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{Pid, Signal};
 
 use crate::confine::child::ChildSetup;
+use crate::confine::exec_domain::ExecDomain;
 use crate::tools::ToolContext;
 
 /// Process groups started and not yet reaped, so that [`kill_all`] can end them at shutdown.
@@ -65,6 +68,9 @@ pub fn kill_all() {
 pub struct Spawn {
     /// Absolute path of the program (one of the sandbox's exec paths).
     pub program: String,
+    /// What the program may execute (its grant's `exec_set`: itself, its `#!` chain, the
+    /// loader, its helpers); it runs in a nested Landlock domain limited to these paths.
+    pub exec_set: Vec<String>,
     /// Arguments (without argv\[0\]).
     pub args: Vec<String>,
     /// Working directory, opened beneath an allowed root.
@@ -194,15 +200,28 @@ pub(crate) fn leader_exited(pid: i32) -> bool {
     )
 }
 
-/// Start `cmd` with the standard setup: piped stdio, own process group, cleared environment.
+/// Start `cmd` with the standard setup: piped stdio, own process group, cleared environment,
+/// and a nested exec domain that may execute only `exec_set`.
 pub(crate) fn spawn_child(
     program: &str,
+    exec_set: &[String],
     args: &[String],
     env: &[(String, String)],
     cwd: Option<&OwnedFd>,
     limits: &CommandLimits,
     die_with_parent: bool,
 ) -> Result<Child, SpawnFailure> {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    // Built before the fork (the hook may not allocate); kept alive until `spawn` returns.
+    let domain = ExecDomain::build(exec_set).map_err(|e| {
+        eprintln!(
+            "mcpd-worker[{}]: exec domain of {program}: {e}",
+            std::process::id()
+        );
+        SpawnFailure(format!(
+            "Cannot run {name}: its exec domain could not be built"
+        ))
+    })?;
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -215,8 +234,10 @@ pub(crate) fn spawn_child(
     if let Some(fd) = cwd {
         setup = setup.cwd(fd.as_fd());
     }
+    if let Some(fd) = domain.fd() {
+        setup = setup.exec_domain(fd);
+    }
     setup.install(&mut cmd);
-    let name = program.rsplit('/').next().unwrap_or(program);
     let child = cmd.spawn().map_err(|e| {
         let why = match e.raw_os_error() {
             Some(libc::EACCES) | Some(libc::EPERM) => "permission denied by the sandbox",
@@ -228,6 +249,7 @@ pub(crate) fn spawn_child(
         };
         SpawnFailure(format!("Cannot run {name}: {why}"))
     })?;
+    drop(domain);
     track(child.id() as i32);
     Ok(child)
 }
@@ -237,7 +259,15 @@ pub(crate) fn spawn_child(
 pub fn run(ctx: &ToolContext, s: Spawn) -> Result<Finished, SpawnFailure> {
     let started = Instant::now();
     let deadline = started + s.timeout;
-    let mut child = spawn_child(&s.program, &s.args, &s.env, s.cwd.as_ref(), &s.limits, true)?;
+    let mut child = spawn_child(
+        &s.program,
+        &s.exec_set,
+        &s.args,
+        &s.env,
+        s.cwd.as_ref(),
+        &s.limits,
+        true,
+    )?;
     drop(s.cwd); // the child has its own cwd now
     let pid = child.id() as i32;
     let mut stdin = child.stdin.take();

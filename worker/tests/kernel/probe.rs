@@ -87,6 +87,24 @@ pub enum Probe {
         /// a directory inside a write root
         write_dir: String,
     },
+    /// Spawn `program` with `args` in a nested exec domain that may execute only `domain`
+    /// (the worker's own `ExecDomain` + `ChildSetup`), report its exit code.
+    ExecInDomain {
+        /// the exec set
+        domain: Vec<String>,
+        /// absolute path
+        program: String,
+        /// arguments
+        args: Vec<String>,
+    },
+    /// In a forked child, `execveat` `path`: by an fd with `AT_EMPTY_PATH` (fexecve), or by
+    /// the path itself (`AT_FDCWD`, no flags). Reports the errno or the exit code.
+    Execveat {
+        /// absolute path of a program that exits 0
+        path: String,
+        /// execute an open fd instead of the path
+        by_fd: bool,
+    },
     /// `syscall(__X32_SYSCALL_BIT | SYS_getpid)`: must kill the process.
     X32Getpid,
     /// Report step 1's effects from inside: environment size, open fds, dumpable, core limit.
@@ -328,6 +346,12 @@ fn run(probe: &Probe, prep: Prepared) -> Outcome {
             Ok(detail) => Outcome::Ok(detail),
             Err(e) => Outcome::Error(e),
         },
+        Probe::ExecInDomain {
+            domain,
+            program,
+            args,
+        } => exec_in_domain(domain, program, args),
+        Probe::Execveat { path, by_fd } => execveat(path, *by_fd),
         Probe::X32Getpid => x32_getpid(),
         Probe::Hygiene => hygiene(),
     }
@@ -558,6 +582,93 @@ fn everyday(read_file: &str, write_dir: &str) -> Result<String, String> {
     done.push("openat2/mkdirat/statx/renameat2/getdents64/unlinkat");
 
     Ok(done.join(", "))
+}
+
+fn exec_in_domain(domain: &[String], program: &str, args: &[String]) -> Outcome {
+    use mcpd_worker::confine::{child::ChildSetup, exec_domain::ExecDomain};
+    let d = match ExecDomain::build(domain) {
+        Ok(d) => d,
+        Err(e) => return Outcome::Error(format!("exec domain: {e}")),
+    };
+    let Some(fd) = d.fd() else {
+        return Outcome::Error("exec domain not enforced on this kernel".into());
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .stdin(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit());
+    ChildSetup::new(&mcpd_ipc::CommandLimits::default(), false)
+        .exec_domain(fd)
+        .install(&mut cmd);
+    match cmd.status() {
+        Ok(st) => Outcome::Ok(format!("exit {:?}", st.code())),
+        Err(e) => Outcome::errno("spawn", e),
+    }
+}
+
+/// [`Probe::Execveat`] by fd, without confinement (the control of the kernel test).
+pub fn unconfined_execveat(path: &str) -> Outcome {
+    execveat(path, true)
+}
+
+#[allow(unsafe_code)]
+fn execveat(path: &str, by_fd: bool) -> Outcome {
+    use std::os::unix::process::CommandExt;
+    let Ok(c_path) = std::ffi::CString::new(path) else {
+        return Outcome::Error("path with NUL".into());
+    };
+    let fd = if by_fd {
+        match rustix::fs::open(
+            path,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(fd) => Some(fd),
+            Err(e) => return Outcome::errno("open", e),
+        }
+    } else {
+        None
+    };
+    let argv: [*const libc::c_char; 2] = [c_path.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let (dirfd, name, flags) = match &fd {
+        Some(fd) => (fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH),
+        None => (libc::AT_FDCWD, c_path.as_ptr(), 0),
+    };
+    // Plain integers, so that the hook is Send + Sync; they point into `c_path`, `argv` and
+    // `envp`, which outlive `status()` (and are copied into the forked child).
+    let (name, argv_p, envp_p) = (
+        name as usize,
+        argv.as_ptr() as usize,
+        envp.as_ptr() as usize,
+    );
+    let mut cmd = std::process::Command::new(path);
+    cmd.stdin(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit());
+    // SAFETY: the hook runs in the forked child and makes one raw execveat with pointers to
+    // NUL-terminated strings and NULL-terminated arrays that are valid in the child's copy of
+    // our memory; it allocates nothing. If execveat returns, its errno is the hook's error.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::syscall(
+                libc::SYS_execveat,
+                dirfd as libc::c_long,
+                name as *const libc::c_char,
+                argv_p as *const *const libc::c_char,
+                envp_p as *const *const libc::c_char,
+                flags as libc::c_long,
+            );
+            Err(std::io::Error::last_os_error())
+        });
+    }
+    let r = cmd.status();
+    drop(fd);
+    match r {
+        Ok(st) => Outcome::Ok(format!("exit {:?}", st.code())),
+        Err(e) => Outcome::errno("execveat", e),
+    }
 }
 
 #[allow(unsafe_code)]

@@ -1082,10 +1082,11 @@ alive
     let r = srv.call("run_code", json!({"language": "python3", "code": "alive"}));
     assert_eq!(structured(&r)["stdout"], format!("{pid}\n"), "{r}");
     assert_eq!(structured(&r)["session_runs"], 2, "{r}");
-    // execveat with a path is still the ordinary, Landlock-checked exec.
+    // execveat with a path is still the ordinary, Landlock-checked exec: the loader cache is
+    // in the view (read-only, no Execute right), so Landlock, not the view, refuses it.
     let r = srv.call(
         "run_code",
-        json!({"language": "python3", "code": "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nrc = libc.syscall(322, -100, b'/usr/bin/cat', None, None, 0)\nprint(rc, os.strerror(ctypes.get_errno()))"}),
+        json!({"language": "python3", "code": "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nrc = libc.syscall(322, -100, b'/etc/ld.so.cache', None, None, 0)\nprint(rc, os.strerror(ctypes.get_errno()))"}),
     );
     assert_eq!(structured(&r)["stdout"], "-1 Permission denied\n", "{r}");
 }

@@ -509,6 +509,13 @@ call_timeout_secs = 30
         assert_eq!(spec.write_paths, vec!["/srv/out".to_string()]);
         assert!(spec.exec_paths.is_empty());
         assert!(!spec.allow_network);
+        // Without a limits table of its own, a client gets the smallest of its roles' values,
+        // not its first role's.
+        let r = policy("[clients.c]\nread = [\"/x\"]\nroles = [\"big\", \"small\"]\n[roles.big.limits]\ncall_timeout_secs = 90\n[roles.small.limits]\ncall_timeout_secs = 20\n");
+        assert_eq!(
+            r.permissions(&id("c")).unwrap().limits.call_timeout_secs,
+            20
+        );
     }
 
     #[test]

@@ -1070,7 +1070,9 @@ fn merge(
     let mut tools: Option<BTreeSet<String>> = None;
     let mut any_all = false;
     let mut any_specified = false;
-    let mut limits: Vec<&RawLimits> = Vec::new();
+    // One entry per part, the client's own first, so that a client without a `[limits]`
+    // table does not take its first role's values as its own.
+    let mut limits: Vec<Option<&RawLimits>> = Vec::new();
     let mut exec = ExecGrant::default();
     for (who, g) in parts {
         let g = g.get_ref();
@@ -1187,9 +1189,7 @@ fn merge(
                 }
             }
         }
-        if let Some(l) = &g.limits {
-            limits.push(l);
-        }
+        limits.push(g.limits.as_ref());
     }
     if global_write {
         write.push(PathBuf::from("/"));
@@ -1214,12 +1214,12 @@ fn merge(
 
 /// Field by field: the client's own value wins (it comes first), else the smallest value any
 /// role sets, else the default.
-fn merge_limits(parts: &[&RawLimits]) -> Limits {
+fn merge_limits(parts: &[Option<&RawLimits>]) -> Limits {
     let d = Limits::default();
     let pick = |f: &dyn Fn(&RawLimits) -> Option<u64>| -> Option<u64> {
-        match parts.first().and_then(|c| f(c)) {
+        match parts.first().copied().flatten().and_then(f) {
             Some(v) => Some(v),
-            None => parts.iter().skip(1).filter_map(|r| f(r)).min(),
+            None => parts.iter().skip(1).flatten().filter_map(|r| f(r)).min(),
         }
     };
     let dc = &d.command;

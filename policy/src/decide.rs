@@ -95,6 +95,7 @@ impl DenyReason {
 pub struct Allow {
     tool: String,
     rule: String,
+    paths: Vec<PathBuf>,
 }
 
 impl Allow {
@@ -106,6 +107,13 @@ impl Allow {
     /// Which grants allowed it, for the audit log (e.g. `clients.alice tools=* read:/srv/data`).
     pub fn rule(&self) -> &str {
         &self.rule
+    }
+
+    /// The paths of the request as they were checked, in the request's order: absolute
+    /// (a relative path is joined to [`base_dir`]) and lexically normalised (`.` and `..`
+    /// folded, repeated and trailing slashes dropped), each beneath a root that granted it.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
     }
 }
 
@@ -135,9 +143,10 @@ impl Policy {
         };
         if let Request::ReadResource { path } = req {
             return match check_path(p, path, false) {
-                Ok(root) => Decision::Allow(Allow {
+                Ok((root, checked)) => Decision::Allow(Allow {
                     tool: "resources/read".into(),
                     rule: format!("clients.{client} read:{}", root.display()),
+                    paths: vec![checked],
                 }),
                 Err(r) => Decision::Deny(r),
             };
@@ -183,10 +192,12 @@ impl Policy {
                 _ => {}
             }
         }
+        let mut checked = Vec::new();
         if let Request::CallTool { paths, .. } = req {
             for (path, write) in paths {
                 match check_path(p, path, *write) {
-                    Ok(root) => {
+                    Ok((root, norm)) => {
+                        checked.push(norm);
                         let grant = format!(
                             " {}:{}",
                             if *write { "write" } else { "read" },
@@ -203,6 +214,7 @@ impl Policy {
         Decision::Allow(Allow {
             tool: tool.to_string(),
             rule,
+            paths: checked,
         })
     }
 }
@@ -255,7 +267,12 @@ pub fn base_dir(p: &Permissions) -> Option<&Path> {
     p.read.first().or(p.write.first()).map(PathBuf::as_path)
 }
 
-fn check_path<'p>(p: &'p Permissions, raw: &str, write: bool) -> Result<&'p Path, DenyReason> {
+/// Check one client path; on success, the root that grants it and the normalised absolute path.
+fn check_path<'p>(
+    p: &'p Permissions,
+    raw: &str,
+    write: bool,
+) -> Result<(&'p Path, PathBuf), DenyReason> {
     if raw.is_empty() || raw.len() > MAX_PATH_BYTES || raw.contains('\0') {
         return Err(DenyReason::InvalidPath);
     }
@@ -280,7 +297,9 @@ fn check_path<'p>(p: &'p Permissions, raw: &str, write: bool) -> Result<&'p Path
     } else {
         inside(&p.read).or_else(|| inside(&p.write))
     };
-    found.ok_or(DenyReason::PathOutsideScope)
+    found
+        .map(|root| (root, norm))
+        .ok_or(DenyReason::PathOutsideScope)
 }
 
 /// Fold `.` and `..` lexically. `None` if `..` climbs above `/`.
@@ -430,6 +449,46 @@ call_timeout_secs = 30
         assert!(!ok("../escape", false));
         assert!(!ok("", false));
         assert!(!ok("/srv/data/a\0b", false));
+    }
+
+    #[test]
+    fn an_allow_carries_the_paths_as_checked() {
+        let p = policy(CFG);
+        let checked = |paths: Vec<(&str, bool)>| -> Vec<String> {
+            match p.decide(&id("alice"), &call("t", ToolAccess::FileWrite, paths)) {
+                Decision::Allow(a) => a
+                    .paths()
+                    .iter()
+                    .map(|p| p.to_str().unwrap().to_string())
+                    .collect(),
+                d => panic!("{d:?}"),
+            }
+        };
+        // Relative paths are joined to the first read root; option-looking values become
+        // plain names beneath it; `.`, `..` and extra slashes are folded; order is kept.
+        assert_eq!(
+            checked(vec![
+                ("-rf", false),
+                ("--files0-from=/etc/passwd", false),
+                ("-", false),
+                ("/srv/out//new/./x/", true),
+                ("sub/../b", false),
+                ("/srv/data", false),
+            ]),
+            vec![
+                "/srv/data/-rf",
+                "/srv/data/--files0-from=/etc/passwd",
+                "/srv/data/-",
+                "/srv/out/new/x",
+                "/srv/data/b",
+                "/srv/data",
+            ]
+        );
+        assert!(checked(vec![]).is_empty());
+        match p.decide(&id("alice"), &Request::ReadResource { path: "a/./b" }) {
+            Decision::Allow(a) => assert_eq!(a.paths(), [PathBuf::from("/srv/data/a/b")]),
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]

@@ -655,6 +655,107 @@ roles = ["ops"]
 }
 
 #[test]
+fn operator_tool_path_arguments_reach_the_program_as_checked_absolute_paths() {
+    let d = dirs();
+    let root = s(&d.root).to_string();
+    // Files whose names look like options, so that what a program opened is visible.
+    std::fs::create_dir_all(d.root.join("--files0-from=/etc")).unwrap();
+    std::fs::write(d.root.join("--files0-from=/etc/passwd"), "decoy\n").unwrap();
+    std::fs::write(d.root.join("-"), "a file named dash\n").unwrap();
+    std::fs::write(d.root.join("-n"), "a file named -n\n").unwrap();
+    std::fs::create_dir(d.root.join("sub")).unwrap();
+    let toml = format!(
+        r#"
+[clients.local]
+roles = ["ops"]
+read = ["{root}"]
+
+[roles.ops]
+
+[tools.show]
+description = "Print the argument the program received"
+command = ["/usr/bin/printf", "[%s]\n", "{{file}}", "in={{file}}"]
+input_schema = {{ type = "object", properties = {{ file = {{ type = "string" }} }}, required = ["file"] }}
+read_path_args = ["file"]
+roles = ["ops"]
+
+[tools.count]
+description = "Count bytes"
+command = ["/usr/bin/wc", "-c", "{{file}}"]
+input_schema = {{ type = "object", properties = {{ file = {{ type = "string" }} }}, required = ["file"] }}
+read_path_args = ["file"]
+roles = ["ops"]
+
+[tools.show_file]
+description = "Print a file"
+command = ["/usr/bin/cat", "{{file}}"]
+input_schema = {{ type = "object", properties = {{ file = {{ type = "string" }} }}, required = ["file"] }}
+read_path_args = ["file"]
+roles = ["ops"]
+"#
+    );
+    let mut srv = start_with_config(&d, &toml);
+    // printf echoes its argv: each value arrived as the absolute, normalised path beneath
+    // the root, also inside a larger template element.
+    for (given, arrived) in [
+        ("inside.txt", format!("{root}/inside.txt")),
+        ("./sub/../inside.txt", format!("{root}/inside.txt")),
+        (&format!("{root}//sub/./"), format!("{root}/sub")),
+        ("-rf", format!("{root}/-rf")),
+        ("-", format!("{root}/-")),
+        (
+            "--files0-from=/etc/passwd",
+            format!("{root}/--files0-from=/etc/passwd"),
+        ),
+    ] {
+        let r = srv.call("show", json!({ "file": given }));
+        assert_eq!(structured(&r)["exit_code"], 0, "{given}: {r}");
+        assert_eq!(
+            structured(&r)["stdout"],
+            format!("[{arrived}]\n[in={arrived}]\n"),
+            "{given}: {r}"
+        );
+    }
+    // wc counts the literal file beneath the root instead of reading a file list from
+    // /etc/passwd; cat prints the file named `-` instead of reading stdin, and `-n` is a
+    // file, not the option that numbers lines.
+    let r = srv.call("count", json!({"file": "--files0-from=/etc/passwd"}));
+    assert_eq!(
+        structured(&r)["stdout"],
+        format!("6 {root}/--files0-from=/etc/passwd\n"),
+        "{r}"
+    );
+    assert_eq!(structured(&r)["stderr"], "", "{r}");
+    let r = srv.call("count", json!({"file": "inside.txt"}));
+    assert_eq!(
+        structured(&r)["stdout"],
+        format!("7 {root}/inside.txt\n"),
+        "{r}"
+    );
+    let r = srv.call("show_file", json!({"file": "-"}));
+    assert_eq!(structured(&r)["stdout"], "a file named dash\n", "{r}");
+    let r = srv.call("show_file", json!({"file": "-n"}));
+    assert_eq!(structured(&r)["stdout"], "a file named -n\n", "{r}");
+    // A value outside the roots is refused before anything runs, whatever its spelling.
+    for outside in [
+        "/etc/passwd".to_string(),
+        "../outside/secret.txt".to_string(),
+        format!("{root}/../outside/secret.txt"),
+        s(&d.outside.join("secret.txt")).to_string(),
+    ] {
+        let r = srv.call("show_file", json!({ "file": outside }));
+        assert_eq!(r["isError"], true, "{outside}: {r}");
+        assert_eq!(
+            text(&r),
+            "Access denied - path outside allowed directories",
+            "{outside}"
+        );
+        assert!(r.get("structuredContent").is_none(), "{outside}: ran: {r}");
+    }
+    still_serving(&mut srv, &d);
+}
+
+#[test]
 fn operator_tools_are_only_for_their_roles() {
     let d = dirs();
     let toml = format!(

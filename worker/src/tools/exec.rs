@@ -415,6 +415,16 @@ pub fn expand_template(
     Ok(out)
 }
 
+/// Whether `p` has the form the broker gives checked paths: absolute, without `.`, `..` or
+/// empty components (other than a lone `/`).
+fn is_checked_path(p: &str) -> bool {
+    p == "/"
+        || (p.starts_with('/')
+            && p[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
 impl Tool for OperatorTool {
     fn descriptor(&self) -> ToolDescriptor {
         ToolDescriptor {
@@ -449,6 +459,23 @@ impl Tool for OperatorTool {
         let Some((program, template)) = self.spec.argv.split_first() else {
             return Ok(error_result("Tool is misconfigured"));
         };
+        // The broker replaced each path argument by the absolute, normalised path it checked
+        // (see `rewrite_path_args` in the broker's session.rs): that is the one place where
+        // paths are rewritten. Here only refuse a value that did not go through it, so that
+        // a client string can never reach argv where a path is expected.
+        for pa in &self.spec.path_args {
+            let ok = match args.get(&pa.name) {
+                None | Some(Value::Null) => true,
+                Some(Value::String(p)) => is_checked_path(p),
+                Some(_) => false,
+            };
+            if !ok {
+                return Err(invalid_args(format!(
+                    "{}: a path argument must be an absolute, normalised path",
+                    pa.name
+                )));
+            }
+        }
         let argv = expand_template(template, &args).map_err(invalid_args)?;
         let timeout = Duration::from_secs(
             self.spec
@@ -532,5 +559,18 @@ mod tests {
             ])
         );
         assert!(expand_template(&t(&["{bad"]), &args).is_err());
+    }
+
+    #[test]
+    fn only_checked_paths_pass_as_path_arguments() {
+        for ok in ["/", "/srv/data", "/srv/data/-rf", "/srv/data/--files0-from=/etc/passwd"] {
+            assert!(is_checked_path(ok), "{ok}");
+        }
+        for bad in [
+            "", "-rf", "--files0-from=/etc/passwd", "rel/x", "/srv/../etc", "/srv/./x",
+            "/srv//x", "/srv/x/", "-",
+        ] {
+            assert!(!is_checked_path(bad), "{bad}");
+        }
     }
 }

@@ -323,7 +323,7 @@ pub fn lexical_normalize(path: &Path) -> Option<PathBuf> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::{QuickStart, ToolSet};
+    use crate::model::{Limits, QuickStart, ToolSet};
     use proptest::prelude::*;
 
     fn fake_canon(p: &Path) -> std::io::Result<PathBuf> {
@@ -712,6 +712,48 @@ call_timeout_secs = 30
         let perms = p.permissions(p.stdio_client().unwrap()).unwrap();
         assert_eq!(perms.read, vec![PathBuf::from("/a")]);
         assert_eq!(perms.write, vec![PathBuf::from("/cwd/b")]);
+    }
+
+    #[test]
+    fn output_limit_default_ceiling_and_merge() {
+        // The documented default (packaging/mcpd.toml, docs/ARCHITECTURE.md): 10 MiB, for
+        // command output and every other result alike, with a flag-only policy or a config.
+        assert_eq!(crate::DEFAULT_MAX_OUTPUT_BYTES, 10_485_760);
+        let q = Policy::quick_start(&QuickStart::default(), Path::new("/w"), &fake_canon).unwrap();
+        let p = policy(CFG);
+        for l in [
+            &q.permissions(q.stdio_client().unwrap()).unwrap().limits,
+            &p.permissions(&id("alice")).unwrap().limits,
+            &Limits::default(),
+        ] {
+            assert_eq!(l.tool.max_output_bytes, 10_485_760);
+            assert_eq!(l.command.max_output_bytes, 10_485_760);
+        }
+        let spec = p.sandbox_spec(&id("alice"));
+        assert_eq!(spec.tool_limits.max_output_bytes, 10_485_760);
+        assert_eq!(spec.exec.limits.max_output_bytes, 10_485_760);
+        // A configured value applies to both; a client's own value wins over its roles',
+        // which merge to the smallest.
+        let p = policy(
+            "[clients.a]\nread = [\"/x\"]\nroles = [\"r\", \"s\"]\n[roles.r.limits]\nmax_output_bytes = 5000\n[roles.s.limits]\nmax_output_bytes = 3000\n[clients.b]\nread = [\"/x\"]\nroles = [\"r\"]\n[clients.b.limits]\nmax_output_bytes = 65536\n",
+        );
+        let l = &p.permissions(&id("a")).unwrap().limits;
+        assert_eq!(
+            (l.tool.max_output_bytes, l.command.max_output_bytes),
+            (3000, 3000)
+        );
+        let l = &p.permissions(&id("b")).unwrap().limits;
+        assert_eq!(
+            (l.tool.max_output_bytes, l.command.max_output_bytes),
+            (65536, 65536)
+        );
+        // Above the ceiling (a result must fit one IPC frame): lowered to it.
+        assert_eq!(crate::MAX_RESULT_BYTES_CEILING, 12 * 1024 * 1024);
+        let p = policy("[clients.a]\nread = [\"/x\"]\n[clients.a.limits]\nmax_output_bytes = 100000000\nmax_read_bytes = 100000000\n");
+        let l = &p.permissions(&id("a")).unwrap().limits;
+        assert_eq!(l.tool.max_output_bytes, crate::MAX_RESULT_BYTES_CEILING);
+        assert_eq!(l.command.max_output_bytes, crate::MAX_RESULT_BYTES_CEILING);
+        assert_eq!(l.tool.max_read_bytes, crate::MAX_RESULT_BYTES_CEILING);
     }
 
     /// Naive reference: a path is inside a root iff, after folding, its string equals the root

@@ -19,9 +19,19 @@ pub const DEFAULT_CLIENT: &str = "local";
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
 /// Hard ceiling for `max_message_bytes`.
 pub const MAX_MESSAGE_BYTES_CEILING: u64 = 64 * 1024 * 1024;
-/// Ceiling of `max_read_bytes` / `max_output_bytes`: a result must fit one IPC frame
-/// ([`mcpd_ipc::MAX_FRAME`]) with room for framing.
+/// Ceiling of `max_read_bytes` / `max_output_bytes` (a larger configured value is lowered
+/// to it): a result must fit one IPC frame ([`mcpd_ipc::MAX_FRAME`]) with room for framing.
+/// A result is at most `max_output_bytes` plus [`mcpd_ipc::RESULT_ENVELOPE_BYTES`] (text
+/// and `structuredContent` together), so at the ceiling it still fits a frame with 4 MiB to
+/// spare for the message and its encoding.
 pub const MAX_RESULT_BYTES_CEILING: u64 = (mcpd_ipc::MAX_FRAME as u64) * 3 / 4;
+const _: () = assert!(
+    MAX_RESULT_BYTES_CEILING + mcpd_ipc::RESULT_ENVELOPE_BYTES + 64 * 1024
+        <= mcpd_ipc::MAX_FRAME as u64
+);
+/// Default of `max_output_bytes` (every result: a command's stdout + stderr as text and as
+/// `structuredContent` together, a file tool's content): 10 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = mcpd_ipc::DEFAULT_MAX_OUTPUT_BYTES;
 /// Default idle time before a session's worker is reaped, seconds.
 pub const DEFAULT_WORKER_IDLE_SECS: u64 = 600;
 /// Default `server.ipc_spin_us`: covers a quick tool's answer (a wake-up and a few tens of µs of
@@ -1245,7 +1255,8 @@ fn merge_limits(parts: &[Option<&RawLimits>]) -> Limits {
             max_processes: pick(&|l| l.max_processes),
             max_open_files,
             max_file_size,
-            max_output_bytes: max_output_bytes.min(dc.max_output_bytes.max(max_output_bytes)),
+            // One key bounds command output and every other result alike.
+            max_output_bytes,
         },
         memory_bytes: pick(&|l| l.memory_bytes).or(d.memory_bytes),
         max_processes,

@@ -1754,14 +1754,22 @@ impl Session {
             }
         }
         let mut paths = Vec::new();
+        // Where each entry of `paths` came from: the argument and, for a list, the index.
+        let mut path_slots: Vec<(&str, Option<usize>)> = Vec::new();
         for pa in &desc.path_args {
             match (args.get(&pa.name), pa.many) {
                 (None, _) => {}
-                (Some(Value::String(s)), false) => paths.push((s.as_str(), pa.write)),
+                (Some(Value::String(s)), false) => {
+                    paths.push((s.as_str(), pa.write));
+                    path_slots.push((pa.name.as_str(), None));
+                }
                 (Some(Value::Array(items)), true) => {
-                    for it in items {
+                    for (i, it) in items.iter().enumerate() {
                         match it.as_str() {
-                            Some(s) => paths.push((s, pa.write)),
+                            Some(s) => {
+                                paths.push((s, pa.write));
+                                path_slots.push((pa.name.as_str(), Some(i)));
+                            }
                             None => {
                                 return (
                                     rec,
@@ -1873,6 +1881,21 @@ impl Session {
             }
         };
         rec = rec.allow(allow.rule());
+        let mut args = args;
+        if desc.access == ToolAccess::Operator {
+            // Arguments that are paths stay paths. An operator tool puts its path arguments
+            // into a program's argv, where the program (not mcpd) interprets them: a raw
+            // client string such as `-rf` or `--files0-from=/etc/passwd` would be an option
+            // to it. So the program gets the path the policy just checked: absolute (it starts
+            // with `/`, so it can never be read as an option), lexically normalised, beneath
+            // a root that grants it. This happens here, once, because this is where the
+            // path is checked: what is checked is exactly what runs. The worker does not
+            // resolve these paths again (the program opens them itself, confined by
+            // Landlock to the same roots), it only refuses a value that is not absolute.
+            // File tools keep the client's string: the worker resolves it beneath its
+            // root descriptors and echoes it in messages as the reference server does.
+            rewrite_path_args(&mut args, &path_slots, allow.paths());
+        }
         if !self.inner.audit.healthy() {
             return (
                 rec.outcome("audit_unavailable"),
@@ -2448,6 +2471,27 @@ impl Session {
 }
 
 /// What a command or code tool call would execute, from the arguments its descriptor names.
+/// Replace each path argument by its checked form (`slots[i]` names where `checked[i]` goes).
+fn rewrite_path_args(
+    args: &mut Map<String, Value>,
+    slots: &[(&str, Option<usize>)],
+    checked: &[std::path::PathBuf],
+) {
+    for ((name, index), path) in slots.iter().zip(checked) {
+        // The checked path was built from a UTF-8 client string, so it is UTF-8.
+        let path = Value::String(path.to_string_lossy().into_owned());
+        match (args.get_mut(*name), index) {
+            (Some(slot), None) => *slot = path,
+            (Some(Value::Array(items)), Some(i)) => {
+                if let Some(slot) = items.get_mut(*i) {
+                    *slot = path;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn exec_request<'a>(
     desc: &ToolDescriptor,
     args: &'a Map<String, Value>,

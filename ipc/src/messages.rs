@@ -321,6 +321,16 @@ pub struct OperatorToolSpec {
     pub exec_set: Vec<String>,
 }
 
+/// Default of the `max_output_bytes` limit ([`ToolLimits::max_output_bytes`] and
+/// [`CommandLimits::max_output_bytes`]: one policy key sets both): 10 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 10 * 1024 * 1024;
+
+/// The most bytes a command, code or operator-tool result adds around the output it carries,
+/// counted like `max_output_bytes` (text content plus `structuredContent` as serialised):
+/// status lines, notes, field names and numbers. Such a result is at most
+/// `max_output_bytes + RESULT_ENVELOPE_BYTES`.
+pub const RESULT_ENVELOPE_BYTES: u64 = 2048;
+
 /// Limits of the processes a worker starts (commands, interpreters, operator tools).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandLimits {
@@ -339,7 +349,9 @@ pub struct CommandLimits {
     pub max_open_files: Option<u64>,
     /// RLIMIT_FSIZE of each process, bytes.
     pub max_file_size: Option<u64>,
-    /// Most bytes of stdout + stderr kept per call; the rest is discarded and marked.
+    /// Most bytes a call returns for stdout + stderr, counted as they appear in the result:
+    /// once in the text content and once in `structuredContent` (JSON-escaped). The rest is
+    /// discarded and marked.
     pub max_output_bytes: u64,
 }
 
@@ -353,7 +365,7 @@ impl Default for CommandLimits {
             max_processes: None,
             max_open_files: Some(256),
             max_file_size: None,
-            max_output_bytes: 1024 * 1024,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         }
     }
 }
@@ -390,7 +402,7 @@ impl Default for ToolLimits {
     fn default() -> Self {
         Self {
             max_read_bytes: 8 * 1024 * 1024,
-            max_output_bytes: 10 * 1024 * 1024,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_entries: 10_000,
             max_matches: 1_000,
         }

@@ -95,6 +95,7 @@ impl DenyReason {
 pub struct Allow {
     tool: String,
     rule: String,
+    paths: Vec<PathBuf>,
 }
 
 impl Allow {
@@ -106,6 +107,13 @@ impl Allow {
     /// Which grants allowed it, for the audit log (e.g. `clients.alice tools=* read:/srv/data`).
     pub fn rule(&self) -> &str {
         &self.rule
+    }
+
+    /// The paths of the request as they were checked, in the request's order: absolute
+    /// (a relative path is joined to [`base_dir`]) and lexically normalised (`.` and `..`
+    /// folded, repeated and trailing slashes dropped), each beneath a root that granted it.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
     }
 }
 
@@ -135,9 +143,10 @@ impl Policy {
         };
         if let Request::ReadResource { path } = req {
             return match check_path(p, path, false) {
-                Ok(root) => Decision::Allow(Allow {
+                Ok((root, checked)) => Decision::Allow(Allow {
                     tool: "resources/read".into(),
                     rule: format!("clients.{client} read:{}", root.display()),
+                    paths: vec![checked],
                 }),
                 Err(r) => Decision::Deny(r),
             };
@@ -183,10 +192,12 @@ impl Policy {
                 _ => {}
             }
         }
+        let mut checked = Vec::new();
         if let Request::CallTool { paths, .. } = req {
             for (path, write) in paths {
                 match check_path(p, path, *write) {
-                    Ok(root) => {
+                    Ok((root, norm)) => {
+                        checked.push(norm);
                         let grant = format!(
                             " {}:{}",
                             if *write { "write" } else { "read" },
@@ -203,6 +214,7 @@ impl Policy {
         Decision::Allow(Allow {
             tool: tool.to_string(),
             rule,
+            paths: checked,
         })
     }
 }
@@ -255,7 +267,12 @@ pub fn base_dir(p: &Permissions) -> Option<&Path> {
     p.read.first().or(p.write.first()).map(PathBuf::as_path)
 }
 
-fn check_path<'p>(p: &'p Permissions, raw: &str, write: bool) -> Result<&'p Path, DenyReason> {
+/// Check one client path; on success, the root that grants it and the normalised absolute path.
+fn check_path<'p>(
+    p: &'p Permissions,
+    raw: &str,
+    write: bool,
+) -> Result<(&'p Path, PathBuf), DenyReason> {
     if raw.is_empty() || raw.len() > MAX_PATH_BYTES || raw.contains('\0') {
         return Err(DenyReason::InvalidPath);
     }
@@ -280,7 +297,9 @@ fn check_path<'p>(p: &'p Permissions, raw: &str, write: bool) -> Result<&'p Path
     } else {
         inside(&p.read).or_else(|| inside(&p.write))
     };
-    found.ok_or(DenyReason::PathOutsideScope)
+    found
+        .map(|root| (root, norm))
+        .ok_or(DenyReason::PathOutsideScope)
 }
 
 /// Fold `.` and `..` lexically. `None` if `..` climbs above `/`.
@@ -304,7 +323,7 @@ pub fn lexical_normalize(path: &Path) -> Option<PathBuf> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::{QuickStart, ToolSet};
+    use crate::model::{Limits, QuickStart, ToolSet};
     use proptest::prelude::*;
 
     fn fake_canon(p: &Path) -> std::io::Result<PathBuf> {
@@ -433,6 +452,46 @@ call_timeout_secs = 30
     }
 
     #[test]
+    fn an_allow_carries_the_paths_as_checked() {
+        let p = policy(CFG);
+        let checked = |paths: Vec<(&str, bool)>| -> Vec<String> {
+            match p.decide(&id("alice"), &call("t", ToolAccess::FileWrite, paths)) {
+                Decision::Allow(a) => a
+                    .paths()
+                    .iter()
+                    .map(|p| p.to_str().unwrap().to_string())
+                    .collect(),
+                d => panic!("{d:?}"),
+            }
+        };
+        // Relative paths are joined to the first read root; option-looking values become
+        // plain names beneath it; `.`, `..` and extra slashes are folded; order is kept.
+        assert_eq!(
+            checked(vec![
+                ("-rf", false),
+                ("--files0-from=/etc/passwd", false),
+                ("-", false),
+                ("/srv/out//new/./x/", true),
+                ("sub/../b", false),
+                ("/srv/data", false),
+            ]),
+            vec![
+                "/srv/data/-rf",
+                "/srv/data/--files0-from=/etc/passwd",
+                "/srv/data/-",
+                "/srv/out/new/x",
+                "/srv/data/b",
+                "/srv/data",
+            ]
+        );
+        assert!(checked(vec![]).is_empty());
+        match p.decide(&id("alice"), &Request::ReadResource { path: "a/./b" }) {
+            Decision::Allow(a) => assert_eq!(a.paths(), [PathBuf::from("/srv/data/a/b")]),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
     fn tool_allow_list_and_permission_classes() {
         let p = policy(CFG);
         let b = id("bob");
@@ -509,6 +568,13 @@ call_timeout_secs = 30
         assert_eq!(spec.write_paths, vec!["/srv/out".to_string()]);
         assert!(spec.exec_paths.is_empty());
         assert!(!spec.allow_network);
+        // Without a limits table of its own, a client gets the smallest of its roles' values,
+        // not its first role's.
+        let r = policy("[clients.c]\nread = [\"/x\"]\nroles = [\"big\", \"small\"]\n[roles.big.limits]\ncall_timeout_secs = 90\n[roles.small.limits]\ncall_timeout_secs = 20\n");
+        assert_eq!(
+            r.permissions(&id("c")).unwrap().limits.call_timeout_secs,
+            20
+        );
     }
 
     #[test]
@@ -646,6 +712,48 @@ call_timeout_secs = 30
         let perms = p.permissions(p.stdio_client().unwrap()).unwrap();
         assert_eq!(perms.read, vec![PathBuf::from("/a")]);
         assert_eq!(perms.write, vec![PathBuf::from("/cwd/b")]);
+    }
+
+    #[test]
+    fn output_limit_default_ceiling_and_merge() {
+        // The documented default (packaging/mcpd.toml, docs/ARCHITECTURE.md): 10 MiB, for
+        // command output and every other result alike, with a flag-only policy or a config.
+        assert_eq!(crate::DEFAULT_MAX_OUTPUT_BYTES, 10_485_760);
+        let q = Policy::quick_start(&QuickStart::default(), Path::new("/w"), &fake_canon).unwrap();
+        let p = policy(CFG);
+        for l in [
+            &q.permissions(q.stdio_client().unwrap()).unwrap().limits,
+            &p.permissions(&id("alice")).unwrap().limits,
+            &Limits::default(),
+        ] {
+            assert_eq!(l.tool.max_output_bytes, 10_485_760);
+            assert_eq!(l.command.max_output_bytes, 10_485_760);
+        }
+        let spec = p.sandbox_spec(&id("alice"));
+        assert_eq!(spec.tool_limits.max_output_bytes, 10_485_760);
+        assert_eq!(spec.exec.limits.max_output_bytes, 10_485_760);
+        // A configured value applies to both; a client's own value wins over its roles',
+        // which merge to the smallest.
+        let p = policy(
+            "[clients.a]\nread = [\"/x\"]\nroles = [\"r\", \"s\"]\n[roles.r.limits]\nmax_output_bytes = 5000\n[roles.s.limits]\nmax_output_bytes = 3000\n[clients.b]\nread = [\"/x\"]\nroles = [\"r\"]\n[clients.b.limits]\nmax_output_bytes = 65536\n",
+        );
+        let l = &p.permissions(&id("a")).unwrap().limits;
+        assert_eq!(
+            (l.tool.max_output_bytes, l.command.max_output_bytes),
+            (3000, 3000)
+        );
+        let l = &p.permissions(&id("b")).unwrap().limits;
+        assert_eq!(
+            (l.tool.max_output_bytes, l.command.max_output_bytes),
+            (65536, 65536)
+        );
+        // Above the ceiling (a result must fit one IPC frame): lowered to it.
+        assert_eq!(crate::MAX_RESULT_BYTES_CEILING, 12 * 1024 * 1024);
+        let p = policy("[clients.a]\nread = [\"/x\"]\n[clients.a.limits]\nmax_output_bytes = 100000000\nmax_read_bytes = 100000000\n");
+        let l = &p.permissions(&id("a")).unwrap().limits;
+        assert_eq!(l.tool.max_output_bytes, crate::MAX_RESULT_BYTES_CEILING);
+        assert_eq!(l.command.max_output_bytes, crate::MAX_RESULT_BYTES_CEILING);
+        assert_eq!(l.tool.max_read_bytes, crate::MAX_RESULT_BYTES_CEILING);
     }
 
     /// Naive reference: a path is inside a root iff, after folding, its string equals the root

@@ -27,6 +27,6 @@ pub use exec::{
 };
 pub use model::{
     AuditSettings, Canonicalize, CgroupSetting, ClientId, Limits, Permissions, Policy, QuickStart,
-    ToolSet, DEFAULT_CLIENT,
+    ToolSet, DEFAULT_CLIENT, DEFAULT_MAX_OUTPUT_BYTES, MAX_RESULT_BYTES_CEILING,
 };
 pub use prompts::Prompt;

@@ -19,9 +19,19 @@ pub const DEFAULT_CLIENT: &str = "local";
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
 /// Hard ceiling for `max_message_bytes`.
 pub const MAX_MESSAGE_BYTES_CEILING: u64 = 64 * 1024 * 1024;
-/// Ceiling of `max_read_bytes` / `max_output_bytes`: a result must fit one IPC frame
-/// ([`mcpd_ipc::MAX_FRAME`]) with room for framing.
+/// Ceiling of `max_read_bytes` / `max_output_bytes` (a larger configured value is lowered
+/// to it): a result must fit one IPC frame ([`mcpd_ipc::MAX_FRAME`]) with room for framing.
+/// A result is at most `max_output_bytes` plus [`mcpd_ipc::RESULT_ENVELOPE_BYTES`] (text
+/// and `structuredContent` together), so at the ceiling it still fits a frame with 4 MiB to
+/// spare for the message and its encoding.
 pub const MAX_RESULT_BYTES_CEILING: u64 = (mcpd_ipc::MAX_FRAME as u64) * 3 / 4;
+const _: () = assert!(
+    MAX_RESULT_BYTES_CEILING + mcpd_ipc::RESULT_ENVELOPE_BYTES + 64 * 1024
+        <= mcpd_ipc::MAX_FRAME as u64
+);
+/// Default of `max_output_bytes` (every result: a command's stdout + stderr as text and as
+/// `structuredContent` together, a file tool's content): 10 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = mcpd_ipc::DEFAULT_MAX_OUTPUT_BYTES;
 /// Default idle time before a session's worker is reaped, seconds.
 pub const DEFAULT_WORKER_IDLE_SECS: u64 = 600;
 /// Default `server.ipc_spin_us`: covers a quick tool's answer (a wake-up and a few tens of µs of
@@ -1237,7 +1247,9 @@ fn merge(
     let mut tools: Option<BTreeSet<String>> = None;
     let mut any_all = false;
     let mut any_specified = false;
-    let mut limits: Vec<&RawLimits> = Vec::new();
+    // One entry per part, the client's own first, so that a client without a `[limits]`
+    // table does not take its first role's values as its own.
+    let mut limits: Vec<Option<&RawLimits>> = Vec::new();
     let mut exec = ExecGrant::default();
     for (who, g) in parts {
         let g = g.get_ref();
@@ -1377,9 +1389,7 @@ fn merge(
                 }
             }
         }
-        if let Some(l) = &g.limits {
-            limits.push(l);
-        }
+        limits.push(g.limits.as_ref());
     }
     if global_write {
         write.push(PathBuf::from("/"));
@@ -1404,12 +1414,12 @@ fn merge(
 
 /// Field by field: the client's own value wins (it comes first), else the smallest value any
 /// role sets, else the default.
-fn merge_limits(parts: &[&RawLimits]) -> Limits {
+fn merge_limits(parts: &[Option<&RawLimits>]) -> Limits {
     let d = Limits::default();
     let pick = |f: &dyn Fn(&RawLimits) -> Option<u64>| -> Option<u64> {
-        match parts.first().and_then(|c| f(c)) {
+        match parts.first().copied().flatten().and_then(f) {
             Some(v) => Some(v),
-            None => parts.iter().skip(1).filter_map(|r| f(r)).min(),
+            None => parts.iter().skip(1).flatten().filter_map(|r| f(r)).min(),
         }
     };
     let dc = &d.command;
@@ -1435,7 +1445,8 @@ fn merge_limits(parts: &[&RawLimits]) -> Limits {
             max_processes: pick(&|l| l.max_processes),
             max_open_files,
             max_file_size,
-            max_output_bytes: max_output_bytes.min(dc.max_output_bytes.max(max_output_bytes)),
+            // One key bounds command output and every other result alike.
+            max_output_bytes,
         },
         memory_bytes: pick(&|l| l.memory_bytes).or(d.memory_bytes),
         max_processes,

@@ -360,6 +360,44 @@ fn end_of_session_kills_running_commands() {
     );
 }
 
+/// The default of `max_output_bytes` (`mcpd_ipc::DEFAULT_MAX_OUTPUT_BYTES`; this crate links
+/// neither the ipc nor the policy crate).
+const DEFAULT_MAX_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
+/// What a command or code result may add around its output (`mcpd_ipc::RESULT_ENVELOPE_BYTES`).
+const RESULT_ENVELOPE_BYTES: usize = 2048;
+
+/// The size of a result as `max_output_bytes` counts it: the text content plus
+/// `structuredContent` as serialised.
+fn result_size(r: &Value) -> usize {
+    let text: usize = r["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().map_or(0, str::len))
+        .sum();
+    text + r
+        .get("structuredContent")
+        .map_or(0, |v| v.to_string().len())
+}
+
+/// A capped result: marked truncated, stdout a prefix of `fill` of exactly `kept` bytes, and
+/// no larger than `cap` plus the envelope.
+fn assert_capped(r: &Value, fill: char, kept: usize, cap: usize) {
+    assert_eq!(structured(r)["truncated"], true, "{}", &text(r)[..200]);
+    let out = structured(r)["stdout"].as_str().unwrap();
+    assert_eq!(out.len(), kept);
+    assert!(out.chars().all(|c| c == fill));
+    let size = result_size(r);
+    assert!(
+        size <= cap + RESULT_ENVELOPE_BYTES,
+        "result of {size} bytes exceeds {cap} + {RESULT_ENVELOPE_BYTES}"
+    );
+    assert!(
+        size > cap - RESULT_ENVELOPE_BYTES,
+        "{size}: the cap was not used"
+    );
+}
+
 #[test]
 fn output_is_capped_and_a_flood_is_stopped() {
     let d = dirs();
@@ -373,9 +411,11 @@ fn output_is_capped_and_a_flood_is_stopped() {
         json!({"command": "python3", "args": ["-c", "import sys; sys.stdout.write('x' * 100000)"]}),
     );
     assert_eq!(structured(&r)["exit_code"], 0, "{r}");
-    assert_eq!(structured(&r)["truncated"], true);
-    assert_eq!(structured(&r)["stdout"].as_str().unwrap().len(), 65536);
-    assert!(text(&r).contains("[output truncated: 34464 bytes discarded]"));
+    // stdout is returned twice (text and structuredContent): 65536 bytes of result hold
+    // 32768 of it; the capture kept 65536 and had already discarded 34464.
+    assert_capped(&r, 'x', 32768, 65536);
+    assert_eq!(structured(&r)["discarded_bytes"], 67232);
+    assert!(text(&r).ends_with("[output truncated: 67232 bytes discarded]\n"));
     let started = Instant::now();
     let r = srv.call(
         "run_command",
@@ -388,6 +428,99 @@ fn output_is_capped_and_a_flood_is_stopped() {
         "{}",
         text(&r)
     );
+    still_serving(&mut srv, &d);
+}
+
+#[test]
+fn a_9_mib_command_output_ends_as_a_capped_result_and_the_worker_lives() {
+    let d = dirs();
+    let toml = format!(
+        r#"
+[clients.local]
+roles = ["ops"]
+write = ["{root}"]
+exec = ["python3", "head"]
+[roles.ops]
+[tools.zeros]
+description = "NUL bytes"
+command = ["/usr/bin/head", "-c", "{{n}}", "/dev/zero"]
+input_schema = {{ type = "object", properties = {{ n = {{ type = "integer" }} }}, required = ["n"] }}
+roles = ["ops"]
+"#,
+        root = s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let workers = srv.worker_pids();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let cap = DEFAULT_MAX_OUTPUT_BYTES;
+    // 9 MiB of 'x': each byte costs 2 (text + JSON), so half the default cap is kept.
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["-c", "import sys; sys.stdout.write('x' * 9437184)"]}),
+    );
+    assert_eq!(structured(&r)["exit_code"], 0, "{}", &text(&r)[..200]);
+    assert_capped(&r, 'x', 5 * 1024 * 1024, cap);
+    assert_eq!(structured(&r)["discarded_bytes"], 9437184 - 5 * 1024 * 1024);
+    assert!(text(&r).ends_with("[output truncated: 4194304 bytes discarded]\n"));
+    // 9 MiB of NUL bytes: 1 byte each in the text, 6 (`\u0000`) in structuredContent, so a
+    // seventh of the cap is kept (this used to be 9 MiB twice, one of them escaped to 54 MiB).
+    let nul_kept = cap / 7;
+    for r in [
+        srv.call(
+            "run_command",
+            json!({"command": "head", "args": ["-c", "9437184", "/dev/zero"]}),
+        ),
+        srv.call("zeros", json!({"n": 9437184})),
+    ] {
+        assert_eq!(
+            structured(&r)["exit_code"],
+            0,
+            "{}",
+            structured(&r)["stderr"]
+        );
+        assert_capped(&r, '\0', nul_kept, cap);
+        assert_eq!(structured(&r)["discarded_bytes"], 9437184 - nul_kept);
+    }
+    // Same worker, still serving.
+    assert_eq!(srv.worker_pids(), workers);
+    still_serving(&mut srv, &d);
+    let r = srv.call(
+        "run_command",
+        json!({"command": "python3", "args": ["-c", "print('small')"]}),
+    );
+    assert_eq!(structured(&r)["stdout"], "small\n", "{r}");
+    assert_eq!(structured(&r)["truncated"], false);
+}
+
+#[test]
+fn a_9_mib_print_in_a_code_session_is_capped_and_the_session_lives() {
+    let d = dirs();
+    let mut srv = Server::start(&["--allow-write", s(&d.root), "--allow-code", "python3"]);
+    srv.initialize();
+    let r = srv.call(
+        "run_code",
+        json!({"language": "python3", "code": "kept = 'set before'"}),
+    );
+    assert_eq!(structured(&r)["status"], "ok", "{r}");
+    let workers = srv.worker_pids();
+    let r = srv.call(
+        "run_code",
+        json!({"language": "python3", "code": "print('x' * 9*1024*1024)"}),
+    );
+    assert_eq!(structured(&r)["status"], "ok", "{}", &text(&r)[..200]);
+    assert_eq!(structured(&r)["session_kept"], true);
+    // print adds a newline: 9 MiB + 1 bytes, of which the first 5 MiB fit the default cap.
+    assert_capped(&r, 'x', 5 * 1024 * 1024, DEFAULT_MAX_OUTPUT_BYTES);
+    assert!(
+        text(&r).ends_with("\n[output truncated: 4194305 bytes discarded]\n"),
+        "{}",
+        &text(&r)[text(&r).len() - 100..]
+    );
+    // The session (and its worker) lived: the variable is still there.
+    let r = srv.call("run_code", json!({"language": "python3", "code": "kept"}));
+    assert_eq!(structured(&r)["stdout"], "'set before'\n", "{r}");
+    assert_eq!(structured(&r)["session_runs"], 3);
+    assert_eq!(srv.worker_pids(), workers);
     still_serving(&mut srv, &d);
 }
 
@@ -655,6 +788,107 @@ roles = ["ops"]
     // An output schema turns stdout into structuredContent.
     let r = srv.call("stats", json!({"n": 3}));
     assert_eq!(r["structuredContent"], json!({"count": 3}), "{r}");
+}
+
+#[test]
+fn operator_tool_path_arguments_reach_the_program_as_checked_absolute_paths() {
+    let d = dirs();
+    let root = s(&d.root).to_string();
+    // Files whose names look like options, so that what a program opened is visible.
+    std::fs::create_dir_all(d.root.join("--files0-from=/etc")).unwrap();
+    std::fs::write(d.root.join("--files0-from=/etc/passwd"), "decoy\n").unwrap();
+    std::fs::write(d.root.join("-"), "a file named dash\n").unwrap();
+    std::fs::write(d.root.join("-n"), "a file named -n\n").unwrap();
+    std::fs::create_dir(d.root.join("sub")).unwrap();
+    let toml = format!(
+        r#"
+[clients.local]
+roles = ["ops"]
+read = ["{root}"]
+
+[roles.ops]
+
+[tools.show]
+description = "Print the argument the program received"
+command = ["/usr/bin/printf", "[%s]\n", "{{file}}", "in={{file}}"]
+input_schema = {{ type = "object", properties = {{ file = {{ type = "string" }} }}, required = ["file"] }}
+read_path_args = ["file"]
+roles = ["ops"]
+
+[tools.count]
+description = "Count bytes"
+command = ["/usr/bin/wc", "-c", "{{file}}"]
+input_schema = {{ type = "object", properties = {{ file = {{ type = "string" }} }}, required = ["file"] }}
+read_path_args = ["file"]
+roles = ["ops"]
+
+[tools.show_file]
+description = "Print a file"
+command = ["/usr/bin/cat", "{{file}}"]
+input_schema = {{ type = "object", properties = {{ file = {{ type = "string" }} }}, required = ["file"] }}
+read_path_args = ["file"]
+roles = ["ops"]
+"#
+    );
+    let mut srv = start_with_config(&d, &toml);
+    // printf echoes its argv: each value arrived as the absolute, normalised path beneath
+    // the root, also inside a larger template element.
+    for (given, arrived) in [
+        ("inside.txt", format!("{root}/inside.txt")),
+        ("./sub/../inside.txt", format!("{root}/inside.txt")),
+        (&format!("{root}//sub/./"), format!("{root}/sub")),
+        ("-rf", format!("{root}/-rf")),
+        ("-", format!("{root}/-")),
+        (
+            "--files0-from=/etc/passwd",
+            format!("{root}/--files0-from=/etc/passwd"),
+        ),
+    ] {
+        let r = srv.call("show", json!({ "file": given }));
+        assert_eq!(structured(&r)["exit_code"], 0, "{given}: {r}");
+        assert_eq!(
+            structured(&r)["stdout"],
+            format!("[{arrived}]\n[in={arrived}]\n"),
+            "{given}: {r}"
+        );
+    }
+    // wc counts the literal file beneath the root instead of reading a file list from
+    // /etc/passwd; cat prints the file named `-` instead of reading stdin, and `-n` is a
+    // file, not the option that numbers lines.
+    let r = srv.call("count", json!({"file": "--files0-from=/etc/passwd"}));
+    assert_eq!(
+        structured(&r)["stdout"],
+        format!("6 {root}/--files0-from=/etc/passwd\n"),
+        "{r}"
+    );
+    assert_eq!(structured(&r)["stderr"], "", "{r}");
+    let r = srv.call("count", json!({"file": "inside.txt"}));
+    assert_eq!(
+        structured(&r)["stdout"],
+        format!("7 {root}/inside.txt\n"),
+        "{r}"
+    );
+    let r = srv.call("show_file", json!({"file": "-"}));
+    assert_eq!(structured(&r)["stdout"], "a file named dash\n", "{r}");
+    let r = srv.call("show_file", json!({"file": "-n"}));
+    assert_eq!(structured(&r)["stdout"], "a file named -n\n", "{r}");
+    // A value outside the roots is refused before anything runs, whatever its spelling.
+    for outside in [
+        "/etc/passwd".to_string(),
+        "../outside/secret.txt".to_string(),
+        format!("{root}/../outside/secret.txt"),
+        s(&d.outside.join("secret.txt")).to_string(),
+    ] {
+        let r = srv.call("show_file", json!({ "file": outside }));
+        assert_eq!(r["isError"], true, "{outside}: {r}");
+        assert_eq!(
+            text(&r),
+            "Access denied - path outside allowed directories",
+            "{outside}"
+        );
+        assert!(r.get("structuredContent").is_none(), "{outside}: ran: {r}");
+    }
+    still_serving(&mut srv, &d);
 }
 
 #[test]

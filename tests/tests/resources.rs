@@ -76,6 +76,32 @@ fn allowed_files_are_resources_and_nothing_else_is() {
         assert_eq!(resp["error"]["data"]["uri"], uri);
         assert!(!resp.to_string().contains("secret\\n"));
     }
+    // A text file whose JSON form would not fit one IPC frame (3 MiB of control characters
+    // are 18 MiB as JSON) is refused; the worker lives on.
+    std::fs::write(root.join("controls.txt"), vec![1u8; 3 << 20]).unwrap();
+    let workers = srv.worker_pids();
+    let resp = srv.request(
+        "resources/read",
+        json!({"uri": format!("file://{r}/controls.txt")}),
+    );
+    assert_eq!(resp["error"]["code"], -32602, "{resp}");
+    let msg = resp["error"]["message"].as_str().unwrap();
+    let size: u64 = msg
+        .strip_prefix("Resource too large: its encoding (")
+        .and_then(|m| m.strip_suffix(" bytes) exceeds what one result can carry"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{resp}"));
+    // 6 bytes per character, plus the JSON object around it with the URI.
+    let uri_len = format!("file://{r}/controls.txt").len() as u64;
+    assert_eq!(size, 6 * (3 << 20) + uri_len + 44, "{resp}");
+    assert_eq!(srv.worker_pids(), workers);
+    assert_eq!(
+        srv.result(
+            "resources/read",
+            json!({"uri": format!("file://{r}/sub%20dir/b.md")}),
+        )["contents"][0]["text"],
+        "# beta\n"
+    );
     let t = srv.result("resources/templates/list", json!({}));
     assert_eq!(t["resourceTemplates"][0]["uriTemplate"], "file://{+path}");
     assert_eq!(

@@ -28,6 +28,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::Signal;
 use serde_json::{json, Value};
 
+use super::output;
 use super::paths::Access;
 use super::process::{self, Capture};
 use super::{error_result, invalid_args, Registry, Tool, ToolContext};
@@ -605,42 +606,76 @@ impl Tool for RunCode {
             }
         }
         drop(guard);
-        let stdout = String::from_utf8_lossy(&cap.out).into_owned();
-        let stderr = String::from_utf8_lossy(&cap.err).into_owned();
-        let mut text = String::new();
-        for n in &notes {
-            text.push_str(n);
+        Ok(render_block(&Block {
+            notes: &notes,
+            status: &status,
+            kept,
+            runs,
+            is_error,
+            elapsed: started.elapsed(),
+            cap: &cap,
+            budget: limits.max_output_bytes,
+        }))
+    }
+}
+
+/// What one `run_code` call produced.
+struct Block<'a> {
+    notes: &'a [String],
+    status: &'a str,
+    kept: bool,
+    runs: u64,
+    is_error: bool,
+    elapsed: Duration,
+    cap: &'a Capture,
+    /// The client's `max_output_bytes`: stdout and stderr, in the text and in
+    /// `structuredContent` together, stay within it ([`output::fit`]).
+    budget: u64,
+}
+
+/// Longest status text kept (the driver's status line can be forged by the code it runs).
+const MAX_STATUS: usize = 64;
+
+fn render_block(b: &Block<'_>) -> ToolResult {
+    let output::Fitted {
+        stdout,
+        stderr,
+        cut,
+    } = output::fit(&b.cap.out, &b.cap.err, b.budget);
+    let discarded = b.cap.dropped.saturating_add(cut);
+    let status: String = b.status.chars().take(MAX_STATUS).collect();
+    let mut text = String::new();
+    for n in b.notes {
+        text.push_str(n);
+        text.push('\n');
+    }
+    text.push_str(&stdout);
+    if !stderr.is_empty() {
+        if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
-        text.push_str(&stdout);
-        if !stderr.is_empty() {
-            if !text.is_empty() && !text.ends_with('\n') {
-                text.push('\n');
-            }
-            text.push_str("--- stderr ---\n");
-            text.push_str(&stderr);
-        }
-        if cap.dropped > 0 {
-            text.push_str(&format!(
-                "\n[output truncated: {} bytes discarded]\n",
-                cap.dropped
-            ));
-        }
-        let structured = json!({
-            "status": status,
-            "stdout": stdout,
-            "stderr": stderr,
-            "truncated": cap.dropped > 0,
-            "session_kept": kept,
-            "session_runs": runs,
-            "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        });
-        Ok(ToolResult {
-            content: vec![Content::Text { text }],
-            structured_json: Some(structured.to_string()),
-            is_error,
-            input_required: None,
-        })
+        text.push_str("--- stderr ---\n");
+        text.push_str(&stderr);
+    }
+    if discarded > 0 {
+        text.push_str(&format!(
+            "\n[output truncated: {discarded} bytes discarded]\n"
+        ));
+    }
+    let structured = json!({
+        "status": status,
+        "stdout": stdout,
+        "stderr": stderr,
+        "truncated": discarded > 0,
+        "session_kept": b.kept,
+        "session_runs": b.runs,
+        "duration_ms": u64::try_from(b.elapsed.as_millis()).unwrap_or(u64::MAX),
+    });
+    ToolResult {
+        content: vec![Content::Text { text }],
+        structured_json: Some(structured.to_string()),
+        is_error: b.is_error,
+        input_required: None,
     }
 }
 
@@ -702,7 +737,66 @@ impl Tool for ResetCodeSession {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_block_result_stays_within_the_budget() {
+        let notes = vec![
+            "The previous session reached its maximum lifetime and was replaced by a new one (earlier state is gone).".to_string(),
+            format!("Interrupted after {} s (timeout or cancellation); the session is kept.", u64::MAX),
+            "The session was lost: the interpreter did not stop after an interrupt and was killed. The next call starts a new one.".to_string(),
+        ];
+        let forged_status = "ok".repeat(100_000);
+        for (out, err) in [
+            (vec![b'x'; 200_000], vec![]),
+            (vec![0u8; 100_000], vec![0xfe; 100_000]),
+            (vec![], vec![]),
+        ] {
+            for budget in [0u64, 100, 65536, 1 << 20] {
+                let mut cap = Capture::new(u64::MAX);
+                cap.out = out.clone();
+                cap.err = err.clone();
+                cap.dropped = u64::MAX;
+                let r = render_block(&Block {
+                    notes: &notes,
+                    status: &forged_status,
+                    kept: true,
+                    runs: u64::MAX,
+                    is_error: true,
+                    elapsed: Duration::MAX,
+                    cap: &cap,
+                    budget,
+                });
+                let size = output::result_size(&r);
+                assert!(
+                    size <= budget + mcpd_ipc::RESULT_ENVELOPE_BYTES,
+                    "{size} > {budget} + envelope"
+                );
+                let v: Value = serde_json::from_str(r.structured_json.as_deref().unwrap()).unwrap();
+                assert_eq!(v["truncated"], true);
+                assert_eq!(v["status"].as_str().unwrap().len(), MAX_STATUS);
+            }
+        }
+        // Under the budget nothing is cut.
+        let mut cap = Capture::new(1000);
+        cap.push(false, b"42\n");
+        let r = render_block(&Block {
+            notes: &[],
+            status: "ok",
+            kept: true,
+            runs: 1,
+            is_error: false,
+            elapsed: Duration::from_millis(1),
+            cap: &cap,
+            budget: 1000,
+        });
+        let v: Value = serde_json::from_str(r.structured_json.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (v["stdout"].as_str(), v["truncated"].as_bool()),
+            (Some("42\n"), Some(false))
+        );
+    }
 
     #[test]
     fn scanner_finds_markers_split_across_reads() {

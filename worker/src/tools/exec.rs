@@ -15,6 +15,7 @@ use mcpd_ipc::{
 };
 use serde_json::{json, Map, Value};
 
+use super::output;
 use super::paths::Access;
 use super::process::{self, Finished, Spawn, Stopped, Termination};
 use super::{error_result, invalid_args, Registry, Tool, ToolContext};
@@ -116,8 +117,10 @@ fn timeout_of(ctx: &ToolContext, args: &Map<String, Value>) -> Result<Duration, 
     Ok(Duration::from_secs(secs.min(l.max_lifetime_secs).max(1)))
 }
 
-/// Render a finished command as text + structured content.
-pub(crate) fn render(f: &Finished, timeout: Duration) -> ToolResult {
+/// Render a finished command as text + structured content. stdout and stderr appear in both,
+/// cut together to `budget` bytes (the client's `max_output_bytes`, see [`output::fit`]); the
+/// rest of the result stays within [`mcpd_ipc::RESULT_ENVELOPE_BYTES`].
+pub(crate) fn render(f: &Finished, timeout: Duration, budget: u64) -> ToolResult {
     let (exit_code, signal) = match f.termination {
         Termination::Exited(c) => (Some(c), None),
         Termination::Signaled(s) => (None, Some(process::signal_name(s))),
@@ -127,8 +130,12 @@ pub(crate) fn render(f: &Finished, timeout: Duration) -> ToolResult {
         Stopped::Cancelled => "cancelled",
         Stopped::OutputFlood => "output_limit",
     });
-    let stdout = String::from_utf8_lossy(&f.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&f.stderr).into_owned();
+    let output::Fitted {
+        stdout,
+        stderr,
+        cut,
+    } = output::fit(&f.stdout, &f.stderr, budget);
+    let discarded = f.dropped.saturating_add(cut);
     let mut text = String::new();
     match (f.stopped, exit_code, &signal) {
         (Some(Stopped::Timeout), _, _) => text.push_str(&format!(
@@ -160,10 +167,9 @@ pub(crate) fn render(f: &Finished, timeout: Duration) -> ToolResult {
             text.push('\n');
         }
     }
-    if f.dropped > 0 {
+    if discarded > 0 {
         text.push_str(&format!(
-            "[output truncated: {} bytes discarded]\n",
-            f.dropped
+            "[output truncated: {discarded} bytes discarded]\n"
         ));
     }
     let structured = json!({
@@ -172,8 +178,8 @@ pub(crate) fn render(f: &Finished, timeout: Duration) -> ToolResult {
         "stopped": stopped,
         "stdout": stdout,
         "stderr": stderr,
-        "truncated": f.dropped > 0,
-        "discarded_bytes": f.dropped,
+        "truncated": discarded > 0,
+        "discarded_bytes": discarded,
         "duration_ms": u64::try_from(f.elapsed.as_millis()).unwrap_or(u64::MAX),
     });
     ToolResult {
@@ -349,7 +355,7 @@ impl Tool for RunCommand {
             limits: ctx.exec.limits.clone(),
         };
         match process::run(ctx, spawn) {
-            Ok(f) => Ok(render(&f, timeout)),
+            Ok(f) => Ok(render(&f, timeout, ctx.exec.limits.max_output_bytes)),
             Err(e) => Ok(error_result(e.to_string())),
         }
     }
@@ -415,6 +421,16 @@ pub fn expand_template(
     Ok(out)
 }
 
+/// Whether `p` has the form the broker gives checked paths: absolute, without `.`, `..` or
+/// empty components (other than a lone `/`).
+fn is_checked_path(p: &str) -> bool {
+    p == "/"
+        || (p.starts_with('/')
+            && p[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
 impl Tool for OperatorTool {
     fn descriptor(&self) -> ToolDescriptor {
         ToolDescriptor {
@@ -449,6 +465,23 @@ impl Tool for OperatorTool {
         let Some((program, template)) = self.spec.argv.split_first() else {
             return Ok(error_result("Tool is misconfigured"));
         };
+        // The broker replaced each path argument by the absolute, normalised path it checked
+        // (see `rewrite_path_args` in the broker's session.rs): that is the one place where
+        // paths are rewritten. Here only refuse a value that did not go through it, so that
+        // a client string can never reach argv where a path is expected.
+        for pa in &self.spec.path_args {
+            let ok = match args.get(&pa.name) {
+                None | Some(Value::Null) => true,
+                Some(Value::String(p)) => is_checked_path(p),
+                Some(_) => false,
+            };
+            if !ok {
+                return Err(invalid_args(format!(
+                    "{}: a path argument must be an absolute, normalised path",
+                    pa.name
+                )));
+            }
+        }
         let argv = expand_template(template, &args).map_err(invalid_args)?;
         let timeout = Duration::from_secs(
             self.spec
@@ -474,15 +507,23 @@ impl Tool for OperatorTool {
             Ok(f) => f,
             Err(e) => return Ok(error_result(e.to_string())),
         };
-        let mut result = render(&f, timeout);
+        let budget = ctx.exec.limits.max_output_bytes;
+        let mut result = render(&f, timeout, budget);
         if self.spec.output_schema_json.is_some() && !result.is_error {
-            // The tool promises structured output: stdout must be one JSON object.
+            // The tool promises structured output: stdout must be one JSON object. It goes
+            // out twice (text and structuredContent), so twice its size must fit the budget:
+            // a JSON object cannot be cut.
             match serde_json::from_slice::<Value>(&f.stdout) {
                 Ok(v @ Value::Object(_)) if f.dropped == 0 => {
-                    result.content = vec![Content::Text {
-                        text: v.to_string(),
-                    }];
-                    result.structured_json = Some(v.to_string());
+                    let json = v.to_string();
+                    if (json.len() as u64).saturating_mul(2) > budget {
+                        return Ok(error_result(format!(
+                            "The tool's JSON output ({} bytes, returned as text and as structuredContent) exceeds the output limit of {budget} bytes",
+                            json.len()
+                        )));
+                    }
+                    result.content = vec![Content::Text { text: json.clone() }];
+                    result.structured_json = Some(json);
                 }
                 _ => {
                     return Ok(error_result(
@@ -533,5 +574,108 @@ mod tests {
             ])
         );
         assert!(expand_template(&t(&["{bad"]), &args).is_err());
+    }
+
+    fn finished(stdout: &[u8], stderr: &[u8], dropped: u64) -> Finished {
+        Finished {
+            stdout: stdout.to_vec(),
+            stderr: stderr.to_vec(),
+            dropped,
+            termination: Termination::Exited(0),
+            stopped: None,
+            elapsed: Duration::from_millis(5),
+            pid: 1,
+        }
+    }
+
+    fn structured(r: &ToolResult) -> Value {
+        serde_json::from_str(r.structured_json.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rendered_output_stays_within_the_budget() {
+        let x = vec![b'x'; 100_000];
+        // Everything fits: nothing is cut.
+        let r = render(&finished(b"hi\n", b"", 0), Duration::from_secs(1), 1000);
+        assert_eq!(structured(&r)["stdout"], "hi\n");
+        assert_eq!(structured(&r)["truncated"], false);
+        // stdout counts twice (text and structuredContent): 65536 bytes of budget keep 32768
+        // of 65536 captured bytes; the capture had already dropped 34464.
+        let r = render(
+            &finished(&x[..65536], b"", 34464),
+            Duration::from_secs(1),
+            65536,
+        );
+        let v = structured(&r);
+        assert_eq!(v["stdout"].as_str().unwrap().len(), 32768);
+        assert_eq!(
+            (v["truncated"].clone(), v["discarded_bytes"].clone()),
+            (json!(true), json!(67232))
+        );
+        let Content::Text { text } = &r.content[0] else {
+            panic!()
+        };
+        assert!(
+            text.ends_with("[output truncated: 67232 bytes discarded]\n"),
+            "{text}"
+        );
+        // Whatever the bytes and however the command ended, output + envelope stay bounded.
+        let nul = vec![0u8; 50_000];
+        let bad = vec![0xffu8; 50_000];
+        let quotes = "\"\\".repeat(20_000).into_bytes();
+        for (out, err) in [
+            (&x[..], &b""[..]),
+            (&nul, &bad),
+            (&quotes, &x[..]),
+            (b"", b""),
+        ] {
+            for budget in [0u64, 100, 4096, 65536, 1 << 20] {
+                for (termination, stopped) in [
+                    (Termination::Exited(i32::MIN), None),
+                    (Termination::Signaled(12345), Some(Stopped::OutputFlood)),
+                    (Termination::Signaled(9), Some(Stopped::Timeout)),
+                    (Termination::Signaled(9), Some(Stopped::Cancelled)),
+                ] {
+                    let f = Finished {
+                        termination,
+                        stopped,
+                        elapsed: Duration::MAX,
+                        ..finished(out, err, u64::MAX)
+                    };
+                    let r = render(&f, Duration::from_secs(u64::MAX), budget);
+                    let size = output::result_size(&r);
+                    assert!(
+                        size <= budget + mcpd_ipc::RESULT_ENVELOPE_BYTES,
+                        "{size} > {budget} + envelope"
+                    );
+                    assert_eq!(structured(&r)["truncated"], true);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_checked_paths_pass_as_path_arguments() {
+        for ok in [
+            "/",
+            "/srv/data",
+            "/srv/data/-rf",
+            "/srv/data/--files0-from=/etc/passwd",
+        ] {
+            assert!(is_checked_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-rf",
+            "--files0-from=/etc/passwd",
+            "rel/x",
+            "/srv/../etc",
+            "/srv/./x",
+            "/srv//x",
+            "/srv/x/",
+            "-",
+        ] {
+            assert!(!is_checked_path(bad), "{bad}");
+        }
     }
 }

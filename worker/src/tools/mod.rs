@@ -18,6 +18,7 @@ pub mod code;
 pub mod conformance;
 pub mod exec;
 pub mod fs;
+pub(crate) mod output;
 pub mod paths;
 pub mod process;
 pub mod resources;
@@ -307,10 +308,12 @@ impl Registry {
         Ok(())
     }
 
-    /// Add a tool; a later tool with the same name replaces the earlier one.
+    /// Add a tool; a later tool with the same name replaces the earlier one. Every tool's
+    /// results pass [`output::frame_guard`]: one that would not fit an IPC frame is replaced
+    /// by an error instead of ending the worker.
     pub fn register(&mut self, tool: impl Tool + 'static) {
         let name = tool.descriptor().name;
-        let tool: Arc<dyn Tool> = Arc::new(tool);
+        let tool: Arc<dyn Tool> = Arc::new(FrameGuarded(tool));
         match self.tools.iter_mut().find(|(k, _)| *k == name) {
             Some(slot) => slot.1 = tool,
             None => self.tools.push((name, tool)),
@@ -350,6 +353,21 @@ impl Registry {
     /// Every tool's descriptor, in registration order.
     pub fn descriptors(&self) -> Vec<ToolDescriptor> {
         self.tools.iter().map(|(_, t)| t.descriptor()).collect()
+    }
+}
+
+/// A tool whose results are held to one IPC frame.
+struct FrameGuarded<T>(T);
+
+impl<T: Tool> Tool for FrameGuarded<T> {
+    fn descriptor(&self) -> ToolDescriptor {
+        self.0.descriptor()
+    }
+    fn call(&self, ctx: &ToolContext, args: serde_json::Value) -> Result<ToolResult, CallError> {
+        self.0.call(ctx, args).map(output::frame_guard)
+    }
+    fn is_quick(&self) -> bool {
+        self.0.is_quick()
     }
 }
 

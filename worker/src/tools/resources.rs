@@ -155,6 +155,15 @@ impl Provider for FileResources {
             (_, Err(e)) => json!({"uri": uri, "mimeType": guessed,
                 "blob": base64::engine::general_purpose::STANDARD.encode(e.as_bytes())}),
         };
+        // The answer crosses the IPC as JSON text, where a control character takes 6 bytes
+        // and base64 4 per 3: refuse what would not fit one frame (sending it would end the
+        // worker) rather than the worker.
+        let size = serde_json::to_string(&content).map_or(u64::MAX, |t| t.len() as u64);
+        if size > super::output::MAX_RESULT_FRAME {
+            return Some(Err(invalid_args(format!(
+                "Resource too large: its encoding ({size} bytes) exceeds what one result can carry"
+            ))));
+        }
         Some(Ok(json!({"contents": [content]})))
     }
 }

@@ -1,4 +1,5 @@
-//! `mcpd doctor`: what this kernel offers for confinement, read from the kernel itself.
+//! `mcpd doctor`: what this kernel offers for confinement, read from (and tried on) the kernel
+//! itself, and what each client's worker view will hold.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ fn read(p: &str) -> Option<String> {
 
 /// Print the report. Exits non-zero when the worker could not be confined on this kernel
 /// (no Landlock, or no seccomp filter support).
-pub fn run() -> ExitCode {
+pub fn run(policy: &mcpd_policy::Policy) -> ExitCode {
     let abi = crate::sys::landlock_abi();
     let mut ok = true;
     println!("mcpd doctor ({})", env!("CARGO_PKG_VERSION"));
@@ -54,6 +55,9 @@ pub fn run() -> ExitCode {
             .map(|u| format!(", unprivileged_userns_clone={u}"))
             .unwrap_or_default()
     );
+    if !namespaces_report(policy) {
+        ok = false;
+    }
     println!("cgroups: {}", cgroup_report());
     let mut notes = Vec::new();
     match crate::cgroup::Cgroups::detect_with_notes(&crate::cgroup::Mode::Auto, &mut notes) {
@@ -74,6 +78,81 @@ pub fn run() -> ExitCode {
         println!("verdict: workers CANNOT be fully confined on this kernel");
         ExitCode::from(1)
     }
+}
+
+/// The namespaces a worker needs, tried for real; then each client's view. False when a
+/// worker could not build its namespaces (it then refuses to start unless degraded mode).
+fn namespaces_report(policy: &mcpd_policy::Policy) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    flags |= libc::CLONE_NEWNET;
+    let (who, names) = if root {
+        ("root broker", "mount, PID, IPC, UTS, network")
+    } else {
+        flags |= libc::CLONE_NEWUSER;
+        ("unprivileged broker", "user, mount, PID, IPC, UTS, network")
+    };
+    let usable = match crate::sys::probe_unshare(flags) {
+        Ok(()) => {
+            println!("worker namespaces ({who}): {names}: available (tried)");
+            true
+        }
+        Err(e) => {
+            println!(
+                "worker namespaces ({who}): {names}: NOT AVAILABLE ({e}): workers refuse to start \
+                 unless server.allow_degraded_sandbox = true (then without namespaces or a private view)"
+            );
+            false
+        }
+    };
+    if root {
+        println!(
+            "worker identity: per-client uid/gid from server.worker_uids = {} (every capability cleared, securebits locked)",
+            policy.worker_uids
+        );
+    } else {
+        println!(
+            "worker identity: the broker's uid {} inside the worker's user namespace (every capability cleared); \
+             supplementary groups cannot be dropped there",
+            rustix::process::getuid().as_raw()
+        );
+    }
+    for (id, _) in policy.clients() {
+        let mut spec = policy.sandbox_spec(id);
+        crate::sandbox::complete(&mut spec);
+        println!("view of client {id}:");
+        if root {
+            println!("  uid/gid {}", policy.worker_uid(id));
+        }
+        for (kind, paths) in [("ro", &spec.read_paths), ("rw", &spec.write_paths)] {
+            for p in paths {
+                let idmap = if root {
+                    match crate::sys::probe_idmap(Path::new(p)) {
+                        Ok(()) => ", idmapped (its owner appears as the worker)".to_string(),
+                        Err(e) => format!(
+                            ", NOT idmappable ({e}): the worker runs as this root's owner (fallback)"
+                        ),
+                    }
+                } else {
+                    String::new()
+                };
+                println!("  {p} ({kind},nosuid,nodev,noexec{idmap})");
+            }
+        }
+        for p in &spec.exec_paths {
+            println!("  {p} (program: ro,nosuid,nodev)");
+        }
+        for p in &spec.exec.system_read_paths {
+            println!("  {p} (system: ro,nosuid,nodev)");
+        }
+        println!(
+            "  /dev: null zero full random urandom; /dev/shm and /tmp private ({} bytes each); /proc of its own PID namespace{}",
+            policy.worker_tmp_bytes,
+            if spec.allow_network { "; the host's network" } else { "; no network (own empty network namespace)" }
+        );
+    }
+    usable
 }
 
 fn cgroup_report() -> String {

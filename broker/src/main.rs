@@ -51,8 +51,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Print what this kernel offers for confinement.
-    Doctor,
+    /// Print what this kernel offers for confinement, and what each client's worker view
+    /// will hold (the embedded default, or --config).
+    Doctor {
+        /// The configuration file whose clients' views are shown.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -600,7 +605,29 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Doctor => doctor::run(),
+        Command::Doctor { config } => {
+            let policy = match &config {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(|t| {
+                        Policy::from_toml(&path.display().to_string(), &t, &canon)
+                            .map_err(|e| e.to_string())
+                    }),
+                None => std::env::current_dir()
+                    .map_err(|e| format!("current directory: {e}"))
+                    .and_then(|cwd| {
+                        Policy::quick_start(&QuickStart::default(), &cwd, &canon)
+                            .map_err(|e| e.to_string())
+                    }),
+            };
+            match policy {
+                Ok(p) => doctor::run(&p),
+                Err(e) => {
+                    eprintln!("mcpd: {e}");
+                    ExitCode::from(exit::CONFIG)
+                }
+            }
+        }
         Command::Audit(cmd) => audit_cmd(cmd),
     }
 }

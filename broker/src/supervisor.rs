@@ -528,6 +528,8 @@ impl Supervisor {
             iso.capabilities_cleared.into(),
         );
         f.insert("memfd_noexec".into(), iso.memfd_noexec.into());
+        f.insert("proc".into(), iso.proc.into());
+        f.insert("degraded".into(), iso.degraded.clone().into());
         f.insert("idmapped".into(), iso.idmapped.len().into());
         f.insert("not_idmapped".into(), iso.not_idmapped.clone().into());
         f.insert("tools".into(), tools.len().into());
@@ -549,6 +551,12 @@ impl Supervisor {
             user_namespace = iso.user_namespace, uid = iso.uid,
             capabilities_cleared = iso.capabilities_cleared, memfd_noexec = iso.memfd_noexec,
             idmapped = iso.idmapped.len(), "worker confined and ready");
+        if let Some(why) = &iso.degraded {
+            tracing::warn!(pid, "DEGRADED SANDBOX (server.allow_degraded_sandbox): the worker runs without namespaces or a private view: {why}");
+        }
+        if iso.namespaces && !iso.proc {
+            tracing::warn!(pid, "the worker's view has no /proc: its user namespace may not mount procfs beside the service manager's over-mounted /proc (ProtectKernelTunables=, ProtectProc=, ProcSubset=; see docs/ARCHITECTURE.md)");
+        }
         if !iso.not_idmapped.is_empty() {
             tracing::warn!(pid, roots = ?iso.not_idmapped, uid = iso.uid,
                 "these roots' filesystems refused an idmapped mount: the worker runs as their owner \

@@ -83,3 +83,116 @@ pub fn seccomp_mode() -> Option<i32> {
     let r = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
     (r >= 0).then_some(r)
 }
+
+/// Whether a child of this process can create the namespaces a worker builds (`flags`:
+/// `CLONE_NEW*`), tried for real in a forked child that exits at once. `Err` carries the
+/// kernel's answer. For `mcpd doctor`, which is single-threaded.
+pub fn probe_unshare(flags: libc::c_int) -> Result<(), std::io::Error> {
+    // SAFETY: the child makes only async-signal-safe calls (unshare, _exit) before it exits,
+    // so forking is sound even if other threads existed; nothing is shared with the parent.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; the child exits with the errno of unshare (0 on success).
+        unsafe {
+            let rc = libc::unshare(flags);
+            let code = if rc == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            };
+            libc::_exit(code.clamp(0, 255));
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waitpid writes one int into the valid local `status`.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+        Some(0) => Ok(()),
+        Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+        None => Err(std::io::Error::other("probe child ended by a signal")),
+    }
+}
+
+/// Whether `path`'s filesystem accepts an idmapped mount (what a root broker's worker makes of
+/// each root): a detached copy of its mount gets `MOUNT_ATTR_IDMAP` with a user namespace made
+/// by a helper child. Nothing is attached anywhere; the copy is dropped. Root only.
+pub fn probe_idmap(path: &std::path::Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+    let (ready_rd, ready_wr) = pipe().map_err(|e| e.to_string())?;
+    let (hold_rd, hold_wr) = pipe().map_err(|e| e.to_string())?;
+    // SAFETY: the doctor is single-threaded (it runs before any runtime exists), so the child
+    // is a complete copy and may run ordinary code; it only unshares, writes and reads pipes,
+    // and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    if pid == 0 {
+        drop(ready_rd);
+        drop(hold_wr);
+        // SAFETY: unshare takes an integer flag only.
+        let ok = unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0;
+        let _ = std::fs::File::from(ready_wr).write_all(if ok { b"1" } else { b"0" });
+        let _ = std::fs::File::from(hold_rd).read(&mut [0u8; 1]);
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    drop(ready_wr);
+    drop(hold_rd);
+    let result = (|| {
+        let mut b = [0u8; 1];
+        std::fs::File::from(ready_rd)
+            .read_exact(&mut b)
+            .map_err(|e| e.to_string())?;
+        if b[0] != b'1' {
+            return Err("cannot create a user namespace".to_string());
+        }
+        for map in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{map}"), "0 60578 1\n")
+                .map_err(|e| format!("{map}: {e}"))?;
+        }
+        let ns: OwnedFd = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+            .map_err(|e| e.to_string())?
+            .into();
+        use rustix::mount::OpenTreeFlags as F;
+        let tree = rustix::mount::open_tree(
+            rustix::fs::CWD,
+            path,
+            F::OPEN_TREE_CLONE | F::OPEN_TREE_CLOEXEC | F::AT_RECURSIVE,
+        )
+        .map_err(|e| format!("open_tree: {e}"))?;
+        let attr: [u64; 4] = [0x0010_0000, 0, 0, ns.as_raw_fd() as u64]; // MOUNT_ATTR_IDMAP
+        const AT_EMPTY_PATH: libc::c_uint = 0x1000;
+        const AT_RECURSIVE: libc::c_uint = 0x8000;
+        // SAFETY: mount_setattr reads 32 bytes (struct mount_attr: attr_set, attr_clr,
+        // propagation, userns_fd) from the valid local array and the empty C string; the two
+        // fds are open for the duration of the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                AT_EMPTY_PATH | AT_RECURSIVE,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().to_string())
+        }
+    })();
+    drop(hold_wr);
+    let mut status = 0;
+    // SAFETY: waitpid writes one int into the valid local `status`.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    result
+}

@@ -115,8 +115,107 @@ fn doctor_reports_kernel_features() {
     assert!(out.contains("seccomp: filters available"), "{out}");
     assert!(out.contains("user namespaces:"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("cgroups: ")), "{out}");
+    // The namespaces a worker builds are tried for real, and the embedded default's view is
+    // listed (the current directory read-only, plus the private parts).
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("worker namespaces (") && l.ends_with("available (tried)")),
+        "{out}"
+    );
+    assert!(out.contains("view of client local:"), "{out}");
+    let cwd = std::fs::canonicalize(".").unwrap();
+    assert!(
+        out.contains(&format!("  {} (ro,nosuid,nodev,noexec", cwd.display())),
+        "{out}"
+    );
+    assert!(out.contains("/proc of its own PID namespace"), "{out}");
+    if rustix::process::geteuid().is_root() {
+        assert!(out.contains("server.worker_uids = 60578-61183"), "{out}");
+        assert!(
+            out.contains("idmapped (its owner appears as the worker)"),
+            "{out}"
+        );
+    }
     assert!(
         out.contains("verdict: workers can be fully confined"),
         "{out}"
     );
+}
+
+/// The same report for an unprivileged broker: the user namespace is part of what is tried.
+/// Needs root to become another uid; with CI=true that is required, not skipped.
+#[test]
+fn doctor_as_an_unprivileged_broker_tries_user_namespaces() {
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root: this test must run there"
+        );
+        eprintln!("SKIPPED: needs root to run mcpd as another uid");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(d.path(), Some(4242), Some(4242)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mcpd"))
+        .args(["doctor"])
+        .current_dir(d.path())
+        .uid(4242)
+        .gid(4242)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "worker namespaces (unprivileged broker): user, mount, PID, IPC, UTS, network: available (tried)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("the broker's uid 4242 inside the worker's user namespace"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_shows_worker_uids_and_refuses_bad_ranges() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("mcpd.toml");
+    let data = std::fs::canonicalize(d.path()).unwrap();
+    let body = |range: &str| {
+        format!(
+            "[server]\nworker_uids = \"{range}\"\n[clients.a]\nread = [\"{0}\"]\n[clients.b]\nread = [\"{0}\"]\n",
+            data.display()
+        )
+    };
+    std::fs::write(&cfg, body("70000-70009")).unwrap();
+    let (code, out, err) = mcpd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("worker_uids=70000-70009"), "{out}");
+    let uid_of = |c: &str| -> u32 {
+        let l = out
+            .lines()
+            .find(|l| l.starts_with(&format!("client {c}: (worker uid/gid ")))
+            .unwrap_or_else(|| panic!("{out}"));
+        l.split("uid/gid ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (a, b) = (uid_of("a"), uid_of("b"));
+    assert!(
+        (70000..=70009).contains(&a) && (70000..=70009).contains(&b),
+        "{out}"
+    );
+    assert_ne!(a, b, "two tenants never share a uid");
+    for bad in ["0-10", "65000-65600", "70000-70001", "5-3", "x-y"] {
+        std::fs::write(&cfg, body(bad)).unwrap();
+        let (code, _out, err) = mcpd(&["check-config", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("server.worker_uids"), "{bad}: {err}");
+    }
 }

@@ -181,6 +181,14 @@ pub struct IsolationReport {
     pub not_idmapped: Vec<String>,
     /// `vm.memfd_noexec = 2` in the worker's PID namespace (no executable memfd).
     pub memfd_noexec: bool,
+    /// The view has a `/proc` of the worker's own PID namespace. A user namespace may mount
+    /// procfs only where a fully visible one exists, so under a service manager that
+    /// over-mounts parts of `/proc` (`ProtectKernelTunables=`, `ProcSubset=`) the view has no
+    /// `/proc` at all.
+    pub proc: bool,
+    /// Why the namespaces are missing, when the operator's degraded mode let the worker start
+    /// without them.
+    pub degraded: Option<String>,
 }
 
 /// The namespaces, filesystem view and identity a worker builds before it reads any request

@@ -172,7 +172,32 @@ pub fn isolate(spec: &SandboxSpec, ipc_fd: i32) -> Result<Isolated, ConfineError
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
     );
-    unshare(flags)?;
+    if let Err(e) = unshare(flags) {
+        let why = format!(
+            "namespaces unavailable ({e}): user namespaces may be disabled \
+             (user.max_user_namespaces, kernel.unprivileged_userns_clone) or refused by the \
+             service manager (RestrictNamespaces=)"
+        );
+        if !spec.allow_degraded {
+            return Err(ConfineError::Namespaces {
+                message: format!(
+                    "{why}; server.allow_degraded_sandbox = true runs workers without them"
+                ),
+            });
+        }
+        // The operator's degraded mode: no namespaces, no private view; identity, Landlock,
+        // seccomp and cgroups still hold (reported and audited).
+        let d = identity::drop_privileges(target, Some(DeathCheck::Parent(broker)))?;
+        return Ok(Isolated {
+            report: IsolationReport {
+                uid: d.uid,
+                capabilities_cleared: d.cleared,
+                degraded: Some(why),
+                ..IsolationReport::default()
+            },
+            view: None,
+        });
+    }
     if !root {
         // Only our own ids, mapped to themselves: files keep their owners. A non-dumpable
         // process's /proc/self files belong to root, so it is dumpable for these three writes
@@ -309,6 +334,8 @@ fn init(
                         .map(|(p, _, _)| p.clone())
                         .collect(),
                     memfd_noexec,
+                    proc: built.proc,
+                    degraded: None,
                 },
                 view: Some(built),
             })

@@ -514,8 +514,13 @@ pub(super) fn build(plan: &Plan, userns: &[OwnedFd]) -> Result<Built, ConfineErr
     // namespace. Mounted by the caller, PID 1 of the new PID namespace: procfs shows the
     // namespace of the process that mounts it.
     make_dirs(&root, "/proc")?;
-    mount_proc(&root.join("proc"))?;
-    built.proc = true;
+    match mount_proc(&root.join("proc")) {
+        Ok(()) => built.proc = true,
+        // A user namespace beside an over-mounted /proc (the service manager's
+        // ProtectKernelTunables=, ProcSubset=): no /proc in the view (reported).
+        Err(rustix::io::Errno::PERM) if !root_in_init_userns() => built.proc = false,
+        Err(e) => return Err(err("mounting /proc")(e)),
+    }
 
     // 4. The host's symlink chains of the aliases.
     for a in &plan.aliases {
@@ -571,9 +576,17 @@ fn set_attrs_one(fd: BorrowedFd<'_>, set: u64) -> std::io::Result<()> {
     }
 }
 
+/// Whether this process is in the initial user namespace (a root broker's worker).
+fn root_in_init_userns() -> bool {
+    // The initial user namespace maps the whole id range.
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
+
 /// Mount the worker's own `/proc` (`nosuid,nodev,noexec`) at `target`. Must run inside the
 /// new PID namespace: procfs shows the namespace of the process that mounts it.
-fn mount_proc(target: &Path) -> Result<(), ConfineError> {
+fn mount_proc(target: &Path) -> Result<(), rustix::io::Errno> {
     mount(
         "proc",
         target,
@@ -581,7 +594,6 @@ fn mount_proc(target: &Path) -> Result<(), ConfineError> {
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         c"",
     )
-    .map_err(err("mounting /proc"))
 }
 
 /// Reproduce the host's symlinks along `alias` beneath `root` (before `pivot_root`), so that

@@ -7,6 +7,9 @@
 //! 1. [`sanitize_process`]: close every inherited fd but 0–3 (`close_range`), clear the
 //!    environment, `PR_SET_DUMPABLE=0`, `RLIMIT_CORE=0`;
 //! 2. (in `serve.rs`) read exactly one bounded `Confine` message from fd 3;
+//!    2b. [`isolate`]: namespaces, the private filesystem view ([`view`]) and the identity
+//!    switch (`identity`: uid, capabilities, securebits), in PID 1 of the worker's own PID
+//!    namespace, which then forks the serving worker;
 //! 3. [`confine`]: resource limits from the spec, never above the inherited hard limit;
 //! 4. `PR_SET_NO_NEW_PRIVS`;
 //! 5. Landlock ([`landlock_rules`]): every filesystem right of the pinned ABI is handled, only the
@@ -30,8 +33,8 @@
 //!   here are the documented fallback (`RLIMIT_NPROC` counts every process of the uid,
 //!   `RLIMIT_AS` breaks runtimes that reserve address space).
 //! * Landlock ABI < 9 cannot restrict `connect(2)` to a *named* (filesystem) Unix socket:
-//!   only abstract sockets are scoped. Running the worker under its own unprivileged uid is
-//!   what keeps it off `/run/*.sock`.
+//!   only abstract sockets are scoped. The private view is what keeps the worker off
+//!   `/run/*.sock`: those paths do not exist in it.
 //! * The original environment strings stay in the process's initial stack (visible in
 //!   `/proc/PID/environ` to root only, since the process is not dumpable); the broker must not
 //!   put secrets in a worker's environment in the first place.

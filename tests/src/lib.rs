@@ -67,6 +67,22 @@ impl Server {
 
     /// Start in a given working directory.
     pub fn start_in(args: &[&str], cwd: Option<&Path>) -> Self {
+        Self::start_with(args, cwd, None)
+    }
+
+    /// Start mcpd as the unprivileged user `uid`:`gid` with no supplementary groups (the
+    /// test process must be root), in `cwd`. Fails the test with a clear message if that user
+    /// cannot run the built binaries (see [`check_runs_as`]).
+    pub fn start_as(uid: u32, gid: u32, args: &[&str], cwd: &Path) -> Self {
+        if let Err(e) = check_runs_as(uid, gid) {
+            panic!("cannot start mcpd as {uid}:{gid}: {e}");
+        }
+        Self::start_with(args, Some(cwd), Some((uid, gid)))
+    }
+
+    /// Start in `cwd` (if given), as `ids` (uid, gid; if given: the test process must be root,
+    /// and std drops the supplementary groups when a root parent sets a uid).
+    pub fn start_with(args: &[&str], cwd: Option<&Path>, ids: Option<(u32, u32)>) -> Self {
         let errdir = tempfile::tempdir().unwrap();
         let stderr_path = errdir.path().join("stderr.log");
         let err = std::fs::File::create(&stderr_path).unwrap();
@@ -80,6 +96,10 @@ impl Server {
         cmd.env("MCPD_LOG", "debug");
         if let Some(c) = cwd {
             cmd.current_dir(c);
+        }
+        if let Some((uid, gid)) = ids {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
         }
         let mut child = cmd.spawn().expect("spawn mcpd");
         let stdout = child.stdout.take().unwrap();
@@ -362,4 +382,112 @@ pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) takes plain integers and touches no memory of this process.
     let r = unsafe { libc::kill(pid, sig) };
     assert_eq!(r, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Whether `uid`:`gid` (with no supplementary groups) can run the built `mcpd` (the binaries
+/// and every directory above them must be executable for it): runs `mcpd --version` as that
+/// user. The error says what failed.
+pub fn check_runs_as(uid: u32, gid: u32) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        return Err(
+            "the test process is not root, so it cannot start a process as another user".into(),
+        );
+    }
+    let bin = mcpd_bin();
+    let out = Command::new(&bin)
+        .arg("--version")
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {} as {uid}:{gid}: {e} (is it executable for that user, and every directory above it searchable?)", bin.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} --version as {uid}:{gid} failed ({}): {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Whether this process runs as root (euid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn c_path(path: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+/// The extended attributes of `path` (not following a final symlink), sorted by name, with
+/// their values: read on the host with `llistxattr`/`lgetxattr`.
+pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let p = c_path(path);
+    let mut names = vec![0u8; 4096];
+    // SAFETY: `p` is a NUL-terminated path; the kernel writes at most `names.len()` bytes
+    // into the buffer, which is valid and exclusively borrowed for the call.
+    let n = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(
+        n >= 0,
+        "llistxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    names.truncate(n as usize);
+    let mut out = vec![];
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = std::ffi::CString::new(name).unwrap();
+        let mut value = vec![0u8; 65536];
+        // SAFETY: both strings are NUL-terminated; the kernel writes at most `value.len()`
+        // bytes into the valid, exclusively borrowed buffer.
+        let v = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert!(
+            v >= 0,
+            "lgetxattr {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        value.truncate(v as usize);
+        out.push((String::from_utf8_lossy(name).into_owned(), value));
+    }
+    out.sort();
+    out
+}
+
+/// Set an extended attribute of `path` (e.g. `user.mark`) on the host.
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = c_path(path);
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated; the kernel reads `value.len()` bytes from the
+    // valid slice. No memory of ours is written.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {} {name}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }

@@ -807,6 +807,15 @@ for where in (W, "/tmp", "/dev/shm"):
     t(f"copy to {where}", lambda: shutil.copyfile(sys.executable, where + "/payload") and None)
     t(f"chmod in {where}", lambda: os.chmod(where + "/payload", 0o755))
     t(f"exec from {where}", lambda: os.execv(where + "/payload", ARGV))
+# The loader may run (every dynamic program needs it), but it cannot map a copy the client
+# wrote: the mounts are noexec, which refuses mmap(PROT_EXEC) too.
+import subprocess
+ld = next(p for p in ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"] if os.path.exists(p))
+for where in (W, "/tmp", "/dev/shm"):
+    r = subprocess.run([ld, where + "/payload", "-c", "print('ESCAPED')"], capture_output=True, text=True)
+    print(f"loader maps copy in {where}: {r.returncode} {'failed to map segment' in r.stderr}")
+r = subprocess.run([ld, sys.executable, "-c", "print('listed')"], capture_output=True, text=True)
+print(f"loader runs the listed interpreter: {r.returncode} {r.stdout.strip()}")
 print(f"pid: {os.getpid()}")
 "#;
     let p = probe(&mut srv, &fx, code);
@@ -828,7 +837,9 @@ print(f"pid: {os.getpid()}")
         p.expect(&format!("chmod in {place}"), "ok");
         // noexec mount (and no Landlock Execute right there).
         p.expect(&format!("exec from {place}"), "PermissionError EACCES");
+        p.expect(&format!("loader maps copy in {place}"), "127 True");
     }
+    p.expect("loader runs the listed interpreter", "0 listed");
     // The session lives: same interpreter, same variables.
     let r = srv.call(
         "run_code",

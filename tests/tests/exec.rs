@@ -1324,3 +1324,132 @@ alive
     );
     assert_eq!(structured(&r)["stdout"], "-1 Permission denied\n", "{r}");
 }
+
+/// Code that prints the start of its session's marker line and never ends that line: the
+/// worker's scanner holds back at most one marker line's worth, the rest is output (capped and
+/// counted as usual), the block ends with the driver's status, and the worker does not grow.
+#[test]
+fn a_forged_marker_line_that_never_ends_is_output_not_a_growing_buffer() {
+    let d = dirs();
+    let toml = format!(
+        "[clients.local]\nwrite = [\"{}\"]\ncode = [\"python3\"]\n[clients.local.limits]\nmax_output_bytes = 65536\n",
+        s(&d.root)
+    );
+    let mut srv = start_with_config(&d, &toml);
+    let r = srv.call(
+        "run_code",
+        json!({"language": "python3", "code": "warm = 1"}),
+    );
+    assert_eq!(structured(&r)["status"], "ok", "{r}");
+    let serving = srv.serving_pids();
+    assert_eq!(serving.len(), 1);
+    let hwm = |pid| -> u64 {
+        let v = mcpd_e2e::proc_status(pid, "VmHWM").unwrap();
+        v.trim_end_matches(" kB").trim().parse::<u64>().unwrap() * 1024
+    };
+    let before = hwm(serving[0]);
+    // 7 MiB after the forged marker, no newline (below the flood threshold of 8 MiB dropped).
+    let total = 7 * 1024 * 1024;
+    let code = format!(
+        "import __main__, sys\nsys.stdout.write('\\n' + __main__.M)\nfor _ in range({}): sys.stdout.write('x' * 65536)",
+        total / 65536
+    );
+    let r = srv.call("run_code", json!({"language": "python3", "code": code}));
+    assert_eq!(structured(&r)["status"], "ok", "{:.300}", r.to_string());
+    assert_eq!(structured(&r)["truncated"], true, "{:.300}", r.to_string());
+    assert_eq!(structured(&r)["session_kept"], true);
+    let out = structured(&r)["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("\n__mcpd_") && out.ends_with("xxxx"),
+        "{out:.100}"
+    );
+    assert!(result_size(&r) <= 65536 + RESULT_ENVELOPE_BYTES);
+    let grown = hwm(serving[0]).saturating_sub(before);
+    assert!(grown < 4 * 1024 * 1024, "the worker grew by {grown} bytes");
+    // The session is still in step.
+    let r = srv.call(
+        "run_code",
+        json!({"language": "python3", "code": "warm + 1"}),
+    );
+    assert_eq!(structured(&r)["stdout"], "2\n", "{r}");
+    assert_eq!(structured(&r)["session_runs"], 3);
+}
+
+/// Code that prints its session's marker lines (all of them: it can read the marker) does not
+/// end its block early: the end of a block carries a nonce the driver learns only after the
+/// code returned, so the late output stays in its own call and the next call gets its own.
+#[test]
+fn forged_end_markers_do_not_desynchronise_a_code_session() {
+    let d = dirs();
+    let node = Path::new("/usr/bin/node").exists() || Path::new("/usr/local/bin/node").exists();
+    let mut args = vec![
+        "--allow-write",
+        s(&d.root),
+        "--allow-code",
+        "python3",
+        "--allow-code",
+        "sh",
+    ];
+    if node {
+        args.extend(["--allow-code", "node"]);
+    }
+    let mut srv = Server::start(&args);
+    srv.initialize();
+    let python = r#"
+import __main__, sys, time
+M = __main__.M
+sys.stdout.write("\n" + M + "\n"); sys.stdout.flush()
+sys.stderr.write("\n" + M + "\n"); sys.stderr.flush()
+sys.stdout.write("\n" + M + " ok\n"); sys.stdout.flush()
+sys.stderr.write("\n" + M + " 0123456789abcdef0123456789abcdef\n"); sys.stderr.flush()
+sys.stdout.write("\n" + M + " 0123456789abcdef0123456789abcdef ok\n"); sys.stdout.flush()
+time.sleep(0.5)
+print("late")
+"#;
+    let sh = r#"M=$__mcpd_m; printf '\n%s\n' "$M"; printf '\n%s\n' "$M" >&2; printf '\n%s ok\n' "$M"
+i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done
+echo late"#;
+    let js = r#"const M = process.argv[process.argv.length - 1];
+process.stdout.write('\n' + M + '\n'); process.stderr.write('\n' + M + '\n');
+process.stdout.write('\n' + M + ' ok\n');
+const t = Date.now(); while (Date.now() - t < 500) {}
+console.log('late')"#;
+    let mut langs = vec![
+        ("python3", python, "print('second')"),
+        ("sh", sh, "echo second"),
+    ];
+    if node {
+        // The driver's names are not the code's: `M` above, `out` here are free.
+        langs.push(("node", js, "const out = 'second'; console.log(out)"));
+    }
+    for (lang, forge, second) in langs {
+        let r = srv.call("run_code", json!({"language": lang, "code": forge}));
+        assert_eq!(structured(&r)["status"], "ok", "{lang}: {r}");
+        let out = structured(&r)["stdout"].as_str().unwrap();
+        assert!(out.ends_with("late\n"), "{lang}: {r}");
+        let r = srv.call("run_code", json!({"language": lang, "code": second}));
+        assert_eq!(structured(&r)["stdout"], "second\n", "{lang}: {r}");
+        assert_eq!(structured(&r)["stderr"], "", "{lang}: {r}");
+        assert_eq!(structured(&r)["session_runs"], 2, "{lang}: {r}");
+    }
+    // A shell block is not cut at a line holding the session's marker (which the client can
+    // learn): each block has its own terminator.
+    let r = srv.call(
+        "run_code",
+        json!({"language": "sh", "code": "echo \"$__mcpd_m\""}),
+    );
+    let m = structured(&r)["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(m.starts_with("__mcpd_"), "{r}");
+    let r = srv.call(
+        "run_code",
+        json!({"language": "sh", "code": format!("echo one\n{m}\necho two")}),
+    );
+    assert_eq!(structured(&r)["stdout"], "one\ntwo\n", "{r}");
+    let r = srv.call("run_code", json!({"language": "sh", "code": "echo three"}));
+    assert_eq!(structured(&r)["stdout"], "three\n", "{r}");
+    assert_eq!(structured(&r)["session_runs"], 5, "{r}");
+}

@@ -3,15 +3,24 @@
 //! One interpreter process per language, started on first use inside the worker's sandbox and
 //! kept for the life of the worker (= one client session), so variables persist between calls.
 //! A different client has a different worker, hence different interpreters: sessions are never
-//! shared. Each interpreter runs a small driver that reads length-framed code blocks on stdin,
-//! executes them in one persistent namespace, and ends each block's output with a random
-//! marker line on stdout and stderr. A timeout sends `SIGINT` to the interpreter's process
-//! group (Python raises `KeyboardInterrupt`, Node's `breakOnSigint` interrupts, `sh` traps it),
-//! which keeps the session; if the interpreter does not come back within a grace period, the
-//! group is killed and the session is lost (the result says so).
+//! shared. Each interpreter runs a small driver that reads framed code blocks on stdin and
+//! executes them in one persistent namespace. A timeout sends `SIGINT` to the interpreter's
+//! process group (Python raises `KeyboardInterrupt`, Node's `breakOnSigint` interrupts, `sh`
+//! traps it), which keeps the session; if the interpreter does not come back within a grace
+//! period, the group is killed and the session is lost (the result says so).
 //!
-//! The marker is not a secret from the code (it runs in the same interpreter and could find
-//! it); a program that forges it only garbles its own session's output.
+//! The end of a block is framed in two steps. The session's random marker `M` is no secret
+//! from the code (it runs in the same interpreter and can find it), so it only *announces* the
+//! end: after the code returned the driver prints a line `M` on stdout. The worker answers
+//! with this block's nonce (fresh random, generated for the block and written to the driver's
+//! stdin only then), and the driver ends stderr with `M <nonce>` and stdout with
+//! `M <nonce> <status>`. Only those exact lines end the block. Code that prints marker lines
+//! (it may even announce the end early: the nonce then waits in the pipe until the driver reads
+//! it) cannot end its block early, and a late marker of an earlier block never matches a later
+//! one, so the session stays in step; only code that reads the driver's own stdin could
+//! subvert its session (its own client's, no one else's). The worker's [`Scanner`] holds back
+//! at most one possible marker line ([`MAX_HELD`] bytes) and passes everything else on as
+//! output, under the client's output cap.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -38,12 +47,31 @@ pub const MAX_CODE: usize = 1024 * 1024;
 /// How long an interrupted interpreter gets to finish its block before it is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
+// Python: `SIGINT` raises `KeyboardInterrupt` only while a block runs, so an interrupt that
+// arrives while the driver frames a block's end (or waits for the next one) cannot end it.
+// The framing lines are written to the file descriptors, past whatever `sys.stdout` has become.
 const PYTHON_DRIVER: &str = r#"
-import sys, ast, traceback
+import sys, os, ast, signal, traceback
 M = sys.argv[1]
 del sys.argv[1:]
 g = {"__name__": "__main__", "__builtins__": __builtins__}
 inp = sys.stdin.buffer
+O, E = sys.stdout, sys.stderr
+busy = False
+def interrupt(signum, frame):
+    if busy:
+        raise KeyboardInterrupt
+signal.signal(signal.SIGINT, interrupt)
+def emit(fd, s):
+    b = s.encode("utf-8", "replace")
+    while b:
+        b = b[os.write(fd, b):]
+def flush():
+    for s in (sys.stdout, sys.stderr, O, E):
+        try:
+            s.flush()
+        except BaseException:
+            pass
 while True:
     line = inp.readline()
     if not line:
@@ -55,15 +83,19 @@ while True:
     src = inp.read(n).decode("utf-8", "replace")
     status = "ok"
     try:
-        tree = ast.parse(src, "<run_code>", "exec")
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, "<run_code>", "exec"), g)
-        if last is not None:
-            v = eval(compile(last, "<run_code>", "eval"), g)
-            if v is not None:
-                print(repr(v))
+        try:
+            busy = True
+            tree = ast.parse(src, "<run_code>", "exec")
+            last = None
+            if tree.body and isinstance(tree.body[-1], ast.Expr):
+                last = ast.Expression(tree.body.pop().value)
+            exec(compile(tree, "<run_code>", "exec"), g)
+            if last is not None:
+                v = eval(compile(last, "<run_code>", "eval"), g)
+                if v is not None:
+                    print(repr(v))
+        finally:
+            busy = False
     except KeyboardInterrupt:
         status = "interrupted"
         traceback.print_exc()
@@ -72,26 +104,40 @@ while True:
     except BaseException:
         status = "error"
         traceback.print_exc()
-    sys.stdout.flush()
-    sys.stderr.write("\n" + M + "\n")
-    sys.stderr.flush()
-    sys.stdout.write("\n" + M + " " + status + "\n")
-    sys.stdout.flush()
+    flush()
+    emit(1, "\n" + M + "\n")
+    nonce = inp.readline().decode("ascii", "replace").strip()
+    emit(2, "\n" + M + " " + nonce + "\n")
+    emit(1, "\n" + M + " " + nonce + " " + status + "\n")
 "#;
 
-// `sh`: blocks arrive as lines ended by a line holding only the marker. A syntax error would
-// make a non-interactive shell exit, so each block is checked with `sh -n` first.
-const SH_DRIVER: &str = r#"M="$1"; SH="$2"; shift 2
-trap ':' INT
+// `sh`: a block arrives as a line holding its terminator (fresh random per block, so the
+// client cannot end a block early with a line of its code), the code's lines, and the
+// terminator again. A syntax error would make a non-interactive shell exit, so each block is
+// checked with `sh -n` first. The code runs in the driver's shell (`eval`): the driver's
+// names start with `__mcpd_`. An interrupted `read` (dash: status 1, as at end of input) is
+// told from the end of input by the trap's flag, and read again.
+const SH_DRIVER: &str = r#"__mcpd_m="$1"; __mcpd_sh="$2"; shift 2
+__mcpd_i=0
+trap '__mcpd_i=1' INT
+__mcpd_read() {
+  while :; do
+    __mcpd_i=0
+    IFS= read -r __mcpd_l && return 0
+    [ "$__mcpd_i" = 1 ] || return 1
+  done
+}
 while :; do
+  __mcpd_read || exit 0
+  __mcpd_t=$__mcpd_l
   __mcpd_c=''; __mcpd_got=0
-  while IFS= read -r __mcpd_l; do
-    if [ "$__mcpd_l" = "$M" ]; then __mcpd_got=1; break; fi
+  while __mcpd_read; do
+    if [ "$__mcpd_l" = "$__mcpd_t" ]; then __mcpd_got=1; break; fi
     __mcpd_c="$__mcpd_c$__mcpd_l
 "
   done
   [ "$__mcpd_got" = 1 ] || exit 0
-  if __mcpd_e=$(printf '%s' "$__mcpd_c" | "$SH" -n 2>&1); then
+  if __mcpd_e=$(printf '%s' "$__mcpd_c" | "$__mcpd_sh" -n 2>&1); then
     eval "$__mcpd_c"
     __mcpd_rc=$?
     __mcpd_st=ok; [ "$__mcpd_rc" = 0 ] || __mcpd_st="exit:$__mcpd_rc"
@@ -99,15 +145,23 @@ while :; do
     printf '%s\n' "$__mcpd_e" >&2
     __mcpd_st=error
   fi
-  printf '\n%s\n' "$M" >&2
-  printf '\n%s %s\n' "$M" "$__mcpd_st"
+  printf '\n%s\n' "$__mcpd_m"
+  __mcpd_read || exit 0
+  printf '\n%s %s\n' "$__mcpd_m" "$__mcpd_l" >&2
+  printf '\n%s %s %s\n' "$__mcpd_m" "$__mcpd_l" "$__mcpd_st"
 done
 "#;
 
-const NODE_DRIVER: &str = r#"
+// Node: after a block the driver waits (`st`) for the nonce line before the next block. The
+// driver is a function, so that its names are not in the global scope the code runs in (where
+// they would clash with the code's declarations, or let it reach the driver's state).
+const NODE_DRIVER: &str = r#"(() => {
 const vm = require('vm'), util = require('util');
 const M = process.argv[process.argv.length - 1];
+const out = process.stdout.write.bind(process.stdout);
+const err = process.stderr.write.bind(process.stderr);
 let buf = Buffer.alloc(0);
+let st = null;
 process.on('SIGINT', () => {});
 process.stdin.on('data', (d) => { buf = Buffer.concat([buf, d]); pump(); });
 process.stdin.on('end', () => process.exit(0));
@@ -115,6 +169,14 @@ function pump() {
   for (;;) {
     const nl = buf.indexOf(10);
     if (nl < 0) return;
+    if (st !== null) {
+      const nonce = buf.subarray(0, nl).toString().trim();
+      buf = buf.subarray(nl + 1);
+      err('\n' + M + ' ' + nonce + '\n');
+      out('\n' + M + ' ' + nonce + ' ' + st + '\n');
+      st = null;
+      continue;
+    }
     const n = parseInt(buf.subarray(0, nl).toString(), 10);
     if (!(n >= 0)) process.exit(0);
     if (buf.length < nl + 1 + n) return;
@@ -124,17 +186,18 @@ function pump() {
   }
 }
 function run(code) {
-  let st = 'ok';
+  let s = 'ok';
   try {
     const v = vm.runInThisContext(code, { filename: 'run_code', breakOnSigint: true });
     if (v !== undefined) process.stdout.write(util.inspect(v) + '\n');
   } catch (e) {
-    st = (e && e.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED') ? 'interrupted' : 'error';
+    s = (e && e.code === 'ERR_SCRIPT_EXECUTION_INTERRUPTED') ? 'interrupted' : 'error';
     process.stderr.write(((e && e.stack) ? e.stack : String(e)) + '\n');
   }
-  process.stderr.write('\n' + M + '\n');
-  process.stdout.write('\n' + M + ' ' + st + '\n');
+  out('\n' + M + '\n');
+  st = s;
 }
+})();
 "#;
 
 /// How a language's driver is started and fed.
@@ -142,7 +205,7 @@ function run(code) {
 enum Framing {
     /// `<length>\n<bytes>`
     Length,
-    /// lines, then a line holding only the marker
+    /// a line holding the block's terminator, the lines, the terminator again
     MarkerLine,
 }
 
@@ -162,16 +225,34 @@ fn driver(lang: &LanguageGrant, marker: &str) -> Option<(Vec<String>, Framing)> 
     })
 }
 
-/// A 128-bit random marker.
-fn marker() -> String {
-    let mut b = [0u8; 16];
+/// Random bytes in a marker, a nonce or a terminator.
+const TOKEN_BYTES: usize = 16;
+/// Length of a session's marker, `__mcpd_<hex>__`.
+const MARKER_LEN: usize = "__mcpd_".len() + 2 * TOKEN_BYTES + "__".len();
+/// Length of a block's nonce (hex).
+const NONCE_LEN: usize = 2 * TOKEN_BYTES;
+/// The most a [`Scanner`] holds back: a line break and the longest marker line without its
+/// own, `<marker> <nonce> <status>` (a status of at most [`MAX_STATUS`] bytes).
+const MAX_HELD: usize = 1 + MARKER_LEN + 1 + NONCE_LEN + 1 + MAX_STATUS;
+
+/// 128 random bits, in hex.
+fn token() -> String {
+    let mut b = [0u8; TOKEN_BYTES];
     if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_err() {
         // getrandom cannot fail for 16 bytes once the pool is initialised; fall back to time.
-        let t = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+            ^ u128::from(std::process::id());
         b = t.to_le_bytes();
     }
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("__mcpd_{hex}__")
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A session's marker.
+fn marker() -> String {
+    format!("__mcpd_{}__", token())
 }
 
 /// One running interpreter.
@@ -276,7 +357,9 @@ fn start(ctx: &ToolContext, lang: &LanguageGrant) -> Result<Interpreter, String>
         process::untrack(pid);
         return Err("interpreter pipes unavailable".into());
     };
-    for fd in [stdout.as_fd(), stderr.as_fd()] {
+    // Our ends of the pipes: stdin too, so that a block and its nonce are written as the
+    // interpreter takes them, within the block's deadline.
+    for fd in [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()] {
         let flags = rustix::fs::fcntl_getfl(fd).map_err(|e| e.to_string())?;
         rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)
             .map_err(|e| e.to_string())?;
@@ -294,53 +377,144 @@ fn start(ctx: &ToolContext, lang: &LanguageGrant) -> Result<Interpreter, String>
     })
 }
 
-/// Scans a stream for the end-of-block marker while keeping output under the cap.
-#[derive(Debug, Default)]
+/// Which of the interpreter's streams a [`Scanner`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// Announces the end (`<marker>`), ends with `<marker> <nonce> <status>`.
+    Stdout,
+    /// Ends with `<marker> <nonce>`.
+    Stderr,
+}
+
+/// Finds the framing lines of one block in one stream and passes everything else on.
+///
+/// Framing lines follow a line break. The scanner holds back a line break and what follows it
+/// only while that can still become a framing line (a prefix of `<marker> <nonce>`, or that
+/// and a space and at most [`MAX_STATUS`] more bytes), so it holds at most [`MAX_HELD`]
+/// bytes; as soon as the line cannot be one, the held bytes are output. A marker split across
+/// reads is found all the same.
+#[derive(Debug)]
 struct Scanner {
-    tail: Vec<u8>,
+    stream: Stream,
+    /// `<marker>`: the announcement.
+    marker: Vec<u8>,
+    /// `<marker> <nonce>`: the start of this block's end lines.
+    end: Vec<u8>,
+    /// A line break and what followed it, while it may become a framing line.
+    held: Vec<u8>,
+    /// An announcement was seen (stdout).
+    announced: bool,
+    /// The end line was seen: the status after it (stderr: empty).
     done: Option<String>,
 }
 
 impl Scanner {
-    /// Feed bytes; returns the part that is output (before the marker), and remembers the
-    /// status text after it once the marker line is complete.
-    fn feed(&mut self, data: &[u8], marker: &[u8]) -> Vec<u8> {
-        if self.done.is_some() {
-            return Vec::new();
+    fn new(stream: Stream, marker: &str, nonce: &str) -> Self {
+        debug_assert!(marker.len() <= MARKER_LEN && nonce.len() <= NONCE_LEN);
+        Self {
+            stream,
+            marker: marker.as_bytes().to_vec(),
+            end: format!("{marker} {nonce}").into_bytes(),
+            held: Vec::with_capacity(MAX_HELD),
+            announced: false,
+            done: None,
         }
-        self.tail.extend_from_slice(data);
-        // Look for "\n<marker>" followed by a full line.
-        let mut pat = Vec::with_capacity(marker.len() + 1);
-        pat.push(b'\n');
-        pat.extend_from_slice(marker);
-        if let Some(pos) = find(&self.tail, &pat) {
-            let after = &self.tail[pos + pat.len()..];
-            if let Some(nl) = after.iter().position(|b| *b == b'\n') {
-                let status = String::from_utf8_lossy(&after[..nl]).trim().to_string();
-                self.done = Some(status);
-                let out = self.tail[..pos].to_vec();
-                self.tail.clear();
-                return out;
+    }
+
+    /// The longest framing line of this stream (without line breaks).
+    fn longest(&self) -> usize {
+        match self.stream {
+            Stream::Stdout => self.end.len() + 1 + MAX_STATUS,
+            Stream::Stderr => self.end.len(),
+        }
+    }
+
+    /// Whether `line` (after a line break, no line break in it) may still become a framing line.
+    fn may_frame(&self, line: &[u8]) -> bool {
+        if self.end.starts_with(line) {
+            return true;
+        }
+        self.stream == Stream::Stdout
+            && line.len() <= self.longest()
+            && line.starts_with(&self.end)
+            && line[self.end.len()] == b' '
+    }
+
+    /// A complete line (after a line break): whether it was a framing line.
+    fn complete(&mut self, line: &[u8]) -> bool {
+        match self.stream {
+            Stream::Stdout if line == self.marker.as_slice() => {
+                self.announced = true;
+                true
             }
-            // Marker seen, line incomplete: emit what precedes it, keep the rest.
-            let out = self.tail[..pos].to_vec();
-            self.tail.drain(..pos);
-            return out;
+            Stream::Stdout if line.len() > self.end.len() && self.may_frame(line) => {
+                let status = &line[self.end.len() + 1..];
+                self.done = Some(String::from_utf8_lossy(status).trim().to_string());
+                true
+            }
+            Stream::Stderr if line == self.end.as_slice() => {
+                self.done = Some(String::new());
+                true
+            }
+            _ => false,
         }
-        // Keep enough to match a marker split across reads.
-        let keep = pat.len().min(self.tail.len());
-        let cut = self.tail.len() - keep;
-        let out = self.tail[..cut].to_vec();
-        self.tail.drain(..cut);
+    }
+
+    /// Feed bytes; returns those that are output. After the end line, nothing is.
+    fn feed(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = data;
+        while self.done.is_none() && !rest.is_empty() {
+            if self.held.is_empty() {
+                // Plain output up to the next line break, which may start a framing line.
+                match rest.iter().position(|b| *b == b'\n') {
+                    None => {
+                        out.extend_from_slice(rest);
+                        rest = &[];
+                    }
+                    Some(nl) => {
+                        out.extend_from_slice(&rest[..nl]);
+                        self.held.push(b'\n');
+                        rest = &rest[nl + 1..];
+                    }
+                }
+                continue;
+            }
+            let b = rest[0];
+            rest = &rest[1..];
+            if b == b'\n' {
+                let line = self.held[1..].to_vec();
+                if self.complete(&line) {
+                    self.held.clear();
+                } else {
+                    // Not a framing line; the new line break may start one.
+                    out.extend_from_slice(&self.held);
+                    self.held.clear();
+                    self.held.push(b'\n');
+                }
+                continue;
+            }
+            if self.held.len() > self.longest() {
+                // Already the longest framing line: one more byte cannot frame.
+                out.extend_from_slice(&self.held);
+                out.push(b);
+                self.held.clear();
+                continue;
+            }
+            self.held.push(b);
+            if !self.may_frame(&self.held[1..]) {
+                out.extend_from_slice(&self.held);
+                self.held.clear();
+            }
+        }
+        debug_assert!(self.held.len() <= MAX_HELD);
         out
     }
-}
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
+    /// What is held back, once no framing line will follow.
+    fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
     }
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// What happened to one block.
@@ -361,31 +535,37 @@ fn run_block(
     timeout: Duration,
     cap: &mut Capture,
 ) -> BlockEnd {
-    let framed = match it.framing {
+    let nonce = token();
+    let mut input = match it.framing {
         Framing::Length => format!("{}\n{}", code.len(), code),
         Framing::MarkerLine => {
             let mut c = code.to_string();
             if !c.ends_with('\n') {
                 c.push('\n');
             }
-            format!("{c}{}\n", it.marker)
+            let t = format!("__mcpd_end_{}__", token());
+            format!("{t}\n{c}{t}\n")
         }
-    };
-    // The interpreter reads its input as it runs; a blocking write of a large block is fine
-    // on this thread (stdin stays blocking), but bounded by the same deadline via SIGINT below.
-    if it.stdin.write_all(framed.as_bytes()).is_err() || it.stdin.flush().is_err() {
-        return BlockEnd::Lost("the interpreter exited");
     }
+    .into_bytes();
+    // How much of `input` the interpreter has taken: stdin is non-blocking, so the block (and
+    // later the nonce) is written as the interpreter reads it, within the block's deadline.
+    let mut written = 0;
+    let mut nonce_sent = false;
     it.runs += 1;
-    let marker = it.marker.clone().into_bytes();
-    let mut out_scan = Scanner::default();
-    let mut err_scan = Scanner::default();
+    let mut out_scan = Scanner::new(Stream::Stdout, &it.marker, &nonce);
+    let mut err_scan = Scanner::new(Stream::Stderr, &it.marker, &nonce);
     let started = Instant::now();
     let mut deadline = started + timeout;
     let mut interrupted = false;
     let mut last_progress = started;
     let mut out_open = true;
     let mut err_open = true;
+    let lost = |why, out_scan: &mut Scanner, err_scan: &mut Scanner, cap: &mut Capture| {
+        cap.push(false, &out_scan.finish());
+        cap.push(true, &err_scan.finish());
+        BlockEnd::Lost(why)
+    };
     loop {
         if out_scan.done.is_some() && err_scan.done.is_some() {
             let status = out_scan.done.take().unwrap_or_default();
@@ -396,7 +576,28 @@ fn run_block(
             };
         }
         if !out_open && !err_open {
-            return BlockEnd::Lost("the interpreter exited");
+            return lost("the interpreter exited", &mut out_scan, &mut err_scan, cap);
+        }
+        // The end was announced (perhaps early, by the code): the nonce goes out, once.
+        if out_scan.announced && !nonce_sent {
+            nonce_sent = true;
+            input.drain(..written);
+            written = 0;
+            input.extend_from_slice(nonce.as_bytes());
+            input.push(b'\n');
+        }
+        while written < input.len() {
+            match it.stdin.write(&input[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return lost("the interpreter exited", &mut out_scan, &mut err_scan, cap),
+            }
+        }
+        if written == input.len() && !input.is_empty() {
+            input = Vec::new();
+            written = 0;
         }
         let now = Instant::now();
         if (ctx.is_cancelled() || cap.flooding()) && !interrupted {
@@ -405,8 +606,11 @@ fn run_block(
         }
         if now >= deadline {
             if interrupted {
-                return BlockEnd::Lost(
+                return lost(
                     "the interpreter did not stop after an interrupt and was killed",
+                    &mut out_scan,
+                    &mut err_scan,
+                    cap,
                 );
             }
             interrupted = true;
@@ -426,18 +630,21 @@ fn run_block(
             tv_nsec: i64::from(slice.subsec_nanos()),
         };
         {
-            let mut fds = Vec::with_capacity(2);
+            let mut fds = Vec::with_capacity(3);
             if out_open {
                 fds.push(PollFd::new(&it.stdout, PollFlags::IN));
             }
             if err_open {
                 fds.push(PollFd::new(&it.stderr, PollFlags::IN));
             }
+            if written < input.len() {
+                fds.push(PollFd::new(&it.stdin, PollFlags::OUT));
+            }
             let _ = poll(&mut fds, Some(&ts));
         }
         if out_open {
             let r = process::drain(&mut it.stdout, &mut |d| {
-                let o = out_scan.feed(d, &marker);
+                let o = out_scan.feed(d);
                 cap.push(false, &o);
             });
             if !matches!(r, Ok(true)) {
@@ -446,7 +653,7 @@ fn run_block(
         }
         if err_open {
             let r = process::drain(&mut it.stderr, &mut |d| {
-                let o = err_scan.feed(d, &marker);
+                let o = err_scan.feed(d);
                 cap.push(true, &o);
             });
             if !matches!(r, Ok(true)) {
@@ -800,16 +1007,122 @@ mod tests {
 
     #[test]
     fn scanner_finds_markers_split_across_reads() {
-        let m = b"__mcpd_abc__";
-        let mut s = Scanner::default();
+        let m = "__mcpd_abc__";
+        let mut s = Scanner::new(Stream::Stdout, m, "n0nce");
         let mut out = Vec::new();
-        for chunk in [&b"hello\nwor"[..], b"ld\n\n__mcp", b"d_abc__ o", b"k\n"] {
-            out.extend(s.feed(chunk, m));
+        for chunk in [
+            &b"hello\nwor"[..],
+            b"ld\n\n__mcp",
+            b"d_abc__\n\n__mcpd_abc",
+            b"__ n0n",
+            b"ce o",
+            b"k\n",
+        ] {
+            out.extend(s.feed(chunk));
         }
         assert_eq!(out, b"hello\nworld\n");
+        assert!(s.announced);
         assert_eq!(s.done.as_deref(), Some("ok"));
-        let mut s = Scanner::default();
-        assert!(s.feed(b"no marker here\n", m).len() < 16);
+        let mut s = Scanner::new(Stream::Stdout, m, "n0nce");
+        assert!(s.feed(b"no marker here\n").len() < 16);
         assert!(s.done.is_none());
+    }
+
+    /// The whole framed stream, split at every point (and fed a byte at a time): the same output.
+    #[test]
+    fn scanner_finds_markers_at_every_split() {
+        let (m, n) = (marker(), token());
+        // What is output: lines that look like framing lines, but are not this stream's.
+        let out_body = format!("a\n{m} x\nb\n\n{m} {n}\n\n{m} {n}x ok\nc");
+        let err_body = format!("a\n{m}\n{m} x\nb\n\n{m} {n} ok\nc");
+        let out_stream = format!("{out_body}\n{m}\n\n{m} {n} exit:3\nafter");
+        let err_stream = format!("{err_body}\n{m} {n}\nafter");
+        for (stream, data, body, status) in [
+            (Stream::Stdout, &out_stream, &out_body, "exit:3"),
+            (Stream::Stderr, &err_stream, &err_body, ""),
+        ] {
+            let data = data.as_bytes();
+            for cut in 0..=data.len() {
+                let mut s = Scanner::new(stream, &m, &n);
+                let mut out = s.feed(&data[..cut]);
+                out.extend(s.feed(&data[cut..]));
+                assert_eq!(out, body.as_bytes(), "{stream:?} cut at {cut}");
+                assert_eq!(s.done.as_deref(), Some(status));
+            }
+            let mut s = Scanner::new(stream, &m, &n);
+            let out: Vec<u8> = data.iter().flat_map(|b| s.feed(&[*b])).collect();
+            assert_eq!(out, body.as_bytes());
+            assert_eq!(s.done.as_deref(), Some(status));
+        }
+    }
+
+    /// A marker line that never ends (or one too long to frame) is output, a byte past what
+    /// could still frame, and the scanner never holds more than `MAX_HELD` bytes.
+    #[test]
+    fn scanner_holds_back_a_bounded_amount() {
+        let (m, n) = (marker(), token());
+        assert_eq!((m.len(), n.len()), (MARKER_LEN, NONCE_LEN));
+        let starts = [
+            format!("\n{m}"),
+            format!("\n{m} {n}"),
+            format!("\n{m} {n} "),
+            format!("\n{m} {n} {}", "o".repeat(MAX_STATUS)),
+        ];
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            for start in &starts {
+                let mut s = Scanner::new(stream, &m, &n);
+                let mut out = s.feed(start.as_bytes());
+                assert!(s.held.len() <= MAX_HELD);
+                let chunk = vec![b'k'; 16 * 1024];
+                for _ in 0..640 {
+                    // 10 MiB
+                    out.extend(s.feed(&chunk));
+                    assert!(s.held.len() <= MAX_HELD, "{}", s.held.len());
+                    assert!(s.held.capacity() <= MAX_HELD, "{}", s.held.capacity());
+                }
+                assert_eq!(out.len(), start.len() + 640 * chunk.len());
+                assert!(s.held.is_empty() && s.done.is_none() && !s.announced);
+                // The real end still ends it.
+                let end = match stream {
+                    Stream::Stdout => format!("\n{m}\n\n{m} {n} ok\n"),
+                    Stream::Stderr => format!("\n{m} {n}\n"),
+                };
+                assert!(s.feed(end.as_bytes()).is_empty());
+                assert!(s.done.is_some());
+            }
+        }
+        // Nothing held is lost when the stream ends without a framing line.
+        let mut s = Scanner::new(Stream::Stdout, &m, &n);
+        let mut out = s.feed(format!("x\n{m} {}", &n[..5]).as_bytes());
+        out.extend(s.finish());
+        assert_eq!(out, format!("x\n{m} {}", &n[..5]).as_bytes());
+    }
+
+    /// Only this block's nonce ends it: the marker alone, another block's nonce, the stdout
+    /// form on stderr, or a status past `MAX_STATUS` are output.
+    #[test]
+    fn only_the_blocks_nonce_ends_it() {
+        let (m, n, other) = (marker(), token(), token());
+        let forged = format!(
+            "\n{m} ok\n{m} {other} ok\n\n{m} {other}\n\n{m} {n} {}\n",
+            "o".repeat(MAX_STATUS + 1)
+        );
+        let mut s = Scanner::new(Stream::Stdout, &m, &n);
+        let mut out = s.feed(forged.as_bytes());
+        assert!(s.done.is_none() && !s.announced);
+        out.extend(s.finish());
+        assert_eq!(out, forged.as_bytes());
+        let mut s = Scanner::new(Stream::Stderr, &m, &n);
+        let on_err = format!("{forged}\n{m}\n\n{m} {n} ok\n");
+        let mut out = s.feed(on_err.as_bytes());
+        assert!(s.done.is_none());
+        out.extend(s.finish());
+        assert_eq!(out, on_err.as_bytes());
+        // An early announcement (the code may print one) is framing, not output; it does not end
+        // the block.
+        let mut s = Scanner::new(Stream::Stdout, &m, &n);
+        assert_eq!(s.feed(format!("a\n{m}\nb\n").as_bytes()), b"ab");
+        assert!(s.announced && s.done.is_none());
+        assert_eq!(s.finish(), b"\n");
     }
 }

@@ -450,6 +450,8 @@ roles = ["ops"]
         root = s(&d.root)
     );
     let mut srv = start_with_config(&d, &toml);
+    // The worker starts at initialize; tools/list waits until it is ready.
+    srv.tool_names();
     let workers = srv.worker_pids();
     assert_eq!(workers.len(), 1, "{workers:?}");
     let cap = DEFAULT_MAX_OUTPUT_BYTES;

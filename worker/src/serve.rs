@@ -276,22 +276,11 @@ pub fn run(registry: Registry) -> ExitCode {
         Ok(None) => return fail("broker closed before Confine", exit::HANDSHAKE),
         Err(e) => return fail(&format!("reading Confine: {e}"), exit::HANDSHAKE),
     };
-    // 2b. Namespaces, private view, identity (returns in the worker process only; the outer
-    //     process and the PID namespace's init end inside).
-    let isolated = match confine::isolate(&spec, fd.as_raw_fd()) {
-        Ok(i) => i,
-        Err(e) => {
-            let reason = e.to_string();
-            let _ = send_blocking(
-                fd.as_fd(),
-                &WorkerToBroker::ConfineFailed {
-                    reason: reason.clone(),
-                },
-            );
-            return fail(&format!("isolate: {reason}"), exit::CONFINE);
-        }
-    };
-    let enforcement = match confine::confine(&spec, isolated) {
+    // 2b-6. Namespaces, private view, identity (`isolate` returns in the worker process only:
+    //       the outer process and the PID namespace's init end inside), then rlimits,
+    //       no_new_privs, Landlock, seccomp.
+    let confined = confine::isolate(&spec, fd.as_raw_fd()).and_then(|i| confine::confine(&spec, i));
+    let enforcement = match confined {
         Ok(e) => e,
         Err(e) => {
             let reason = e.to_string();

@@ -274,9 +274,16 @@ pub(super) fn plan(spec: &SandboxSpec, idmap: bool) -> Result<Plan, ConfineError
     })
 }
 
-/// `mount_setattr(2)` on a detached tree, recursively.
+/// `mount_setattr(2)` on the mount `fd` refers to: set `set` (and the idmapping of `userns`),
+/// on the whole tree beneath it when `recursive`.
 #[allow(unsafe_code)]
-fn set_attrs(fd: BorrowedFd<'_>, set: u64, userns: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+fn set_attrs(
+    fd: BorrowedFd<'_>,
+    set: u64,
+    userns: Option<BorrowedFd<'_>>,
+    recursive: bool,
+) -> std::io::Result<()> {
+    /// uapi `struct mount_attr` (MOUNT_ATTR_SIZE_VER0 = 32 bytes).
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -296,17 +303,22 @@ fn set_attrs(fd: BorrowedFd<'_>, set: u64, userns: Option<BorrowedFd<'_>>) -> st
         a.attr_set |= attr::IDMAP;
         a.userns_fd = ns.as_raw_fd() as u64;
     }
+    let flags = if recursive {
+        AT_EMPTY_PATH | AT_RECURSIVE
+    } else {
+        AT_EMPTY_PATH
+    };
     let empty = c"";
     // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from `a`, a valid local laid
-    // out as the kernel's `struct mount_attr` (four u64, MOUNT_ATTR_SIZE_VER0 = 32 bytes), and
-    // the NUL-terminated empty path; `fd` and the optional user-namespace fd are open
-    // descriptors borrowed for the call. It changes no memory of ours.
+    // out as the kernel's `struct mount_attr`, and the NUL-terminated empty path; `fd` and the
+    // optional user-namespace fd are open descriptors borrowed for the call. It changes no
+    // memory of ours.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
             empty.as_ptr(),
-            AT_EMPTY_PATH | AT_RECURSIVE,
+            flags,
             &a as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -406,7 +418,7 @@ pub(super) fn build(plan: &Plan, userns: &[OwnedFd]) -> Result<Built, ConfineErr
         )
         .map_err(err(format!("copying the mount of {}", s.path)))?;
         let ns = s.idmap.and_then(|i| userns.get(i)).map(AsFd::as_fd);
-        match set_attrs(fd.as_fd(), s.kind.attrs(), ns) {
+        match set_attrs(fd.as_fd(), s.kind.attrs(), ns, true) {
             Ok(()) => {
                 if ns.is_some() {
                     built.idmapped.push(s.path.clone());
@@ -426,7 +438,7 @@ pub(super) fn build(plan: &Plan, userns: &[OwnedFd]) -> Result<Built, ConfineErr
                 } else {
                     built.not_idmapped.push(entry);
                 }
-                set_attrs(fd.as_fd(), s.kind.attrs(), None)
+                set_attrs(fd.as_fd(), s.kind.attrs(), None, true)
                     .map_err(|e| fail(format!("mount attributes of {}: {e}", s.path)))?;
             }
             Err(e) => return Err(fail(format!("mount attributes of {}: {e}", s.path))),
@@ -544,36 +556,13 @@ pub(super) fn seal_root() -> Result<(), ConfineError> {
         Mode::empty(),
     )
     .map_err(err("opening /"))?;
-    set_attrs_one(
+    set_attrs(
         fd.as_fd(),
         attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC,
+        None,
+        false,
     )
     .map_err(|e| fail(format!("making / read-only: {e}")))
-}
-
-/// `mount_setattr` on one attached mount (not recursive).
-#[allow(unsafe_code)]
-fn set_attrs_one(fd: BorrowedFd<'_>, set: u64) -> std::io::Result<()> {
-    let a: [u64; 4] = [set, 0, 0, 0];
-    const AT_EMPTY_PATH: libc::c_uint = 0x1000;
-    let empty = c"";
-    // SAFETY: as in `set_attrs`: the kernel reads 32 bytes (`struct mount_attr`: attr_set,
-    // attr_clr, propagation, userns_fd) from the valid local array and the empty C string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            AT_EMPTY_PATH,
-            a.as_ptr(),
-            std::mem::size_of_val(&a),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Whether this process is in the initial user namespace (a root broker's worker).

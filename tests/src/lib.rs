@@ -83,6 +83,19 @@ impl Server {
     /// Start in `cwd` (if given), as `ids` (uid, gid; if given: the test process must be root,
     /// and std drops the supplementary groups when a root parent sets a uid).
     pub fn start_with(args: &[&str], cwd: Option<&Path>, ids: Option<(u32, u32)>) -> Self {
+        Self::start_configured(args, |cmd| {
+            if let Some(c) = cwd {
+                cmd.current_dir(c);
+            }
+            if let Some((uid, gid)) = ids {
+                use std::os::unix::process::CommandExt;
+                cmd.uid(uid).gid(gid);
+            }
+        })
+    }
+
+    /// Start with `configure` applied to the command last (e.g. a `pre_exec` hook).
+    pub fn start_configured(args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
         let errdir = tempfile::tempdir().unwrap();
         let stderr_path = errdir.path().join("stderr.log");
         let err = std::fs::File::create(&stderr_path).unwrap();
@@ -94,13 +107,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err));
         cmd.env("MCPD_LOG", "debug");
-        if let Some(c) = cwd {
-            cmd.current_dir(c);
-        }
-        if let Some((uid, gid)) = ids {
-            use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(gid);
-        }
+        configure(&mut cmd);
         let mut child = cmd.spawn().expect("spawn mcpd");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();

@@ -156,7 +156,16 @@ pub fn isolate(spec: &SandboxSpec, ipc_fd: i32) -> Result<Isolated, ConfineError
     let mut userns = Vec::new();
     if let Some((uid, gid)) = target {
         for &(owner, group) in &plan.idmap_owners {
-            userns.push(idmap_userns(owner, group, uid, gid)?);
+            match idmap_userns(owner, group, uid, gid) {
+                Ok(fd) => userns.push(fd),
+                Err(e) => {
+                    // No user namespaces (e.g. user.max_user_namespaces = 0): no root can be
+                    // idmapped; the view marks them all and the documented fallback applies.
+                    eprintln!("mcpd-worker: idmapped mounts unavailable: {e}");
+                    userns.clear();
+                    break;
+                }
+            }
         }
     }
     // 3. The namespaces.
@@ -173,6 +182,10 @@ pub fn isolate(spec: &SandboxSpec, ipc_fd: i32) -> Result<Isolated, ConfineError
         rustix::process::getgid().as_raw(),
     );
     if let Err(e) = unshare(flags) {
+        let e = match e {
+            ConfineError::Namespaces { message } => message,
+            other => other.to_string(),
+        };
         let why = format!(
             "namespaces unavailable ({e}): user namespaces may be disabled \
              (user.max_user_namespaces, kernel.unprivileged_userns_clone) or refused by the \

@@ -418,13 +418,19 @@ pub(super) fn build(plan: &Plan, userns: &[OwnedFd]) -> Result<Built, ConfineErr
         )
         .map_err(err(format!("copying the mount of {}", s.path)))?;
         let ns = s.idmap.and_then(|i| userns.get(i)).map(AsFd::as_fd);
-        match set_attrs(fd.as_fd(), s.kind.attrs(), ns, true) {
+        // Asked for, but no user namespace could be made for it: as a refused idmap.
+        let refused_before = if s.idmap.is_some() && ns.is_none() {
+            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+        } else {
+            Ok(())
+        };
+        match refused_before.and_then(|()| set_attrs(fd.as_fd(), s.kind.attrs(), ns, true)) {
             Ok(()) => {
                 if ns.is_some() {
                     built.idmapped.push(s.path.clone());
                 }
             }
-            Err(e) if ns.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if s.idmap.is_some() && e.raw_os_error() == Some(libc::EINVAL) => {
                 // The filesystem cannot be idmapped: the documented fallback (the worker
                 // runs as the owner of this root; see `isolate`).
                 let owner = s

@@ -49,9 +49,14 @@ fn run_suite(dir: &Path, version: &str, extra: &[&str]) {
         .join(version)
         .join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
     let started = Instant::now();
+    // Each check's result lands here, so a failure names the failing check, not only the
+    // scenario.
+    let results = tempfile::tempdir().unwrap();
     let mut child = Command::new(&node)
         .arg(&index)
         .args(["server", "--url", &url])
+        .arg("--output-dir")
+        .arg(results.path())
         .args(extra)
         .current_dir(dir.join(version))
         .stdout(std::process::Stdio::piped())
@@ -83,13 +88,37 @@ fn run_suite(dir: &Path, version: &str, extra: &[&str]) {
     );
     assert!(
         status.success() && !summary.iter().any(|l| l.starts_with('✗')),
-        "conformance {version} failed:\n{stdout}\n{}\nmcpd stderr:\n{}",
+        "conformance {version} failed:\n{stdout}\n{}\nfailing checks:\n{}\nmcpd stderr:\n{}",
         String::from_utf8_lossy(&out.stderr),
+        failing_checks(results.path()),
         srv.stderr()
     );
     assert!(summary
         .iter()
         .any(|l| l.starts_with("Total") && l.contains(" 0 failed")));
+}
+
+/// Every check whose status is not SUCCESS (or INFO) in the suite's `checks.json` files, as
+/// JSON lines with its scenario directory.
+fn failing_checks(results: &Path) -> String {
+    let mut out = String::new();
+    for scenario in std::fs::read_dir(results).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(scenario.path().join("checks.json")) else {
+            continue;
+        };
+        let Ok(serde_json::Value::Array(checks)) = serde_json::from_str(&text) else {
+            continue;
+        };
+        for c in checks {
+            if !matches!(c["status"].as_str(), Some("SUCCESS" | "INFO")) {
+                out.push_str(&format!(
+                    "{}: {c}\n",
+                    scenario.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// One test, the runs in sequence: the suites have timing checks (a 200 ms wait for log

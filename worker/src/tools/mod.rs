@@ -258,6 +258,9 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// What enabling a tool set does to the registry (see [`Registry::add_toolset`]).
+pub type EnableToolset = fn(&mut Registry);
+
 /// The set of tools (and providers) a worker offers, by name.
 #[derive(Default)]
 pub struct Registry {
@@ -267,7 +270,7 @@ pub struct Registry {
     providers: Vec<Arc<dyn Provider>>,
     /// Tool sets this worker can enable by name (`--toolset NAME`): none in `mcpd-worker`;
     /// a test worker adds its own (the conformance fixtures: `examples/mcpd-conformance-worker`).
-    toolsets: Vec<(String, fn(&mut Registry))>,
+    toolsets: Vec<(String, EnableToolset)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -334,7 +337,7 @@ impl Registry {
 
     /// Offer a tool set under `name`: [`Registry::enable_toolsets`] calls `enable` when the
     /// sandbox spec names it (a later set with the same name replaces the earlier one).
-    pub fn add_toolset(&mut self, name: &str, enable: fn(&mut Registry)) {
+    pub fn add_toolset(&mut self, name: &str, enable: EnableToolset) {
         self.toolsets.retain(|(k, _)| k != name);
         self.toolsets.push((name.to_string(), enable));
     }

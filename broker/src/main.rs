@@ -216,6 +216,7 @@ struct ServeArgs {
     insecure_non_loopback: bool,
     /// Enable an extra tool set (repeatable). `conformance`: the official MCP conformance
     /// suite's fixtures, replacing every other tool (for testing mcpd itself; never in production).
+    /// Only the test worker has them: `--worker target/debug/examples/mcpd-conformance-worker`.
     #[arg(long = "toolset", value_name = "NAME")]
     toolsets: Vec<String>,
     /// Seconds an HTTP session may stay idle before it and its worker are reaped.

@@ -90,6 +90,16 @@ impl HttpServer {
         Self::start_with(&["--http", "127.0.0.1:0"], args)
     }
 
+    /// Start `mcpd serve --http 127.0.0.1:0 --toolset conformance <args>` with the test worker
+    /// that has the conformance fixtures.
+    pub fn conformance(args: &[&str]) -> Self {
+        let worker = crate::conformance_worker();
+        let worker = worker.to_str().expect("utf-8 path");
+        let mut all = vec!["--toolset", "conformance", "--worker", worker];
+        all.extend_from_slice(args);
+        Self::start(&all)
+    }
+
     /// Start `mcpd serve <listen args> <args>`.
     pub fn start_with(listen: &[&str], args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();

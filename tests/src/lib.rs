@@ -47,6 +47,18 @@ pub fn mcpd_bin() -> PathBuf {
     bin_dir().join("mcpd")
 }
 
+/// Path of the test worker that has the conformance fixtures (`--toolset conformance`), an
+/// example of `mcpd-worker` that `cargo test --workspace` builds.
+pub fn conformance_worker() -> PathBuf {
+    let w = bin_dir().join("examples").join("mcpd-conformance-worker");
+    assert!(
+        w.exists(),
+        "{} missing: `cargo test --workspace` builds the examples",
+        w.display()
+    );
+    w
+}
+
 /// A running `mcpd serve --stdio` with an MCP client attached to its stdin/stdout.
 pub struct Server {
     pub child: Child,

@@ -236,3 +236,30 @@ fn a_hostile_worker_cannot_take_the_broker_down() {
         assert!(s.finish().success());
     }
 }
+
+#[test]
+fn the_production_worker_has_no_conformance_fixtures() {
+    // `mcpd-worker` refuses a tool set it does not have at start-up; the broker logs why, the
+    // client gets the generic sandbox error, and the server keeps answering.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&[
+        "--allow-read",
+        dir.path().to_str().unwrap(),
+        "--toolset",
+        "conformance",
+    ]);
+    s.initialize();
+    let m = s.request("tools/list", json!({}));
+    assert_eq!(
+        error_of(&m),
+        (
+            -32603,
+            "The tool sandbox could not be started (see the server log)".into()
+        )
+    );
+    still_answers(&mut s);
+    let log = s.stderr();
+    assert!(log.contains("worker start failed"), "{log}");
+    assert!(log.contains("unknown tool set 'conformance'"), "{log}");
+    assert!(s.finish().success());
+}

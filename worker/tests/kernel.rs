@@ -200,17 +200,20 @@ fn run_probes_with(
 /// child `cmd` will start.
 #[allow(unsafe_code)]
 fn inherit_fd(cmd: &mut Command, source: i32, target: i32) {
-    // SAFETY: the closure runs in the forked child before exec and calls only dup2, which is
+    let hook = move || {
+        // dup2 clears FD_CLOEXEC on `target`, so it survives exec; `source` (CLOEXEC) does
+        // not. `source` >= 100 cannot be clobbered by another dup2 onto a small target.
+        // SAFETY: dup2 takes two integers and changes only the child's own fd table; `source`
+        // is open in the child (it was open in the parent at fork time).
+        if unsafe { libc::dup2(source, target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and calls only dup2, which is
     // async-signal-safe; it captures two integers, allocates nothing and takes no lock.
-    // dup2 clears FD_CLOEXEC on `target`, so it survives exec; `source` (CLOEXEC) does not.
-    // `source` >= 100 cannot be clobbered by another dup2 onto a small target.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(source, target) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(hook);
     }
 }
 

@@ -647,11 +647,10 @@ fn execveat(path: &str, by_fd: bool) -> Outcome {
     cmd.stdin(std::process::Stdio::inherit())
         .stdout(std::process::Stdio::inherit())
         .stderr(std::process::Stdio::inherit());
-    // SAFETY: the hook runs in the forked child and makes one raw execveat with pointers to
-    // NUL-terminated strings and NULL-terminated arrays that are valid in the child's copy of
-    // our memory; it allocates nothing. If execveat returns, its errno is the hook's error.
-    unsafe {
-        cmd.pre_exec(move || {
+    let hook = move || {
+        // SAFETY: the pointers are to NUL-terminated strings and NULL-terminated arrays that
+        // are valid in the child's copy of our memory (see above); execveat only reads them.
+        unsafe {
             libc::syscall(
                 libc::SYS_execveat,
                 dirfd as libc::c_long,
@@ -660,8 +659,14 @@ fn execveat(path: &str, by_fd: bool) -> Outcome {
                 envp_p as *const *const libc::c_char,
                 flags as libc::c_long,
             );
-            Err(std::io::Error::last_os_error())
-        });
+        }
+        // Only reached if execveat failed: its errno is the hook's error.
+        Err(std::io::Error::last_os_error())
+    };
+    // SAFETY: the hook runs in the forked child and makes one raw execveat; it allocates
+    // nothing and takes no lock, as code between fork and exec must.
+    unsafe {
+        cmd.pre_exec(hook);
     }
     let r = cmd.status();
     drop(fd);

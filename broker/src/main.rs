@@ -1,6 +1,9 @@
 //! `mcpd`: the broker. Terminates MCP transports, decides every request against the policy,
 //! and runs each session's tools in a confined `mcpd-worker` process.
-#![deny(unsafe_code)] // exception: `sys` (pre_exec hook and kernel probes), each block with SAFETY
+// Unsafe code is structurally contained: every module but `sys` (the pre_exec hook and the
+// kernel probes, each block with its own SAFETY comment) declares `#![forbid(unsafe_code)]`,
+// and this crate root, which cannot forbid what `sys` allows, denies it.
+#![deny(unsafe_code)]
 
 mod auditing;
 mod cgroup;
@@ -23,6 +26,7 @@ use clap::{Parser, Subcommand};
 use mcpd_policy::{Policy, QuickStart};
 
 /// Exit codes (documented in docs/ARCHITECTURE.md).
+#[forbid(unsafe_code)]
 mod exit {
     pub const CONFIG: u8 = 2;
     pub const RUNTIME: u8 = 3;

@@ -9,6 +9,7 @@
 //! request's audit record (write(2), and fdatasync in strict mode) *before* the response is
 //! queued. If the record cannot be written the response is replaced by an error (fail closed),
 //! and no call is dispatched to a worker while the log is unhealthy.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

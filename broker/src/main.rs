@@ -442,6 +442,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
+    // The requestState key, before any request can need it: a CSPRNG failure ends the start.
+    if let Err(e) = seal::init() {
+        eprintln!("mcpd: {e}");
+        return ExitCode::from(exit::RUNTIME);
+    }
     let http_addr = policy.http.listen;
     let serve_stdio = args.stdio || http_addr.is_none();
     // One stdio session needs no worker threads: a current-thread runtime keeps every hop of a

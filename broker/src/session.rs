@@ -1375,7 +1375,8 @@ impl Session {
             v["_inTask"] = json!(true);
         }
         if let Some(state) = &ir.state {
-            v["requestState"] = json!(crate::seal::seal(self.inner.client.as_str(), scope, state));
+            // `None` only without a key (seal::init runs at broker start): fail closed.
+            v["requestState"] = json!(crate::seal::seal(self.inner.client.as_str(), scope, state)?);
         }
         Some(v)
     }

@@ -170,10 +170,16 @@ pub fn run_child(request_json: &str) {
         }
     };
     if request.sanitize {
-        // Step 1 as the worker runs it. Not single-threaded here: libtest's main thread
-        // exists, but it is parked waiting for this test and touches neither the
-        // environment nor descriptors >= 4 meanwhile (with --nocapture it writes to fd 1).
-        if let Err(e) = mcpd_worker::confine::sanitize_process() {
+        // Step 1 as the worker runs it.
+        // SAFETY: not literally the single-threaded start the function requires, so here is
+        // why its two conditions hold: libtest's main thread exists, but this child runs one
+        // test (`--exact child_probe --test-threads=1`) and that thread is parked joining this
+        // test thread, touching neither the environment nor descriptors >= 4 until it returns
+        // (with --nocapture it writes to fd 1 only); no other thread exists, and no object of
+        // this child owns a descriptor >= 4 (the request was read from the environment).
+        #[allow(unsafe_code)]
+        let sanitized = unsafe { mcpd_worker::confine::sanitize_process() };
+        if let Err(e) = sanitized {
             emit(format!("{CONFINE_FAILED_PREFIX}sanitize: {e}"));
             return;
         }

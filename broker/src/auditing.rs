@@ -1,6 +1,7 @@
 //! The broker's view of the audit log: an optional [`mcpd_audit::AuditLog`] plus the
 //! operator's choices (argument previews). With no log configured every call succeeds and
 //! records nothing.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -35,6 +35,7 @@
 //! unrelated process between the read and the kill is never signalled. The worker must have no
 //! access to cgroupfs (its Landlock rules grant none): the group's files are owned by the broker's
 //! user, which is also the worker's.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};

@@ -1,5 +1,6 @@
 //! `mcpd doctor`: what this kernel offers for confinement, read from (and tried on) the kernel
 //! itself, and what each client's worker view will hold.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -24,7 +24,7 @@
 //! Until HTTP authentication exists, every HTTP peer speaks for one configured client
 //! (`[http] client`, default the stdio client), and listening on a non-loopback address needs
 //! an explicit, loudly logged opt-in.
-
+#![forbid(unsafe_code)]
 // Helpers return a finished `Response` as their error (the early answer to the client); it
 // is moved once per request, so boxing it would buy nothing.
 #![allow(clippy::result_large_err)]

@@ -1,5 +1,6 @@
 //! JSON-RPC 2.0 framing for MCP: classify one incoming message, build responses.
 //! Sans-IO: text in, values out. Every client message is hostile input.
+#![forbid(unsafe_code)]
 
 use serde_json::{json, Map, Value};
 

@@ -1,6 +1,9 @@
 //! `mcpd`: the broker. Terminates MCP transports, decides every request against the policy,
 //! and runs each session's tools in a confined `mcpd-worker` process.
-#![deny(unsafe_code)] // exception: `sys` (pre_exec hook and kernel probes), each block with SAFETY
+// Unsafe code is structurally contained: every module but `sys` (the pre_exec hook and the
+// kernel probes, each block with its own SAFETY comment) declares `#![forbid(unsafe_code)]`,
+// and this crate root, which cannot forbid what `sys` allows, denies it.
+#![deny(unsafe_code)]
 
 mod auditing;
 mod cgroup;
@@ -23,6 +26,7 @@ use clap::{Parser, Subcommand};
 use mcpd_policy::{Policy, QuickStart};
 
 /// Exit codes (documented in docs/ARCHITECTURE.md).
+#[forbid(unsafe_code)]
 mod exit {
     pub const CONFIG: u8 = 2;
     pub const RUNTIME: u8 = 3;
@@ -439,6 +443,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
+    // The requestState key, before any request can need it: a CSPRNG failure ends the start.
+    if let Err(e) = seal::init() {
+        eprintln!("mcpd: {e}");
+        return ExitCode::from(exit::RUNTIME);
+    }
     let http_addr = policy.http.listen;
     let serve_stdio = args.stdio || http_addr.is_none();
     // One stdio session needs no worker threads: a current-thread runtime keeps every hop of a

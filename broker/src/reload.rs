@@ -2,6 +2,7 @@
 //! decision; a reload validates the new configuration completely first (a broken file changes
 //! nothing), then swaps it in and tells every session, which announces `list_changed` to its
 //! client and restarts its worker under the new sandbox at the next call.
+#![forbid(unsafe_code)]
 
 use std::sync::{Arc, RwLock};
 

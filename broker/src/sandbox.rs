@@ -5,6 +5,7 @@
 //! Landlock `Execute` right), the interpreters of `#!` scripts, shared libraries (read-only),
 //! the loader cache, and a few device files. This module looks them up on this host; nothing
 //! here is reachable through the file tools (those only see the client's own roots).
+#![forbid(unsafe_code)]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 //! request's audit record (write(2), and fdatasync in strict mode) *before* the response is
 //! queued. If the record cannot be written the response is replaced by an error (fail closed),
 //! and no call is dispatched to a worker while the log is unhealthy.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -1374,7 +1375,8 @@ impl Session {
             v["_inTask"] = json!(true);
         }
         if let Some(state) = &ir.state {
-            v["requestState"] = json!(crate::seal::seal(self.inner.client.as_str(), scope, state));
+            // `None` only without a key (seal::init runs at broker start): fail closed.
+            v["requestState"] = json!(crate::seal::seal(self.inner.client.as_str(), scope, state)?);
         }
         Some(v)
     }

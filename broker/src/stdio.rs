@@ -1,6 +1,7 @@
 //! The stdio transport: newline-delimited JSON-RPC on stdin/stdout. stdout carries only MCP
 //! messages (logs go to stderr); the process ends on stdin EOF after in-flight calls answer
 //! and the worker is reaped.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

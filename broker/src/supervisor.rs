@@ -5,6 +5,7 @@
 //! message out of protocol state, or an invalid descriptor ends *that worker only*; calls in
 //! flight on it fail with [`CallOutcome::WorkerDied`]; the broker lives on and the next call
 //! starts a fresh worker.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -7,51 +7,63 @@ use std::os::fd::RawFd;
 /// Install the code that runs in the forked child between `fork` and `exec`.
 ///
 /// Only async-signal-safe calls are made there (setsid, prctl, getppid, fcntl, dup2, _exit):
-/// the broker is multithreaded and the child of `fork` may only do such calls.
+/// the broker is multithreaded and the child of `fork` may only do such calls, and nothing
+/// allocates on any path (errors are errno values).
 pub fn install_worker_pre_exec(
     cmd: &mut tokio::process::Command,
     child_fd: RawFd,
     broker_pid: i32,
 ) {
     let hook = move || -> std::io::Result<()> {
-        // SAFETY: every call below is async-signal-safe and touches only this child's own
-        // state (its session, its death signal, its fd table); `child_fd` is open in the child
-        // because it was open in the parent at fork time (it is closed in the parent only after
-        // `spawn` returns).
-        unsafe {
-            // A session of its own: terminal signals for the broker's group do not reach it.
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
+        // Every step is one async-signal-safe call on integers that touches only this child's
+        // own state (its session, its death signal, its fd table); errors are errno values
+        // (`last_os_error` and `from_raw_os_error` do not allocate).
+        let check = |rc: libc::c_int| {
+            if rc < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
             }
-            // Die with the broker: the spawning thread is the broker's long-lived spawner.
-            if libc::prctl(
+        };
+        // A session of its own: terminal signals for the broker's group do not reach it.
+        // SAFETY: setsid takes no argument and changes only this child's session.
+        check(unsafe { libc::setsid() })?;
+        // Die with the broker: the spawning thread is the broker's long-lived spawner.
+        // SAFETY: prctl(PR_SET_PDEATHSIG, SIGKILL) takes integers only and sets this child's
+        // own death signal.
+        check(unsafe {
+            libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
                 0,
                 0,
                 0,
-            ) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The broker may already have died between fork and prctl.
-            if libc::getppid() != broker_pid {
-                libc::_exit(1);
-            }
-            if child_fd == mcpd_ipc::WORKER_FD {
-                // Already on fd 3: only clear close-on-exec.
-                if libc::fcntl(child_fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(child_fd, mcpd_ipc::WORKER_FD) < 0 {
-                // dup2 leaves the new fd without FD_CLOEXEC, so fd 3 survives exec.
-                return Err(std::io::Error::last_os_error());
-            }
+            )
+        })?;
+        // The broker may already have died between fork and prctl.
+        // SAFETY: getppid takes no argument and cannot fail.
+        if unsafe { libc::getppid() } != broker_pid {
+            // SAFETY: _exit ends this forked child at once, without running any of the
+            // parent's atexit handlers or destructors (which would not be fork-safe).
+            unsafe { libc::_exit(1) };
+        }
+        if child_fd == mcpd_ipc::WORKER_FD {
+            // Already on fd 3: only clear close-on-exec.
+            // SAFETY: fcntl(F_SETFD, 0) on `child_fd`, which is open in the child because it
+            // was open in the parent at fork time (the parent closes it only after `spawn`
+            // returns); it changes only that fd's flags in this child's own fd table.
+            check(unsafe { libc::fcntl(child_fd, libc::F_SETFD, 0) })?;
+        } else {
+            // dup2 leaves the new fd without FD_CLOEXEC, so fd 3 survives exec.
+            // SAFETY: `child_fd` is open in the child (see above); dup2 replaces fd 3 of this
+            // child's own fd table, which no Rust object of the child uses before exec.
+            check(unsafe { libc::dup2(child_fd, mcpd_ipc::WORKER_FD) })?;
         }
         Ok(())
     };
-    // SAFETY: the hook only performs async-signal-safe operations (see above) and allocates
-    // nothing, as required for code run between fork and exec in a multithreaded process.
+    // SAFETY: `pre_exec` runs the hook in the forked child of a multithreaded process; the
+    // hook only performs async-signal-safe calls on integers captured by value, takes no lock
+    // and allocates nothing on any path (errors are errno values), as such code must.
     unsafe {
         cmd.pre_exec(hook);
     }
@@ -95,16 +107,18 @@ pub fn probe_unshare(flags: libc::c_int) -> Result<(), std::io::Error> {
         return Err(std::io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: see above; the child exits with the errno of unshare (0 on success).
-        unsafe {
-            let rc = libc::unshare(flags);
-            let code = if rc == 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            };
-            libc::_exit(code.clamp(0, 255));
-        }
+        // SAFETY: unshare takes an integer flag only and changes only this child.
+        let rc = unsafe { libc::unshare(flags) };
+        let code = if rc == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(255)
+        };
+        // SAFETY: _exit ends the child at once with the errno of unshare (0 on success),
+        // without running the parent's atexit handlers or destructors.
+        unsafe { libc::_exit(code.clamp(0, 255)) };
     }
     let mut status = 0;
     // SAFETY: waitpid writes one int into the valid local `status`.

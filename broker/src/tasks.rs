@@ -6,6 +6,7 @@
 //! Tasks belong to the session (= principal) that created them, live at most [`TASK_TTL`], and
 //! are bounded in number. The work itself is an ordinary tool call through the same policy
 //! decision, audit record and worker as any other call.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -27,19 +27,11 @@ fn dir() -> Option<PathBuf> {
             .exists()
         && d.join("v020/node_modules/@modelcontextprotocol/conformance/dist/index.js")
             .exists();
-    if ok {
-        return Some(d);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "conformance suite not installed in {}: run tests/conformance/install.sh",
+    let why = format!(
+        "not installed in {} (run tests/conformance/install.sh)",
         d.display()
     );
-    eprintln!(
-        "SKIPPED conformance: not installed in {} (run tests/conformance/install.sh)",
-        d.display()
-    );
-    None
+    mcpd_e2e::require(ok, "the conformance suite", &why).then_some(d)
 }
 
 fn run_suite(dir: &Path, version: &str, extra: &[&str]) {

@@ -57,10 +57,13 @@ fn install_filter(cmd: &mut std::process::Command, mask: Option<u32>) {
     }));
     let prog_addr = prog as *const libc::sock_fprog as usize;
     let hook = move || -> std::io::Result<()> {
-        // SAFETY: prctl takes integers and a pointer to the leaked, immutable `sock_fprog`
-        // (valid for the program's lifetime); both calls are async-signal-safe.
+        // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes integers only; async-signal-safe.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: prctl(PR_SET_SECCOMP) reads the leaked, immutable `sock_fprog` (and the
+        // filter it points to), valid for the program's lifetime; async-signal-safe.
         let rc = unsafe {
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
             libc::prctl(
                 libc::PR_SET_SECCOMP,
                 libc::SECCOMP_MODE_FILTER,

@@ -687,8 +687,8 @@ fn code_sessions_persist_per_client_and_reset() {
 
 #[test]
 fn node_code_sessions_when_node_is_installed() {
-    if !Path::new("/usr/bin/node").exists() && !Path::new("/usr/local/bin/node").exists() {
-        eprintln!("SKIPPED node_code_sessions_when_node_is_installed: node is not installed");
+    let node = Path::new("/usr/bin/node").exists() || Path::new("/usr/local/bin/node").exists();
+    if !mcpd_e2e::require(node, "node", "not installed in /usr/bin or /usr/local/bin") {
         return;
     }
     let d = dirs();
@@ -1035,9 +1035,7 @@ fn stderr_of(r: &Value) -> String {
 #[test]
 fn git_status_cannot_run_a_repository_fsmonitor_hook() {
     let Some(gitp) = resolved_git() else {
-        eprintln!(
-            "SKIPPED git_status_cannot_run_a_repository_fsmonitor_hook: git is not installed"
-        );
+        mcpd_e2e::require(false, "git", "not installed");
         return;
     };
     let out = std::process::Command::new(&gitp)
@@ -1139,7 +1137,7 @@ git = ["{git_core}"]
 #[test]
 fn a_code_session_cannot_run_the_clients_commands() {
     let Some(gitp) = resolved_git() else {
-        eprintln!("SKIPPED a_code_session_cannot_run_the_clients_commands: git is not installed");
+        mcpd_e2e::require(false, "git", "not installed");
         return;
     };
     let d = dirs();

@@ -160,7 +160,11 @@ fn fork_bomb_is_contained() {
     let d = dirs();
     let mut srv = start(&d);
     let Some(cg) = cgroup_in_use(&srv) else {
-        eprintln!("SKIPPED fork_bomb_is_contained: NO CGROUP AVAILABLE; a fork bomb cannot be contained by rlimits as root");
+        mcpd_e2e::require(
+            false,
+            "a pids cgroup",
+            "a fork bomb cannot be contained by rlimits as root",
+        );
         return;
     };
     eprintln!("fork_bomb_is_contained exercised: {cg}");
@@ -188,8 +192,7 @@ fn memory_bomb_is_stopped() {
         "memory_bomb_is_stopped exercised: {}",
         cg.as_deref().unwrap_or("NO CGROUP: RLIMIT_AS is not set by default, so only the policy's address_space limit would apply")
     );
-    if cg.is_none() {
-        eprintln!("SKIPPED memory_bomb_is_stopped: no cgroup memory controller");
+    if !mcpd_e2e::require(cg.is_some(), "a cgroup memory controller", "none in use") {
         return;
     }
     with_neighbour(&d, http_addr(&srv), || {
@@ -255,7 +258,7 @@ fn cgroups_of_a_killed_broker_are_removed_by_the_next_one() {
     let d = dirs();
     let mut srv = start(&d);
     let Some(cg) = cgroup_in_use(&srv) else {
-        eprintln!("SKIPPED cgroups_of_a_killed_broker_are_removed_by_the_next_one: no cgroup");
+        mcpd_e2e::require(false, "a cgroup", "none in use");
         return;
     };
     eprintln!("exercised: {cg}");
@@ -271,8 +274,8 @@ fn cgroups_of_a_killed_broker_are_removed_by_the_next_one() {
             })
             .unwrap_or_default()
     };
-    if !std::path::Path::new("/sys/fs/cgroup/pids").is_dir() {
-        eprintln!("SKIPPED the directory check: no v1 pids hierarchy at /sys/fs/cgroup/pids");
+    let v1_pids = std::path::Path::new("/sys/fs/cgroup/pids").is_dir();
+    if !mcpd_e2e::require(v1_pids, "a v1 pids hierarchy", "no /sys/fs/cgroup/pids") {
         return;
     }
     assert_eq!(groups().len(), 1, "the worker's group");

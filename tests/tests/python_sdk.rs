@@ -18,15 +18,8 @@ fn python() -> Option<String> {
         .args(["-c", "import mcp, importlib.metadata as m; assert m.version('mcp') == '2.3.0', m.version('mcp')"])
         .status()
         .is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the Python SDK mcp==2.3.0 is not importable by {py}: .ci/run must install it"
-    );
-    eprintln!("SKIPPED python_sdk: `{py}` cannot import mcp==2.3.0 (pip install mcp==2.3.0)");
-    None
+    let why = format!("`{py}` cannot import it (.ci/run installs it: pip install mcp==2.3.0)");
+    mcpd_e2e::require(ok, "the Python MCP SDK mcp==2.3.0", &why).then_some(py)
 }
 
 fn script() -> PathBuf {

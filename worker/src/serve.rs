@@ -253,7 +253,12 @@ pub fn run(registry: Registry) -> ExitCode {
     //   3-6. rlimits → no_new_privs → Landlock → seccomp (last)   7. Ready, then serve.
     // Nothing but the single Confine frame is read from the broker before step 6 completed,
     // and no client-controlled byte is read before it. Do not reorder.
-    if let Err(e) = confine::sanitize_process() {
+    // SAFETY: the single-threaded start `sanitize_process` requires: this is the first thing
+    // `main` does (no runtime, no thread has been spawned), and nothing has opened a file yet,
+    // so no Rust object owns a descriptor >= 4.
+    #[allow(unsafe_code)]
+    let sanitized = unsafe { confine::sanitize_process() };
+    if let Err(e) = sanitized {
         return fail(&format!("sanitize: {e}"), exit::SANITIZE);
     }
     let fd = match confine::take_ipc_fd() {

@@ -12,7 +12,8 @@
 //!   errno of each (see `kernel/probe.rs`).
 //!
 //! Requirements: Landlock ABI ≥ 6 and seccomp filters (this machine and CI: ABI 7, root).
-//! A test whose kernel feature is missing prints `SKIPPED: <why>` and returns.
+//! A test whose kernel feature is missing fails when `CI` is set (CI has every feature) and
+//! otherwise prints `SKIPPED: <why>` and returns (see `require`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "kernel/probe.rs"]
@@ -92,23 +93,35 @@ fn kernel_has_seccomp_filters() -> bool {
     status_field(&status, "Seccomp").is_some()
 }
 
-/// Whether this kernel can run a test needing Landlock ABI `min` and seccomp; prints a loud
-/// SKIPPED line when not.
+/// Whether this kernel can run test `test`, which needs Landlock ABI `min` and seccomp
+/// ([`require`]: a failure under CI, a loud SKIPPED line elsewhere).
 fn kernel_supports(test: &str, min_landlock: u32) -> bool {
     let abi = kernel_landlock_abi();
-    if abi < min_landlock {
-        println!(
-            "SKIPPED: {test}: kernel Landlock ABI is {abi}, this test needs >= {min_landlock}"
-        );
-        return false;
+    require(
+        abi >= min_landlock,
+        &format!("Landlock ABI >= {min_landlock}"),
+        &format!("{test}: the kernel's Landlock ABI is {abi}"),
+    ) && require(
+        kernel_has_seccomp_filters(),
+        "seccomp filters",
+        &format!("{test}: no Seccomp: in /proc/self/status"),
+    )
+}
+
+/// A test's need for a kernel, cgroup or host feature: `present` passes through. When the
+/// feature is missing, a test under CI (`CI` set and non-empty) panics, because CI provides
+/// every feature and a test that did not run must not pass; elsewhere it prints `SKIPPED:`
+/// (visible with `--nocapture`) and returns false, so the test returns early.
+fn require(present: bool, feature: &str, why: &str) -> bool {
+    if present {
+        return true;
     }
-    if !kernel_has_seccomp_filters() {
-        println!(
-            "SKIPPED: {test}: kernel has no seccomp support (no Seccomp: in /proc/self/status)"
-        );
-        return false;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{test}: {feature} is required when CI is set: {why}");
     }
-    true
+    eprintln!("SKIPPED: {test}: {feature} unavailable: {why}");
+    false
 }
 
 fn is_root() -> bool {
@@ -200,17 +213,20 @@ fn run_probes_with(
 /// child `cmd` will start.
 #[allow(unsafe_code)]
 fn inherit_fd(cmd: &mut Command, source: i32, target: i32) {
-    // SAFETY: the closure runs in the forked child before exec and calls only dup2, which is
+    let hook = move || {
+        // dup2 clears FD_CLOEXEC on `target`, so it survives exec; `source` (CLOEXEC) does
+        // not. `source` >= 100 cannot be clobbered by another dup2 onto a small target.
+        // SAFETY: dup2 takes two integers and changes only the child's own fd table; `source`
+        // is open in the child (it was open in the parent at fork time).
+        if unsafe { libc::dup2(source, target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and calls only dup2, which is
     // async-signal-safe; it captures two integers, allocates nothing and takes no lock.
-    // dup2 clears FD_CLOEXEC on `target`, so it survives exec; `source` (CLOEXEC) does not.
-    // `source` >= 100 cannot be clobbered by another dup2 onto a small target.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(source, target) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(hook);
     }
 }
 
@@ -457,9 +473,13 @@ fn worker_confines_itself_then_reports_ready() {
                 "worker (uid {uid}) is dumpable: /proc/{pid} not root-owned"
             );
         }
-        None => println!(
-            "SKIPPED (assertion only): dumpable check needs root to run the worker as another uid"
-        ),
+        None => {
+            require(
+                false,
+                "root",
+                "the dumpable check runs the worker as another uid (the rest of the test ran)",
+            );
+        }
     }
 
     // Step 1 closed the inherited descriptor.
@@ -482,7 +502,10 @@ fn worker_confines_itself_then_reports_ready() {
             );
             assert!(fds.contains(&"3".to_string()), "ipc fd 3 missing: {fds:?}");
         }
-        Err(e) => println!("SKIPPED (assertion only): cannot list /proc/{pid}/fd: {e}"),
+        Err(e) => {
+            let why = format!("cannot list /proc/{pid}/fd: {e} (the rest of the test ran)");
+            require(false, "reading the worker's /proc/PID/fd", &why);
+        }
     }
     // The environment: /proc/PID/environ shows the initial stack copy, which clearenv does
     // not (and need not) scrub, so it cannot prove step 1 from outside; the probe-free unit
@@ -1182,12 +1205,9 @@ fn unconfined_control_calls_are_not_eperm() {
 }
 
 #[test]
+#[cfg_attr(not(target_arch = "x86_64"), ignore = "x32 exists only on x86_64")]
 fn x32_syscall_kills_the_process() {
     if !kernel_supports("x32_syscall_kills_the_process", 6) {
-        return;
-    }
-    if !cfg!(target_arch = "x86_64") {
-        println!("SKIPPED: x32_syscall_kills_the_process: x32 exists only on x86_64");
         return;
     }
     let ro = tempdir();

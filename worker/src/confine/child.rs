@@ -136,7 +136,8 @@ impl ChildSetup {
             // The parent may have died between fork and prctl: then no signal would come.
             // SAFETY: getppid takes no argument and cannot fail.
             if unsafe { libc::getppid() } != self.parent {
-                return Err(std::io::Error::other("parent exited"));
+                // An errno, not `Error::other(..)`: that would allocate in the forked child.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
         }
         if let Some(ruleset) = self.exec_domain {

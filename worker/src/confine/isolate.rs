@@ -285,10 +285,14 @@ fn outer(
 /// End this process by signal `sig` (default action), as the worker did.
 #[allow(unsafe_code)]
 fn reraise(sig: i32) -> ! {
-    // SAFETY: resetting a disposition to SIG_DFL installs no handler; raise sends a signal to
-    // this single-threaded process. Neither touches memory of ours.
+    // SAFETY: resetting a disposition to SIG_DFL installs no handler code, so no handler can
+    // run in a state it does not expect; the call takes integers only.
     unsafe {
         libc::signal(sig, libc::SIG_DFL);
+    }
+    // SAFETY: raise takes an integer and sends the signal to this (single-threaded) process;
+    // with the default disposition just restored it ends the process, touching no memory.
+    unsafe {
         libc::raise(sig);
     }
     std::process::exit(128 + sig)

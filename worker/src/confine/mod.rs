@@ -157,12 +157,15 @@ pub enum ConfineError {
 /// Step 1: close inherited fds but 0–3, clear the environment, make the process non-dumpable
 /// (no ptrace by same-uid processes, `/proc/PID/*` owned by root), no core dumps.
 ///
-/// # Invariant (caller)
+/// # Safety
 ///
-/// Call it first thing in `main`, before any thread exists and before anything opens a file:
-/// it closes every descriptor ≥ 4 (nothing may own one yet) and rewrites the environment
-/// (not thread-safe). `serve::run` does exactly that.
-pub fn sanitize_process() -> Result<(), ConfineError> {
+/// The caller guarantees the single-threaded start: no other thread exists (the environment
+/// is rewritten with `clearenv`, which is not thread-safe), and nothing in the process owns a
+/// descriptor ≥ 4 (every one is closed, so a live `OwnedFd`/`File` would be invalidated).
+/// Call it first thing in `main`, before anything spawns a thread or opens a file, as
+/// `serve::run` does.
+#[allow(unsafe_code)]
+pub unsafe fn sanitize_process() -> Result<(), ConfineError> {
     process::close_inherited_fds()?;
     process::clear_environment()?;
     process::set_not_dumpable()?;
@@ -212,12 +215,23 @@ pub fn confine(spec: &SandboxSpec, isolated: Isolated) -> Result<Enforcement, Co
     })
 }
 
+/// Set by the first [`take_ipc_fd`]: fd 3 gets at most one owner in this process.
+static IPC_FD_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Take ownership of the IPC socket the broker placed on fd 3, after checking that fd 3 is
-/// an open socket.
+/// an open socket. Only the first call can succeed: every later one is an error (two
+/// `OwnedFd`s for one descriptor would close it twice), even if the first call failed.
 #[allow(unsafe_code)]
 pub fn take_ipc_fd() -> Result<std::os::fd::OwnedFd, ConfineError> {
     use std::os::fd::{BorrowedFd, FromRawFd};
+    use std::sync::atomic::Ordering;
     let fd = mcpd_ipc::WORKER_FD;
+    if IPC_FD_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(ConfineError::Step {
+            step: "ipc fd",
+            message: format!("fd {fd} was already taken"),
+        });
+    }
     // SAFETY: fd 3 is only borrowed for the duration of the fstat call; if it is not open,
     // fstat fails with EBADF and we never take ownership.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -231,7 +245,30 @@ pub fn take_ipc_fd() -> Result<std::os::fd::OwnedFd, ConfineError> {
             message: format!("fd {fd} is not a socket; mcpd-worker is started by mcpd"),
         });
     }
-    // SAFETY: fd 3 is open (fstat succeeded), and nothing else in this process owns it: the
-    // worker's start-up code takes it exactly once, here.
+    // SAFETY: fd 3 is open (fstat succeeded), and nothing else in this process owns it: only
+    // the first call of this function gets here (`IPC_FD_TAKEN`), and nothing else in the
+    // worker takes fd 3.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// fd 3 has at most one owner: a second `take_ipc_fd` is refused whatever the first did
+    /// (in the test process fd 3 is rarely the broker's socket, so the first call usually
+    /// fails its fstat/socket check; it still uses up the one take).
+    #[test]
+    fn take_ipc_fd_runs_only_once() {
+        let first = take_ipc_fd();
+        let second = take_ipc_fd();
+        let Err(e) = second else {
+            panic!("a second take_ipc_fd succeeded");
+        };
+        assert_eq!(e.to_string(), "ipc fd: fd 3 was already taken");
+        // Do not close a descriptor of the test harness that merely happened to be a socket.
+        if let Ok(fd) = first {
+            std::mem::forget(fd);
+        }
+    }
 }

@@ -170,10 +170,16 @@ pub fn run_child(request_json: &str) {
         }
     };
     if request.sanitize {
-        // Step 1 as the worker runs it. Not single-threaded here: libtest's main thread
-        // exists, but it is parked waiting for this test and touches neither the
-        // environment nor descriptors >= 4 meanwhile (with --nocapture it writes to fd 1).
-        if let Err(e) = mcpd_worker::confine::sanitize_process() {
+        // Step 1 as the worker runs it.
+        // SAFETY: not literally the single-threaded start the function requires, so here is
+        // why its two conditions hold: libtest's main thread exists, but this child runs one
+        // test (`--exact child_probe --test-threads=1`) and that thread is parked joining this
+        // test thread, touching neither the environment nor descriptors >= 4 until it returns
+        // (with --nocapture it writes to fd 1 only); no other thread exists, and no object of
+        // this child owns a descriptor >= 4 (the request was read from the environment).
+        #[allow(unsafe_code)]
+        let sanitized = unsafe { mcpd_worker::confine::sanitize_process() };
+        if let Err(e) = sanitized {
             emit(format!("{CONFINE_FAILED_PREFIX}sanitize: {e}"));
             return;
         }
@@ -647,11 +653,10 @@ fn execveat(path: &str, by_fd: bool) -> Outcome {
     cmd.stdin(std::process::Stdio::inherit())
         .stdout(std::process::Stdio::inherit())
         .stderr(std::process::Stdio::inherit());
-    // SAFETY: the hook runs in the forked child and makes one raw execveat with pointers to
-    // NUL-terminated strings and NULL-terminated arrays that are valid in the child's copy of
-    // our memory; it allocates nothing. If execveat returns, its errno is the hook's error.
-    unsafe {
-        cmd.pre_exec(move || {
+    let hook = move || {
+        // SAFETY: the pointers are to NUL-terminated strings and NULL-terminated arrays that
+        // are valid in the child's copy of our memory (see above); execveat only reads them.
+        unsafe {
             libc::syscall(
                 libc::SYS_execveat,
                 dirfd as libc::c_long,
@@ -660,8 +665,14 @@ fn execveat(path: &str, by_fd: bool) -> Outcome {
                 envp_p as *const *const libc::c_char,
                 flags as libc::c_long,
             );
-            Err(std::io::Error::last_os_error())
-        });
+        }
+        // Only reached if execveat failed: its errno is the hook's error.
+        Err(std::io::Error::last_os_error())
+    };
+    // SAFETY: the hook runs in the forked child and makes one raw execveat; it allocates
+    // nothing and takes no lock, as code between fork and exec must.
+    unsafe {
+        cmd.pre_exec(hook);
     }
     let r = cmd.status();
     drop(fd);

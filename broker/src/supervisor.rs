@@ -109,7 +109,39 @@ pub enum CallEvent {
 
 struct Pending {
     done: oneshot::Sender<CallOutcome>,
-    events: Option<mpsc::UnboundedSender<CallEvent>>,
+    events: Option<mpsc::Sender<CallEvent>>,
+    /// Progress and log events dropped because the call's queue was full.
+    dropped: u64,
+}
+
+/// Bound of one call's event queue between the worker and the client (progress, log, client
+/// requests). A worker sends as fast as it likes; a slow client does not make the broker
+/// buffer without bound.
+pub const CALL_EVENT_QUEUE: usize = 256;
+/// Places of [`CALL_EVENT_QUEUE`] kept for client requests: progress and log are dropped (and
+/// counted) once only this many are free, so they never crowd out a request the tool waits
+/// for. The worker itself keeps at most 64 client requests waiting; a worker that queues more
+/// than this reserve breaks the protocol and is ended.
+pub const CLIENT_REQUEST_RESERVE: usize = 64;
+
+impl Pending {
+    /// Queue a progress or log event, or drop and count it when the queue is nearly full.
+    fn notify(&mut self, ev: CallEvent) {
+        let Some(tx) = &self.events else { return };
+        if tx.capacity() <= CLIENT_REQUEST_RESERVE || tx.try_send(ev).is_err() {
+            self.dropped += 1;
+        }
+    }
+
+    fn report_dropped(&self, id: u64) {
+        if self.dropped > 0 {
+            tracing::warn!(
+                call = id,
+                dropped = self.dropped,
+                "progress/log events dropped: the client did not keep up (queue of {CALL_EVENT_QUEUE})"
+            );
+        }
+    }
 }
 
 /// A live worker.
@@ -139,8 +171,8 @@ impl std::fmt::Debug for Worker {
 pub struct CallHandle {
     /// The broker-side call id.
     pub id: u64,
-    /// Progress and log events.
-    pub events: Option<mpsc::UnboundedReceiver<CallEvent>>,
+    /// Progress and log events (bounded: [`CALL_EVENT_QUEUE`]).
+    pub events: Option<mpsc::Receiver<CallEvent>>,
     /// The outcome.
     pub done: oneshot::Receiver<CallOutcome>,
 }
@@ -174,7 +206,7 @@ impl Worker {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (done_tx, done_rx) = oneshot::channel();
         let (ev_tx, ev_rx) = if want_events {
-            let (a, b) = mpsc::unbounded_channel();
+            let (a, b) = mpsc::channel(CALL_EVENT_QUEUE);
             (Some(a), Some(b))
         } else {
             (None, None)
@@ -194,6 +226,7 @@ impl Worker {
                 Pending {
                     done: done_tx,
                     events: ev_tx,
+                    dropped: 0,
                 },
             );
         }
@@ -231,6 +264,7 @@ impl Worker {
                 Pending {
                     done: done_tx,
                     events: None,
+                    dropped: 0,
                 },
             );
         }
@@ -694,11 +728,13 @@ fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<
         WorkerToBroker::Result { id, result } => {
             // A result for an unknown id is a late answer to a cancelled or timed-out call.
             if let Some(call) = p.remove(&id) {
+                call.report_dropped(id);
                 let _ = call.done.send(CallOutcome::Done(result));
             }
         }
         WorkerToBroker::Failed { id, error } => {
             if let Some(call) = p.remove(&id) {
+                call.report_dropped(id);
                 let _ = call.done.send(CallOutcome::Failed(CallError {
                     kind: error.kind,
                     message: truncate(&error.message, 1024),
@@ -714,8 +750,8 @@ fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<
             if !progress.is_finite() || total.is_some_and(|t| !t.is_finite()) {
                 return Err("non-finite progress".into());
             }
-            if let Some(ev) = p.get(&id).and_then(|c| c.events.as_ref()) {
-                let _ = ev.send(CallEvent::Progress {
+            if let Some(call) = p.get_mut(&id) {
+                call.notify(CallEvent::Progress {
                     progress,
                     total,
                     message: message.map(|m| truncate(&m, 1024)),
@@ -730,8 +766,8 @@ fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<
         } => {
             let data: serde_json::Value =
                 serde_json::from_str(&data_json).map_err(|_| "log data is not JSON".to_string())?;
-            if let Some(ev) = id.and_then(|id| p.get(&id)).and_then(|c| c.events.as_ref()) {
-                let _ = ev.send(CallEvent::Log {
+            if let Some(call) = id.and_then(|id| p.get_mut(&id)) {
+                call.notify(CallEvent::Log {
                     level,
                     logger: logger.map(|l| truncate(&l, 128)),
                     data,
@@ -760,7 +796,12 @@ fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<
             }
             // A request for a call that already ended is stale: the worker times it out.
             if let Some(ev) = p.get(&call).and_then(|c| c.events.as_ref()) {
-                let _ = ev.send(CallEvent::ClientRequest { id, request });
+                match ev.try_send(CallEvent::ClientRequest { id, request }) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        return Err("more client requests queued than the worker may have".into())
+                    }
+                }
             }
         }
         WorkerToBroker::Changed { .. } => {} // handled by the reader
@@ -868,6 +909,58 @@ mod tests {
             v.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
             vec!["good"]
         );
+    }
+
+    #[test]
+    fn a_calls_event_queue_is_bounded_and_keeps_room_for_client_requests() {
+        let pending = Mutex::new(HashMap::new());
+        let (done, _done_rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::channel(CALL_EVENT_QUEUE);
+        pending.lock().unwrap().insert(
+            7,
+            Pending {
+                done,
+                events: Some(tx),
+                dropped: 0,
+            },
+        );
+        // Nobody reads: progress and log fill the queue up to the reserve, the rest is counted.
+        for i in 0..1000 {
+            let msg = if i % 2 == 0 {
+                WorkerToBroker::Progress {
+                    id: 7,
+                    progress: f64::from(i),
+                    total: None,
+                    message: None,
+                }
+            } else {
+                WorkerToBroker::Log {
+                    id: Some(7),
+                    level: LogLevel::Info,
+                    logger: None,
+                    data_json: "1".into(),
+                }
+            };
+            assert!(route(&pending, msg).is_ok());
+        }
+        let kept = CALL_EVENT_QUEUE - CLIENT_REQUEST_RESERVE;
+        assert_eq!(pending.lock().unwrap()[&7].dropped, (1000 - kept) as u64);
+        // The reserve takes the client requests a worker may have waiting...
+        let request = |id| WorkerToBroker::ClientRequest {
+            id,
+            call: 7,
+            request: mcpd_ipc::ClientRequestKind::Roots,
+        };
+        for id in 0..CLIENT_REQUEST_RESERVE as u64 {
+            assert!(route(&pending, request(id)).is_ok(), "request {id}");
+        }
+        // ... and one more is a protocol violation.
+        assert!(route(&pending, request(999)).is_err());
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, CALL_EVENT_QUEUE);
     }
 
     #[test]

@@ -586,6 +586,14 @@ async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -
             )
         }
     };
+    // The engine's classifier decides what a message is (one set of rules for every
+    // transport): an invalid message that carries an id is answered, never taken for a
+    // notification (`{"id": 1, "method": 5}` got 202 and its error was lost).
+    if let jsonrpc::Incoming::Invalid { id, code, message } = jsonrpc::classify(text) {
+        if !id.is_null() {
+            return rpc_error(StatusCode::BAD_REQUEST, id, code, &message);
+        }
+    }
     let busy = Busy::new(&hs);
     if !is_request {
         // A notification, or the client's answer to a server request: no response body.

@@ -135,6 +135,8 @@ fn bad_requests_get_the_right_status() {
         ("invalid JSON", vec![JSON, ACCEPT, sid_h], b"{\"jsonrpc\":".to_vec(), 400),
         ("body over the limit", vec![JSON, ACCEPT, sid_h], format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}", "x".repeat(5000)).into_bytes(), 413),
         ("unsupported protocol version", vec![JSON, ACCEPT, sid_h, ("MCP-Protocol-Version", "1999-01-01")], ping.clone().into_bytes(), 400),
+        ("method not a string", vec![JSON, ACCEPT, sid_h], br#"{"jsonrpc":"2.0","id":1,"method":5}"#.to_vec(), 400),
+        ("jsonrpc not 2.0", vec![JSON, ACCEPT, sid_h], br#"{"jsonrpc":"1.0","id":2,"method":"ping"}"#.to_vec(), 400),
     ];
     for (what, headers, body, want) in cases {
         let r = srv.request("POST", &headers, &body);
@@ -147,6 +149,11 @@ fn bad_requests_get_the_right_status() {
         if r.status != 405 {
             let e = r.json();
             assert!(e["error"]["code"].is_i64(), "{what}: {e}");
+            // An invalid request with a usable id gets its error back under that id.
+            if what == "method not a string" {
+                assert_eq!(e["id"], 1, "{e}");
+                assert_eq!(e["error"]["code"], -32600, "{e}");
+            }
         }
     }
     assert_eq!(srv.request("PUT", &[], b"").status, 405);

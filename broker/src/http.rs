@@ -50,7 +50,9 @@ use std::fmt::Write as _;
 use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
-use crate::jsonrpc::{self, Id, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR};
+use crate::jsonrpc::{
+    self, Id, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
+};
 use crate::session::{
     is_stateless, stateless_meta, Origin, Outgoing, Session, HEADER_MISMATCH, META_CAPS,
     META_VERSION, MISSING_CAPABILITY, STATELESS_VERSIONS, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
@@ -247,6 +249,60 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 
 fn rpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
     json_response(status, &jsonrpc::error(id, code, message))
+}
+
+/// Marks a response that the session engine produced (its request is audited there): the
+/// reject auditor leaves it alone.
+#[derive(Debug, Clone, Copy)]
+struct EngineAnswer;
+
+/// An engine answer sent with the status the stateless era gives it.
+fn engine_answer(status: StatusCode, response: &Value) -> Response {
+    let mut r = json_response(status, response);
+    r.extensions_mut().insert(EngineAnswer);
+    r
+}
+
+/// Every transport-level reject (4xx that no session engine answered: Host/Origin, media
+/// types, sizes, session ids, versions, malformed envelopes, methods) is audited like stdio's
+/// rejects, before the response leaves (fail closed: no record, no answer but a 500).
+async fn audit_rejects(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let http_method = req.method().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    let session = header_str(req.headers(), SESSION_HEADER).is_some();
+    let response = next.run(req).await;
+    if !response.status().is_client_error()
+        || response.extensions().get::<EngineAnswer>().is_some()
+        || !app.audit.enabled()
+    {
+        return response;
+    }
+    let mut f = serde_json::Map::new();
+    f.insert("principal".into(), json!(app.cfg.client.as_str()));
+    f.insert("transport".into(), json!("http"));
+    f.insert("method".into(), json!("<invalid>"));
+    f.insert("outcome".into(), json!("invalid"));
+    f.insert("http_method".into(), json!(http_method));
+    f.insert("http_status".into(), json!(response.status().as_u16()));
+    f.insert("with_session_id".into(), json!(session));
+    if let Some(p) = peer {
+        f.insert("peer".into(), json!(p));
+    }
+    match app.audit.record("request", f).await {
+        Ok(()) => response,
+        Err(e) => {
+            tracing::error!("audit: {e}");
+            rpc_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Value::Null,
+                INTERNAL_ERROR,
+                "The audit log cannot be written; the request was refused",
+            )
+        }
+    }
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -863,7 +919,7 @@ async fn answer(
         };
         if stateless {
             drop(busy);
-            return json_response(stateless_status(&response), &response);
+            return engine_answer(stateless_status(&response), &response);
         }
         let sid = hs.session.id().to_string();
         if created {
@@ -896,7 +952,7 @@ async fn answer(
                 pending.answered = true;
                 drop(pending);
                 drop(busy);
-                return json_response(stateless_status(&m), &m);
+                return engine_answer(stateless_status(&m), &m);
             }
             Some(m) => early = Some(m),
             None => {
@@ -1268,6 +1324,10 @@ pub async fn serve(
     let router = Router::new()
         .route(ENDPOINT, any(mcp))
         .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            audit_rejects,
+        ))
         .with_state(app.clone());
     let listener = listener.tap_io(|tcp| {
         // Without it, SSE replies written in pieces stall ~40 ms on delayed ACKs.

@@ -439,3 +439,89 @@ fn a_full_disk_fails_closed_without_breaking_the_chain() {
     let (code, out, err) = mcpd(&["audit", "verify", log.to_str().unwrap()]);
     assert_eq!(code, 0, "no partial record breaks the chain:\n{out}{err}");
 }
+
+/// HTTP rejects (403 foreign Host, 415 media type, 400 malformed, 404 unknown session, 405
+/// method) are audited like stdio's, before their response; requests the engine answered are
+/// recorded once, by the engine.
+#[test]
+fn http_transport_rejects_are_audited() {
+    use mcpd_e2e::http::HttpServer;
+    let f = fx();
+    let srv = HttpServer::start(&[
+        "--allow-read",
+        f.data.to_str().unwrap(),
+        "--audit-log",
+        f.log.to_str().unwrap(),
+    ]);
+    let sid = srv.initialize();
+    let json = ("Content-Type", "application/json");
+    let accept = ("Accept", "application/json, text/event-stream");
+    let sid_h = ("Mcp-Session-Id", sid.as_str());
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    /// Headers, HTTP method, body, expected status.
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a [u8], u16);
+    let cases: Vec<Case> = vec![
+        (
+            vec![json, accept, sid_h, ("Host", "evil.example")],
+            "POST",
+            ping,
+            403,
+        ),
+        (
+            vec![("Content-Type", "text/plain"), accept, sid_h],
+            "POST",
+            ping,
+            415,
+        ),
+        (
+            vec![json, accept, sid_h],
+            "POST",
+            br#"{"jsonrpc":"2.0","id":9,"method":5}"#,
+            400,
+        ),
+        (
+            vec![
+                json,
+                accept,
+                ("Mcp-Session-Id", "0123456789abcdef0123456789abcdef"),
+            ],
+            "POST",
+            ping,
+            404,
+        ),
+        (vec![], "PUT", b"", 405),
+    ];
+    for (headers, method, body, want) in &cases {
+        assert_eq!(srv.request(method, headers, body).status, *want);
+    }
+    // The engine answers this one (and records it as a request of its own).
+    assert_eq!(srv.rpc(&sid, 2, "ping", json!({}))["result"], json!({}));
+    let recs = records(&f.log);
+    let rejects: Vec<&Value> = of(&recs, "request")
+        .into_iter()
+        .filter(|r| r["outcome"] == "invalid" && r["transport"] == "http")
+        .collect();
+    let statuses: Vec<u64> = rejects
+        .iter()
+        .map(|r| r["http_status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![403, 415, 400, 404, 405], "{rejects:?}");
+    for r in &rejects {
+        assert_eq!(r["principal"], "local", "{r}");
+        assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{r}");
+    }
+    let pings = of(&recs, "request")
+        .into_iter()
+        .filter(|r| r["method"] == "ping")
+        .count();
+    assert_eq!(pings, 1, "the engine's answer is recorded once");
+    let out = Command::new(mcpd_bin())
+        .args(["audit", "verify", f.log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -140,8 +140,7 @@ impl DeathCheck {
             .map_err(id_err("PR_SET_PDEATHSIG"))?;
         let alive = match self {
             DeathCheck::Parent(pid) => {
-                rustix::process::getppid().map(|p| p.as_raw_pid())
-                    == rustix::process::Pid::from_raw(pid).map(|p| p.as_raw_pid())
+                rustix::process::getppid().map_or(0, |p| p.as_raw_pid()) == pid
             }
             DeathCheck::Pipe(fd) => {
                 let mut p = libc::pollfd {

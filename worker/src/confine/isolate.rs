@@ -139,15 +139,7 @@ pub fn isolate(spec: &SandboxSpec, ipc_fd: i32) -> Result<Isolated, ConfineError
     };
     let broker = rustix::process::getppid().map_or(0, |p| p.as_raw_pid());
     if !iso.namespaces {
-        let d = identity::drop_privileges(target, Some(DeathCheck::Parent(broker)))?;
-        return Ok(Isolated {
-            report: IsolationReport {
-                uid: d.uid,
-                capabilities_cleared: d.cleared,
-                ..IsolationReport::default()
-            },
-            view: None,
-        });
+        return without_namespaces(target, broker, None);
     }
 
     // 1. The plan, with the host tree in sight.
@@ -200,16 +192,7 @@ pub fn isolate(spec: &SandboxSpec, ipc_fd: i32) -> Result<Isolated, ConfineError
         }
         // The operator's degraded mode: no namespaces, no private view; identity, Landlock,
         // seccomp and cgroups still hold (reported and audited).
-        let d = identity::drop_privileges(target, Some(DeathCheck::Parent(broker)))?;
-        return Ok(Isolated {
-            report: IsolationReport {
-                uid: d.uid,
-                capabilities_cleared: d.cleared,
-                degraded: Some(why),
-                ..IsolationReport::default()
-            },
-            view: None,
-        });
+        return without_namespaces(target, broker, Some(why));
     }
     if !root {
         // Only our own ids, mapped to themselves: files keep their owners. A non-dumpable
@@ -238,6 +221,25 @@ pub fn isolate(spec: &SandboxSpec, ipc_fd: i32) -> Result<Isolated, ConfineError
             init(spec, &plan, userns, target, root, ipc_fd, alive_rd)
         }
     }
+}
+
+/// No namespaces (the layer tests' specs, or the operator's degraded mode with the reason):
+/// only the identity step, in the process the broker started.
+fn without_namespaces(
+    target: Option<(u32, u32)>,
+    broker: i32,
+    degraded: Option<String>,
+) -> Result<Isolated, ConfineError> {
+    let d = identity::drop_privileges(target, Some(DeathCheck::Parent(broker)))?;
+    Ok(Isolated {
+        report: IsolationReport {
+            uid: d.uid,
+            capabilities_cleared: d.cleared,
+            degraded,
+            ..IsolationReport::default()
+        },
+        view: None,
+    })
 }
 
 /// The outer process: closes the broker's socket, drops every privilege, confines itself

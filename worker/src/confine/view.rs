@@ -137,6 +137,8 @@ struct Tmpfs {
 /// The plan of a view: computed from the spec with the host's tree in sight, applied later.
 #[derive(Debug)]
 pub(super) struct Plan {
+    /// Built by root in the initial user namespace (else in the worker's own user namespace).
+    root: bool,
     sources: Vec<Source>,
     tmpfs: Vec<Tmpfs>,
     aliases: Vec<String>,
@@ -170,8 +172,9 @@ fn covered_by(path: &str, ancestor: &str) -> bool {
     Path::new(path).starts_with(ancestor)
 }
 
-/// Plan the view of `spec`. `idmap`: whether roots should be idmapped (the worker starts as
-/// root and switches to `uid`), in which case each root's owner is looked up now.
+/// Plan the view of `spec`. `idmap`: the worker starts as root (in the initial user
+/// namespace) and switches to its uid, so roots are idmapped and each root's owner is looked
+/// up now.
 pub(super) fn plan(spec: &SandboxSpec, idmap: bool) -> Result<Plan, ConfineError> {
     let mut sources: Vec<Source> = Vec::new();
     let mut owners: Vec<(u32, u32)> = Vec::new();
@@ -267,6 +270,7 @@ pub(super) fn plan(spec: &SandboxSpec, idmap: bool) -> Result<Plan, ConfineError
         });
     }
     Ok(Plan {
+        root: idmap,
         sources,
         tmpfs,
         aliases: spec.isolation.aliases.clone(),
@@ -536,7 +540,7 @@ pub(super) fn build(plan: &Plan, userns: &[OwnedFd]) -> Result<Built, ConfineErr
         Ok(()) => built.proc = true,
         // A user namespace beside an over-mounted /proc (the service manager's
         // ProtectKernelTunables=, ProcSubset=): no /proc in the view (reported).
-        Err(rustix::io::Errno::PERM) if !root_in_init_userns() => built.proc = false,
+        Err(rustix::io::Errno::PERM) if !plan.root => built.proc = false,
         Err(e) => return Err(err("mounting /proc")(e)),
     }
 
@@ -569,14 +573,6 @@ pub(super) fn seal_root() -> Result<(), ConfineError> {
         false,
     )
     .map_err(|e| fail(format!("making / read-only: {e}")))
-}
-
-/// Whether this process is in the initial user namespace (a root broker's worker).
-fn root_in_init_userns() -> bool {
-    // The initial user namespace maps the whole id range.
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        .unwrap_or(false)
 }
 
 /// Mount the worker's own `/proc` (`nosuid,nodev,noexec`) at `target`. Must run inside the

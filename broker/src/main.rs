@@ -6,18 +6,12 @@
 #![deny(unsafe_code)]
 
 mod auditing;
-mod cgroup;
-mod doctor;
-mod http;
-mod jsonrpc;
+mod commands;
+mod mcp;
 mod reload;
-mod sandbox;
-mod seal;
-mod session;
-mod stdio;
-mod supervisor;
 mod sys;
-mod tasks;
+mod transport;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -255,14 +249,16 @@ struct ServeArgs {
 }
 
 /// Per-worker cgroups as the policy asks; logs which layout is used, or why none is.
-fn detect_cgroups(setting: &mcpd_policy::CgroupSetting) -> Result<Option<cgroup::Cgroups>, String> {
+fn detect_cgroups(
+    setting: &mcpd_policy::CgroupSetting,
+) -> Result<Option<worker::cgroup::Cgroups>, String> {
     let mode = match setting {
-        mcpd_policy::CgroupSetting::Auto => cgroup::Mode::Auto,
-        mcpd_policy::CgroupSetting::Off => cgroup::Mode::Off,
-        mcpd_policy::CgroupSetting::Path(p) => cgroup::Mode::Path(p.clone()),
+        mcpd_policy::CgroupSetting::Auto => worker::cgroup::Mode::Auto,
+        mcpd_policy::CgroupSetting::Off => worker::cgroup::Mode::Off,
+        mcpd_policy::CgroupSetting::Path(p) => worker::cgroup::Mode::Path(p.clone()),
     };
     let mut notes = Vec::new();
-    match cgroup::Cgroups::detect_with_notes(&mode, &mut notes) {
+    match worker::cgroup::Cgroups::detect_with_notes(&mode, &mut notes) {
         Ok(Some(c)) => {
             tracing::info!("worker limits: {}", c.describe());
             let stale = c.reap_stale();
@@ -444,7 +440,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     // The requestState key, before any request can need it: a CSPRNG failure ends the start.
-    if let Err(e) = seal::init() {
+    if let Err(e) = mcp::seal::init() {
         eprintln!("mcpd: {e}");
         return ExitCode::from(exit::RUNTIME);
     }
@@ -519,15 +515,15 @@ fn serve(args: ServeArgs) -> ExitCode {
             cell.clone(),
             serve_audit.clone(),
         ));
-        let sup = supervisor::Supervisor::start(
+        let sup = worker::supervisor::Supervisor::start(
             worker,
             policy.allow_degraded_sandbox,
             cgroups,
             std::time::Duration::from_micros(policy.ipc_spin_us),
         )?;
         let Some(addr) = http_addr else {
-            let (input, output) = stdio::process_stdio();
-            return stdio::serve(cell, sup, serve_audit, input, output).await;
+            let (input, output) = transport::stdio::process_stdio();
+            return transport::stdio::serve(cell, sup, serve_audit, input, output).await;
         };
         let Some(client) = policy.http.client.clone() else {
             return Err(std::io::Error::other(
@@ -537,8 +533,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         // Tests and scripts ask for port 0: say where we are, on stderr.
-        eprintln!("mcpd: listening on http://{bound}{}", http::ENDPOINT);
-        let cfg = http::HttpConfig {
+        eprintln!(
+            "mcpd: listening on http://{bound}{}",
+            transport::http::ENDPOINT
+        );
+        let cfg = transport::http::HttpConfig {
             addr: bound,
             client,
             extra_hosts: policy.http.allowed_hosts.clone(),
@@ -547,7 +546,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut http_stop = stop_rx.clone();
-        let http_task = tokio::spawn(http::serve(
+        let http_task = tokio::spawn(transport::http::serve(
             listener,
             cfg,
             cell.clone(),
@@ -558,8 +557,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             },
         ));
         let stdio_task = serve_stdio.then(|| {
-            let (input, output) = stdio::process_stdio();
-            tokio::spawn(stdio::serve(
+            let (input, output) = transport::stdio::process_stdio();
+            tokio::spawn(transport::stdio::serve(
                 cell.clone(),
                 sup.clone(),
                 serve_audit.clone(),
@@ -631,7 +630,7 @@ fn main() -> ExitCode {
                     }),
             };
             match policy {
-                Ok(p) => doctor::run(&p),
+                Ok(p) => commands::doctor::run(&p),
                 Err(e) => {
                     eprintln!("mcpd: {e}");
                     ExitCode::from(exit::CONFIG)

@@ -24,10 +24,10 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::auditing::Audit;
-use crate::jsonrpc::{
+use crate::mcp::jsonrpc::{
     self, Id, Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
 };
-use crate::supervisor::{CallEvent, CallOutcome, Supervisor, Worker, WorkerContext};
+use crate::worker::supervisor::{CallEvent, CallOutcome, Supervisor, Worker, WorkerContext};
 
 /// Session-era protocol versions, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
@@ -212,7 +212,7 @@ struct Inner {
     inflight: Mutex<HashMap<Id, (Arc<Worker>, u64)>>,
     client_pending: Mutex<HashMap<Id, ClientPending>>,
     next_client_request: std::sync::atomic::AtomicU64,
-    mcp_tasks: Mutex<crate::tasks::Tasks>,
+    mcp_tasks: Mutex<crate::mcp::tasks::Tasks>,
     /// Stateless-era `subscriptions/listen` streams.
     listeners: Mutex<Vec<Listener>>,
     /// Change reports from the worker (and from policy reloads).
@@ -1127,13 +1127,13 @@ impl Session {
             .spawn(
                 {
                     let mut spec = self.inner.policy().sandbox_spec(&self.inner.client);
-                    crate::sandbox::complete(&mut spec);
+                    crate::worker::sandbox::complete(&mut spec);
                     spec
                 },
                 self.inner
                     .policy()
                     .permissions(&self.inner.client)
-                    .map(|p| crate::cgroup::Limits {
+                    .map(|p| crate::worker::cgroup::Limits {
                         max_processes: p.limits.max_processes,
                         memory_bytes: p.limits.memory_bytes,
                     })
@@ -1335,7 +1335,7 @@ impl Session {
         let state = match params.get("requestState") {
             None | Some(Value::Null) => None,
             Some(Value::String(t)) => Some(
-                crate::seal::open(self.inner.client.as_str(), scope, t)
+                crate::mcp::seal::open(self.inner.client.as_str(), scope, t)
                     .ok_or("Invalid params: requestState failed verification")?,
             ),
             Some(_) => return Err("Invalid params: requestState must be a string"),
@@ -1365,7 +1365,7 @@ impl Session {
             || ir
                 .state
                 .as_ref()
-                .is_some_and(|s| s.len() > crate::seal::MAX_STATE / 2)
+                .is_some_and(|s| s.len() > crate::mcp::seal::MAX_STATE / 2)
         {
             return None;
         }
@@ -1376,7 +1376,11 @@ impl Session {
         }
         if let Some(state) = &ir.state {
             // `None` only without a key (seal::init runs at broker start): fail closed.
-            v["requestState"] = json!(crate::seal::seal(self.inner.client.as_str(), scope, state)?);
+            v["requestState"] = json!(crate::mcp::seal::seal(
+                self.inner.client.as_str(),
+                scope,
+                state
+            )?);
         }
         Some(v)
     }
@@ -1390,7 +1394,7 @@ impl Session {
         rec: Rec,
         st: &Stateless,
     ) -> (Rec, Value) {
-        use crate::tasks::{self, Task};
+        use crate::mcp::tasks::{self, Task};
         use mcpd_ipc::TaskSupport;
         let name = params
             .get("name")
@@ -1498,7 +1502,7 @@ impl Session {
         rec: Rec,
         st: &Stateless,
     ) -> (Rec, Value) {
-        use crate::tasks;
+        use crate::mcp::tasks;
         if !tasks::declared(st) {
             let mut e = jsonrpc::error(
                 id.to_value(),
@@ -1652,7 +1656,7 @@ impl Session {
                 "prompts": {"listChanged": true},
                 "completions": {},
                 "logging": {},
-                "extensions": {crate::tasks::TASKS_EXT: {}}
+                "extensions": {crate::mcp::tasks::TASKS_EXT: {}}
             },
             "instructions": "Tools run in a per-client sandbox. Paths must lie within the directories listed by list_allowed_directories.",
             "ttlMs": TTL_MS,

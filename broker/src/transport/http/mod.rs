@@ -50,14 +50,14 @@ use std::fmt::Write as _;
 use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
-use crate::jsonrpc::{
+use crate::mcp::jsonrpc::{
     self, Id, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
 };
-use crate::session::{
+use crate::mcp::session::{
     is_stateless, stateless_meta, Origin, Outgoing, Session, HEADER_MISMATCH, META_CAPS,
     META_VERSION, MISSING_CAPABILITY, STATELESS_VERSIONS, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
 };
-use crate::supervisor::Supervisor;
+use crate::worker::supervisor::Supervisor;
 
 /// The MCP endpoint path.
 pub const ENDPOINT: &str = "/mcp";

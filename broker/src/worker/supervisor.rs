@@ -376,7 +376,7 @@ pub struct Supervisor {
     requests: std::sync::mpsc::Sender<SpawnRequest>,
     worker_path: PathBuf,
     allow_degraded: bool,
-    cgroups: Option<crate::cgroup::Cgroups>,
+    cgroups: Option<crate::worker::cgroup::Cgroups>,
     groups_made: Arc<AtomicU64>,
     ipc_spin: Duration,
 }
@@ -386,7 +386,7 @@ impl Supervisor {
     pub fn start(
         worker_path: PathBuf,
         allow_degraded: bool,
-        cgroups: Option<crate::cgroup::Cgroups>,
+        cgroups: Option<crate::worker::cgroup::Cgroups>,
         ipc_spin: Duration,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
@@ -413,7 +413,7 @@ impl Supervisor {
     pub async fn spawn(
         &self,
         spec: SandboxSpec,
-        limits: crate::cgroup::Limits,
+        limits: crate::worker::cgroup::Limits,
         ctx: WorkerContext,
     ) -> Result<Arc<Worker>, SpawnError> {
         let r = self.spawn_inner(spec, limits, &ctx).await;
@@ -430,22 +430,22 @@ impl Supervisor {
     async fn place_in_cgroup(
         &self,
         pid: u32,
-        limits: &crate::cgroup::Limits,
-    ) -> Result<Option<crate::cgroup::WorkerGroup>, SpawnError> {
+        limits: &crate::worker::cgroup::Limits,
+    ) -> Result<Option<crate::worker::cgroup::WorkerGroup>, SpawnError> {
         let Some(cg) = self.cgroups.clone() else {
             return Ok(None);
         };
         let n = self.groups_made.fetch_add(1, Ordering::Relaxed);
         let name = format!("mcpd-{}-{n}", std::process::id());
         let have = cg.controllers();
-        let limits = crate::cgroup::Limits {
+        let limits = crate::worker::cgroup::Limits {
             max_processes: limits.max_processes.filter(|_| have.pids),
             memory_bytes: limits.memory_bytes.filter(|_| have.memory),
         };
         let made = tokio::task::spawn_blocking(move || {
             let g = cg.create(&name, &limits)?;
             g.add(pid)?;
-            Ok::<_, crate::cgroup::CgroupError>(g)
+            Ok::<_, crate::worker::cgroup::CgroupError>(g)
         })
         .await;
         match made {
@@ -458,7 +458,7 @@ impl Supervisor {
     async fn spawn_inner(
         &self,
         spec: SandboxSpec,
-        limits: crate::cgroup::Limits,
+        limits: crate::worker::cgroup::Limits,
         ctx: &WorkerContext,
     ) -> Result<Arc<Worker>, SpawnError> {
         let (reply, rx) = oneshot::channel();

@@ -9,9 +9,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
-use crate::jsonrpc::{INVALID_REQUEST, PARSE_ERROR};
-use crate::session::{Origin, Outgoing, Session};
-use crate::supervisor::Supervisor;
+use crate::mcp::jsonrpc::{INVALID_REQUEST, PARSE_ERROR};
+use crate::mcp::session::{Origin, Outgoing, Session};
+use crate::worker::supervisor::Supervisor;
 
 /// Boxed async input.
 pub type Input = Box<dyn AsyncRead + Unpin + Send>;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::jsonrpc::Id;
-use crate::session::Stateless;
+use crate::mcp::jsonrpc::Id;
+use crate::mcp::session::Stateless;
 
 /// The extension's identifier (in `capabilities.extensions`).
 pub const TASKS_EXT: &str = "io.modelcontextprotocol/tasks";

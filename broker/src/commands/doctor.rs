@@ -61,7 +61,7 @@ pub fn run(policy: &mcpd_policy::Policy) -> ExitCode {
     }
     println!("cgroups: {}", cgroup_report());
     let mut notes = Vec::new();
-    match crate::cgroup::Cgroups::detect_with_notes(&crate::cgroup::Mode::Auto, &mut notes) {
+    match crate::worker::cgroup::Cgroups::detect_with_notes(&crate::worker::cgroup::Mode::Auto, &mut notes) {
         Ok(Some(c)) => println!(
             "worker limits: cgroup v{} per worker: {}",
             c.version(),
@@ -121,7 +121,7 @@ fn namespaces_report(policy: &mcpd_policy::Policy) -> bool {
     }
     for (id, _) in policy.clients() {
         let mut spec = policy.sandbox_spec(id);
-        crate::sandbox::complete(&mut spec);
+        crate::worker::sandbox::complete(&mut spec);
         println!("view of client {id}:");
         if root {
             println!("  uid/gid {}", policy.worker_uid(id));

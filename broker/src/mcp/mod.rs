@@ -1,0 +1,13 @@
+//! The MCP engine: protocol constants and both eras, JSON-RPC framing, the session engine (one
+//! module per method family), the relay of server→client requests, the validation of worker
+//! results, and the audit record that is written before any reply leaves.
+//!
+//! Sans transport: it takes typed [`jsonrpc::Incoming`] messages from a transport and answers
+//! through the session's bounded outbox. Trusts nothing it is given: client messages and worker
+//! answers are both hostile input.
+#![forbid(unsafe_code)]
+
+pub mod jsonrpc;
+pub mod seal;
+pub mod session;
+pub mod tasks;

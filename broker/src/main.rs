@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 mod auditing;
+mod auth;
 mod commands;
 mod mcp;
 mod reload;

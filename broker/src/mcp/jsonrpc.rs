@@ -4,16 +4,9 @@
 
 use serde_json::{json, Map, Value};
 
-/// Invalid JSON.
-pub const PARSE_ERROR: i64 = -32700;
-/// Not a valid request object (including batches, which MCP removed).
-pub const INVALID_REQUEST: i64 = -32600;
-/// Unknown method.
-pub const METHOD_NOT_FOUND: i64 = -32601;
-/// Bad params (including unknown tool).
-pub const INVALID_PARAMS: i64 = -32602;
-/// Internal error.
-pub const INTERNAL_ERROR: i64 = -32603;
+pub use crate::mcp::protocol::{
+    INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
+};
 
 /// A request id: string or integer (MCP forbids null).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -81,6 +74,14 @@ pub enum Incoming {
         /// message
         message: String,
     },
+}
+
+impl Incoming {
+    /// A message the transport could not even read (oversized, not UTF-8): answered with this
+    /// error under a null id.
+    pub fn unreadable(code: i64, message: &str) -> Self {
+        invalid(Value::Null, code, message)
+    }
 }
 
 /// Classify one message's text.
@@ -185,7 +186,7 @@ pub fn response(id: &Id, result: Value) -> Value {
 
 /// An error response.
 pub fn error(id: Value, code: i64, message: &str) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+    crate::mcp::protocol::RpcError::new(code, message).to_response(id)
 }
 
 /// A notification.

@@ -8,6 +8,14 @@
 #![forbid(unsafe_code)]
 
 pub mod jsonrpc;
+pub mod protocol;
 pub mod seal;
 pub mod session;
+pub mod stateless;
 pub mod tasks;
+
+/// A client- or worker-supplied string made safe to echo in a message or a log: control
+/// characters removed, at most 128 characters.
+pub fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(128).collect()
+}

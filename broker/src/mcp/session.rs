@@ -24,81 +24,21 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::auditing::Audit;
+use crate::auth::{Origin, Principal};
 use crate::mcp::jsonrpc::{
     self, Id, Incoming, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
 };
+pub use crate::mcp::protocol::{
+    HEADER_MISMATCH, META_CAPS, META_VERSION, MISSING_CAPABILITY, STATELESS_VERSIONS,
+    SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
+};
+pub use crate::mcp::stateless::{is_stateless, stateless_meta, Stateless};
+use crate::transport::Outbox;
 use crate::worker::supervisor::{CallEvent, CallOutcome, Supervisor, Worker, WorkerContext};
 
-/// Session-era protocol versions, newest first.
-pub const SUPPORTED_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
-/// Stateless-era protocol versions (selected per request by `_meta`).
-pub const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
-/// `_meta` key carrying the protocol version of a stateless request.
-pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-/// `_meta` key carrying the client's capabilities.
-pub const META_CAPS: &str = "io.modelcontextprotocol/clientCapabilities";
-/// `_meta` key carrying the log level of a stateless request.
-pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
-/// Stateless error: a header does not match the body.
-pub const HEADER_MISMATCH: i64 = -32020;
-/// Stateless error: the client lacks a capability the request needs.
-pub const MISSING_CAPABILITY: i64 = -32021;
-/// Stateless error: unsupported protocol version.
-pub const UNSUPPORTED_VERSION: i64 = -32022;
 /// Cache hint of list, read and discover results: not cacheable across principals, no TTL.
 const TTL_MS: u64 = 0;
 
-/// Per-request context of a stateless-era (2026-07-28) request.
-#[derive(Debug, Clone)]
-pub struct Stateless {
-    /// Log level the request asked for (`None`: no log notifications at all).
-    pub log_level: Option<LogLevel>,
-    /// The client's capabilities for this request.
-    pub caps: Value,
-}
-
-/// Validate the `_meta` envelope of a stateless request (transport-independent part):
-/// `Err((code, message, data))`.
-pub fn stateless_meta(params: &Map<String, Value>) -> Result<Stateless, (i64, String, Value)> {
-    let meta = params.get("_meta").and_then(Value::as_object);
-    let version = meta
-        .and_then(|m| m.get(META_VERSION))
-        .and_then(Value::as_str);
-    let caps = meta
-        .and_then(|m| m.get(META_CAPS))
-        .filter(|c| c.is_object());
-    let (Some(version), Some(caps)) = (version, caps) else {
-        return Err((
-            INVALID_PARAMS,
-            format!("Invalid params: _meta must carry {META_VERSION} and {META_CAPS}"),
-            Value::Null,
-        ));
-    };
-    if !STATELESS_VERSIONS.contains(&version) {
-        return Err((
-            UNSUPPORTED_VERSION,
-            "Unsupported protocol version".into(),
-            json!({"supported": STATELESS_VERSIONS, "requested": printable(version)}),
-        ));
-    }
-    let log_level = meta
-        .and_then(|m| m.get(META_LOG_LEVEL))
-        .and_then(Value::as_str)
-        .and_then(LogLevel::parse);
-    Ok(Stateless {
-        log_level,
-        caps: caps.clone(),
-    })
-}
-
-/// Whether a request selects the stateless era.
-pub fn is_stateless(method: &str, params: &Map<String, Value>) -> bool {
-    method == "server/discover"
-        || params
-            .get("_meta")
-            .and_then(Value::as_object)
-            .is_some_and(|m| m.contains_key(META_VERSION))
-}
 /// Tools per `tools/list` page.
 pub const TOOLS_PAGE_SIZE: usize = 100;
 
@@ -173,27 +113,6 @@ struct ClientPending {
     call: u64,
 }
 
-/// One message for the client, with the request it belongs to (if any), so that a transport
-/// with one stream per request (Streamable HTTP) can route it; stdio ignores `related`.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    /// The client request this message answers or reports on.
-    pub related: Option<Id>,
-    /// The JSON-RPC message.
-    pub msg: Value,
-}
-
-/// Where a session comes from, for the audit log.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    /// Transport name (`stdio`).
-    pub transport: &'static str,
-    /// Peer description (for stdio: the parent process).
-    pub peer: String,
-    /// How the principal was authenticated.
-    pub auth_method: &'static str,
-}
-
 /// One client session.
 #[derive(Clone)]
 pub struct Session {
@@ -206,7 +125,7 @@ struct Inner {
     policy_cell: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: Outbox,
     state: Mutex<State>,
     worker: tokio::sync::Mutex<Option<Arc<Worker>>>,
     inflight: Mutex<HashMap<Id, (Arc<Worker>, u64)>>,
@@ -278,13 +197,14 @@ impl Session {
     /// A new session for an authenticated principal. Records `auth.success` and
     /// `session.open`; fails if the audit log cannot take them (fail closed).
     pub async fn open(
-        client: ClientId,
+        principal: Principal,
+        origin: &Origin,
         policy_cell: crate::reload::PolicyCell,
         supervisor: Supervisor,
         audit: Audit,
-        origin: &Origin,
-        out: mpsc::UnboundedSender<Outgoing>,
+        out: Outbox,
     ) -> Result<Self, String> {
+        let client = principal.client;
         let policy = policy_cell.get();
         let slots = policy.permissions(&client).map_or(1, |p| {
             usize::try_from(p.limits.max_concurrent_calls).unwrap_or(1)
@@ -297,7 +217,7 @@ impl Session {
         f.insert("transport".into(), json!(origin.transport));
         f.insert("peer".into(), json!(origin.peer));
         let mut auth = f.clone();
-        auth.insert("method".into(), json!(origin.auth_method));
+        auth.insert("method".into(), json!(principal.method));
         audit
             .record("auth.success", auth)
             .await
@@ -378,7 +298,7 @@ impl Session {
                     .unwrap_or((false, Duration::ZERO));
                 if ready && idle >= Duration::from_secs(secs) {
                     let id = s.next_request_id("ping");
-                    s.send(
+                    s.inner.out.request(
                         None,
                         json!({"jsonrpc": "2.0", "id": id.to_value(), "method": "ping"}),
                     );
@@ -422,7 +342,7 @@ impl Session {
                 p["uri"] = json!(u);
             }
             if let Some(id) = sub {
-                p["_meta"] = json!({"io.modelcontextprotocol/subscriptionId": id.to_value()});
+                p["_meta"] = json!({crate::mcp::protocol::META_SUBSCRIPTION: id.to_value()});
             }
             p
         };
@@ -438,7 +358,9 @@ impl Session {
             })
             .unwrap_or((false, false));
         if session_era && subscribed {
-            self.send(None, jsonrpc::notification(method, params(None)));
+            self.inner
+                .out
+                .notify(None, jsonrpc::notification(method, params(None)));
         }
         let targets: Vec<Id> = self
             .inner
@@ -457,7 +379,9 @@ impl Session {
             })
             .unwrap_or_default();
         for id in targets {
-            self.send(Some(&id), jsonrpc::notification(method, params(Some(&id))));
+            self.inner
+                .out
+                .notify(Some(&id), jsonrpc::notification(method, params(Some(&id))));
         }
     }
 
@@ -516,13 +440,6 @@ impl Session {
                 .permissions(&self.inner.client)
                 .map_or(1, |p| p.limits.call_timeout_secs),
         )
-    }
-
-    fn send(&self, related: Option<&Id>, msg: Value) {
-        let _ = self.inner.out.send(Outgoing {
-            related: related.cloned(),
-            msg,
-        });
     }
 
     /// The session's id (also the HTTP `Mcp-Session-Id`): 128 random bits, hex.
@@ -586,7 +503,7 @@ impl Session {
                 s.requests += 1;
             }
             if !response.is_null() {
-                self.send(id, response);
+                self.inner.out.reply(id, response).await;
             }
             return;
         }
@@ -644,40 +561,28 @@ impl Session {
         }
         match self.inner.audit.record("request", f).await {
             Ok(()) if response.is_null() => {}
-            Ok(()) => self.send(id, response),
+            Ok(()) => {
+                self.inner.out.reply(id, response).await;
+            }
             Err(e) => {
                 tracing::error!("audit: {e}");
                 let rid = id.map_or(Value::Null, Id::to_value);
-                self.send(id, jsonrpc::error(rid, INTERNAL_ERROR, AUDIT_UNAVAILABLE));
+                self.inner
+                    .out
+                    .reply(id, jsonrpc::error(rid, INTERNAL_ERROR, AUDIT_UNAVAILABLE))
+                    .await;
             }
         }
     }
 
-    /// Answer a transport-level problem (oversized line, invalid UTF-8) with this error.
-    pub fn reject(&self, code: i64, message: &str) {
-        let s = self.clone();
-        let message = message.to_string();
-        let started = Instant::now();
-        self.spawn(async move {
-            let rec = Rec::new("<invalid>").outcome("invalid");
-            s.finish(
-                None,
-                started,
-                rec,
-                jsonrpc::error(Value::Null, code, &message),
-            )
-            .await;
-        });
-    }
-
     /// Handle one incoming message. Every request is answered from a spawned task, after its
     /// audit record is written.
-    pub fn handle(&self, text: &str) {
+    pub fn handle(&self, msg: Incoming) {
         let started = Instant::now();
         if let Ok(mut s) = self.inner.state.lock() {
             s.last_activity = LastActivity(started);
         }
-        match jsonrpc::classify(text) {
+        match msg {
             Incoming::Invalid { id, code, message } => {
                 let s = self.clone();
                 self.spawn(async move {
@@ -765,10 +670,15 @@ impl Session {
             s.roots_request = Some(id.clone());
             id
         };
-        self.send(
+        let queued = self.inner.out.request(
             None,
             json!({"jsonrpc": "2.0", "id": id.to_value(), "method": "roots/list", "params": {}}),
         );
+        if !queued {
+            if let Ok(mut s) = self.inner.state.lock() {
+                s.roots_request = None;
+            }
+        }
     }
 
     /// Record the client's roots: `file://` directories, lexically normalised. A malformed
@@ -886,10 +796,24 @@ impl Session {
                 .await;
             return;
         }
-        self.send(
+        let queued = self.inner.out.request(
             Some(related),
             json!({"jsonrpc": "2.0", "id": id.to_value(), "method": method, "params": params}),
         );
+        if !queued {
+            if let Some(p) = self
+                .inner
+                .client_pending
+                .lock()
+                .ok()
+                .and_then(|mut m| m.remove(&id))
+            {
+                p.worker
+                    .client_reply(p.worker_request, refuse("the client is not reading"))
+                    .await;
+            }
+            return;
+        }
         // Give up after a while: the worker is told, and a late answer is ignored.
         let s = self.clone();
         tokio::spawn(async move {
@@ -1250,13 +1174,7 @@ impl Session {
     ) -> (Rec, Value) {
         let st = match stateless_meta(&params) {
             Ok(st) => st,
-            Err((code, message, data)) => {
-                let mut e = jsonrpc::error(id.to_value(), code, &message);
-                if !data.is_null() {
-                    e["error"]["data"] = data;
-                }
-                return (rec.deny("invalid_meta"), e);
-            }
+            Err(e) => return (rec.deny("invalid_meta"), e.to_response(id.to_value())),
         };
         let (rec, mut response) = match method {
             "server/discover" => (
@@ -1635,13 +1553,13 @@ impl Session {
         if watch {
             self.update_watch().await;
         }
-        self.send(
+        self.inner.out.reply(
             Some(id),
             jsonrpc::notification(
                 "notifications/subscriptions/acknowledged",
-                json!({"notifications": honoured, "_meta": {"io.modelcontextprotocol/subscriptionId": id.to_value()}}),
+                json!({"notifications": honoured, "_meta": {crate::mcp::protocol::META_SUBSCRIPTION: id.to_value()}}),
             ),
-        );
+        ).await;
         (rec.allow("protocol"), Value::Null)
     }
 
@@ -1661,7 +1579,7 @@ impl Session {
             "instructions": "Tools run in a per-client sandbox. Paths must lie within the directories listed by list_allowed_directories.",
             "ttlMs": TTL_MS,
             "cacheScope": "private",
-            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "mcpd", "title": "mcpd (confined MCP server)", "version": env!("CARGO_PKG_VERSION")}}
+            "_meta": {crate::mcp::protocol::META_SERVER_INFO: {"name": "mcpd", "title": "mcpd (confined MCP server)", "version": env!("CARGO_PKG_VERSION")}}
         })
     }
 
@@ -2076,7 +1994,7 @@ impl Session {
                 if let Some(m) = message {
                     p["message"] = json!(m);
                 }
-                self.send(
+                self.inner.out.notify(
                     Some(related),
                     jsonrpc::notification("notifications/progress", p),
                 );
@@ -2095,7 +2013,7 @@ impl Session {
                 if let Some(l) = logger {
                     p["logger"] = json!(l);
                 }
-                self.send(
+                self.inner.out.notify(
                     Some(related),
                     jsonrpc::notification("notifications/message", p),
                 );
@@ -2112,6 +2030,10 @@ impl Session {
         let mut f = self.base_fields();
         let requests = self.inner.state.lock().map(|s| s.requests).unwrap_or(0);
         f.insert("requests".into(), json!(requests));
+        f.insert(
+            "notifications_dropped".into(),
+            json!(self.inner.out.dropped()),
+        );
         f.insert(
             "duration_ms".into(),
             json!(u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX)),
@@ -2587,9 +2509,7 @@ async fn malformed_result(worker: &Worker, rec: Rec, id: &Id) -> (Rec, Value) {
     )
 }
 
-fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(128).collect()
-}
+use crate::mcp::printable;
 
 fn tool_error(text: &str) -> Value {
     json!({"content": [{"type": "text", "text": text}], "isError": true})

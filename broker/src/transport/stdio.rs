@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
-use crate::mcp::jsonrpc::{INVALID_REQUEST, PARSE_ERROR};
-use crate::mcp::session::{Origin, Outgoing, Session};
+use crate::auth::{Authenticator, Credentials, LocalProcess, Origin};
+use crate::mcp::jsonrpc::{self, Incoming, INVALID_REQUEST, PARSE_ERROR};
+use crate::mcp::session::Session;
+use crate::transport::Outbox;
 use crate::worker::supervisor::Supervisor;
 
 /// Boxed async input.
@@ -152,13 +153,24 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let policy = cell.get();
-    let Some(client) = policy.stdio_client().cloned() else {
-        return Err(std::io::Error::other(
-            "the policy names no stdio client ([stdio] client = ...): stdio is refused",
-        ));
+    let origin = Origin {
+        transport: "stdio",
+        peer: format!(
+            "ppid={}",
+            rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+        ),
     };
+    let principal = LocalProcess
+        .authenticate(
+            &policy,
+            &Credentials {
+                transport: origin.transport,
+                peer: &origin.peer,
+            },
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let max = usize::try_from(policy.max_message_bytes).unwrap_or(usize::MAX);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (tx, mut rx) = Outbox::channel();
     let writer = tokio::spawn(async move {
         while let Some(v) = rx.recv().await {
             let mut line = v.msg.to_string();
@@ -168,16 +180,8 @@ where
             }
         }
     });
-    tracing::info!(client = %client, "stdio session open");
-    let origin = Origin {
-        transport: "stdio",
-        peer: format!(
-            "ppid={}",
-            rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
-        ),
-        auth_method: "local-process",
-    };
-    let session = Session::open(client, cell, supervisor, audit, &origin, tx)
+    tracing::info!(client = %principal.client, "stdio session open");
+    let session = Session::open(principal, &origin, cell, supervisor, audit, tx)
         .await
         .map_err(|e| {
             std::io::Error::other(format!("audit log unavailable, session refused: {e}"))
@@ -186,14 +190,15 @@ where
     loop {
         match reader.next().await {
             Ok(Line::Text(t)) if t.trim().is_empty() => {}
-            Ok(Line::Text(t)) => session.handle(&t),
-            Ok(Line::TooLong) => session.reject(
+            Ok(Line::Text(t)) => session.handle(jsonrpc::classify(&t)),
+            Ok(Line::TooLong) => session.handle(Incoming::unreadable(
                 INVALID_REQUEST,
                 &format!("Invalid Request: message exceeds the limit of {max} bytes"),
-            ),
-            Ok(Line::NotUtf8) => {
-                session.reject(PARSE_ERROR, "Parse error: message is not valid UTF-8")
-            }
+            )),
+            Ok(Line::NotUtf8) => session.handle(Incoming::unreadable(
+                PARSE_ERROR,
+                "Parse error: message is not valid UTF-8",
+            )),
             Ok(Line::Eof) => break,
             Err(e) => {
                 tracing::warn!("stdin: {e}");

@@ -50,13 +50,15 @@ use std::fmt::Write as _;
 use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
+use crate::auth::{Authenticator, Credentials, ListenerClient, Origin};
 use crate::mcp::jsonrpc::{
     self, Id, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
 };
 use crate::mcp::session::{
-    is_stateless, stateless_meta, Origin, Outgoing, Session, HEADER_MISMATCH, META_CAPS,
-    META_VERSION, MISSING_CAPABILITY, STATELESS_VERSIONS, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
+    is_stateless, stateless_meta, Session, HEADER_MISMATCH, META_CAPS, META_VERSION,
+    MISSING_CAPABILITY, STATELESS_VERSIONS, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
 };
+use crate::transport::{Outbox, Outgoing};
 use crate::worker::supervisor::Supervisor;
 
 /// The MCP endpoint path.
@@ -65,8 +67,7 @@ pub const ENDPOINT: &str = "/mcp";
 pub const SSE_RETRY: Duration = Duration::from_millis(1000);
 /// Keep-alive comment interval on SSE streams.
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
-/// JSON-RPC error code the SDKs use for an unknown session.
-pub const SESSION_NOT_FOUND: i64 = -32001;
+pub use crate::mcp::protocol::SESSION_NOT_FOUND;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -218,7 +219,7 @@ fn is_response(msg: &Value) -> bool {
 
 /// Route a session's output to the stream of the request it belongs to, else to the GET
 /// stream, else nowhere (the client did not open one).
-async fn dispatch(mut rx: mpsc::UnboundedReceiver<Outgoing>, hs: Weak<HttpSession>) {
+async fn dispatch(mut rx: mpsc::Receiver<Outgoing>, hs: Weak<HttpSession>) {
     while let Some(out) = rx.recv().await {
         let Some(hs) = hs.upgrade() else { break };
         if let Some(rel) = &out.related {
@@ -434,18 +435,33 @@ impl App {
         transport: &'static str,
         peer: SocketAddr,
     ) -> Result<Arc<HttpSession>, Response> {
-        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+        let (tx, rx) = Outbox::channel();
         let origin = Origin {
             transport,
             peer: peer.to_string(),
-            auth_method: "none (loopback listener)",
         };
+        let principal = ListenerClient::new(self.cfg.client.clone())
+            .authenticate(
+                &self.policy.get(),
+                &Credentials {
+                    transport,
+                    peer: &origin.peer,
+                },
+            )
+            .map_err(|e| {
+                rpc_error(
+                    StatusCode::FORBIDDEN,
+                    Value::Null,
+                    INVALID_REQUEST,
+                    &format!("Forbidden: {e}"),
+                )
+            })?;
         let session = Session::open(
-            self.cfg.client.clone(),
+            principal,
+            &origin,
             self.policy.clone(),
             self.supervisor.clone(),
             self.audit.clone(),
-            &origin,
             tx,
         )
         .await
@@ -653,7 +669,7 @@ async fn post(app: Arc<App>, peer: SocketAddr, headers: HeaderMap, body: Body) -
     let busy = Busy::new(&hs);
     if !is_request {
         // A notification, or the client's answer to a server request: no response body.
-        hs.session.handle(text);
+        hs.session.handle(jsonrpc::classify(text));
         drop(busy);
         return StatusCode::ACCEPTED.into_response();
     }
@@ -733,8 +749,8 @@ async fn post_stateless(
         );
     }
     // (3) a version this server speaks
-    if let Err((code, message, data)) = stateless_meta(params) {
-        return stateless_error(rid, code, &message, data);
+    if let Err(e) = stateless_meta(params) {
+        return stateless_error(rid, e.code, &e.message, e.data);
     }
     // (4) Mcp-Method, (5) Mcp-Name
     if header_str(headers, "mcp-method").map(str::trim) != Some(method) {
@@ -785,7 +801,7 @@ async fn post_stateless(
     let busy = Busy::new(&hs);
     let is_request = obj.contains_key("id");
     if !is_request {
-        hs.session.handle(text);
+        hs.session.handle(jsonrpc::classify(text));
         drop(busy);
         return StatusCode::ACCEPTED.into_response();
     }
@@ -894,7 +910,7 @@ async fn answer(
         id: id.clone(),
         answered: false,
     };
-    hs.session.handle(text);
+    hs.session.handle(jsonrpc::classify(text));
     let streaming = sse_ok && matches!(method, Some("tools/call" | "subscriptions/listen"));
     if !streaming {
         // One JSON response; notifications of this request (none for these methods, or the

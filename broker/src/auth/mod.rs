@@ -1,0 +1,121 @@
+//! Authentication: who is speaking. Each transport has an [`Authenticator`] that turns what
+//! the transport knows of a peer ([`Credentials`]: the transport, the peer's address or
+//! process, later a certificate or a bearer token) into a [`Principal`] — a client id of the
+//! policy and how it was established — or refuses.
+//!
+//! Does not decide what a principal may do (that is `mcpd_policy::Policy::decide`) and keeps no
+//! state: a principal is established for every session (stdio) or every request (HTTP), under
+//! the policy in force at that moment, so a reload that drops a client takes effect at once.
+//!
+//! Trusts only the kernel's view of the peer (its socket address, its parent process) and the
+//! policy; nothing a client *says* about itself.
+#![forbid(unsafe_code)]
+
+use mcpd_policy::{ClientId, Policy};
+
+/// An authenticated client: a client id of the policy, and how it was established (for the
+/// audit log's `auth.success`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal {
+    /// The policy's client id.
+    pub client: ClientId,
+    /// How the principal was established (`local-process`, `none (loopback listener)`, ...).
+    pub method: &'static str,
+}
+
+/// Where a session comes from, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Transport name (`stdio`, `http`, `http-stateless`).
+    pub transport: &'static str,
+    /// Peer description (stdio: the parent process; HTTP: the socket address).
+    pub peer: String,
+}
+
+/// What a transport knows of a peer when it asks who the peer is.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// The transport asking.
+    pub transport: &'static str,
+    /// The peer, as the transport saw it.
+    pub peer: &'a str,
+}
+
+/// Why a peer was not given a principal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The policy names no client for this transport (its setting named): it is refused.
+    #[error("the policy names no client for {transport} ({setting} = ...): {transport} is refused (peer {peer})")]
+    NoClient {
+        /// The transport.
+        transport: &'static str,
+        /// The policy setting that would name the client.
+        setting: &'static str,
+        /// The peer refused.
+        peer: String,
+    },
+}
+
+/// Establishes the principal of a peer of one transport.
+pub trait Authenticator: Send + Sync + std::fmt::Debug {
+    /// The principal `creds` speak for under `policy`, or why not.
+    fn authenticate(
+        &self,
+        policy: &Policy,
+        creds: &Credentials<'_>,
+    ) -> Result<Principal, AuthError>;
+}
+
+/// The stdio transport: the process that started mcpd (it holds the pipes) speaks for the
+/// policy's stdio client (`[stdio] client`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalProcess;
+
+impl Authenticator for LocalProcess {
+    fn authenticate(
+        &self,
+        policy: &Policy,
+        creds: &Credentials<'_>,
+    ) -> Result<Principal, AuthError> {
+        policy
+            .stdio_client()
+            .cloned()
+            .map(|client| Principal {
+                client,
+                method: "local-process",
+            })
+            .ok_or_else(|| AuthError::NoClient {
+                transport: creds.transport,
+                setting: "[stdio] client",
+                peer: creds.peer.to_string(),
+            })
+    }
+}
+
+/// An HTTP listener without authentication (loopback, or the explicit insecure opt-in): every
+/// peer speaks for the listener's configured client (`[http] client`). Kept until TLS client
+/// certificates and bearer tokens give each peer its own principal.
+#[derive(Debug, Clone)]
+pub struct ListenerClient {
+    client: ClientId,
+}
+
+impl ListenerClient {
+    /// Every peer of the listener speaks for `client`.
+    pub fn new(client: ClientId) -> Self {
+        Self { client }
+    }
+}
+
+impl Authenticator for ListenerClient {
+    fn authenticate(
+        &self,
+        _policy: &Policy,
+        _creds: &Credentials<'_>,
+    ) -> Result<Principal, AuthError> {
+        Ok(Principal {
+            client: self.client.clone(),
+            method: "none (loopback listener)",
+        })
+    }
+}

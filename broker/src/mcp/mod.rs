@@ -7,12 +7,24 @@
 //! answers are both hostile input.
 #![forbid(unsafe_code)]
 
+pub mod backend;
+mod client_requests;
+#[cfg(test)]
+mod engine_tests;
 pub mod jsonrpc;
+mod lifecycle;
 pub mod protocol;
+mod providers;
+mod record;
+mod results;
 pub mod seal;
 pub mod session;
 pub mod stateless;
+mod stateless_requests;
+mod subscriptions;
+mod task_requests;
 pub mod tasks;
+mod tools;
 
 /// A client- or worker-supplied string made safe to echo in a message or a log: control
 /// characters removed, at most 128 characters.

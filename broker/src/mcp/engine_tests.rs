@@ -1,0 +1,549 @@
+//! The engine's in-process tier: a real [`Session`] under a real policy, with a fake worker
+//! behind [`Workers`]/[`ToolWorker`] — method logic, decisions, validation of worker answers and
+//! the outbox's bounds, tested without spawning a process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use mcpd_ipc::{
+    ClientReplyOutcome, Content, InputRound, LogLevel, PathArg, Query, SandboxSpec, ToolAccess,
+    ToolAnnotations, ToolDescriptor, ToolResult,
+};
+use mcpd_policy::{Policy, QuickStart};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auditing::Audit;
+use crate::auth::{Origin, Principal};
+use crate::mcp::backend::{ToolWorker, Workers};
+use crate::mcp::jsonrpc::{classify, Incoming};
+use crate::mcp::session::Session;
+use crate::reload::PolicyCell;
+use crate::transport::{Outbox, Outgoing, NOTIFY_RESERVE, OUTBOX_QUEUE};
+use crate::worker::cgroup::Limits;
+use crate::worker::supervisor::{CallEvent, CallHandle, CallOutcome, WorkerContext};
+
+/// What the fake does with a call: the events it sends, then its outcome.
+type Script = Arc<dyn Fn(&str) -> (Vec<CallEvent>, CallOutcome) + Send + Sync>;
+
+/// One call the fake received.
+#[derive(Debug, Clone)]
+struct Received {
+    tool: String,
+    args: Value,
+}
+
+#[derive(Clone)]
+struct Fake {
+    tools: Vec<ToolDescriptor>,
+    script: Script,
+    calls: Arc<Mutex<Vec<Received>>>,
+    killed: Arc<Mutex<bool>>,
+}
+
+impl std::fmt::Debug for Fake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fake").finish()
+    }
+}
+
+impl ToolWorker for Fake {
+    fn pid(&self) -> u32 {
+        0
+    }
+    fn is_alive(&self) -> bool {
+        !*self.killed.lock().unwrap()
+    }
+    fn tools(&self) -> &[ToolDescriptor] {
+        &self.tools
+    }
+    fn confinement(&self) -> String {
+        "in-process fake".into()
+    }
+    fn call(
+        &self,
+        allow: mcpd_policy::Allow,
+        arguments_json: String,
+        want_events: bool,
+        _input: Option<InputRound>,
+    ) -> BoxFuture<'_, CallHandle> {
+        let tool = allow.tool().to_string();
+        self.calls.lock().unwrap().push(Received {
+            tool: tool.clone(),
+            args: serde_json::from_str(&arguments_json).unwrap(),
+        });
+        let (events, outcome) = (self.script)(&tool);
+        Box::pin(async move {
+            let (done_tx, done) = oneshot::channel();
+            let (ev_tx, ev_rx) = mpsc::channel(crate::worker::supervisor::CALL_EVENT_QUEUE);
+            for e in events {
+                let _ = ev_tx.try_send(e);
+            }
+            let _ = done_tx.send(outcome);
+            CallHandle {
+                id: 1,
+                events: want_events.then_some(ev_rx),
+                done,
+            }
+        })
+    }
+    fn query(&self, _query: Query) -> BoxFuture<'_, CallOutcome> {
+        Box::pin(async { CallOutcome::Answer("[1]".into()) })
+    }
+    fn watch(&self, _uris: Vec<String>) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn cancel(&self, _call: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn client_reply(&self, _id: u64, _outcome: ClientReplyOutcome) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn kill(&self) -> BoxFuture<'_, ()> {
+        *self.killed.lock().unwrap() = true;
+        Box::pin(async {})
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.kill()
+    }
+}
+
+/// Starts the fake; `on_start` runs first (a test reloads the policy there).
+#[derive(Clone)]
+struct FakeWorkers {
+    fake: Fake,
+    on_start: Arc<dyn Fn() + Send + Sync>,
+    started: Arc<Mutex<u32>>,
+}
+
+impl std::fmt::Debug for FakeWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeWorkers").finish()
+    }
+}
+
+impl Workers for FakeWorkers {
+    fn start(
+        &self,
+        _spec: SandboxSpec,
+        _limits: Limits,
+        _ctx: WorkerContext,
+    ) -> BoxFuture<'_, Result<Arc<dyn ToolWorker>, String>> {
+        (self.on_start)();
+        *self.started.lock().unwrap() += 1;
+        let w: Arc<dyn ToolWorker> = Arc::new(self.fake.clone());
+        Box::pin(async move { Ok(w) })
+    }
+}
+
+fn tool(name: &str, access: ToolAccess, path_arg: Option<(&str, bool)>) -> ToolDescriptor {
+    ToolDescriptor {
+        name: name.into(),
+        title: None,
+        description: format!("{name} (fake)"),
+        input_schema_json: r#"{"type":"object"}"#.into(),
+        output_schema_json: None,
+        annotations: ToolAnnotations::default(),
+        access,
+        path_args: path_arg
+            .map(|(n, write)| PathArg {
+                name: n.into(),
+                many: false,
+                write,
+            })
+            .into_iter()
+            .collect(),
+        exec_args: None,
+        client_capabilities: vec![],
+        task_support: mcpd_ipc::TaskSupport::Forbidden,
+    }
+}
+
+fn text(t: &str) -> CallOutcome {
+    CallOutcome::Done(ToolResult {
+        content: vec![Content::Text { text: t.into() }],
+        structured_json: None,
+        is_error: false,
+        input_required: None,
+    })
+}
+
+fn read_only(dir: &std::path::Path) -> Policy {
+    let q = QuickStart {
+        read: vec![dir.to_path_buf()],
+        ..QuickStart::default()
+    };
+    Policy::quick_start(&q, dir, &|p| std::fs::canonicalize(p)).unwrap()
+}
+
+struct Engine {
+    session: Session,
+    rx: mpsc::Receiver<Outgoing>,
+    fake: Fake,
+    cell: PolicyCell,
+    started: Arc<Mutex<u32>>,
+    dir: tempfile::TempDir,
+}
+
+async fn engine_with(script: Script, on_start: Option<Arc<dyn Fn() + Send + Sync>>) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = read_only(dir.path());
+    let client = policy.stdio_client().cloned().unwrap();
+    let cell = PolicyCell::new(policy);
+    let fake = Fake {
+        tools: vec![
+            tool("read_file", ToolAccess::FileRead, Some(("path", false))),
+            tool("write_file", ToolAccess::FileWrite, Some(("path", true))),
+        ],
+        script,
+        calls: Arc::default(),
+        killed: Arc::default(),
+    };
+    let started = Arc::new(Mutex::new(0));
+    let workers = FakeWorkers {
+        fake: fake.clone(),
+        on_start: on_start.unwrap_or_else(|| Arc::new(|| {})),
+        started: started.clone(),
+    };
+    let (out, rx) = Outbox::channel();
+    let session = Session::open_with(
+        Principal {
+            client,
+            method: "test",
+        },
+        &Origin {
+            transport: "test",
+            peer: "in-process".into(),
+        },
+        cell.clone(),
+        Arc::new(workers),
+        Audit::off(),
+        out,
+    )
+    .await
+    .unwrap();
+    Engine {
+        session,
+        rx,
+        fake,
+        cell,
+        started,
+        dir,
+    }
+}
+
+async fn engine() -> Engine {
+    engine_with(Arc::new(|_| (vec![], text("ok"))), None).await
+}
+
+impl Engine {
+    fn send(&self, msg: Value) {
+        self.session.handle(classify(&msg.to_string()));
+    }
+    /// The next message for the client.
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+            .await
+            .expect("the engine answered")
+            .expect("the outbox is open")
+            .msg
+    }
+    /// Messages up to and including the response to `id`.
+    async fn until_response(&mut self, id: i64) -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let m = self.next().await;
+            let done = m.get("id") == Some(&json!(id)) && m.get("method").is_none();
+            all.push(m);
+            if done {
+                return all;
+            }
+        }
+    }
+    async fn call(&mut self, id: i64, method: &str, params: Value) -> Value {
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        self.until_response(id).await.pop().unwrap()
+    }
+    async fn initialize(&mut self) {
+        let r = self
+            .call(
+                0,
+                "initialize",
+                json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}),
+            )
+            .await;
+        assert_eq!(r["result"]["protocolVersion"], "2025-11-25");
+        self.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    }
+    fn path(&self, name: &str) -> String {
+        std::fs::canonicalize(self.dir.path())
+            .unwrap()
+            .join(name)
+            .display()
+            .to_string()
+    }
+}
+
+#[tokio::test]
+async fn requests_before_initialize_are_refused_and_unreadable_input_is_answered() {
+    let mut e = engine().await;
+    let r = e.call(1, "tools/list", json!({})).await;
+    assert_eq!(r["error"]["code"], crate::mcp::protocol::INVALID_REQUEST);
+    e.session.handle(Incoming::unreadable(
+        crate::mcp::protocol::PARSE_ERROR,
+        "Parse error: message is not valid UTF-8",
+    ));
+    let r = e.next().await;
+    assert!(r["id"].is_null());
+    assert_eq!(r["error"]["code"], crate::mcp::protocol::PARSE_ERROR);
+    assert!(e.fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_policy_decides_what_is_listed_and_what_reaches_the_worker() {
+    let mut e = engine().await;
+    e.initialize().await;
+    // Read-only client: the write tool is not listed.
+    let r = e.call(1, "tools/list", json!({})).await;
+    let names: Vec<&str> = r["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["read_file"]);
+    // Calling it anyway looks exactly like calling a tool that does not exist.
+    let hidden = e
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "write_file", "arguments": {"path": e.path("x")}}),
+        )
+        .await;
+    let absent = e
+        .call(3, "tools/call", json!({"name": "nope", "arguments": {}}))
+        .await;
+    assert_eq!(hidden["error"]["code"], absent["error"]["code"]);
+    assert_eq!(
+        hidden["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace("write_file", "X"),
+        absent["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace("nope", "X")
+    );
+    // A path outside the roots is denied in the broker: the worker never sees the call.
+    let out = e
+        .call(
+            4,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": "/etc/passwd"}}),
+        )
+        .await;
+    assert_eq!(out["result"]["isError"], true);
+    assert_eq!(
+        out["result"]["content"][0]["text"],
+        crate::mcp::tools::ACCESS_DENIED
+    );
+    assert!(e.fake.calls.lock().unwrap().is_empty());
+    // Inside: the worker gets the call, with the client's arguments.
+    let inside = e.path("a.txt");
+    let ok = e
+        .call(
+            5,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": inside}}),
+        )
+        .await;
+    assert_eq!(ok["result"]["content"][0]["text"], "ok");
+    let calls = e.fake.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].tool, "read_file");
+    assert_eq!(calls[0].args["path"], json!(inside));
+}
+
+#[tokio::test]
+async fn a_malformed_worker_result_is_refused_and_the_worker_ended() {
+    let script: Script = Arc::new(|_| {
+        (
+            vec![],
+            CallOutcome::Done(ToolResult {
+                content: vec![Content::Image {
+                    data: vec![1],
+                    mime_type: "image/png\r\nX-Injected: 1".into(),
+                }],
+                structured_json: None,
+                is_error: false,
+                input_required: None,
+            }),
+        )
+    });
+    let mut e = engine_with(script, None).await;
+    e.initialize().await;
+    let r = e
+        .call(
+            1,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": e.path("a")}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], crate::mcp::protocol::INTERNAL_ERROR);
+    assert!(!r.to_string().contains("X-Injected"));
+    assert!(*e.fake.killed.lock().unwrap(), "the worker was ended");
+}
+
+#[tokio::test]
+async fn progress_precedes_the_response_and_logs_follow_the_level() {
+    let script: Script = Arc::new(|_| {
+        let log = |level, m: &str| CallEvent::Log {
+            level,
+            logger: None,
+            data: json!(m),
+        };
+        (
+            vec![
+                CallEvent::Progress {
+                    progress: 1.0,
+                    total: Some(2.0),
+                    message: None,
+                },
+                // Not increasing: dropped.
+                CallEvent::Progress {
+                    progress: 1.0,
+                    total: Some(2.0),
+                    message: None,
+                },
+                log(LogLevel::Debug, "too fine"),
+                log(LogLevel::Warning, "kept"),
+                CallEvent::Progress {
+                    progress: 2.0,
+                    total: Some(2.0),
+                    message: Some("done".into()),
+                },
+            ],
+            text("ok"),
+        )
+    });
+    let mut e = engine_with(script, None).await;
+    e.initialize().await;
+    let p = e.path("a");
+    e.send(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "read_file", "arguments": {"path": p}, "_meta": {"progressToken": "tok"}}}));
+    let all = e.until_response(7).await;
+    let methods: Vec<&str> = all
+        .iter()
+        .map(|m| m["method"].as_str().unwrap_or("response"))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "notifications/progress",
+            "notifications/message",
+            "notifications/progress",
+            "response"
+        ]
+    );
+    assert_eq!(all[0]["params"]["progressToken"], "tok");
+    assert_eq!(all[1]["params"]["data"], "kept");
+    assert_eq!(all[2]["params"]["progress"], 2.0);
+}
+
+#[tokio::test]
+async fn a_request_is_decided_under_the_policy_it_started_with() {
+    // The second worker start happens inside tools/call, after the request took its policy
+    // snapshot and before the decision; it reloads a policy that grants nothing under this
+    // directory. The call is still validated, decided and limited under its own snapshot.
+    type Armed = Option<(PolicyCell, Policy, Fake)>;
+    let slot: Arc<Mutex<Armed>> = Arc::default();
+    let hook_slot = slot.clone();
+    let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        if let Some((cell, p, fake)) = hook_slot.lock().unwrap().take() {
+            *fake.killed.lock().unwrap() = false;
+            cell.replace(p);
+        }
+    });
+    let mut e = engine_with(Arc::new(|_| (vec![], text("ok"))), Some(hook)).await;
+    e.initialize().await;
+    let p = e.path("a");
+    let r = e
+        .call(
+            1,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": p}}),
+        )
+        .await;
+    assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    *slot.lock().unwrap() = Some((e.cell.clone(), read_only(elsewhere.path()), e.fake.clone()));
+    // The worker died: the next call starts another one, and that start reloads the policy.
+    *e.fake.killed.lock().unwrap() = true;
+    let before = *e.started.lock().unwrap();
+    let r = e
+        .call(
+            2,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": p}}),
+        )
+        .await;
+    assert_eq!(
+        *e.started.lock().unwrap(),
+        before + 1,
+        "the call started a worker"
+    );
+    assert!(
+        slot.lock().unwrap().is_none(),
+        "the reload happened during the call"
+    );
+    assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
+    // The next request takes the new snapshot: the same path is now outside the roots.
+    let r = e
+        .call(
+            3,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": p}}),
+        )
+        .await;
+    assert_eq!(
+        r["result"]["content"][0]["text"],
+        crate::mcp::tools::ACCESS_DENIED
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_loses_notifications_not_responses() {
+    // Twice as many progress events as the outbox holds, and nobody reads until the end.
+    let script: Script = Arc::new(|_| {
+        let n = OUTBOX_QUEUE * 2;
+        (
+            (1..=n)
+                .map(|i| CallEvent::Progress {
+                    progress: i as f64,
+                    total: None,
+                    message: None,
+                })
+                .collect(),
+            text("ok"),
+        )
+    });
+    let mut e = engine_with(script, None).await;
+    e.initialize().await;
+    let p = e.path("a");
+    e.send(json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "read_file", "arguments": {"path": p}, "_meta": {"progressToken": 1}}}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let all = e.until_response(9).await;
+    let progress = all
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .count();
+    assert!(
+        progress <= OUTBOX_QUEUE - NOTIFY_RESERVE,
+        "{progress} notifications queued"
+    );
+    assert!(progress > 0);
+    assert_eq!(all.last().unwrap()["result"]["content"][0]["text"], "ok");
+}

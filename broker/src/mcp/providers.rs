@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::mcp::jsonrpc::{self, Id, INTERNAL_ERROR, INVALID_PARAMS};
 use crate::mcp::printable;
+use crate::mcp::protocol::RpcError;
 use crate::mcp::record::Rec;
 use crate::mcp::results::{short, valid_entries};
 use crate::mcp::session::Session;
@@ -104,9 +105,12 @@ impl Session {
                     match d {
                         Decision::Allow(_) => {}
                         Decision::Deny(r) => {
-                            let mut e = err(INVALID_PARAMS, "Resource not found");
-                            e["error"]["data"] = json!({"uri": uri});
-                            return (rec.deny(r.code()).outcome("denied"), e);
+                            let e = RpcError::new(INVALID_PARAMS, "Resource not found")
+                                .with_data(json!({"uri": uri}));
+                            return (
+                                rec.deny(r.code()).outcome("denied"),
+                                e.to_response(id.to_value()),
+                            );
                         }
                     }
                 }
@@ -186,11 +190,9 @@ impl Session {
             CallOutcome::Failed(e) => {
                 return match e.kind {
                     CallErrorKind::InvalidArguments | CallErrorKind::UnknownTool => {
-                        let mut r = err(INVALID_PARAMS, &printable(&e.message));
-                        if let Some(u) = uri_for_error {
-                            r["error"]["data"] = json!({"uri": u});
-                        }
-                        (rec.outcome("not_found"), r)
+                        let r = RpcError::new(INVALID_PARAMS, printable(&e.message))
+                            .with_data(uri_for_error.map_or(Value::Null, |u| json!({"uri": u})));
+                        (rec.outcome("not_found"), r.to_response(id.to_value()))
                     }
                     _ => (rec, err(INTERNAL_ERROR, "Internal error")),
                 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::mcp::jsonrpc::{self, Id, METHOD_NOT_FOUND};
 use crate::mcp::printable;
+use crate::mcp::protocol::RpcError;
 use crate::mcp::protocol::STATELESS_VERSIONS;
 use crate::mcp::record::Rec;
 use crate::mcp::results::short;
@@ -57,13 +58,12 @@ impl Session {
                     .await
             }
             _ => {
-                let mut e = jsonrpc::error(
-                    id.to_value(),
+                let e = RpcError::new(
                     METHOD_NOT_FOUND,
-                    &format!("Method not found: {}", printable(method)),
-                );
-                e["error"]["data"] = json!(printable(method));
-                return (rec, e);
+                    format!("Method not found: {}", printable(method)),
+                )
+                .with_data(json!(printable(method)));
+                return (rec, e.to_response(id.to_value()));
             }
         };
         if let Some(r) = response.get_mut("result").and_then(Value::as_object_mut) {

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::mcp::jsonrpc::{self, Id, INTERNAL_ERROR, INVALID_PARAMS};
 use crate::mcp::printable;
+use crate::mcp::protocol::RpcError;
 use crate::mcp::protocol::MISSING_CAPABILITY;
 use crate::mcp::record::Rec;
 use crate::mcp::session::Session;
@@ -46,13 +47,15 @@ impl Session {
         };
         match (support, tasks::declared(st)) {
             (Some(TaskSupport::Required), false) => {
-                let mut e = jsonrpc::error(
-                    id.to_value(),
+                let e = RpcError::new(
                     MISSING_CAPABILITY,
                     "This tool runs only as a task: declare the tasks extension",
+                )
+                .with_data(tasks::required_capability());
+                return (
+                    rec.deny("missing_client_capability"),
+                    e.to_response(id.to_value()),
                 );
-                e["error"]["data"] = tasks::required_capability();
-                return (rec.deny("missing_client_capability"), e);
             }
             (Some(TaskSupport::Optional | TaskSupport::Required), true) => {}
             _ => return self.tools_call(policy, id, params, rec, Some(st)).await,
@@ -144,13 +147,15 @@ impl Session {
     ) -> (Rec, Value) {
         use crate::mcp::tasks;
         if !tasks::declared(st) {
-            let mut e = jsonrpc::error(
-                id.to_value(),
+            let e = RpcError::new(
                 MISSING_CAPABILITY,
                 "The tasks extension is not declared by this request",
+            )
+            .with_data(tasks::required_capability());
+            return (
+                rec.deny("missing_client_capability"),
+                e.to_response(id.to_value()),
             );
-            e["error"]["data"] = tasks::required_capability();
-            return (rec.deny("missing_client_capability"), e);
         }
         let Some(task_id) = params.get("taskId").and_then(Value::as_str) else {
             return (
@@ -172,9 +177,9 @@ impl Session {
             };
             all.expire();
             let Some(t) = all.get_mut(task_id) else {
-                let mut e = jsonrpc::error(id.to_value(), INVALID_PARAMS, "Unknown task");
-                e["error"]["data"] = json!({"taskId": printable(task_id)});
-                return (rec, e);
+                let e = RpcError::new(INVALID_PARAMS, "Unknown task")
+                    .with_data(json!({"taskId": printable(task_id)}));
+                return (rec, e.to_response(id.to_value()));
             };
             match method {
                 "tasks/get" => t.to_json(task_id, false),

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::mcp::backend::ToolWorker;
 use crate::mcp::jsonrpc::{self, Id, INTERNAL_ERROR, INVALID_PARAMS};
 use crate::mcp::printable;
+use crate::mcp::protocol::RpcError;
 use crate::mcp::protocol::MISSING_CAPABILITY;
 use crate::mcp::record::Rec;
 use crate::mcp::record::AUDIT_UNAVAILABLE;
@@ -214,12 +215,15 @@ impl Session {
                 .map(|c| (c.clone(), json!({})))
                 .collect();
             if !missing.is_empty() {
-                let mut e = err(
+                let e = RpcError::new(
                     MISSING_CAPABILITY,
                     "Missing required client capability for this tool",
+                )
+                .with_data(json!({"requiredCapabilities": missing}));
+                return (
+                    rec.deny("missing_client_capability"),
+                    e.to_response(id.to_value()),
                 );
-                e["error"]["data"] = json!({"requiredCapabilities": missing});
-                return (rec.deny("missing_client_capability"), e);
             }
         }
         let mut paths = Vec::new();

@@ -74,6 +74,8 @@ pub enum SpawnError {
     Cgroup(String),
 }
 
+/// One `fork`+`exec` for the spawner thread: which worker executable, and where the child and
+/// the broker's end of its socket go.
 struct SpawnRequest {
     worker: PathBuf,
     reply: oneshot::Sender<std::io::Result<(tokio::process::Child, OwnedFd)>>,
@@ -387,6 +389,9 @@ impl Supervisor {
     }
 }
 
+/// On the spawner thread: the socket pair, then `fork`+`exec` of the worker with an empty
+/// environment, `/dev/null` stdin/stdout and the child end as fd 3 (set up in `pre_exec`,
+/// `crate::sys`).
 fn spawn_one(worker: &Path) -> std::io::Result<(tokio::process::Child, OwnedFd)> {
     let (parent_end, child_end) = channel::socketpair()?;
     let child_raw = child_end.as_raw_fd();

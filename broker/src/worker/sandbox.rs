@@ -5,6 +5,13 @@
 //! Landlock `Execute` right), the interpreters of `#!` scripts, shared libraries (read-only),
 //! the loader cache, and a few device files. This module looks them up on this host; nothing
 //! here is reachable through the file tools (those only see the client's own roots).
+//!
+//! Does not decide what a client may run or read (the policy did) and adds nothing when the
+//! spec executes nothing; it confines nothing itself (the worker applies the spec). Trusts the
+//! host's file system as the broker sees it: the fixed system paths below, and the `#!` lines of
+//! the granted programs (their first 256 bytes, at most four interpreters deep), which decide
+//! the interpreters that join an exec set, so a granted program's `#!` line is trusted as much
+//! as the program itself. Nothing the worker sends reaches this module.
 #![forbid(unsafe_code)]
 
 use std::io::Read;

@@ -1,40 +1,50 @@
-//! Worker supervision: spawning `mcpd-worker` processes from one long-lived thread, the
-//! confinement handshake, and a typed handle that multiplexes calls over the IPC socket.
+//! Worker supervision: starting `mcpd-worker` processes from one long-lived thread, putting
+//! each into its own control group before it can fork, the confinement handshake (`Confine` →
+//! `Ready`), and the task that waits for a worker's exit, kills it on request, reaps it,
+//! removes its cgroup and audits its end.
 //!
-//! Trust: every message a worker sends is hostile input. A malformed or oversized frame, a
-//! message out of protocol state, or an invalid descriptor ends *that worker only*; calls in
-//! flight on it fail with [`CallOutcome::WorkerDied`]; the broker lives on and the next call
-//! starts a fresh worker.
+//! The module's public names (re-exported here, so callers need only this path): [`Supervisor`],
+//! [`WorkerContext`], [`SpawnError`]; from `handle.rs` the live [`Worker`] and its calls
+//! ([`CallHandle`], [`CallEvent`], [`CallOutcome`]); from `validate.rs` the bounds on what a
+//! worker may advertise.
+//!
+//! Does not route a running worker's messages (`handle.rs`), judge its descriptors or its
+//! enforcement report (`validate.rs`), build its sandbox spec (`sandbox.rs`) or manage cgroupfs
+//! (`cgroup/`). Trust: every message a worker sends is hostile input. A malformed or oversized
+//! frame, a message out of protocol state, or an invalid descriptor ends *that worker only*;
+//! calls in flight on it fail with [`CallOutcome::WorkerDied`]; the broker lives on and the next
+//! call starts a fresh worker. A worker confined less than the policy requires is killed before
+//! it serves anything.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use mcpd_ipc::channel::{self, Sender};
+use mcpd_ipc::channel;
 use mcpd_ipc::{
-    BrokerToWorker, CallError, Enforcement, LandlockStatus, LogLevel, SandboxSpec, ToolDescriptor,
-    ToolResult, WorkerToBroker, MAX_FRAME, PROTOCOL_VERSION,
+    BrokerToWorker, LandlockStatus, SandboxSpec, WorkerToBroker, MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::validate::{check_enforcement, truncate, validate_tools};
+
+// The zone's public path (`crate::worker::supervisor::...`) for every name callers may use,
+// whether or not one uses it yet.
+#[allow(unused_imports)]
+pub use super::handle::{
+    CallEvent, CallHandle, CallOutcome, Worker, CALL_EVENT_QUEUE, CLIENT_REQUEST_RESERVE,
+    SHUTDOWN_GRACE,
+};
+#[allow(unused_imports)]
+pub use super::validate::{MAX_DESCRIPTION, MAX_PATH_ARGS, MAX_SCHEMA, MAX_TOOLS};
+
+use super::handle::SOCKET_CLOSED;
+
 /// How long a worker may take from exec to `Ready`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a worker gets to exit after `Shutdown` before it is killed.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
-/// Why a worker's reader ended when the worker closed its end of the socket.
-const SOCKET_CLOSED: &str = "worker closed the socket";
-/// Most tools a worker may advertise.
-pub const MAX_TOOLS: usize = 256;
-/// Largest tool description accepted from a worker, bytes.
-pub const MAX_DESCRIPTION: usize = 8 * 1024;
-/// Largest tool schema accepted from a worker, bytes.
-pub const MAX_SCHEMA: usize = 64 * 1024;
-/// Most path arguments a tool may declare.
-pub const MAX_PATH_ARGS: usize = 16;
 
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -64,283 +74,8 @@ pub enum SpawnError {
     Cgroup(String),
 }
 
-/// The outcome of one call on a worker.
-#[derive(Debug)]
-pub enum CallOutcome {
-    /// The tool ran.
-    Done(ToolResult),
-    /// The call could not run.
-    Failed(CallError),
-    /// The worker died (or was killed) before answering.
-    WorkerDied,
-    /// The answer to a provider query (JSON text, not yet validated).
-    Answer(String),
-}
-
-/// Events a running call produces before its outcome.
-#[derive(Debug)]
-pub enum CallEvent {
-    /// Progress report.
-    Progress {
-        /// progress
-        progress: f64,
-        /// total
-        total: Option<f64>,
-        /// message
-        message: Option<String>,
-    },
-    /// Log message.
-    Log {
-        /// level
-        level: LogLevel,
-        /// logger
-        logger: Option<String>,
-        /// JSON data (already validated as JSON)
-        data: serde_json::Value,
-    },
-    /// The running tool asks the client something (answer with [`Worker::client_reply`]).
-    ClientRequest {
-        /// The worker's request id.
-        id: u64,
-        /// What it asks.
-        request: mcpd_ipc::ClientRequestKind,
-    },
-}
-
-struct Pending {
-    done: oneshot::Sender<CallOutcome>,
-    events: Option<mpsc::Sender<CallEvent>>,
-    /// Progress and log events dropped because the call's queue was full.
-    dropped: u64,
-}
-
-/// Bound of one call's event queue between the worker and the client (progress, log, client
-/// requests). A worker sends as fast as it likes; a slow client does not make the broker
-/// buffer without bound.
-pub const CALL_EVENT_QUEUE: usize = 256;
-/// Places of [`CALL_EVENT_QUEUE`] kept for client requests: progress and log are dropped (and
-/// counted) once only this many are free, so they never crowd out a request the tool waits
-/// for. The worker itself keeps at most 64 client requests waiting; a worker that queues more
-/// than this reserve breaks the protocol and is ended.
-pub const CLIENT_REQUEST_RESERVE: usize = 64;
-
-impl Pending {
-    /// Queue a progress or log event, or drop and count it when the queue is nearly full.
-    fn notify(&mut self, ev: CallEvent) {
-        let Some(tx) = &self.events else { return };
-        if tx.capacity() <= CLIENT_REQUEST_RESERVE || tx.try_send(ev).is_err() {
-            self.dropped += 1;
-        }
-    }
-
-    fn report_dropped(&self, id: u64) {
-        if self.dropped > 0 {
-            tracing::warn!(
-                call = id,
-                dropped = self.dropped,
-                "progress/log events dropped: the client did not keep up (queue of {CALL_EVENT_QUEUE})"
-            );
-        }
-    }
-}
-
-/// A live worker.
-pub struct Worker {
-    pid: u32,
-    tx: Sender<BrokerToWorker>,
-    pending: Arc<Mutex<HashMap<u64, Pending>>>,
-    next_id: AtomicU64,
-    alive: Arc<AtomicBool>,
-    tools: Vec<ToolDescriptor>,
-    enforcement: Enforcement,
-    killer: Mutex<Option<oneshot::Sender<()>>>,
-    exited: Mutex<Option<oneshot::Receiver<()>>>,
-}
-
-impl std::fmt::Debug for Worker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
-            .field("pid", &self.pid)
-            .field("alive", &self.is_alive())
-            .finish()
-    }
-}
-
-/// A call in flight: its events and its outcome.
-#[derive(Debug)]
-pub struct CallHandle {
-    /// The broker-side call id.
-    pub id: u64,
-    /// Progress and log events (bounded: [`CALL_EVENT_QUEUE`]).
-    pub events: Option<mpsc::Receiver<CallEvent>>,
-    /// The outcome.
-    pub done: oneshot::Receiver<CallOutcome>,
-}
-
-impl Worker {
-    /// The worker's process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-    /// Whether the worker is still serving.
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-    /// The validated tool descriptors the worker advertised.
-    pub fn tools(&self) -> &[ToolDescriptor] {
-        &self.tools
-    }
-    /// What the kernel enforces on this worker.
-    pub fn enforcement(&self) -> &Enforcement {
-        &self.enforcement
-    }
-
-    /// Send a call. The policy's `Allow` token is consumed: no call reaches a worker without it.
-    pub async fn call(
-        &self,
-        allow: mcpd_policy::Allow,
-        arguments_json: String,
-        want_events: bool,
-        input: Option<mcpd_ipc::InputRound>,
-    ) -> CallHandle {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (done_tx, done_rx) = oneshot::channel();
-        let (ev_tx, ev_rx) = if want_events {
-            let (a, b) = mpsc::channel(CALL_EVENT_QUEUE);
-            (Some(a), Some(b))
-        } else {
-            (None, None)
-        };
-        let handle = CallHandle {
-            id,
-            events: ev_rx,
-            done: done_rx,
-        };
-        if !self.is_alive() {
-            let _ = done_tx.send(CallOutcome::WorkerDied);
-            return handle;
-        }
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(
-                id,
-                Pending {
-                    done: done_tx,
-                    events: ev_tx,
-                    dropped: 0,
-                },
-            );
-        }
-        let msg = BrokerToWorker::Call {
-            id,
-            tool: allow.tool().to_string(),
-            arguments_json,
-            progress: want_events,
-            input,
-        };
-        if self.tx.send(&msg).await.is_err() {
-            self.mark_dead();
-        }
-        handle
-    }
-
-    /// Tell the worker to stop a call; its outcome is no longer awaited.
-    /// Tell the worker which resources to watch.
-    pub async fn watch(&self, uris: Vec<String>) {
-        if self.is_alive() {
-            let _ = self.tx.send(&BrokerToWorker::Watch { uris }).await;
-        }
-    }
-
-    /// Ask the worker's providers (resources, prompts, completions).
-    pub async fn query(&self, query: mcpd_ipc::Query) -> CallOutcome {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (done_tx, done_rx) = oneshot::channel();
-        if !self.is_alive() {
-            return CallOutcome::WorkerDied;
-        }
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(
-                id,
-                Pending {
-                    done: done_tx,
-                    events: None,
-                    dropped: 0,
-                },
-            );
-        }
-        if self
-            .tx
-            .send(&BrokerToWorker::Query { id, query })
-            .await
-            .is_err()
-        {
-            self.mark_dead();
-        }
-        done_rx.await.unwrap_or(CallOutcome::WorkerDied)
-    }
-
-    /// Answer a worker's client request.
-    pub async fn client_reply(&self, id: u64, outcome: mcpd_ipc::ClientReplyOutcome) {
-        if self.is_alive() {
-            let _ = self
-                .tx
-                .send(&BrokerToWorker::ClientReply { id, outcome })
-                .await;
-        }
-    }
-
-    pub async fn cancel(&self, id: u64) {
-        let removed = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
-        if removed.is_some() && self.is_alive() {
-            let _ = self.tx.send(&BrokerToWorker::Cancel { id }).await;
-        }
-    }
-
-    fn mark_dead(&self) {
-        mark_dead(&self.alive, &self.pending);
-        if let Some(k) = self.killer.lock().ok().and_then(|mut k| k.take()) {
-            let _ = k.send(());
-        }
-    }
-
-    /// Kill the worker now and wait until it is reaped.
-    pub async fn kill(&self) {
-        self.mark_dead();
-        let rx = self.exited.lock().ok().and_then(|mut e| e.take());
-        if let Some(rx) = rx {
-            let _ = rx.await;
-        }
-    }
-
-    /// Orderly end: `Shutdown`, a short grace period, then kill; returns once reaped.
-    pub async fn shutdown(&self) {
-        if self.is_alive() {
-            let _ = self.tx.send(&BrokerToWorker::Shutdown).await;
-            let rx = self.exited.lock().ok().and_then(|mut e| e.take());
-            if let Some(mut rx) = rx {
-                if tokio::time::timeout(SHUTDOWN_GRACE, &mut rx).await.is_err() {
-                    self.mark_dead();
-                    let _ = rx.await;
-                }
-                self.mark_dead();
-                return;
-            }
-        }
-        self.kill().await;
-    }
-}
-
-fn mark_dead(alive: &AtomicBool, pending: &Mutex<HashMap<u64, Pending>>) {
-    alive.store(false, Ordering::Release);
-    let drained: Vec<Pending> = pending
-        .lock()
-        .map(|mut p| p.drain().map(|(_, v)| v).collect())
-        .unwrap_or_default();
-    for p in drained {
-        let _ = p.done.send(CallOutcome::WorkerDied);
-    }
-}
-
+/// One `fork`+`exec` for the spawner thread: which worker executable, and where the child and
+/// the broker's end of its socket go.
 struct SpawnRequest {
     worker: PathBuf,
     reply: oneshot::Sender<std::io::Result<(tokio::process::Child, OwnedFd)>>,
@@ -520,28 +255,11 @@ impl Supervisor {
                 return Err(SpawnError::Ipc("worker start-up timed out".into()));
             }
         };
-        if enforcement.landlock != LandlockStatus::FullyEnforced && !self.allow_degraded {
+        if let Err(e) = check_enforcement(&enforcement, self.allow_degraded) {
             let _ = child.kill().await;
-            return Err(SpawnError::Degraded(enforcement.landlock));
+            return Err(e);
         }
         let iso = &enforcement.isolation;
-        if (!iso.namespaces || !iso.capabilities_cleared) && !self.allow_degraded {
-            let _ = child.kill().await;
-            return Err(SpawnError::Confine(format!(
-                "worker runs without {} and degraded mode is not enabled",
-                if iso.namespaces {
-                    "cleared capabilities"
-                } else {
-                    "namespaces"
-                }
-            )));
-        }
-        if !enforcement.seccomp || !enforcement.no_new_privs {
-            let _ = child.kill().await;
-            return Err(SpawnError::Confine(
-                "worker reports no seccomp or no_new_privs".into(),
-            ));
-        }
         let tools = validate_tools(tools);
         let mut f = ctx.fields();
         f.insert("pid".into(), pid.into());
@@ -600,60 +318,14 @@ impl Supervisor {
         // From here on a request to the worker is usually answered within tens of µs: poll for
         // the answer that long instead of sleeping (bounded; `server.ipc_spin_us`).
         tx.spin_after_send(self.ipc_spin);
-        let pending: Arc<Mutex<HashMap<u64, Pending>>> = Arc::default();
-        let alive = Arc::new(AtomicBool::new(true));
-        let (kill_tx, kill_rx) = oneshot::channel::<()>();
-        let (exit_tx, exit_rx) = oneshot::channel::<()>();
-        let worker = Arc::new(Worker {
-            pid,
-            tx,
-            pending: pending.clone(),
-            next_id: AtomicU64::new(1),
-            alive: alive.clone(),
-            tools,
-            enforcement,
-            killer: Mutex::new(Some(kill_tx)),
-            exited: Mutex::new(Some(exit_rx)),
-        });
-        // Reader: routes the worker's messages; any protocol violation ends the worker.
-        let reader_pending = pending.clone();
-        let reader_alive = alive.clone();
-        let changes = ctx.changes.clone();
-        let reader = tokio::spawn(async move {
-            let why = loop {
-                match rx.recv().await {
-                    Ok(Some(WorkerToBroker::Changed { change })) => {
-                        let ok = match &change {
-                            mcpd_ipc::Change::ResourceUpdated { uri } => uri.len() <= 8192,
-                            _ => true,
-                        };
-                        if !ok {
-                            break "malformed change report".to_string();
-                        }
-                        if let Some(c) = &changes {
-                            let _ = c.send(change);
-                        }
-                    }
-                    Ok(Some(msg)) => {
-                        if let Err(why) = route(&reader_pending, msg) {
-                            break why;
-                        }
-                    }
-                    Ok(None) => break SOCKET_CLOSED.to_string(),
-                    Err(e) => break format!("invalid ipc from worker: {e}"),
-                }
-            };
-            mark_dead(&reader_alive, &reader_pending);
-            why
-        });
+        let (worker, life) = Worker::start(pid, tx, rx, tools, enforcement, ctx.changes.clone());
         // Lifecycle: wait for exit, or kill on request / reader failure; always reap.
         let exit_ctx = ctx.clone();
         tokio::spawn(async move {
-            let mut reader = reader;
-            let mut kill_rx = kill_rx;
+            let mut life = life;
             let status = tokio::select! {
                 st = child.wait() => st,
-                why = &mut reader => {
+                why = &mut life.reader => {
                     // A worker that closed its socket is exiting: its outer process relays
                     // the status once the PID namespace's init has gone; give it that long.
                     let closed = matches!(&why, Ok(w) if w == SOCKET_CLOSED);
@@ -671,13 +343,13 @@ impl Supervisor {
                         child.wait().await
                     }
                 }
-                _ = &mut kill_rx => {
+                _ = &mut life.kill => {
                     let _ = child.start_kill();
                     child.wait().await
                 }
             };
-            mark_dead(&alive, &pending);
-            reader.abort();
+            life.mark_dead();
+            life.reader.abort();
             if let Some(g) = group {
                 // Everything the session started dies with it, daemonized or not.
                 let stats = g.stats();
@@ -711,150 +383,15 @@ impl Supervisor {
                 f.insert("clean".into(), st.success().into());
             }
             let _ = exit_ctx.audit.record("worker.exit", f).await;
-            let _ = exit_tx.send(());
+            let _ = life.exited.send(());
         });
         Ok(worker)
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
-}
-
-/// Route one worker message. `Err` = protocol violation: the worker must end.
-fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<(), String> {
-    let mut p = pending.lock().map_err(|_| "poisoned".to_string())?;
-    match msg {
-        WorkerToBroker::Result { id, result } => {
-            // A result for an unknown id is a late answer to a cancelled or timed-out call.
-            if let Some(call) = p.remove(&id) {
-                call.report_dropped(id);
-                let _ = call.done.send(CallOutcome::Done(result));
-            }
-        }
-        WorkerToBroker::Failed { id, error } => {
-            if let Some(call) = p.remove(&id) {
-                call.report_dropped(id);
-                let _ = call.done.send(CallOutcome::Failed(CallError {
-                    kind: error.kind,
-                    message: truncate(&error.message, 1024),
-                }));
-            }
-        }
-        WorkerToBroker::Progress {
-            id,
-            progress,
-            total,
-            message,
-        } => {
-            if !progress.is_finite() || total.is_some_and(|t| !t.is_finite()) {
-                return Err("non-finite progress".into());
-            }
-            if let Some(call) = p.get_mut(&id) {
-                call.notify(CallEvent::Progress {
-                    progress,
-                    total,
-                    message: message.map(|m| truncate(&m, 1024)),
-                });
-            }
-        }
-        WorkerToBroker::Log {
-            id,
-            level,
-            logger,
-            data_json,
-        } => {
-            let data: serde_json::Value =
-                serde_json::from_str(&data_json).map_err(|_| "log data is not JSON".to_string())?;
-            if let Some(call) = id.and_then(|id| p.get_mut(&id)) {
-                call.notify(CallEvent::Log {
-                    level,
-                    logger: logger.map(|l| truncate(&l, 128)),
-                    data,
-                });
-            }
-        }
-        WorkerToBroker::Answer { id, result_json } => {
-            if let Some(call) = p.remove(&id) {
-                let _ = call.done.send(CallOutcome::Answer(result_json));
-            }
-        }
-        WorkerToBroker::ClientRequest { id, call, request } => {
-            let params_ok = match &request {
-                mcpd_ipc::ClientRequestKind::Sampling { params_json }
-                | mcpd_ipc::ClientRequestKind::Elicitation { params_json } => {
-                    params_json.len() <= 1024 * 1024
-                        && matches!(
-                            serde_json::from_str::<serde_json::Value>(params_json),
-                            Ok(serde_json::Value::Object(_))
-                        )
-                }
-                mcpd_ipc::ClientRequestKind::Roots => true,
-            };
-            if !params_ok {
-                return Err("client request parameters are not a JSON object".into());
-            }
-            // A request for a call that already ended is stale: the worker times it out.
-            if let Some(ev) = p.get(&call).and_then(|c| c.events.as_ref()) {
-                match ev.try_send(CallEvent::ClientRequest { id, request }) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        return Err("more client requests queued than the worker may have".into())
-                    }
-                }
-            }
-        }
-        WorkerToBroker::Changed { .. } => {} // handled by the reader
-        WorkerToBroker::Ready { .. } | WorkerToBroker::ConfineFailed { .. } => {
-            return Err("start-up message after start-up".into());
-        }
-    }
-    Ok(())
-}
-
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-fn schema_ok(s: &str) -> bool {
-    s.len() <= MAX_SCHEMA
-        && serde_json::from_str::<serde_json::Value>(s)
-            .ok()
-            .is_some_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("object"))
-}
-
-/// Keep only well-formed descriptors from a (hostile) worker.
-fn validate_tools(tools: Vec<ToolDescriptor>) -> Vec<ToolDescriptor> {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    for t in tools.into_iter().take(MAX_TOOLS) {
-        let ok = valid_name(&t.name)
-            && t.description.len() <= MAX_DESCRIPTION
-            && t.title.as_ref().is_none_or(|x| x.len() <= 256)
-            && schema_ok(&t.input_schema_json)
-            && t.output_schema_json.as_deref().is_none_or(schema_ok)
-            && t.path_args.len() <= MAX_PATH_ARGS
-            && t.path_args.iter().all(|a| valid_name(&a.name))
-            && t.exec_args.as_ref().is_none_or(|e| {
-                [&e.program, &e.args, &e.shell, &e.language]
-                    .iter()
-                    .all(|n| n.as_deref().is_none_or(valid_name))
-            })
-            && t.client_capabilities.len() <= 8
-            && t.client_capabilities.iter().all(|c| valid_name(c))
-            && seen.insert(t.name.clone());
-        if ok {
-            out.push(t);
-        } else {
-            tracing::warn!(tool = %truncate(&t.name, 64), "worker advertised an invalid tool descriptor; ignored");
-        }
-    }
-    out
-}
-
+/// On the spawner thread: the socket pair, then `fork`+`exec` of the worker with an empty
+/// environment, `/dev/null` stdin/stdout and the child end as fd 3 (set up in `pre_exec`,
+/// `crate::sys`).
 fn spawn_one(worker: &Path) -> std::io::Result<(tokio::process::Child, OwnedFd)> {
     let (parent_end, child_end) = channel::socketpair()?;
     let child_raw = child_end.as_raw_fd();
@@ -869,141 +406,4 @@ fn spawn_one(worker: &Path) -> std::io::Result<(tokio::process::Child, OwnedFd)>
     let child = cmd.spawn()?;
     drop(child_end);
     Ok((child, parent_end))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use mcpd_ipc::{ToolAccess, ToolAnnotations};
-
-    fn desc(name: &str, schema: &str) -> ToolDescriptor {
-        ToolDescriptor {
-            name: name.into(),
-            title: None,
-            description: "d".into(),
-            input_schema_json: schema.into(),
-            output_schema_json: None,
-            annotations: ToolAnnotations::default(),
-            access: ToolAccess::FileRead,
-            path_args: vec![],
-            exec_args: None,
-            client_capabilities: vec![],
-            task_support: mcpd_ipc::TaskSupport::Forbidden,
-        }
-    }
-
-    #[test]
-    fn hostile_descriptors_are_dropped() {
-        let ok = r#"{"type":"object"}"#;
-        let tools = vec![
-            desc("good", ok),
-            desc("good", ok),
-            desc("bad name!", ok),
-            desc("arr", r#"{"type":"array"}"#),
-            desc("notjson", "{"),
-            desc(&"x".repeat(65), ok),
-        ];
-        let v = validate_tools(tools);
-        assert_eq!(
-            v.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-            vec!["good"]
-        );
-    }
-
-    #[test]
-    fn a_calls_event_queue_is_bounded_and_keeps_room_for_client_requests() {
-        let pending = Mutex::new(HashMap::new());
-        let (done, _done_rx) = oneshot::channel();
-        let (tx, mut rx) = mpsc::channel(CALL_EVENT_QUEUE);
-        pending.lock().unwrap().insert(
-            7,
-            Pending {
-                done,
-                events: Some(tx),
-                dropped: 0,
-            },
-        );
-        // Nobody reads: progress and log fill the queue up to the reserve, the rest is counted.
-        for i in 0..1000 {
-            let msg = if i % 2 == 0 {
-                WorkerToBroker::Progress {
-                    id: 7,
-                    progress: f64::from(i),
-                    total: None,
-                    message: None,
-                }
-            } else {
-                WorkerToBroker::Log {
-                    id: Some(7),
-                    level: LogLevel::Info,
-                    logger: None,
-                    data_json: "1".into(),
-                }
-            };
-            assert!(route(&pending, msg).is_ok());
-        }
-        let kept = CALL_EVENT_QUEUE - CLIENT_REQUEST_RESERVE;
-        assert_eq!(pending.lock().unwrap()[&7].dropped, (1000 - kept) as u64);
-        // The reserve takes the client requests a worker may have waiting...
-        let request = |id| WorkerToBroker::ClientRequest {
-            id,
-            call: 7,
-            request: mcpd_ipc::ClientRequestKind::Roots,
-        };
-        for id in 0..CLIENT_REQUEST_RESERVE as u64 {
-            assert!(route(&pending, request(id)).is_ok(), "request {id}");
-        }
-        // ... and one more is a protocol violation.
-        assert!(route(&pending, request(999)).is_err());
-        let mut n = 0;
-        while rx.try_recv().is_ok() {
-            n += 1;
-        }
-        assert_eq!(n, CALL_EVENT_QUEUE);
-    }
-
-    #[test]
-    fn protocol_violations_end_the_worker() {
-        let pending = Mutex::new(HashMap::new());
-        assert!(route(
-            &pending,
-            WorkerToBroker::ConfineFailed { reason: "x".into() }
-        )
-        .is_err());
-        assert!(route(
-            &pending,
-            WorkerToBroker::Progress {
-                id: 1,
-                progress: f64::NAN,
-                total: None,
-                message: None
-            }
-        )
-        .is_err());
-        assert!(route(
-            &pending,
-            WorkerToBroker::Log {
-                id: None,
-                level: LogLevel::Info,
-                logger: None,
-                data_json: "{".into()
-            }
-        )
-        .is_err());
-        // A late result for a call nobody waits for is not a violation.
-        assert!(route(
-            &pending,
-            WorkerToBroker::Result {
-                id: 99,
-                result: ToolResult {
-                    content: vec![],
-                    structured_json: None,
-                    is_error: false,
-                    input_required: None,
-                }
-            }
-        )
-        .is_ok());
-    }
 }

@@ -285,7 +285,7 @@ impl Policy {
 
     /// Use an audit log at `path` (`--audit-log`, through the overlay), keeping other settings
     /// if a config file set them. The path must lie outside every client's roots.
-    pub fn set_audit_path(
+    pub(crate) fn set_audit_path(
         &mut self,
         path: &Path,
         canon: Canonicalize<'_>,

@@ -7,7 +7,8 @@
 //! canonicalisation), `merge` (grants and limits of a client and its roles), `overlay`,
 //! `quick_start`, `http`, `sandbox`. Does no I/O (paths go through the caller's
 //! `Canonicalize`); decisions are in `crate::decide`. Trusts the operator's configuration and
-//! flags only after `build`'s and `overlay`'s checks.
+//! flags only after `build`'s and `overlay`'s checks. Fields that configuration or flags set are
+//! not public: outside this crate a `Policy` is read through accessors, never patched.
 
 mod build;
 mod http;

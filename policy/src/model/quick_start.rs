@@ -65,7 +65,8 @@ impl Policy {
     }
 
     /// Merge quick-start flags into a loaded policy: the paths are added to the stdio client.
-    pub fn add_quick_start(
+    /// Crate-private: it patches a validated policy, which only [`Policy::load`] may do.
+    pub(crate) fn add_quick_start(
         &mut self,
         q: &QuickStart,
         cwd: &Path,

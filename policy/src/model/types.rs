@@ -239,7 +239,7 @@ pub struct Policy {
     pub(super) clients: BTreeMap<ClientId, Permissions>,
     pub(super) stdio_client: Option<ClientId>,
     /// Worker executable override (`server.worker`, `--worker`): [`Policy::worker_path`].
-    pub worker_path: Option<PathBuf>,
+    pub(crate) worker_path: Option<PathBuf>,
     /// Operator accepted a degraded sandbox.
     pub allow_degraded_sandbox: bool,
     /// Largest client message, bytes.
@@ -251,9 +251,9 @@ pub struct Policy {
     /// Idle seconds before the broker pings a session-era client (0 = never).
     pub client_ping_secs: u64,
     /// Warnings to print loudly at load (e.g. global write): [`Policy::warnings`].
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
     /// The audit log, when configured (`[audit]`, `--audit-log`): [`Policy::audit`].
-    pub audit: Option<AuditSettings>,
+    pub(crate) audit: Option<AuditSettings>,
     /// Operator-defined tools.
     pub operator_tools: BTreeMap<String, OperatorTool>,
     /// Per-worker control groups.
@@ -266,10 +266,10 @@ pub struct Policy {
     pub worker_tmp_bytes: u64,
     /// The Streamable HTTP transport settings (`[http]`, `--http`, `--http-session-idle-secs`):
     /// [`Policy::http`].
-    pub http: HttpSettings,
+    pub(crate) http: HttpSettings,
     /// Extra tool sets (`--toolset NAME`), e.g. `conformance`. Never set by a default policy:
     /// [`Policy::toolsets`].
-    pub toolsets: Vec<String>,
+    pub(crate) toolsets: Vec<String>,
     /// Operator-defined prompts.
     pub prompts: BTreeMap<String, crate::prompts::Prompt>,
     /// Which prompts each client may use.
@@ -316,8 +316,8 @@ impl AuditSettings {
     }
 }
 
-/// Quick-start flags: a one-client policy without a config file. The grant part of an
-/// [`super::Overlay`], which is how callers outside this crate give them.
+/// Quick-start flags: a one-client policy without a config file ([`Policy::quick_start`]).
+/// The grant part of an [`super::Overlay`], which is how `mcpd serve` gives them.
 #[derive(Debug, Clone, Default)]
 pub struct QuickStart {
     /// `--allow-read DIR`

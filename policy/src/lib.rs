@@ -1,7 +1,8 @@
 //! mcpd policy: the configuration model, its TOML parser, the deny-by-default decision
 //! function, and the derivation of each client's worker sandbox from the same policy.
 //!
-//! What it does: turns operator configuration into an immutable [`Policy`], answers
+//! What it does: turns operator configuration (a file and/or the command-line [`Overlay`],
+//! through [`Policy::load`] or [`Policy::from_toml`]) into an immutable [`Policy`], answers
 //! [`Policy::decide`] for every request, and derives the [`mcpd_ipc::SandboxSpec`] the kernel
 //! will enforce, so that the broker's decision and the worker's confinement cannot disagree.
 //!
@@ -26,7 +27,8 @@ pub use exec::{
     ENV_NEVER_FROM_CLIENT, TRUSTED_SEARCH_PATH,
 };
 pub use model::{
-    AuditSettings, Canonicalize, CgroupSetting, ClientId, Limits, Permissions, Policy, QuickStart,
-    ToolSet, DEFAULT_CLIENT, DEFAULT_MAX_OUTPUT_BYTES, MAX_RESULT_BYTES_CEILING,
+    AuditSettings, Canonicalize, CgroupSetting, ClientId, HttpSettings, Limits, Overlay,
+    Permissions, Policy, PolicyError, QuickStart, ToolSet, DEFAULT_CLIENT,
+    DEFAULT_MAX_OUTPUT_BYTES, KNOWN_TOOLSETS, MAX_RESULT_BYTES_CEILING,
 };
 pub use prompts::Prompt;

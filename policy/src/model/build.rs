@@ -283,9 +283,9 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Use an audit log at `path` (quick-start `--audit-log`), keeping other settings if a
-    /// config file set them. The path must lie outside every client's roots.
-    pub fn set_audit_path(
+    /// Use an audit log at `path` (`--audit-log`, through the overlay), keeping other settings
+    /// if a config file set them. The path must lie outside every client's roots.
+    pub(crate) fn set_audit_path(
         &mut self,
         path: &Path,
         canon: Canonicalize<'_>,

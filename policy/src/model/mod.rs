@@ -1,18 +1,24 @@
 //! The validated, immutable policy: its types, how it is built and merged from a parsed
-//! configuration, the quick-start (CLI) overlay, the HTTP transport settings, and the sandbox
-//! spec derived from it.
+//! configuration, the command-line overlay (`overlay`: every `mcpd serve` flag, validated;
+//! `quick_start`: its grant flags), the HTTP transport settings, and the sandbox spec derived
+//! from it.
 //!
 //! One file per part: `types` (the model, defaults, read-only views), `build` (validation and
-//! canonicalisation), `merge` (grants and limits of a client and its roles), `quick_start`,
-//! `http`, `sandbox`. Does no I/O (paths go through the caller's `Canonicalize`); decisions are
-//! in `crate::decide`. Trusts the operator's configuration only after `build`'s checks.
+//! canonicalisation), `merge` (grants and limits of a client and its roles), `overlay`,
+//! `quick_start`, `http`, `sandbox`. Does no I/O (paths go through the caller's
+//! `Canonicalize`); decisions are in `crate::decide`. Trusts the operator's configuration and
+//! flags only after `build`'s and `overlay`'s checks. Fields that configuration or flags set are
+//! not public: outside this crate a `Policy` is read through accessors, never patched.
 
 mod build;
 mod http;
 mod merge;
+mod overlay;
 mod quick_start;
 mod sandbox;
 mod types;
 
 pub(crate) use build::canonical;
+pub use http::HttpSettings;
+pub use overlay::{Overlay, PolicyError, KNOWN_TOOLSETS};
 pub use types::*;

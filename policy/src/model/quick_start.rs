@@ -1,7 +1,8 @@
-//! The CLI overlay: quick-start flags (`--allow-read`, `--allow-write`, `--allow-exec`,
-//! `--allow-code`) become the same `RawConfig` a file would, or are added to the stdio client
-//! of a loaded policy, and go through the same validation. Does not parse the command line
-//! (the broker does). Trusts the flags only after `build`'s checks.
+//! The grant part of the CLI overlay: quick-start flags (`--allow-read`, `--allow-write`,
+//! `--allow-exec`, `--allow-code`) become the same `RawConfig` a file would, or are added to
+//! the stdio client of a loaded policy, and go through the same validation. Reached through
+//! `Policy::load` (`overlay`). Does not parse the command line (the broker does). Trusts the
+//! flags only after `build`'s checks.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -64,7 +65,8 @@ impl Policy {
     }
 
     /// Merge quick-start flags into a loaded policy: the paths are added to the stdio client.
-    pub fn add_quick_start(
+    /// Crate-private: it patches a validated policy, which only [`Policy::load`] may do.
+    pub(crate) fn add_quick_start(
         &mut self,
         q: &QuickStart,
         cwd: &Path,

@@ -238,8 +238,8 @@ pub enum CgroupSetting {
 pub struct Policy {
     pub(super) clients: BTreeMap<ClientId, Permissions>,
     pub(super) stdio_client: Option<ClientId>,
-    /// Worker executable override.
-    pub worker_path: Option<PathBuf>,
+    /// Worker executable override (`server.worker`, `--worker`): [`Policy::worker_path`].
+    pub(crate) worker_path: Option<PathBuf>,
     /// Operator accepted a degraded sandbox.
     pub allow_degraded_sandbox: bool,
     /// Largest client message, bytes.
@@ -250,10 +250,10 @@ pub struct Policy {
     pub client_request_timeout_secs: u64,
     /// Idle seconds before the broker pings a session-era client (0 = never).
     pub client_ping_secs: u64,
-    /// Warnings to print loudly at load (e.g. global write).
-    pub warnings: Vec<String>,
-    /// The audit log, when configured.
-    pub audit: Option<AuditSettings>,
+    /// Warnings to print loudly at load (e.g. global write): [`Policy::warnings`].
+    pub(crate) warnings: Vec<String>,
+    /// The audit log, when configured (`[audit]`, `--audit-log`): [`Policy::audit`].
+    pub(crate) audit: Option<AuditSettings>,
     /// Operator-defined tools.
     pub operator_tools: BTreeMap<String, OperatorTool>,
     /// Per-worker control groups.
@@ -264,10 +264,12 @@ pub struct Policy {
     pub worker_uids: UidRange,
     /// Size of each worker's private `/tmp` and `/dev/shm`, bytes.
     pub worker_tmp_bytes: u64,
-    /// The Streamable HTTP transport settings.
-    pub http: HttpSettings,
-    /// Extra tool sets (`--toolset NAME`), e.g. `conformance`. Never set by a default policy.
-    pub toolsets: Vec<String>,
+    /// The Streamable HTTP transport settings (`[http]`, `--http`, `--http-session-idle-secs`):
+    /// [`Policy::http`].
+    pub(crate) http: HttpSettings,
+    /// Extra tool sets (`--toolset NAME`), e.g. `conformance`. Never set by a default policy:
+    /// [`Policy::toolsets`].
+    pub(crate) toolsets: Vec<String>,
     /// Operator-defined prompts.
     pub prompts: BTreeMap<String, crate::prompts::Prompt>,
     /// Which prompts each client may use.
@@ -314,7 +316,8 @@ impl AuditSettings {
     }
 }
 
-/// Quick-start flags: a one-client policy without a config file.
+/// Quick-start flags: a one-client policy without a config file ([`Policy::quick_start`]).
+/// The grant part of an [`super::Overlay`], which is how `mcpd serve` gives them.
 #[derive(Debug, Clone, Default)]
 pub struct QuickStart {
     /// `--allow-read DIR`
@@ -328,6 +331,33 @@ pub struct QuickStart {
 }
 
 impl Policy {
+    /// The worker executable the operator chose (`server.worker` or `--worker`); `None`: the
+    /// `mcpd-worker` next to `mcpd`.
+    pub fn worker_path(&self) -> Option<&Path> {
+        self.worker_path.as_deref()
+    }
+
+    /// Warnings to print loudly at load (global write, degraded sandbox, unauthenticated
+    /// non-loopback HTTP, test tool sets...).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The audit log settings, when a log is configured.
+    pub fn audit(&self) -> Option<&AuditSettings> {
+        self.audit.as_ref()
+    }
+
+    /// The Streamable HTTP transport settings.
+    pub fn http(&self) -> &HttpSettings {
+        &self.http
+    }
+
+    /// Extra tool sets (`--toolset NAME`); empty unless a flag asked for one.
+    pub fn toolsets(&self) -> &[String] {
+        &self.toolsets
+    }
+
     /// The client the stdio transport speaks for, if any. Without one, stdio is refused.
     pub fn stdio_client(&self) -> Option<&ClientId> {
         self.stdio_client.as_ref()

@@ -1,0 +1,141 @@
+//! The command line of `mcpd`: the clap types ([`Cli`], [`Command`], [`AuditCommand`],
+//! [`ServeArgs`]). Their doc comments are the `--help` text.
+//!
+//! What it does: declares subcommands, flags and their types, so clap parses and rejects
+//! malformed input (exit code 2, clap's usage message) before anything runs.
+//! What it does not do: validate what the flags mean (the policy crate does that, through
+//! `mcpd_policy::Overlay`), read files, or run anything (`daemon`, `commands`).
+//! What it trusts: nothing; every value it yields is checked again where it is used.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mcpd",
+    version,
+    about = "A confined, privilege-separated MCP server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve MCP. With no flags and no config: stdio, current directory read-only.
+    Serve(ServeArgs),
+    /// Validate a configuration file and print the effective policy.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print what this kernel offers for confinement, and what each client's worker view
+    /// will hold (the embedded default, or --config).
+    Doctor {
+        /// The configuration file whose clients' views are shown.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify the hash chain (and signed checkpoints with --key); names the first broken record.
+    Verify {
+        /// Ed25519 public key of the checkpoint signer (enables tail-truncation detection).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Log files (a base path also brings in its rotated files).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the last records.
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        /// Log files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the records of one client and/or since a time.
+    Query {
+        /// Principal (client id).
+        #[arg(long)]
+        client: Option<String>,
+        /// RFC 3339 time (or a prefix such as 2026-11-25).
+        #[arg(long)]
+        since: Option<String>,
+        /// Event name (e.g. request, session.open).
+        #[arg(long)]
+        event: Option<String>,
+        /// Log files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Generate an Ed25519 key pair for signed checkpoints.
+    Keygen {
+        /// Private key output (keep it readable by the mcpd user only).
+        #[arg(long)]
+        private: PathBuf,
+        /// Public key output (for `mcpd audit verify --key`).
+        #[arg(long)]
+        public: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Serve on stdin/stdout (the default transport when no HTTP listener is asked for).
+    #[arg(long)]
+    pub stdio: bool,
+    /// Serve Streamable HTTP on ADDR (e.g. 127.0.0.1:8080), endpoint /mcp. Loopback only
+    /// unless --insecure-non-loopback-without-auth.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Allow the HTTP listener on a non-loopback address although mcpd has no HTTP
+    /// authentication yet: anyone who can reach it acts as the HTTP client. Dangerous.
+    #[arg(long = "insecure-non-loopback-without-auth")]
+    pub insecure_non_loopback: bool,
+    /// Enable an extra tool set (repeatable). `conformance`: the official MCP conformance
+    /// suite's fixtures, replacing every other tool (for testing mcpd itself; never in production).
+    /// Only the test worker has them: `--worker target/debug/examples/mcpd-conformance-worker`.
+    #[arg(long = "toolset", value_name = "NAME")]
+    pub toolsets: Vec<String>,
+    /// Seconds an HTTP session may stay idle before it and its worker are reaped.
+    #[arg(long = "http-session-idle-secs", value_name = "SECS")]
+    pub http_idle: Option<u64>,
+    /// A directory the stdio client may read (repeatable).
+    #[arg(long = "allow-read", value_name = "DIR")]
+    pub allow_read: Vec<PathBuf>,
+    /// A directory the stdio client may read and write (repeatable).
+    #[arg(long = "allow-write", value_name = "DIR")]
+    pub allow_write: Vec<PathBuf>,
+    /// A program the stdio client may run with run_command (repeatable): a name looked up in
+    /// /usr/local/bin:/usr/bin:/bin, or an absolute path. Runs inside the client's sandbox.
+    #[arg(long = "allow-exec", value_name = "PROGRAM")]
+    pub allow_exec: Vec<String>,
+    /// A language the stdio client may use for persistent code sessions (run_code):
+    /// python3, sh, bash or node (repeatable).
+    #[arg(long = "allow-code", value_name = "LANGUAGE")]
+    pub allow_code: Vec<String>,
+    /// Configuration file (TOML).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Path of the mcpd-worker executable (default: next to mcpd).
+    #[arg(long)]
+    pub worker: Option<PathBuf>,
+    /// Write the tamper-evident audit log to this file (outside every client's roots).
+    #[arg(long = "audit-log", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG.
+    #[arg(long, default_value = "info")]
+    pub log: String,
+}

@@ -1,0 +1,26 @@
+//! `mcpd check-config --config FILE`: validates a configuration file and prints the effective
+//! policy (`Policy::describe`, warnings first), then `configuration OK`.
+//!
+//! What it does: reads the file and runs the policy crate's full validation, exactly as
+//! `serve` would for that file without flags (paths are canonicalised, so they must exist).
+//! What it does not do: apply command-line flags, open the audit log, probe the kernel or
+//! start anything. What it trusts: the policy crate's verdict, printed as it renders it
+//! (`FILE:LINE:COL: message` on stderr, exit code CONFIG).
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use mcpd_policy::Policy;
+
+use crate::error::BrokerError;
+
+/// Validate `config` and print the effective policy.
+pub fn run(config: &Path) -> Result<ExitCode, BrokerError> {
+    let text = super::read_config(config).map_err(BrokerError::ConfigFile)?;
+    let policy = Policy::from_toml(&config.display().to_string(), &text, &super::canon)
+        .map_err(|e| BrokerError::ConfigInvalid(e.into()))?;
+    print!("{}", policy.describe());
+    println!("configuration OK");
+    Ok(ExitCode::SUCCESS)
+}

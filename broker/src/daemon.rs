@@ -1,0 +1,407 @@
+//! `mcpd serve`: start-up, serving and shutdown of the broker.
+//!
+//! What it does, in order: logging; the policy (configuration file plus the command-line
+//! [`Overlay`], validated by the policy crate); the worker path; the `requestState` key
+//! (`seal::init`); the async runtime (current-thread for stdio alone, multi-threaded with
+//! HTTP); the audit log and its `broker.start` / `config.load` records; cgroup detection; the
+//! worker supervisor; the transports (stdio, HTTP); `SIGHUP` reload; `SIGTERM`/`SIGINT`; the
+//! `broker.stop` record. Every start-up failure is a [`BrokerError`] returned to `main`,
+//! before any client is served.
+//! What it does not do: interpret flags (it only copies them into an [`Overlay`]), decide
+//! requests (sessions do, against the policy), or speak MCP (the transports and `mcp::session`).
+//! What it trusts: the policy crate's validation of the configuration and flags, and the
+//! audit log to refuse (fail closed) when it cannot record the start.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mcpd_policy::{CgroupSetting, Overlay, Policy};
+
+use crate::cli::ServeArgs;
+use crate::error::{BrokerError, LoadError};
+use crate::{auditing, commands, mcp, reload, transport, worker};
+
+/// The log target of start-up and shutdown lines: the crate's, as when they were written
+/// from `main.rs` (`MCPD_LOG` filters and log readers see the same lines as before).
+const LOG: &str = "mcpd";
+
+/// Where the policy comes from: the configuration file (if any) and the flags. Loaded at start
+/// and again on every `SIGHUP`.
+#[derive(Debug, Clone)]
+struct PolicySource {
+    config: Option<PathBuf>,
+    overlay: Overlay,
+}
+
+impl PolicySource {
+    fn new(args: &ServeArgs) -> Self {
+        Self {
+            config: args.config.clone(),
+            overlay: Overlay {
+                read: args.allow_read.clone(),
+                write: args.allow_write.clone(),
+                exec: args.allow_exec.clone(),
+                code: args.allow_code.clone(),
+                worker: args.worker.clone(),
+                http_listen: args.http,
+                insecure_non_loopback: args.insecure_non_loopback,
+                toolsets: args.toolsets.clone(),
+                http_idle_secs: args.http_idle,
+                audit_log: args.audit_log.clone(),
+            },
+        }
+    }
+
+    /// Read the file (if any) and load the policy; relative flag paths resolve against the
+    /// current directory at the time of the call.
+    fn load(&self) -> Result<Policy, LoadError> {
+        let cwd = std::env::current_dir().map_err(LoadError::CurrentDir)?;
+        let text = match &self.config {
+            Some(path) => Some((path.display().to_string(), commands::read_config(path)?)),
+            None => None,
+        };
+        let config = text.as_ref().map(|(n, t)| (n.as_str(), t.as_str()));
+        Ok(Policy::load(config, &self.overlay, &cwd, &commands::canon)?)
+    }
+
+    /// How the audit log names the policy's source.
+    fn describe(&self) -> String {
+        self.config
+            .as_ref()
+            .map_or("<flags>".to_string(), |p| p.display().to_string())
+    }
+}
+
+/// Per-worker cgroups as the policy asks; logs which layout is used, or why none is.
+fn detect_cgroups(setting: &CgroupSetting) -> Result<Option<worker::cgroup::Cgroups>, BrokerError> {
+    let mode = match setting {
+        CgroupSetting::Auto => worker::cgroup::Mode::Auto,
+        CgroupSetting::Off => worker::cgroup::Mode::Off,
+        CgroupSetting::Path(p) => worker::cgroup::Mode::Path(p.clone()),
+    };
+    let mut notes = Vec::new();
+    match worker::cgroup::Cgroups::detect_with_notes(&mode, &mut notes) {
+        Ok(Some(c)) => {
+            tracing::info!(target: LOG, "worker limits: {}", c.describe());
+            let stale = c.reap_stale();
+            if stale > 0 {
+                tracing::info!(target: LOG, "removed {stale} cgroup(s) left behind by brokers that were killed");
+            }
+            Ok(Some(c))
+        }
+        Ok(None) => {
+            tracing::warn!(
+                target: LOG,
+                "worker limits: no usable cgroup ({}); memory and process-count limits fall back to rlimits (docs/cgroups.md)",
+                notes.join("; ")
+            );
+            Ok(None)
+        }
+        Err(e) => Err(BrokerError::Cgroup(e)),
+    }
+}
+
+/// `SIGHUP`: load the configuration again (same file and flags); if it is valid, it takes
+/// effect for every following decision, sessions announce `list_changed` and restart their
+/// workers under the new sandbox. A broken configuration changes nothing. Listener addresses,
+/// the audit log, the worker path and cgroups are read at start only.
+async fn reload_on_sighup(source: PolicySource, cell: reload::PolicyCell, audit: auditing::Audit) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match source.load() {
+            Ok(p) => {
+                for w in p.warnings() {
+                    tracing::warn!(target: LOG, "{w}");
+                }
+                let digest = mcpd_audit::args_digest(&serde_json::Value::String(p.describe()));
+                let mut f = serde_json::Map::new();
+                f.insert("policy_digest".into(), digest.into());
+                f.insert("reload".into(), true.into());
+                f.insert("clients".into(), p.clients().count().into());
+                if let Err(e) = audit.record("config.load", f).await {
+                    tracing::error!(target: LOG, "policy reload refused: the audit log cannot record it: {e}");
+                    continue;
+                }
+                cell.replace(p);
+                tracing::info!(target: LOG, "policy reloaded (SIGHUP)");
+            }
+            Err(e) => {
+                tracing::error!(target: LOG, "policy reload refused, the previous policy stays in force: {e}")
+            }
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The worker executable: the policy's choice, else `mcpd-worker` next to `mcpd`.
+fn worker_path(policy: &Policy) -> Result<PathBuf, BrokerError> {
+    if let Some(p) = policy.worker_path() {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe().map_err(BrokerError::LocateSelf)?;
+    let dir = exe.parent().ok_or(BrokerError::NoExeDir)?;
+    Ok(dir.join("mcpd-worker"))
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("MCPD_LOG").unwrap_or_else(|_| filter.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+}
+
+/// One stdio session needs no worker threads: a current-thread runtime keeps every hop of a
+/// call (stdin → session → worker IPC → stdout) on one thread, without cross-thread wake-ups.
+/// HTTP serves many sessions: a multi-threaded runtime.
+fn runtime(http: bool) -> Result<tokio::runtime::Runtime, BrokerError> {
+    let built = if http {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    built.map_err(BrokerError::Runtime)
+}
+
+/// The configured audit log (or none), with its `broker.start` and `config.load` records
+/// written: a log that cannot take them refuses the start.
+fn open_audit(policy: &Policy, source: &PolicySource) -> Result<auditing::Audit, BrokerError> {
+    let audit = match policy.audit() {
+        None => auditing::Audit::off(),
+        Some(s) => auditing::Audit::open(s).map_err(|source| BrokerError::AuditOpen {
+            path: s.path.clone(),
+            source,
+        })?,
+    };
+    let digest = mcpd_audit::args_digest(&serde_json::Value::String(policy.describe()));
+    let mut f = serde_json::Map::new();
+    f.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+    f.insert("pid".into(), std::process::id().into());
+    let mut c = serde_json::Map::new();
+    c.insert("policy_digest".into(), digest.into());
+    c.insert("source".into(), source.describe().into());
+    c.insert("clients".into(), policy.clients().count().into());
+    audit
+        .record_blocking("broker.start", f)
+        .and_then(|()| audit.record_blocking("config.load", c))
+        .map_err(|_| BrokerError::AuditWrite)?;
+    Ok(audit)
+}
+
+/// Serve MCP until stdin ends (stdio alone) or `SIGTERM`/`SIGINT` (with HTTP). Returns once
+/// `broker.stop` is recorded and the runtime is shut down.
+pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
+    init_logging(&args.log);
+    let source = PolicySource::new(&args);
+    let policy = source.load().map_err(BrokerError::Config)?;
+    for w in policy.warnings() {
+        tracing::warn!(target: LOG, "{w}");
+    }
+    let worker = worker_path(&policy)?;
+    // The requestState key, before any request can need it: a CSPRNG failure ends the start.
+    mcp::seal::init().map_err(BrokerError::Key)?;
+    let http_addr = policy.http().listen;
+    let serve_stdio = args.stdio || http_addr.is_none();
+    let rt = runtime(http_addr.is_some())?;
+    let audit = open_audit(&policy, &source)?;
+    let cgroups = detect_cgroups(&policy.cgroup)?;
+    let cell = reload::PolicyCell::new(policy);
+    let result = rt.block_on(run(
+        source,
+        cell,
+        audit.clone(),
+        Started {
+            worker,
+            cgroups,
+            http_addr,
+            serve_stdio,
+        },
+    ));
+    let mut f = serde_json::Map::new();
+    f.insert("pid".into(), std::process::id().into());
+    f.insert("clean".into(), result.is_ok().into());
+    let _ = audit.record_blocking("broker.stop", f);
+    audit.close();
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// What the synchronous part of the start settled for the async part.
+struct Started {
+    worker: PathBuf,
+    cgroups: Option<worker::cgroup::Cgroups>,
+    http_addr: Option<std::net::SocketAddr>,
+    serve_stdio: bool,
+}
+
+/// The supervisor and the transports, on the runtime.
+async fn run(
+    source: PolicySource,
+    cell: reload::PolicyCell,
+    audit: auditing::Audit,
+    started: Started,
+) -> Result<(), BrokerError> {
+    let policy = cell.get();
+    tokio::spawn(reload_on_sighup(source, cell.clone(), audit.clone()));
+    let sup = worker::supervisor::Supervisor::start(
+        started.worker,
+        policy.allow_degraded_sandbox,
+        started.cgroups,
+        Duration::from_micros(policy.ipc_spin_us),
+    )
+    .map_err(BrokerError::Supervisor)?;
+    let Some(addr) = started.http_addr else {
+        let (input, output) = transport::stdio::process_stdio();
+        return transport::stdio::serve(cell, sup, audit, input, output)
+            .await
+            .map_err(BrokerError::Transport);
+    };
+    let http = policy.http();
+    let Some(client) = http.client.clone() else {
+        return Err(BrokerError::HttpNoClient);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(BrokerError::Listen)?;
+    let bound = listener.local_addr().map_err(BrokerError::Listen)?;
+    // Tests and scripts ask for port 0: say where we are, on stderr.
+    eprintln!(
+        "mcpd: listening on http://{bound}{}",
+        transport::http::ENDPOINT
+    );
+    let cfg = transport::http::HttpConfig {
+        addr: bound,
+        client,
+        extra_hosts: http.allowed_hosts.clone(),
+        idle: Duration::from_secs(http.session_idle_secs),
+        max_sessions: usize::try_from(http.max_sessions).unwrap_or(64),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(transport::http::serve(
+        listener,
+        cfg,
+        cell.clone(),
+        sup.clone(),
+        audit.clone(),
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let stdio_task = started.serve_stdio.then(|| {
+        let (input, output) = transport::stdio::process_stdio();
+        tokio::spawn(transport::stdio::serve(
+            cell.clone(),
+            sup.clone(),
+            audit.clone(),
+            input,
+            output,
+        ))
+    });
+    wait_for_termination().await;
+    tracing::info!(target: LOG, "terminating: closing sessions");
+    let _ = stop_tx.send(true);
+    let r = http_task
+        .await
+        .map_err(|e| BrokerError::Transport(std::io::Error::other(e)))?;
+    if let Some(t) = stdio_task {
+        t.abort();
+    }
+    r.map_err(BrokerError::Transport)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        let mut all = vec!["mcpd", "serve"];
+        all.extend_from_slice(argv);
+        match crate::cli::Cli::try_parse_from(all).map(|c| c.command) {
+            Ok(crate::cli::Command::Serve(a)) => a,
+            other => panic!("not a serve command line: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_serve_flag_reaches_the_overlay() {
+        let s = PolicySource::new(&args(&[
+            "--allow-read=r",
+            "--allow-write=w",
+            "--allow-exec=git",
+            "--allow-code=python3",
+            "--worker=/w",
+            "--http=127.0.0.1:0",
+            "--insecure-non-loopback-without-auth",
+            "--toolset=conformance",
+            "--http-session-idle-secs=7",
+            "--audit-log=a.jsonl",
+            "--config=c.toml",
+        ]));
+        assert_eq!(s.config, Some(PathBuf::from("c.toml")));
+        assert_eq!(s.describe(), "c.toml");
+        assert_eq!(
+            s.overlay,
+            Overlay {
+                read: vec!["r".into()],
+                write: vec!["w".into()],
+                exec: vec!["git".into()],
+                code: vec!["python3".into()],
+                worker: Some("/w".into()),
+                http_listen: Some("127.0.0.1:0".parse().unwrap()),
+                insecure_non_loopback: true,
+                toolsets: vec!["conformance".into()],
+                http_idle_secs: Some(7),
+                audit_log: Some("a.jsonl".into()),
+            }
+        );
+        let none = PolicySource::new(&args(&[]));
+        assert_eq!(none.overlay, Overlay::default());
+        assert_eq!(none.describe(), "<flags>");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_a_configuration_error() {
+        let s = PolicySource::new(&args(&["--config=/definitely/missing/mcpd.toml"]));
+        let e = BrokerError::Config(s.load().err().unwrap());
+        assert!(
+            e.to_string()
+                .starts_with("mcpd: configuration error: /definitely/missing/mcpd.toml: "),
+            "{e}"
+        );
+        assert_eq!(e.code(), BrokerError::CONFIG);
+    }
+}

@@ -77,7 +77,7 @@ impl ToolWorker for Fake {
         let (events, outcome) = (self.script)(&tool);
         Box::pin(async move {
             let (done_tx, done) = oneshot::channel();
-            let (ev_tx, ev_rx) = mpsc::channel(crate::worker::supervisor::CALL_EVENT_QUEUE);
+            let (ev_tx, ev_rx) = mpsc::channel(64);
             for e in events {
                 let _ = ev_tx.try_send(e);
             }

@@ -33,13 +33,8 @@ use super::validate::{check_enforcement, truncate, validate_tools};
 
 // The zone's public path (`crate::worker::supervisor::...`) for every name callers may use,
 // whether or not one uses it yet.
-#[allow(unused_imports)]
-pub use super::handle::{
-    CallEvent, CallHandle, CallOutcome, Worker, CALL_EVENT_QUEUE, CLIENT_REQUEST_RESERVE,
-    SHUTDOWN_GRACE,
-};
-#[allow(unused_imports)]
-pub use super::validate::{MAX_DESCRIPTION, MAX_PATH_ARGS, MAX_SCHEMA, MAX_TOOLS};
+use super::handle::SHUTDOWN_GRACE;
+pub use super::handle::{CallEvent, CallHandle, CallOutcome, Worker};
 
 use super::handle::SOCKET_CLOSED;
 

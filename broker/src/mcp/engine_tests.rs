@@ -77,7 +77,7 @@ impl ToolWorker for Fake {
         let (events, outcome) = (self.script)(&tool);
         Box::pin(async move {
             let (done_tx, done) = oneshot::channel();
-            let (ev_tx, ev_rx) = mpsc::channel(64);
+            let (ev_tx, ev_rx) = mpsc::channel(events.len().max(1));
             for e in events {
                 let _ = ev_tx.try_send(e);
             }
@@ -540,10 +540,12 @@ async fn a_client_that_does_not_read_loses_notifications_not_responses() {
         .iter()
         .filter(|m| m["method"] == "notifications/progress")
         .count();
-    assert!(
-        progress <= OUTBOX_QUEUE - NOTIFY_RESERVE,
+    // All 2 x OUTBOX_QUEUE events reached the session; only what the outbox holds short of its
+    // reserve was queued, and the response still got its place.
+    assert_eq!(
+        progress,
+        OUTBOX_QUEUE - NOTIFY_RESERVE,
         "{progress} notifications queued"
     );
-    assert!(progress > 0);
     assert_eq!(all.last().unwrap()["result"]["content"][0]["text"], "ok");
 }

@@ -12,7 +12,6 @@
 //! Does not parse a body (that is `jsonrpc::classify`, called once by `post`) and keeps no
 //! state. Trusts the authenticator and the kernel's peer address; every header is hostile.
 #![forbid(unsafe_code)]
-#![allow(clippy::result_large_err)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +26,8 @@ use serde_json::{json, Value};
 use super::{App, HttpConfig, SESSION_HEADER, VERSION_HEADER};
 use crate::auth::{AuthError, Credentials, Principal};
 use crate::mcp::jsonrpc::{self, INTERNAL_ERROR, INVALID_REQUEST};
-use crate::mcp::protocol::{STATELESS_VERSIONS, SUPPORTED_VERSIONS};
+// (through `mcp::session`, which re-exports the protocol's versions for the transports)
+use crate::mcp::session::{STATELESS_VERSIONS, SUPPORTED_VERSIONS};
 
 /// The principal recorded for a request whose authentication failed (or never ran).
 pub(super) const UNAUTHENTICATED: &str = "<unauthenticated>";

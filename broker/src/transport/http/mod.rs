@@ -56,6 +56,7 @@ use mcpd_policy::ClientId;
 
 use crate::auditing::Audit;
 use crate::auth::{Authenticator, ListenerClient, Principal};
+use crate::mcp::backend::Workers;
 use crate::worker::supervisor::Supervisor;
 use sessions::{HttpSession, SessionKey, Table};
 
@@ -86,7 +87,8 @@ pub struct HttpConfig {
 /// The listener's shared state.
 struct App {
     policy: crate::reload::PolicyCell,
-    supervisor: Supervisor,
+    /// Starts the sessions' workers (the supervisor; a fake in tests).
+    workers: Arc<dyn Workers>,
     audit: Audit,
     /// Who a request speaks for; asked for every request.
     auth: Arc<dyn Authenticator>,
@@ -133,12 +135,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let auth = Arc::new(ListenerClient::new(cfg.client.clone()));
-    run(
-        listener,
-        App::new(cfg, auth, policy, supervisor, audit),
-        shutdown,
-    )
-    .await
+    let app = App::new(cfg, auth, policy, Arc::new(supervisor), audit);
+    run(listener, app, shutdown).await
 }
 
 impl App {
@@ -146,13 +144,13 @@ impl App {
         cfg: HttpConfig,
         auth: Arc<dyn Authenticator>,
         policy: crate::reload::PolicyCell,
-        supervisor: Supervisor,
+        workers: Arc<dyn Workers>,
         audit: Audit,
     ) -> Arc<Self> {
         let max_body = usize::try_from(policy.get().max_message_bytes).unwrap_or(usize::MAX);
         Arc::new(App {
             policy,
-            supervisor,
+            workers,
             audit,
             auth,
             hosts: gate::allowed_hosts(&cfg),

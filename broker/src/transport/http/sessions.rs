@@ -13,7 +13,6 @@
 //! Does not authenticate (the principal comes from `gate::authenticate`) and decides nothing
 //! about messages. Trusts the principal it is given; a session id is only a lookup key.
 #![forbid(unsafe_code)]
-#![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -267,11 +266,11 @@ impl App {
             transport,
             peer: peer.to_string(),
         };
-        let session = Session::open(
+        let session = Session::open_with(
             principal.clone(),
             &origin,
             self.policy.clone(),
-            self.supervisor.clone(),
+            self.workers.clone(),
             self.audit.clone(),
             tx,
         )

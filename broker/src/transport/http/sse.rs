@@ -86,6 +86,11 @@ impl Replay {
             .map(|(_, _, b)| b.clone())
             .collect()
     }
+    /// Events and bytes held.
+    #[cfg(test)]
+    pub(super) fn held(&self) -> (usize, usize) {
+        (self.events.len(), self.bytes)
+    }
     /// Where `stream`'s next events go.
     fn attached(&self, stream: u64) -> Option<mpsc::Sender<Bytes>> {
         self.live.get(&stream).cloned().flatten()

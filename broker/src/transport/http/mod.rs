@@ -57,10 +57,9 @@ use mcpd_policy::ClientId;
 use crate::auditing::Audit;
 use crate::auth::{Authenticator, ListenerClient, Principal};
 use crate::mcp::backend::Workers;
+use crate::mcp::protocol::SESSION_NOT_FOUND;
 use crate::worker::supervisor::Supervisor;
 use sessions::{HttpSession, SessionKey, Table};
-
-use crate::mcp::protocol::SESSION_NOT_FOUND;
 
 /// The MCP endpoint path.
 pub const ENDPOINT: &str = "/mcp";

@@ -137,6 +137,12 @@ fn bad_requests_get_the_right_status() {
         ("unsupported protocol version", vec![JSON, ACCEPT, sid_h, ("MCP-Protocol-Version", "1999-01-01")], ping.clone().into_bytes(), 400),
         ("method not a string", vec![JSON, ACCEPT, sid_h], br#"{"jsonrpc":"2.0","id":1,"method":5}"#.to_vec(), 400),
         ("jsonrpc not 2.0", vec![JSON, ACCEPT, sid_h], br#"{"jsonrpc":"1.0","id":2,"method":"ping"}"#.to_vec(), 400),
+        // Without an id an invalid message is refused all the same (its error has a null id).
+        ("invalid notification", vec![JSON, ACCEPT, sid_h], br#"{"jsonrpc":"1.0","method":"notifications/initialized"}"#.to_vec(), 400),
+        ("not UTF-8", vec![JSON, ACCEPT, sid_h], b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"p\xffng\"}".to_vec(), 400),
+        ("not an object", vec![JSON, ACCEPT, sid_h], b"42".to_vec(), 400),
+        // What a message is, is decided before whose session it names.
+        ("invalid, unknown session", vec![JSON, ACCEPT, ("Mcp-Session-Id", "0123456789abcdef0123456789abcdef")], b"[]".to_vec(), 400),
     ];
     for (what, headers, body, want) in cases {
         let r = srv.request("POST", &headers, &body);
@@ -153,6 +159,22 @@ fn bad_requests_get_the_right_status() {
             if what == "method not a string" {
                 assert_eq!(e["id"], 1, "{e}");
                 assert_eq!(e["error"]["code"], -32600, "{e}");
+            }
+            let want_code = match what {
+                "invalid JSON" | "not UTF-8" => Some(-32700),
+                "batch" | "not an object" | "invalid notification" | "jsonrpc not 2.0" => {
+                    Some(-32600)
+                }
+                _ => None,
+            };
+            if let Some(c) = want_code {
+                assert_eq!(e["error"]["code"], c, "{what}: {e}");
+            }
+            if what == "jsonrpc not 2.0" {
+                assert_eq!(e["id"], 2, "{e}");
+            }
+            if what == "invalid notification" {
+                assert!(e["id"].is_null(), "{e}");
             }
         }
     }
@@ -376,6 +398,15 @@ fn stateless_requests_are_checked_in_order_and_get_http_statuses() {
     );
     assert_eq!(st, 200, "{j}");
     assert_eq!(j["result"]["resultType"], "complete");
+    // An invalid message is refused as such (400, its id echoed), whatever its era.
+    let (st, j) = post(
+        stateless_headers("server/discover", None),
+        json!({"jsonrpc": "1.0", "id": 7, "method": "server/discover", "params": {"_meta": meta(json!({}))}}),
+    );
+    assert_eq!(
+        (st, j["error"]["code"].as_i64(), j["id"].as_i64()),
+        (400, Some(-32600), Some(7))
+    );
     // Session-era methods are gone: 404 + -32601.
     let (st, j) = post(
         stateless_headers("ping", None),

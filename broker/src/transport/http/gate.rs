@@ -1,0 +1,321 @@
+//! The checks every HTTP request passes before its message is looked at, and the auditing of
+//! the requests they refuse:
+//! * [`audit_rejects`] (outermost): every 4xx that no session engine answered is recorded, with
+//!   the authenticated principal (or `<unauthenticated>`), before its response leaves; no
+//!   record, no answer but a 500 (fail closed).
+//! * [`authenticate`]: the [`Principal`] of every request (Credentials: transport `http`, the
+//!   socket address), before anything touches a session; a refusal is a 403.
+//! * [`gate`]: DNS-rebinding protection: `Host` (and `Origin`, when sent) must name this server.
+//! * Helpers for the handlers: `Accept` ([`accepts`]), `MCP-Protocol-Version` ([`version_ok`]),
+//!   `Content-Type` ([`json_content`]), the body size ([`read_body`]), and the error responses.
+//!
+//! Does not parse a body (that is `jsonrpc::classify`, called once by `post`) and keeps no
+//! state. Trusts the authenticator and the kernel's peer address; every header is hostile.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::{App, HttpConfig, SESSION_HEADER, VERSION_HEADER};
+use crate::auth::{AuthError, Credentials, Principal};
+use crate::mcp::jsonrpc::{self, INTERNAL_ERROR, INVALID_REQUEST};
+// (through `mcp::session`, which re-exports the protocol's versions for the transports)
+use crate::mcp::session::{STATELESS_VERSIONS, SUPPORTED_VERSIONS};
+
+/// The principal recorded for a request whose authentication failed (or never ran).
+pub(super) const UNAUTHENTICATED: &str = "<unauthenticated>";
+
+pub(super) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub(super) fn rpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
+    json_response(status, &jsonrpc::error(id, code, message))
+}
+
+/// Marks a response that the session engine produced (its request is audited there): the
+/// reject auditor leaves it alone.
+#[derive(Debug, Clone, Copy)]
+struct EngineAnswer;
+
+/// An engine answer sent with the status the stateless era gives it.
+pub(super) fn engine_answer(status: StatusCode, response: &Value) -> Response {
+    let mut r = json_response(status, response);
+    r.extensions_mut().insert(EngineAnswer);
+    r
+}
+
+/// Every transport-level reject (4xx that no session engine answered: authentication,
+/// Host/Origin, media types, sizes, session ids, versions, malformed envelopes, methods) is
+/// audited like stdio's rejects, before the response leaves (fail closed: no record, no answer
+/// but a 500).
+pub(super) async fn audit_rejects(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let http_method = req.method().to_string();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    let session = header_str(req.headers(), SESSION_HEADER).is_some();
+    let response = next.run(req).await;
+    if !response.status().is_client_error()
+        || response.extensions().get::<EngineAnswer>().is_some()
+        || !app.audit.enabled()
+    {
+        return response;
+    }
+    let principal = response
+        .extensions()
+        .get::<Principal>()
+        .map_or(UNAUTHENTICATED, |p| p.client.as_str());
+    let mut f = serde_json::Map::new();
+    f.insert("principal".into(), json!(principal));
+    f.insert("transport".into(), json!("http"));
+    f.insert("method".into(), json!("<invalid>"));
+    f.insert("outcome".into(), json!("invalid"));
+    f.insert("http_method".into(), json!(http_method));
+    f.insert("http_status".into(), json!(response.status().as_u16()));
+    f.insert("with_session_id".into(), json!(session));
+    if let Some(p) = peer {
+        f.insert("peer".into(), json!(p));
+    }
+    match app.audit.record("request", f).await {
+        Ok(()) => response,
+        Err(e) => {
+            tracing::error!("audit: {e}");
+            rpc_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Value::Null,
+                INTERNAL_ERROR,
+                "The audit log cannot be written; the request was refused",
+            )
+        }
+    }
+}
+
+/// Establish the request's [`Principal`] under the policy in force now: handed to the handler
+/// as a request extension, and put on the response for [`audit_rejects`]. A peer without one
+/// is refused (403) before anything else happens.
+pub(super) async fn authenticate(
+    State(app): State<Arc<App>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let creds = Credentials {
+        transport: "http",
+        peer: &peer,
+    };
+    match app.auth.authenticate(&app.policy.get(), &creds) {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal.clone());
+            let mut response = next.run(req).await;
+            response.extensions_mut().insert(principal);
+            response
+        }
+        Err(e) => {
+            tracing::warn!(%peer, "http peer refused: {e}");
+            let status = match e {
+                AuthError::NoClient { .. } => StatusCode::FORBIDDEN,
+            };
+            rpc_error(
+                status,
+                Value::Null,
+                INVALID_REQUEST,
+                &format!("Forbidden: {e}"),
+            )
+        }
+    }
+}
+
+/// The Host values this listener answers to.
+pub(super) fn allowed_hosts(cfg: &HttpConfig) -> Vec<String> {
+    let port = cfg.addr.port();
+    let mut v = vec![format!("{}:{port}", fmt_ip(&cfg.addr))];
+    if cfg.addr.ip().is_loopback() {
+        v.push(format!("localhost:{port}"));
+        v.push(format!("127.0.0.1:{port}"));
+        v.push(format!("[::1]:{port}"));
+    }
+    v.extend(cfg.extra_hosts.iter().cloned());
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn fmt_ip(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.ip().to_string(),
+        SocketAddr::V6(v) => format!("[{}]", v.ip()),
+    }
+}
+
+/// DNS-rebinding protection: Host (and Origin, when sent) must name this server.
+pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let host_ok = header_str(h, "host")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| app.hosts.contains(&v));
+    let origin_ok = match header_str(h, "origin") {
+        None => true,
+        Some(o) => {
+            let o = o.trim().to_ascii_lowercase();
+            ["http://", "https://"]
+                .iter()
+                .filter_map(|scheme| o.strip_prefix(scheme))
+                .any(|rest| app.hosts.iter().any(|a| a == rest))
+        }
+    };
+    if !host_ok || !origin_ok {
+        tracing::warn!(
+            host = header_str(h, "host").unwrap_or("-"),
+            origin = header_str(h, "origin").unwrap_or("-"),
+            "refused a request with a foreign Host or Origin"
+        );
+        return rpc_error(
+            StatusCode::FORBIDDEN,
+            Value::Null,
+            INVALID_REQUEST,
+            "Forbidden: Host or Origin is not this server",
+        );
+    }
+    next.run(req).await
+}
+
+/// Whether `Accept` allows (JSON, SSE).
+pub(super) fn accepts(h: &HeaderMap) -> (bool, bool) {
+    let a = header_str(h, "accept")
+        .unwrap_or("*/*")
+        .to_ascii_lowercase();
+    let any = a.contains("*/*");
+    (
+        any || a.contains("application/json") || a.contains("application/*"),
+        a.contains("text/event-stream"),
+    )
+}
+
+/// `MCP-Protocol-Version`, when present, names a session-era version this server speaks.
+pub(super) fn version_ok(h: &HeaderMap) -> bool {
+    header_str(h, VERSION_HEADER).is_none_or(|v| SUPPORTED_VERSIONS.contains(&v.trim()))
+}
+
+/// `MCP-Protocol-Version` names a stateless-era version.
+pub(super) fn stateless_version_header(h: &HeaderMap) -> bool {
+    header_str(h, VERSION_HEADER).is_some_and(|v| STATELESS_VERSIONS.contains(&v.trim()))
+}
+
+/// A POST body must be JSON (415 otherwise).
+pub(super) fn json_content(h: &HeaderMap) -> Result<(), Response> {
+    let ctype = header_str(h, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ctype.starts_with("application/json") {
+        return Ok(());
+    }
+    Err(rpc_error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Value::Null,
+        INVALID_REQUEST,
+        "Unsupported Media Type: POST a JSON-RPC message as application/json",
+    ))
+}
+
+/// GET and DELETE belong to sessions: a stateless-era client gets 405.
+pub(super) fn stateless_405(headers: &HeaderMap) -> Option<Response> {
+    let stateless =
+        header_str(headers, SESSION_HEADER).is_none() && stateless_version_header(headers);
+    stateless.then(|| (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")]).into_response())
+}
+
+/// The body, at most `max_body` bytes (413 beyond, decided on `Content-Length` when sent).
+pub(super) async fn read_body(
+    max_body: usize,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, Response> {
+    let too_large = || {
+        rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Value::Null,
+            INVALID_REQUEST,
+            &format!("Invalid Request: message exceeds the limit of {max_body} bytes"),
+        )
+    };
+    if header_str(headers, "content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > max_body as u64)
+    {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, max_body)
+        .await
+        .map_err(|_| too_large())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use mcpd_policy::ClientId;
+    use std::time::Duration;
+
+    #[test]
+    fn hosts_cover_the_loopback_spellings() {
+        let cfg = HttpConfig {
+            addr: "127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!()),
+            client: ClientId::parse("c").unwrap_or_else(|| unreachable!()),
+            extra_hosts: vec!["mcp.example".into()],
+            idle: Duration::from_secs(1),
+            max_sessions: 1,
+        };
+        let h = allowed_hosts(&cfg);
+        for want in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "[::1]:8080",
+            "mcp.example",
+        ] {
+            assert!(h.contains(&want.to_string()), "{h:?}");
+        }
+        assert!(!h.contains(&"evil.example:8080".to_string()));
+        let mut hm = HeaderMap::new();
+        hm.insert(
+            "accept",
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        assert_eq!(accepts(&hm), (true, true));
+        hm.insert("accept", HeaderValue::from_static("text/html"));
+        assert_eq!(accepts(&hm), (false, false));
+        hm.insert(VERSION_HEADER, HeaderValue::from_static("1999-01-01"));
+        assert!(!version_ok(&hm));
+        assert!(!stateless_version_header(&hm));
+        hm.insert(VERSION_HEADER, HeaderValue::from_static("2026-07-28"));
+        assert!(stateless_version_header(&hm));
+        assert!(stateless_405(&hm).is_some());
+        hm.insert(SESSION_HEADER, HeaderValue::from_static("abc"));
+        assert!(stateless_405(&hm).is_none());
+    }
+}

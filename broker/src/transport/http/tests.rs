@@ -1,0 +1,601 @@
+//! The listener over real sockets, with an authenticator of the test's own (a principal by
+//! source address) and an in-process fake worker behind [`Workers`]: sessions belong to their
+//! principal, a refused peer is audited, and a client that never reads a chatty call's stream
+//! holds bounded queues while its session serves other requests.
+//!
+//! No process is spawned. Trusts nothing but the responses it reads.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use mcpd_ipc::{
+    ClientReplyOutcome, Content, InputRound, Query, SandboxSpec, ToolAccess, ToolAnnotations,
+    ToolDescriptor, ToolResult,
+};
+use mcpd_policy::{AuditSettings, ClientId, Policy, QuickStart};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::routes::lock;
+use super::sse::{REPLAY_BYTES, REPLAY_EVENTS};
+use super::*;
+use crate::auth::{AuthError, Credentials};
+use crate::mcp::backend::ToolWorker;
+use crate::worker::cgroup::Limits;
+use crate::worker::supervisor::{CallEvent, CallHandle, CallOutcome, WorkerContext};
+
+const ALICE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const MALLORY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// 127.0.0.1 is alice, 127.0.0.2 mallory, anyone else is refused.
+#[derive(Debug)]
+struct BySourceAddress;
+
+impl Authenticator for BySourceAddress {
+    fn authenticate(&self, _: &Policy, c: &Credentials<'_>) -> Result<Principal, AuthError> {
+        let client = match c.peer.split(':').next() {
+            Some("127.0.0.1") => "alice",
+            Some("127.0.0.2") => "mallory",
+            _ => {
+                return Err(AuthError::NoClient {
+                    transport: c.transport,
+                    setting: "test",
+                    peer: c.peer.to_string(),
+                })
+            }
+        };
+        Ok(Principal {
+            client: ClientId::parse(client).unwrap(),
+            method: "test (source address)",
+        })
+    }
+}
+
+/// A worker with one tool, `chatty`: `events` progress reports of `message_bytes` each as
+/// fast as the engine takes them, then a text result.
+#[derive(Debug, Clone)]
+struct Chatty {
+    tools: Vec<ToolDescriptor>,
+    events: usize,
+    message_bytes: usize,
+    /// Set once the last report and the result are handed over.
+    done: Arc<AtomicBool>,
+}
+
+impl Chatty {
+    fn new(events: usize, message_bytes: usize) -> Self {
+        let chatty = ToolDescriptor {
+            name: "chatty".into(),
+            title: None,
+            description: "reports progress without end (fake)".into(),
+            input_schema_json: r#"{"type":"object"}"#.into(),
+            output_schema_json: None,
+            annotations: ToolAnnotations::default(),
+            access: ToolAccess::FileRead,
+            path_args: vec![],
+            exec_args: None,
+            client_capabilities: vec![],
+            task_support: mcpd_ipc::TaskSupport::Forbidden,
+        };
+        Self {
+            tools: vec![chatty],
+            events,
+            message_bytes,
+            done: Arc::default(),
+        }
+    }
+}
+
+impl ToolWorker for Chatty {
+    fn pid(&self) -> u32 {
+        0
+    }
+    fn is_alive(&self) -> bool {
+        true
+    }
+    fn tools(&self) -> &[ToolDescriptor] {
+        &self.tools
+    }
+    fn confinement(&self) -> String {
+        "in-process fake".into()
+    }
+    fn call(
+        &self,
+        _allow: mcpd_policy::Allow,
+        _arguments_json: String,
+        want_events: bool,
+        _input: Option<InputRound>,
+    ) -> BoxFuture<'_, CallHandle> {
+        let (ev_tx, ev_rx) = mpsc::channel(crate::worker::supervisor::CALL_EVENT_QUEUE);
+        let (done_tx, done) = oneshot::channel();
+        let (events, message, flag) = (
+            self.events,
+            "m".repeat(self.message_bytes),
+            self.done.clone(),
+        );
+        tokio::spawn(async move {
+            for i in 1..=events {
+                let e = CallEvent::Progress {
+                    progress: i as f64,
+                    total: None,
+                    message: Some(message.clone()),
+                };
+                if ev_tx.send(e).await.is_err() {
+                    break;
+                }
+            }
+            let _ = done_tx.send(CallOutcome::Done(ToolResult {
+                content: vec![Content::Text {
+                    text: "chatty done".into(),
+                }],
+                structured_json: None,
+                is_error: false,
+                input_required: None,
+            }));
+            flag.store(true, Ordering::SeqCst);
+        });
+        Box::pin(async move {
+            CallHandle {
+                id: 1,
+                events: want_events.then_some(ev_rx),
+                done,
+            }
+        })
+    }
+    fn query(&self, _query: Query) -> BoxFuture<'_, CallOutcome> {
+        Box::pin(async { CallOutcome::Answer("[]".into()) })
+    }
+    fn watch(&self, _uris: Vec<String>) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn cancel(&self, _call: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn client_reply(&self, _id: u64, _outcome: ClientReplyOutcome) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn kill(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl Workers for Chatty {
+    fn start(
+        &self,
+        _spec: SandboxSpec,
+        _limits: Limits,
+        _ctx: WorkerContext,
+    ) -> BoxFuture<'_, Result<Arc<dyn ToolWorker>, String>> {
+        let w: Arc<dyn ToolWorker> = Arc::new(self.clone());
+        Box::pin(async move { Ok(w) })
+    }
+}
+
+struct Listener {
+    addr: SocketAddr,
+    app: Arc<App>,
+    log: PathBuf,
+    stop: oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Listener {
+    /// Shut down as the daemon does (every session closed and recorded) before the audit
+    /// log's directory goes.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.served)
+            .await
+            .expect("the listener stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// The principals' policy of the session tests: alice and mallory.
+fn two_clients() -> Policy {
+    Policy::from_toml(
+        "test.toml",
+        "[clients.alice]\n[clients.mallory]\n",
+        &|p: &Path| Ok(p.to_path_buf()),
+    )
+    .unwrap()
+}
+
+async fn listen(
+    policy: Policy,
+    auth: Arc<dyn Authenticator>,
+    workers: Arc<dyn Workers>,
+) -> Listener {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let audit = Audit::open(&AuditSettings::at(log.clone())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = HttpConfig {
+        addr,
+        client: ClientId::parse("alice").unwrap(),
+        extra_hosts: Vec::new(),
+        idle: Duration::from_secs(600),
+        max_sessions: 8,
+    };
+    let app = App::new(
+        cfg,
+        auth,
+        crate::reload::PolicyCell::new(policy),
+        workers,
+        audit,
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(run(listener, app.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Listener {
+        addr,
+        app,
+        log,
+        stop,
+        served,
+        _dir: dir,
+    }
+}
+
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+/// Send one HTTP/1.1 request from `from` (a loopback address; with a receive buffer of
+/// `rcvbuf` bytes if given) and return the connection, unread.
+async fn open(
+    l: &Listener,
+    from: Ipv4Addr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    rcvbuf: Option<u32>,
+) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n).unwrap();
+    }
+    sock.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut s = sock.connect(l.addr).await.unwrap();
+    let mut req = format!(
+        "{method} {ENDPOINT} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        l.addr.port(),
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+/// Read a response to the end (the server closes: `Connection: close`).
+async fn read_reply(mut s: tokio::net::TcpStream, limit: Duration) -> Reply {
+    let mut raw = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// One HTTP/1.1 request from `from` (a loopback address), read to the end.
+async fn request(
+    l: &Listener,
+    from: Ipv4Addr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let s = open(l, from, method, headers, body, None).await;
+    read_reply(s, Duration::from_secs(10)).await
+}
+
+const POST_JSON: [(&str, &str); 2] = [
+    ("Content-Type", "application/json"),
+    ("Accept", "application/json, text/event-stream"),
+];
+
+async fn post(l: &Listener, from: Ipv4Addr, sid: Option<&str>, msg: &Value) -> Reply {
+    let mut h = POST_JSON.to_vec();
+    if let Some(s) = sid {
+        h.push(("Mcp-Session-Id", s));
+    }
+    request(l, from, "POST", &h, &msg.to_string()).await
+}
+
+async fn initialize(l: &Listener, from: Ipv4Addr) -> String {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let r = post(l, from, None, &init).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.header("mcp-session-id").unwrap().to_string()
+}
+
+fn records(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_belongs_to_its_principal_and_no_one_else_learns_it_exists() {
+    let l = listen(
+        two_clients(),
+        Arc::new(BySourceAddress),
+        Arc::new(Chatty::new(0, 0)),
+    )
+    .await;
+    let sid = initialize(&l, ALICE).await;
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let r = post(&l, ALICE, Some(&sid), &ping).await;
+    assert_eq!((r.status, r.json()["result"].clone()), (200, json!({})));
+    // Mallory presents alice's session id: exactly the answer to an id that never existed.
+    let foreign = post(&l, MALLORY, Some(&sid), &ping).await;
+    let unknown = post(&l, MALLORY, Some("0123456789abcdef0123456789abcdef"), &ping).await;
+    let unknown_alice = post(&l, ALICE, Some("0123456789abcdef0123456789abcdef"), &ping).await;
+    assert_eq!(foreign.status, 404);
+    assert_eq!(foreign.body, unknown.body);
+    assert_eq!(foreign.body, unknown_alice.body);
+    assert_eq!(foreign.json()["error"]["code"], SESSION_NOT_FOUND);
+    let sid_h = ("Mcp-Session-Id", sid.as_str());
+    let get = request(
+        &l,
+        MALLORY,
+        "GET",
+        &[("Accept", "text/event-stream"), sid_h],
+        "",
+    )
+    .await;
+    assert_eq!(get.status, 404);
+    let del = request(&l, MALLORY, "DELETE", &[sid_h], "").await;
+    assert_eq!(del.status, 404);
+    // ...and alice's session is untouched by all that.
+    let r = post(&l, ALICE, Some(&sid), &ping).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The stateless era: one session per principal.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let discover =
+        json!({"jsonrpc": "2.0", "id": 3, "method": "server/discover", "params": {"_meta": meta}});
+    let mut h = POST_JSON.to_vec();
+    h.extend([
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "server/discover"),
+    ]);
+    for from in [ALICE, MALLORY, ALICE] {
+        let r = request(&l, from, "POST", &h, &discover.to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let alice = ClientId::parse("alice").unwrap();
+    let mallory = ClientId::parse("mallory").unwrap();
+    let (a, m) = (
+        l.app.stateless.get(&alice).unwrap(),
+        l.app.stateless.get(&mallory).unwrap(),
+    );
+    assert_ne!(a.session.id(), m.session.id());
+    // The rejects were audited under the principal that made them.
+    let recs = records(&l.log);
+    let rejects: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "request" && r["outcome"] == "invalid")
+        .collect();
+    let who: Vec<(&str, u64)> = rejects
+        .iter()
+        .map(|r| {
+            (
+                r["principal"].as_str().unwrap(),
+                r["http_status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("mallory", 404),
+            ("mallory", 404),
+            ("alice", 404),
+            ("mallory", 404),
+            ("mallory", 404)
+        ]
+    );
+    let r = request(&l, ALICE, "DELETE", &[sid_h], "").await;
+    assert_eq!(r.status, 200);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_a_principal_is_refused_and_audited_as_unauthenticated() {
+    let l = listen(
+        two_clients(),
+        Arc::new(BySourceAddress),
+        Arc::new(Chatty::new(0, 0)),
+    )
+    .await;
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let r = post(&l, STRANGER, None, &ping).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.json()["error"]["code"],
+        crate::mcp::jsonrpc::INVALID_REQUEST
+    );
+    // Refused before anything else looked at the request (here: a method that is not one).
+    let r = request(&l, STRANGER, "PUT", &[], "").await;
+    assert_eq!(r.status, 403);
+    let recs = records(&l.log);
+    let refused: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "request" && r["http_status"] == 403)
+        .collect();
+    assert_eq!(refused.len(), 2, "{recs:?}");
+    for r in refused {
+        assert_eq!(r["principal"], "<unauthenticated>", "{r}");
+        assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.3:"), "{r}");
+    }
+    assert!(l.app.sessions.drain().is_empty());
+    l.stop().await;
+}
+
+const STATELESS_META: &str = r#"{"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {}, "progressToken": 1}"#;
+
+/// A client that never reads the stream of a call that reports progress without pause: what
+/// the broker holds for that stream stays within its bounds (the surplus is dropped and
+/// counted), the session answers other requests at once, and when the client reads at last
+/// its response is there, last. Session era: the resumable relay's stream; stateless era: the
+/// request's route.
+async fn a_client_that_never_reads(stateless: bool) {
+    const EVENTS: usize = 10_000;
+    const MESSAGE_BYTES: usize = 1024; // ~10 MiB of events in all: more than any socket holds
+    let dir = tempfile::tempdir().unwrap();
+    let q = QuickStart {
+        read: vec![dir.path().to_path_buf()],
+        ..QuickStart::default()
+    };
+    let policy = Policy::quick_start(&q, dir.path(), &|p| std::fs::canonicalize(p)).unwrap();
+    let principal = Principal {
+        client: policy.stdio_client().cloned().unwrap(),
+        method: "none (loopback listener)",
+    };
+    let chatty = Chatty::new(EVENTS, MESSAGE_BYTES);
+    let done = chatty.done.clone();
+    let auth = Arc::new(ListenerClient::new(principal.client.clone()));
+    let l = listen(policy, auth, Arc::new(chatty)).await;
+    let meta: Value = serde_json::from_str(STATELESS_META).unwrap();
+    let sid = if stateless {
+        String::new()
+    } else {
+        initialize(&l, ALICE).await
+    };
+    let mut h = POST_JSON.to_vec();
+    let call = if stateless {
+        h.extend([
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "chatty"),
+        ]);
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "chatty", "arguments": {}, "_meta": meta}})
+    } else {
+        h.push(("Mcp-Session-Id", &sid));
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "chatty", "arguments": {}, "_meta": {"progressToken": 1}}})
+    };
+    // A small receive window: the broker feels the client's silence after a few KiB.
+    let stuck = open(&l, ALICE, "POST", &h, &call.to_string(), Some(4096)).await;
+    let started = Instant::now();
+    let hs = loop {
+        let hs = if stateless {
+            l.app.stateless.get(&principal.client)
+        } else {
+            l.app.sessions.get(&SessionKey::new(&principal, &sid))
+        };
+        if let Some(hs) = hs.filter(|hs| done.load(Ordering::SeqCst) && hs.routes.dropped() > 0) {
+            break hs;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the tool did not finish, or nothing was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // The session serves other requests meanwhile.
+    let asked = Instant::now();
+    let r = if stateless {
+        let mut h = POST_JSON.to_vec();
+        h.extend([
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "server/discover"),
+        ]);
+        let discover = json!({"jsonrpc": "2.0", "id": 8, "method": "server/discover",
+                              "params": {"_meta": meta}});
+        request(&l, ALICE, "POST", &h, &discover.to_string()).await
+    } else {
+        let ping = json!({"jsonrpc": "2.0", "id": 8, "method": "ping"});
+        post(&l, ALICE, Some(&sid), &ping).await
+    };
+    assert_eq!(
+        (r.status, r.json()["id"].clone()),
+        (200, json!(8)),
+        "{}",
+        r.body
+    );
+    assert!(r.json()["result"].is_object(), "{}", r.body);
+    assert!(asked.elapsed() < Duration::from_secs(2));
+    // What the broker keeps for the stream is bounded.
+    let (events, bytes) = lock(&hs.replay).held();
+    assert!(
+        events <= REPLAY_EVENTS && bytes <= REPLAY_BYTES,
+        "{events} {bytes}"
+    );
+    // Reading at last: the response is there, after what the stream could hold.
+    let r = read_reply(stuck, Duration::from_secs(30)).await;
+    assert_eq!(r.status, 200);
+    let data: Vec<Value> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: {").map(|d| format!("{{{d}")))
+        .map(|d| serde_json::from_str(&d).unwrap())
+        .collect();
+    let last = data.last().unwrap();
+    assert_eq!(last["id"], 7, "{last}");
+    assert_eq!(last["result"]["content"][0]["text"], "chatty done");
+    let progress = data
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .count();
+    assert!(progress > 0 && progress < EVENTS, "{progress}");
+    drop(hs);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_reads_its_resumable_stream_holds_bounded_queues() {
+    a_client_that_never_reads(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_reads_its_stateless_stream_holds_bounded_queues() {
+    a_client_that_never_reads(true).await;
+}

@@ -25,12 +25,8 @@ use crate::auth::{Origin, Principal};
 use crate::mcp::backend::{ToolWorker, Workers};
 use crate::mcp::client_requests::ClientPending;
 use crate::mcp::jsonrpc::{self, Id, Incoming, INVALID_REQUEST, METHOD_NOT_FOUND};
-pub use crate::mcp::protocol::{
-    HEADER_MISMATCH, META_CAPS, META_VERSION, MISSING_CAPABILITY, STATELESS_VERSIONS,
-    SUPPORTED_VERSIONS, UNSUPPORTED_VERSION,
-};
 use crate::mcp::record::Rec;
-pub use crate::mcp::stateless::{is_stateless, stateless_meta, Stateless};
+use crate::mcp::stateless::is_stateless;
 use crate::mcp::subscriptions::{Listener, MAX_CHANGES_PER_SEC};
 use crate::transport::Outbox;
 use crate::worker::supervisor::{Supervisor, WorkerContext};

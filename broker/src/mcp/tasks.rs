@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::mcp::jsonrpc::Id;
-use crate::mcp::session::Stateless;
+use crate::mcp::stateless::Stateless;
 
 /// The extension's identifier (in `capabilities.extensions`).
 pub const TASKS_EXT: &str = "io.modelcontextprotocol/tasks";

@@ -35,6 +35,8 @@ use super::validate::{check_enforcement, truncate, validate_tools};
 // whether or not one uses it yet.
 use super::handle::SHUTDOWN_GRACE;
 pub use super::handle::{CallEvent, CallHandle, CallOutcome, Worker};
+#[cfg(test)]
+pub use super::handle::CALL_EVENT_QUEUE;
 
 use super::handle::SOCKET_CLOSED;
 

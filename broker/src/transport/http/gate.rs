@@ -27,7 +27,7 @@ use super::{App, HttpConfig, SESSION_HEADER, VERSION_HEADER};
 use crate::auth::{AuthError, Credentials, Principal};
 use crate::mcp::jsonrpc::{self, INTERNAL_ERROR, INVALID_REQUEST};
 // (through `mcp::session`, which re-exports the protocol's versions for the transports)
-use crate::mcp::session::{STATELESS_VERSIONS, SUPPORTED_VERSIONS};
+use crate::mcp::protocol::{STATELESS_VERSIONS, SUPPORTED_VERSIONS};
 
 /// The principal recorded for a request whose authentication failed (or never ran).
 pub(super) const UNAUTHENTICATED: &str = "<unauthenticated>";

@@ -33,7 +33,8 @@ use super::stateless::{self, stateless_status};
 use super::{App, SESSION_HEADER};
 use crate::auth::Principal;
 use crate::mcp::jsonrpc::{self, Id, Incoming, INVALID_REQUEST, PARSE_ERROR};
-use crate::mcp::session::{is_stateless, SUPPORTED_VERSIONS};
+use crate::mcp::protocol::SUPPORTED_VERSIONS;
+use crate::mcp::stateless::is_stateless;
 
 /// Which kind of session a request runs on.
 pub(super) enum Era {

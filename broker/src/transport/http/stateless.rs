@@ -22,11 +22,10 @@ use super::sessions::Busy;
 use super::{App, VERSION_HEADER};
 use crate::auth::Principal;
 use crate::mcp::jsonrpc::{self, Id, Incoming, INVALID_PARAMS, METHOD_NOT_FOUND};
-// (through `mcp::session`, which re-exports these for the transports)
-use crate::mcp::session::{
-    stateless_meta, HEADER_MISMATCH, META_CAPS, META_VERSION, MISSING_CAPABILITY,
-    UNSUPPORTED_VERSION,
+use crate::mcp::protocol::{
+    HEADER_MISMATCH, META_CAPS, META_VERSION, MISSING_CAPABILITY, UNSUPPORTED_VERSION,
 };
+use crate::mcp::stateless::stateless_meta;
 
 /// Status of a stateless-era error response (the spec maps codes to HTTP statuses).
 pub(super) fn stateless_status(response: &Value) -> StatusCode {

@@ -6,169 +6,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use mcpd_ipc::{
-    ClientReplyOutcome, Content, InputRound, LogLevel, PathArg, Query, SandboxSpec, ToolAccess,
-    ToolAnnotations, ToolDescriptor, ToolResult,
-};
+use mcpd_ipc::{Content, LogLevel, ToolAccess, ToolResult};
 use mcpd_policy::{Policy, QuickStart};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
 use crate::auth::{Origin, Principal};
-use crate::mcp::backend::{ToolWorker, Workers};
+use crate::mcp::fake_worker::{text, tool, FakeWorker, Script};
 use crate::mcp::jsonrpc::{classify, Incoming};
 use crate::mcp::session::Session;
 use crate::reload::PolicyCell;
 use crate::transport::{Outbox, Outgoing, NOTIFY_RESERVE, OUTBOX_QUEUE};
-use crate::worker::cgroup::Limits;
-use crate::worker::supervisor::{CallEvent, CallHandle, CallOutcome, WorkerContext};
-
-/// What the fake does with a call: the events it sends, then its outcome.
-type Script = Arc<dyn Fn(&str) -> (Vec<CallEvent>, CallOutcome) + Send + Sync>;
-
-/// One call the fake received.
-#[derive(Debug, Clone)]
-struct Received {
-    tool: String,
-    args: Value,
-}
-
-#[derive(Clone)]
-struct Fake {
-    tools: Vec<ToolDescriptor>,
-    script: Script,
-    calls: Arc<Mutex<Vec<Received>>>,
-    killed: Arc<Mutex<bool>>,
-}
-
-impl std::fmt::Debug for Fake {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fake").finish()
-    }
-}
-
-impl ToolWorker for Fake {
-    fn pid(&self) -> u32 {
-        0
-    }
-    fn is_alive(&self) -> bool {
-        !*self.killed.lock().unwrap()
-    }
-    fn tools(&self) -> &[ToolDescriptor] {
-        &self.tools
-    }
-    fn confinement(&self) -> String {
-        "in-process fake".into()
-    }
-    fn call(
-        &self,
-        allow: mcpd_policy::Allow,
-        arguments_json: String,
-        want_events: bool,
-        _input: Option<InputRound>,
-    ) -> BoxFuture<'_, CallHandle> {
-        let tool = allow.tool().to_string();
-        self.calls.lock().unwrap().push(Received {
-            tool: tool.clone(),
-            args: serde_json::from_str(&arguments_json).unwrap(),
-        });
-        let (events, outcome) = (self.script)(&tool);
-        Box::pin(async move {
-            let (done_tx, done) = oneshot::channel();
-            let (ev_tx, ev_rx) = mpsc::channel(events.len().max(1));
-            for e in events {
-                let _ = ev_tx.try_send(e);
-            }
-            let _ = done_tx.send(outcome);
-            CallHandle {
-                id: 1,
-                events: want_events.then_some(ev_rx),
-                done,
-            }
-        })
-    }
-    fn query(&self, _query: Query) -> BoxFuture<'_, CallOutcome> {
-        Box::pin(async { CallOutcome::Answer("[1]".into()) })
-    }
-    fn watch(&self, _uris: Vec<String>) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn cancel(&self, _call: u64) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn client_reply(&self, _id: u64, _outcome: ClientReplyOutcome) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn kill(&self) -> BoxFuture<'_, ()> {
-        *self.killed.lock().unwrap() = true;
-        Box::pin(async {})
-    }
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
-        self.kill()
-    }
-}
-
-/// Starts the fake; `on_start` runs first (a test reloads the policy there).
-#[derive(Clone)]
-struct FakeWorkers {
-    fake: Fake,
-    on_start: Arc<dyn Fn() + Send + Sync>,
-    started: Arc<Mutex<u32>>,
-}
-
-impl std::fmt::Debug for FakeWorkers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeWorkers").finish()
-    }
-}
-
-impl Workers for FakeWorkers {
-    fn start(
-        &self,
-        _spec: SandboxSpec,
-        _limits: Limits,
-        _ctx: WorkerContext,
-    ) -> BoxFuture<'_, Result<Arc<dyn ToolWorker>, String>> {
-        (self.on_start)();
-        *self.started.lock().unwrap() += 1;
-        let w: Arc<dyn ToolWorker> = Arc::new(self.fake.clone());
-        Box::pin(async move { Ok(w) })
-    }
-}
-
-fn tool(name: &str, access: ToolAccess, path_arg: Option<(&str, bool)>) -> ToolDescriptor {
-    ToolDescriptor {
-        name: name.into(),
-        title: None,
-        description: format!("{name} (fake)"),
-        input_schema_json: r#"{"type":"object"}"#.into(),
-        output_schema_json: None,
-        annotations: ToolAnnotations::default(),
-        access,
-        path_args: path_arg
-            .map(|(n, write)| PathArg {
-                name: n.into(),
-                many: false,
-                write,
-            })
-            .into_iter()
-            .collect(),
-        exec_args: None,
-        client_capabilities: vec![],
-        task_support: mcpd_ipc::TaskSupport::Forbidden,
-    }
-}
-
-fn text(t: &str) -> CallOutcome {
-    CallOutcome::Done(ToolResult {
-        content: vec![Content::Text { text: t.into() }],
-        structured_json: None,
-        is_error: false,
-        input_required: None,
-    })
-}
+use crate::worker::supervisor::{CallEvent, CallOutcome};
 
 fn read_only(dir: &std::path::Path) -> Policy {
     let q = QuickStart {
@@ -181,9 +31,8 @@ fn read_only(dir: &std::path::Path) -> Policy {
 struct Engine {
     session: Session,
     rx: mpsc::Receiver<Outgoing>,
-    fake: Fake,
+    fake: FakeWorker,
     cell: PolicyCell,
-    started: Arc<Mutex<u32>>,
     dir: tempfile::TempDir,
 }
 
@@ -192,21 +41,16 @@ async fn engine_with(script: Script, on_start: Option<Arc<dyn Fn() + Send + Sync
     let policy = read_only(dir.path());
     let client = policy.stdio_client().cloned().unwrap();
     let cell = PolicyCell::new(policy);
-    let fake = Fake {
-        tools: vec![
+    let mut fake = FakeWorker::new(
+        vec![
             tool("read_file", ToolAccess::FileRead, Some(("path", false))),
             tool("write_file", ToolAccess::FileWrite, Some(("path", true))),
         ],
         script,
-        calls: Arc::default(),
-        killed: Arc::default(),
-    };
-    let started = Arc::new(Mutex::new(0));
-    let workers = FakeWorkers {
-        fake: fake.clone(),
-        on_start: on_start.unwrap_or_else(|| Arc::new(|| {})),
-        started: started.clone(),
-    };
+    );
+    if let Some(hook) = on_start {
+        fake = fake.on_start(hook);
+    }
     let (out, rx) = Outbox::channel();
     let session = Session::open_with(
         Principal {
@@ -218,7 +62,7 @@ async fn engine_with(script: Script, on_start: Option<Arc<dyn Fn() + Send + Sync
             peer: "in-process".into(),
         },
         cell.clone(),
-        Arc::new(workers),
+        Arc::new(fake.clone()),
         Audit::off(),
         out,
     )
@@ -229,7 +73,6 @@ async fn engine_with(script: Script, on_start: Option<Arc<dyn Fn() + Send + Sync
         rx,
         fake,
         cell,
-        started,
         dir,
     }
 }
@@ -393,7 +236,7 @@ async fn a_malformed_worker_result_is_refused_and_the_worker_ended() {
         .await;
     assert_eq!(r["error"]["code"], crate::mcp::protocol::INTERNAL_ERROR);
     assert!(!r.to_string().contains("X-Injected"));
-    assert!(*e.fake.killed.lock().unwrap(), "the worker was ended");
+    assert!(e.fake.is_killed(), "the worker was ended");
 }
 
 #[tokio::test]
@@ -457,12 +300,12 @@ async fn a_request_is_decided_under_the_policy_it_started_with() {
     // The second worker start happens inside tools/call, after the request took its policy
     // snapshot and before the decision; it reloads a policy that grants nothing under this
     // directory. The call is still validated, decided and limited under its own snapshot.
-    type Armed = Option<(PolicyCell, Policy, Fake)>;
+    type Armed = Option<(PolicyCell, Policy, FakeWorker)>;
     let slot: Arc<Mutex<Armed>> = Arc::default();
     let hook_slot = slot.clone();
     let hook: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         if let Some((cell, p, fake)) = hook_slot.lock().unwrap().take() {
-            *fake.killed.lock().unwrap() = false;
+            fake.set_killed(false);
             cell.replace(p);
         }
     });
@@ -480,8 +323,8 @@ async fn a_request_is_decided_under_the_policy_it_started_with() {
     let elsewhere = tempfile::tempdir().unwrap();
     *slot.lock().unwrap() = Some((e.cell.clone(), read_only(elsewhere.path()), e.fake.clone()));
     // The worker died: the next call starts another one, and that start reloads the policy.
-    *e.fake.killed.lock().unwrap() = true;
-    let before = *e.started.lock().unwrap();
+    e.fake.set_killed(true);
+    let before = e.fake.starts();
     let r = e
         .call(
             2,
@@ -489,11 +332,7 @@ async fn a_request_is_decided_under_the_policy_it_started_with() {
             json!({"name": "read_file", "arguments": {"path": p}}),
         )
         .await;
-    assert_eq!(
-        *e.started.lock().unwrap(),
-        before + 1,
-        "the call started a worker"
-    );
+    assert_eq!(e.fake.starts(), before + 1, "the call started a worker");
     assert!(
         slot.lock().unwrap().is_none(),
         "the reload happened during the call"

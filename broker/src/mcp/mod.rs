@@ -11,6 +11,8 @@ pub mod backend;
 mod client_requests;
 #[cfg(test)]
 mod engine_tests;
+#[cfg(test)]
+pub(crate) mod fake_worker;
 pub mod jsonrpc;
 mod lifecycle;
 pub mod protocol;

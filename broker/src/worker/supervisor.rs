@@ -33,10 +33,10 @@ use super::validate::{check_enforcement, truncate, validate_tools};
 
 // The zone's public path (`crate::worker::supervisor::...`) for every name callers may use,
 // whether or not one uses it yet.
-use super::handle::SHUTDOWN_GRACE;
-pub use super::handle::{CallEvent, CallHandle, CallOutcome, Worker};
 #[cfg(test)]
 pub use super::handle::CALL_EVENT_QUEUE;
+use super::handle::SHUTDOWN_GRACE;
+pub use super::handle::{CallEvent, CallHandle, CallOutcome, Worker};
 
 use super::handle::SOCKET_CLOSED;
 

@@ -9,27 +9,22 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
-use mcpd_ipc::{
-    ClientReplyOutcome, Content, InputRound, Query, SandboxSpec, ToolAccess, ToolAnnotations,
-    ToolDescriptor, ToolResult,
-};
+use mcpd_ipc::ToolAccess;
 use mcpd_policy::{AuditSettings, ClientId, Policy, QuickStart};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::routes::lock;
 use super::sse::{REPLAY_BYTES, REPLAY_EVENTS};
 use super::*;
 use crate::auth::{AuthError, Credentials};
-use crate::mcp::backend::ToolWorker;
-use crate::worker::cgroup::Limits;
-use crate::worker::supervisor::{CallEvent, CallHandle, CallOutcome, WorkerContext};
+use crate::mcp::fake_worker::{text, tool, FakeWorker, Script};
+use crate::worker::supervisor::CallEvent;
 
 const ALICE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const MALLORY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -60,126 +55,21 @@ impl Authenticator for BySourceAddress {
 }
 
 /// A worker with one tool, `chatty`: `events` progress reports of `message_bytes` each as
-/// fast as the engine takes them, then a text result.
-#[derive(Debug, Clone)]
-struct Chatty {
-    tools: Vec<ToolDescriptor>,
-    events: usize,
-    message_bytes: usize,
-    /// Set once the last report and the result are handed over.
-    done: Arc<AtomicBool>,
-}
-
-impl Chatty {
-    fn new(events: usize, message_bytes: usize) -> Self {
-        let chatty = ToolDescriptor {
-            name: "chatty".into(),
-            title: None,
-            description: "reports progress without end (fake)".into(),
-            input_schema_json: r#"{"type":"object"}"#.into(),
-            output_schema_json: None,
-            annotations: ToolAnnotations::default(),
-            access: ToolAccess::FileRead,
-            path_args: vec![],
-            exec_args: None,
-            client_capabilities: vec![],
-            task_support: mcpd_ipc::TaskSupport::Forbidden,
-        };
-        Self {
-            tools: vec![chatty],
-            events,
-            message_bytes,
-            done: Arc::default(),
-        }
-    }
-}
-
-impl ToolWorker for Chatty {
-    fn pid(&self) -> u32 {
-        0
-    }
-    fn is_alive(&self) -> bool {
-        true
-    }
-    fn tools(&self) -> &[ToolDescriptor] {
-        &self.tools
-    }
-    fn confinement(&self) -> String {
-        "in-process fake".into()
-    }
-    fn call(
-        &self,
-        _allow: mcpd_policy::Allow,
-        _arguments_json: String,
-        want_events: bool,
-        _input: Option<InputRound>,
-    ) -> BoxFuture<'_, CallHandle> {
-        let (ev_tx, ev_rx) = mpsc::channel(crate::worker::supervisor::CALL_EVENT_QUEUE);
-        let (done_tx, done) = oneshot::channel();
-        let (events, message, flag) = (
-            self.events,
-            "m".repeat(self.message_bytes),
-            self.done.clone(),
-        );
-        tokio::spawn(async move {
-            for i in 1..=events {
-                let e = CallEvent::Progress {
-                    progress: i as f64,
-                    total: None,
-                    message: Some(message.clone()),
-                };
-                if ev_tx.send(e).await.is_err() {
-                    break;
-                }
-            }
-            let _ = done_tx.send(CallOutcome::Done(ToolResult {
-                content: vec![Content::Text {
-                    text: "chatty done".into(),
-                }],
-                structured_json: None,
-                is_error: false,
-                input_required: None,
-            }));
-            flag.store(true, Ordering::SeqCst);
-        });
-        Box::pin(async move {
-            CallHandle {
-                id: 1,
-                events: want_events.then_some(ev_rx),
-                done,
-            }
-        })
-    }
-    fn query(&self, _query: Query) -> BoxFuture<'_, CallOutcome> {
-        Box::pin(async { CallOutcome::Answer("[]".into()) })
-    }
-    fn watch(&self, _uris: Vec<String>) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn cancel(&self, _call: u64) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn client_reply(&self, _id: u64, _outcome: ClientReplyOutcome) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn kill(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-}
-
-impl Workers for Chatty {
-    fn start(
-        &self,
-        _spec: SandboxSpec,
-        _limits: Limits,
-        _ctx: WorkerContext,
-    ) -> BoxFuture<'_, Result<Arc<dyn ToolWorker>, String>> {
-        let w: Arc<dyn ToolWorker> = Arc::new(self.clone());
-        Box::pin(async move { Ok(w) })
-    }
+/// fast as the engine takes them, then a text result (`finished` is set once all are handed
+/// over).
+fn chatty(events: usize, message_bytes: usize) -> FakeWorker {
+    let script: Script = Arc::new(move |_| {
+        let message = "m".repeat(message_bytes);
+        let reports = (1..=events)
+            .map(|i| CallEvent::Progress {
+                progress: i as f64,
+                total: None,
+                message: Some(message.clone()),
+            })
+            .collect();
+        (reports, text("chatty done"))
+    });
+    FakeWorker::new(vec![tool("chatty", ToolAccess::FileRead, None)], script)
 }
 
 struct Listener {
@@ -364,7 +254,7 @@ async fn a_session_belongs_to_its_principal_and_no_one_else_learns_it_exists() {
     let l = listen(
         two_clients(),
         Arc::new(BySourceAddress),
-        Arc::new(Chatty::new(0, 0)),
+        Arc::new(chatty(0, 0)),
     )
     .await;
     let sid = initialize(&l, ALICE).await;
@@ -450,7 +340,7 @@ async fn a_peer_without_a_principal_is_refused_and_audited_as_unauthenticated() 
     let l = listen(
         two_clients(),
         Arc::new(BySourceAddress),
-        Arc::new(Chatty::new(0, 0)),
+        Arc::new(chatty(0, 0)),
     )
     .await;
     let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
@@ -498,8 +388,8 @@ async fn a_client_that_never_reads(stateless: bool) {
         client: policy.stdio_client().cloned().unwrap(),
         method: "none (loopback listener)",
     };
-    let chatty = Chatty::new(EVENTS, MESSAGE_BYTES);
-    let done = chatty.done.clone();
+    let chatty = chatty(EVENTS, MESSAGE_BYTES);
+    let done = chatty.finished.clone();
     let auth = Arc::new(ListenerClient::new(principal.client.clone()));
     let l = listen(policy, auth, Arc::new(chatty)).await;
     let meta: Value = serde_json::from_str(STATELESS_META).unwrap();

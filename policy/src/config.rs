@@ -276,6 +276,8 @@ pub struct RawGrant {
     pub network: bool,
     /// Limits.
     pub limits: Option<RawLimits>,
+    /// Who speaks for this client (clients only): certificate, token and Unix-peer identities.
+    pub identity: Option<Spanned<crate::identity::RawIdentity>>,
 }
 
 /// `limits` tables. Every field optional; unset fields fall back to roles, then defaults.

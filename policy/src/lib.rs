@@ -17,6 +17,7 @@
 mod config;
 mod decide;
 mod exec;
+mod identity;
 mod model;
 mod prompts;
 
@@ -25,6 +26,9 @@ pub use decide::{base_dir, lexical_normalize, Allow, Decision, DenyReason, ExecR
 pub use exec::{
     language_alias, template_placeholders, ArgPattern, ExecGrant, Language, OperatorTool, Program,
     ENV_NEVER_FROM_CLIENT, TRUSTED_SEARCH_PATH,
+};
+pub use identity::{
+    IdentityKind, IdentityRules, Presented, RawIdentity, MAX_IDENTITIES_PER_CLIENT,
 };
 pub use model::{
     AuditSettings, Canonicalize, CgroupSetting, ClientId, HttpSettings, Limits, Overlay,

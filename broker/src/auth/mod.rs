@@ -13,14 +13,28 @@
 
 use mcpd_policy::{ClientId, Policy};
 
-/// An authenticated client: a client id of the policy, and how it was established (for the
-/// audit log's `auth.success`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// An authenticated client: a client id of the policy, how it was established, what the audit
+/// log may say about the credential (never the credential itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The policy's client id.
     pub client: ClientId,
     /// How the principal was established (`local-process`, `none (loopback listener)`, ...).
     pub method: &'static str,
+    /// Facts for the `auth.success` record (issuer, key id, token digest, certificate subject,
+    /// peer uid...). Never a secret.
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+impl Principal {
+    /// A principal established by `method`, with no attributes and no scope restriction.
+    pub fn new(client: ClientId, method: &'static str) -> Self {
+        Self {
+            client,
+            method,
+            attributes: Vec::new(),
+        }
+    }
 }
 
 /// Where a session comes from, for the audit log.
@@ -32,13 +46,22 @@ pub struct Origin {
     pub peer: String,
 }
 
-/// What a transport knows of a peer when it asks who the peer is.
+/// What a transport knows of a peer when it asks who the peer is. Everything here was read
+/// from the kernel or verified by the transport (TLS); nothing is the client's say-so except
+/// `authorization`, which the authenticator must verify.
 #[derive(Debug, Clone, Copy)]
 pub struct Credentials<'a> {
     /// The transport asking.
     pub transport: &'static str,
-    /// The peer, as the transport saw it.
+    /// The peer, as the transport saw it (socket address, parent process).
     pub peer: &'a str,
+}
+
+impl<'a> Credentials<'a> {
+    /// What every transport knows: itself and the peer's address.
+    pub fn new(transport: &'static str, peer: &'a str) -> Self {
+        Self { transport, peer }
+    }
 }
 
 /// Why a peer was not given a principal.
@@ -80,10 +103,7 @@ impl Authenticator for LocalProcess {
         policy
             .stdio_client()
             .cloned()
-            .map(|client| Principal {
-                client,
-                method: "local-process",
-            })
+            .map(|client| Principal::new(client, "local-process"))
             .ok_or_else(|| AuthError::NoClient {
                 transport: creds.transport,
                 setting: "[stdio] client",
@@ -113,9 +133,9 @@ impl Authenticator for ListenerClient {
         _policy: &Policy,
         _creds: &Credentials<'_>,
     ) -> Result<Principal, AuthError> {
-        Ok(Principal {
-            client: self.client.clone(),
-            method: "none (loopback listener)",
-        })
+        Ok(Principal::new(
+            self.client.clone(),
+            "none (loopback listener)",
+        ))
     }
 }

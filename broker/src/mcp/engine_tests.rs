@@ -53,10 +53,7 @@ async fn engine_with(script: Script, on_start: Option<Arc<dyn Fn() + Send + Sync
     }
     let (out, rx) = Outbox::channel();
     let session = Session::open_with(
-        Principal {
-            client,
-            method: "test",
-        },
+        Principal::new(client, "test"),
         &Origin {
             transport: "test",
             peer: "in-process".into(),

@@ -159,6 +159,9 @@ impl Session {
         f.insert("peer".into(), json!(origin.peer));
         let mut auth = f.clone();
         auth.insert("method".into(), json!(principal.method));
+        for (k, v) in &principal.attributes {
+            auth.insert((*k).into(), json!(v));
+        }
         audit
             .record("auth.success", auth)
             .await

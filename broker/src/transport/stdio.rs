@@ -161,13 +161,7 @@ where
         ),
     };
     let principal = LocalProcess
-        .authenticate(
-            &policy,
-            &Credentials {
-                transport: origin.transport,
-                peer: &origin.peer,
-            },
-        )
+        .authenticate(&policy, &Credentials::new(origin.transport, &origin.peer))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let max = usize::try_from(policy.max_message_bytes).unwrap_or(usize::MAX);
     let (tx, mut rx) = Outbox::channel();

@@ -56,7 +56,14 @@ impl Policy {
                     format!("role '{name}': roles cannot include other roles"),
                 ));
             }
+            if let Some(i) = &role.get_ref().identity {
+                return Err(src.error(
+                    Some(i.span()),
+                    format!("role '{name}': an identity belongs to a client, not a role"),
+                ));
+            }
         }
+        let mut identities = crate::identity::IdentityRules::default();
         let mut clients = BTreeMap::new();
         for (name, grant) in &raw.clients {
             let id = ClientId::parse(name).ok_or_else(|| {
@@ -78,6 +85,9 @@ impl Policy {
                 parts.push((r.get_ref().as_str(), role));
             }
             let perms = merge(src, name, &parts, canon, &mut warnings)?;
+            if let Some(i) = &grant.get_ref().identity {
+                identities.add(src, &id, i)?;
+            }
             clients.insert(id, perms);
         }
         let stdio_client = match &raw.stdio.client {
@@ -237,6 +247,7 @@ impl Policy {
             toolsets: Vec::new(),
             prompts: BTreeMap::new(),
             prompt_grants: BTreeMap::new(),
+            identities,
         };
         for (name, p) in &raw.prompts {
             let prompt = crate::prompts::prompt(src, name, p)?;

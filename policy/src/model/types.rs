@@ -274,6 +274,8 @@ pub struct Policy {
     pub prompts: BTreeMap<String, crate::prompts::Prompt>,
     /// Which prompts each client may use.
     pub(super) prompt_grants: BTreeMap<ClientId, BTreeSet<String>>,
+    /// Which verified identities speak for which client: [`Policy::client_for`].
+    pub(crate) identities: crate::identity::IdentityRules,
 }
 
 /// Audit log settings (validated: the path lies outside every client's roots).
@@ -457,6 +459,9 @@ impl Policy {
                 "client {id}: (worker uid/gid {} under a root broker)\n",
                 self.worker_uid(id)
             ));
+            for (kind, value) in self.identities.of(id) {
+                out.push_str(&format!("  identity {} = {value}\n", kind.key()));
+            }
             for r in &p.read {
                 out.push_str(&format!("  read   {}\n", r.display()));
             }

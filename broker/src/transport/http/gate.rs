@@ -125,10 +125,7 @@ pub(super) async fn authenticate(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
-    let creds = Credentials {
-        transport: "http",
-        peer: &peer,
-    };
+    let creds = Credentials::new("http", &peer);
     match app.auth.authenticate(&app.policy.get(), &creds) {
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());

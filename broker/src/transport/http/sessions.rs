@@ -401,10 +401,7 @@ mod tests {
         })
     }
     fn principal(name: &str) -> Principal {
-        Principal {
-            client: ClientId::parse(name).unwrap(),
-            method: "test",
-        }
+        Principal::new(ClientId::parse(name).unwrap(), "test")
     }
 
     #[test]

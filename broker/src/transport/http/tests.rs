@@ -47,10 +47,10 @@ impl Authenticator for BySourceAddress {
                 })
             }
         };
-        Ok(Principal {
-            client: ClientId::parse(client).unwrap(),
-            method: "test (source address)",
-        })
+        Ok(Principal::new(
+            ClientId::parse(client).unwrap(),
+            "test (source address)",
+        ))
     }
 }
 
@@ -384,10 +384,10 @@ async fn a_client_that_never_reads(stateless: bool) {
         ..QuickStart::default()
     };
     let policy = Policy::quick_start(&q, dir.path(), &|p| std::fs::canonicalize(p)).unwrap();
-    let principal = Principal {
-        client: policy.stdio_client().cloned().unwrap(),
-        method: "none (loopback listener)",
-    };
+    let principal = Principal::new(
+        policy.stdio_client().cloned().unwrap(),
+        "none (loopback listener)",
+    );
     let chatty = chatty(EVENTS, MESSAGE_BYTES);
     let done = chatty.finished.clone();
     let auth = Arc::new(ListenerClient::new(principal.client.clone()));

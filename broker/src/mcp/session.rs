@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mcpd_ipc::LogLevel;
 use mcpd_policy::{ClientId, Policy};
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
 use crate::auth::{Origin, Principal};
@@ -93,7 +93,6 @@ pub(super) struct Inner {
     pub(super) listeners: Mutex<Vec<Listener>>,
     /// Change reports from the worker (and from policy reloads).
     pub(super) changes: mpsc::UnboundedSender<mcpd_ipc::Change>,
-    pub(super) slots: Arc<Semaphore>,
     pub(super) tasks: tokio::sync::watch::Sender<usize>,
     pub(super) opened: Instant,
 }
@@ -146,10 +145,7 @@ impl Session {
         out: Outbox,
     ) -> Result<Self, String> {
         let client = principal.client;
-        let policy = policy_cell.get();
-        let slots = policy.permissions(&client).map_or(1, |p| {
-            usize::try_from(p.limits.max_concurrent_calls).unwrap_or(1)
-        });
+        let _policy = policy_cell.get();
         let id = crate::auditing::random_id();
         let (changes, mut changes_rx) = mpsc::unbounded_channel::<mcpd_ipc::Change>();
         let mut f = Map::new();
@@ -186,7 +182,6 @@ impl Session {
                 mcp_tasks: Mutex::default(),
                 listeners: Mutex::default(),
                 changes,
-                slots: Arc::new(Semaphore::new(slots.max(1))),
                 tasks: tokio::sync::watch::Sender::new(0),
                 opened: Instant::now(),
             }),

@@ -306,6 +306,8 @@ pub struct RawLimits {
     pub address_space: Option<u64>,
     /// Tool calls per minute.
     pub calls_per_minute: Option<u64>,
+    /// Sessions open at once (all transports).
+    pub max_sessions: Option<u64>,
     /// Default wall-clock timeout of one command or code run, seconds.
     pub command_timeout_secs: Option<u64>,
     /// Longest any process started for the client may live, seconds.

@@ -459,3 +459,48 @@ async fn the_call_rate_is_the_clients_and_a_spent_rate_says_when_to_retry() {
         "{r}"
     );
 }
+
+#[tokio::test]
+async fn a_client_may_hold_only_its_sessions_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy::from_toml(
+        "t.toml",
+        "[stdio]\nclient = \"session-cap\"\n[clients.session-cap]\nlimits = { max_sessions = 1 }\n",
+        &|p| std::fs::canonicalize(p),
+    )
+    .unwrap();
+    let one = engine_under(
+        dir,
+        policy.clone(),
+        Arc::new(|_| (vec![], text("ok"))),
+        None,
+    )
+    .await;
+    let (out, _rx) = Outbox::channel();
+    let refused = Session::open_with(
+        Principal::new(policy.stdio_client().cloned().unwrap(), "test"),
+        &Origin {
+            transport: "test",
+            peer: "in-process".into(),
+        },
+        PolicyCell::new(policy.clone()),
+        Arc::new(one.fake.clone()),
+        Audit::off(),
+        out,
+    )
+    .await;
+    assert!(matches!(
+        refused,
+        Err(crate::mcp::session::OpenError::TooManySessions { max: 1 })
+    ));
+    // Closing the first gives its place back.
+    one.session.close().await;
+    let again = engine_under(
+        tempfile::tempdir().unwrap(),
+        policy,
+        Arc::new(|_| (vec![], text("ok"))),
+        None,
+    )
+    .await;
+    assert!(again.session.id() != one.session.id());
+}

@@ -1,6 +1,6 @@
 //! Per-client quotas shared by every session of a client, whatever transport it came by: the
-//! tool-call rate (`limits.calls_per_minute`, a token bucket) and the calls in flight
-//! (`limits.max_concurrent_calls`). A client with many sessions gets no more than one with a
+//! sessions open (`limits.max_sessions`), the tool-call rate (`limits.calls_per_minute`, a
+//! token bucket) and the calls in flight (`limits.max_concurrent_calls`). A client with many sessions gets no more than one with a
 //! single session, so no principal can starve another of workers or CPU by opening sessions.
 //!
 //! Process-wide (like the `requestState` key): one table keyed by client id, each entry rebuilt
@@ -69,6 +69,56 @@ fn entry(
     (e.rate.clone(), e.slots.clone())
 }
 
+/// Sessions open per client.
+static SESSIONS: LazyLock<Mutex<HashMap<ClientId, u64>>> = LazyLock::new(Mutex::default);
+
+/// One open session of a client, counted until it is dropped.
+#[derive(Debug)]
+pub struct SessionSlot {
+    client: ClientId,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut m = SESSIONS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A place for one more session of the client under `limits.max_sessions`, or `None` when
+/// it has that many open.
+pub fn open_session(client: &ClientId, limits: &Limits) -> Option<SessionSlot> {
+    let mut m = SESSIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let n = m.entry(client.clone()).or_insert(0);
+    if *n >= limits.max_sessions.max(1) {
+        return None;
+    }
+    *n += 1;
+    Some(SessionSlot {
+        client: client.clone(),
+    })
+}
+
+/// Sessions the client has open now.
+#[cfg(test)]
+pub fn open_sessions(client: &ClientId) -> u64 {
+    SESSIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(client)
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Take one call from the client's rate: `Err(wait)` when it is spent (try again after
 /// `wait`). Unlimited (`calls_per_minute = 0`) always succeeds.
 pub fn take_call(client: &ClientId, limits: &Limits) -> Result<(), Duration> {
@@ -116,6 +166,22 @@ mod tests {
         assert!(take_call(&b, &l).is_ok());
         // A reload that lifts the limit takes effect at once.
         assert!(take_call(&a, &limits(0, 1)).is_ok());
+    }
+
+    #[test]
+    fn sessions_are_counted_per_client_until_their_slot_goes() {
+        let c = ClientId::parse("quota-s").unwrap();
+        let l = Limits {
+            max_sessions: 2,
+            ..Limits::default()
+        };
+        let a = open_session(&c, &l).unwrap();
+        let _b = open_session(&c, &l).unwrap();
+        assert!(open_session(&c, &l).is_none());
+        assert_eq!(open_sessions(&c), 2);
+        assert!(open_session(&ClientId::parse("quota-t").unwrap(), &l).is_some());
+        drop(a);
+        assert!(open_session(&c, &l).is_some());
     }
 
     #[test]

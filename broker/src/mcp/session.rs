@@ -69,6 +69,20 @@ impl LastActivity {
     }
 }
 
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The audit log cannot take `auth.success`/`session.open` (fail closed).
+    #[error("audit log unavailable: {0}")]
+    Audit(String),
+    /// The client has `limits.max_sessions` sessions open.
+    #[error("the client has {max} sessions open, its limit (limits.max_sessions)")]
+    TooManySessions {
+        /// The limit.
+        max: u64,
+    },
+}
+
 /// One client session.
 #[derive(Clone)]
 pub struct Session {
@@ -95,6 +109,8 @@ pub(super) struct Inner {
     pub(super) changes: mpsc::UnboundedSender<mcpd_ipc::Change>,
     pub(super) tasks: tokio::sync::watch::Sender<usize>,
     pub(super) opened: Instant,
+    /// This session's place among its client's sessions, given back at close.
+    pub(super) slot: Mutex<Option<crate::mcp::quota::SessionSlot>>,
 }
 
 impl Inner {
@@ -123,7 +139,7 @@ impl Session {
         supervisor: Supervisor,
         audit: Audit,
         out: Outbox,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, OpenError> {
         Self::open_with(
             principal,
             origin,
@@ -143,9 +159,18 @@ impl Session {
         workers: Arc<dyn Workers>,
         audit: Audit,
         out: Outbox,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, OpenError> {
         let client = principal.client;
-        let _policy = policy_cell.get();
+        let policy = policy_cell.get();
+        let limits = policy
+            .permissions(&client)
+            .map(|p| p.limits.clone())
+            .unwrap_or_default();
+        let slot = crate::mcp::quota::open_session(&client, &limits).ok_or(
+            OpenError::TooManySessions {
+                max: limits.max_sessions,
+            },
+        )?;
         let id = crate::auditing::random_id();
         let (changes, mut changes_rx) = mpsc::unbounded_channel::<mcpd_ipc::Change>();
         let mut f = Map::new();
@@ -161,11 +186,11 @@ impl Session {
         audit
             .record("auth.success", auth)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| OpenError::Audit(e.to_string()))?;
         audit
             .record("session.open", f)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| OpenError::Audit(e.to_string()))?;
         let session = Self {
             inner: Arc::new(Inner {
                 id,
@@ -184,6 +209,7 @@ impl Session {
                 changes,
                 tasks: tokio::sync::watch::Sender::new(0),
                 opened: Instant::now(),
+                slot: Mutex::new(Some(slot)),
             }),
         };
         // Change reports (worker, policy reload) become notifications, rate-limited. The task
@@ -493,6 +519,9 @@ impl Session {
             json!(u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX)),
         );
         let _ = self.inner.audit.record("session.close", f).await;
+        if let Ok(mut slot) = self.inner.slot.lock() {
+            slot.take();
+        }
     }
 }
 

@@ -177,9 +177,7 @@ where
     tracing::info!(client = %principal.client, "stdio session open");
     let session = Session::open(principal, &origin, cell, supervisor, audit, tx)
         .await
-        .map_err(|e| {
-            std::io::Error::other(format!("audit log unavailable, session refused: {e}"))
-        })?;
+        .map_err(|e| std::io::Error::other(format!("session refused: {e}")))?;
     let mut reader = LineReader::new(input, max);
     loop {
         match reader.next().await {

@@ -1,5 +1,6 @@
 //! The broker's only raw system calls: the worker's `pre_exec` hook and kernel feature probes
-//! for `mcpd doctor`. Everything else in the broker is safe Rust.
+//! for `mcpd doctor`, and taking ownership of a socket systemd passed (`LISTEN_FDS`). Everything
+//! else in the broker is safe Rust.
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;

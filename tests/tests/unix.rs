@@ -392,8 +392,8 @@ fn two_uids_get_their_own_clients_at_the_same_time() {
                 && r["principal"] == client
                 && r["transport"] == "unix"
                 && r["method"] == "unix-peer-credentials"
-                && r["uid"] == uid.to_string()
-                && r["gid"] == uid.to_string()
+                && r["uid"].as_str().and_then(|s| s.parse::<u32>().ok()) == Some(uid)
+                && r["gid"].as_str().and_then(|s| s.parse::<u32>().ok()) == Some(uid)
                 && r["pid"]
                     .as_str()
                     .is_some_and(|p| p.parse::<i32>().unwrap() > 0)),

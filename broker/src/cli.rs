@@ -138,4 +138,11 @@ pub struct ServeArgs {
     /// Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Serve newline-delimited JSON-RPC on a Unix socket at PATH (one session per connection;
+    /// each peer's client from its uid/gid: `[clients.NAME.identity] unix_uid`/`unix_gid`).
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+    /// Serve the Unix listening socket systemd passed (socket activation: LISTEN_FDS).
+    #[arg(long = "unix-systemd")]
+    pub unix_systemd: bool,
 }

@@ -107,6 +107,8 @@ pub struct RawConfig {
     /// Operator-defined prompts by name.
     #[serde(default)]
     pub prompts: BTreeMap<String, Spanned<crate::prompts::RawPrompt>>,
+    /// The Unix-socket listener.
+    pub unix: Option<crate::model::RawUnix>,
 }
 
 /// `[http]`: the Streamable HTTP transport.

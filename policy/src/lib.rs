@@ -31,6 +31,10 @@ pub use identity::{
     IdentityKind, IdentityRules, Presented, RawIdentity, MAX_IDENTITIES_PER_CLIENT,
 };
 pub use model::{
+    check_socket_path, RawGroup, RawMode, RawUnix, UnixGroup, UnixSettings,
+    DEFAULT_UNIX_MAX_CONNECTIONS, DEFAULT_UNIX_MAX_CONNECTIONS_PER_UID, DEFAULT_UNIX_MODE,
+};
+pub use model::{
     AuditSettings, Canonicalize, CgroupSetting, ClientId, HttpSettings, Limits, Overlay,
     Permissions, Policy, PolicyError, QuickStart, ToolSet, DEFAULT_CLIENT,
     DEFAULT_MAX_OUTPUT_BYTES, KNOWN_TOOLSETS, MAX_RESULT_BYTES_CEILING,

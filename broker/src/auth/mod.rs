@@ -11,6 +11,8 @@
 //! policy; nothing a client *says* about itself.
 #![forbid(unsafe_code)]
 
+pub mod peercred;
+
 use mcpd_policy::{ClientId, Policy};
 
 /// An authenticated client: a client id of the policy, how it was established, what the audit
@@ -55,12 +57,24 @@ pub struct Credentials<'a> {
     pub transport: &'static str,
     /// The peer, as the transport saw it (socket address, parent process).
     pub peer: &'a str,
+    /// A Unix-socket peer's (uid, gid, pid), read from the kernel (`SO_PEERCRED`).
+    pub unix_peer: Option<(u32, u32, i32)>,
 }
 
 impl<'a> Credentials<'a> {
     /// What every transport knows: itself and the peer's address.
     pub fn new(transport: &'static str, peer: &'a str) -> Self {
-        Self { transport, peer }
+        Self {
+            transport,
+            peer,
+            unix_peer: None,
+        }
+    }
+
+    /// With the kernel's credentials of a Unix-socket peer (uid, gid, pid).
+    pub fn with_unix_peer(mut self, uid: u32, gid: u32, pid: i32) -> Self {
+        self.unix_peer = Some((uid, gid, pid));
+        self
     }
 }
 

@@ -163,6 +163,7 @@ impl Policy {
             &stdio_client,
             &mut warnings,
         )?;
+        let unix = super::unix::unix_settings(src, raw.unix.as_ref(), &mut warnings)?;
         let cgroup = match raw
             .server
             .cgroup
@@ -248,6 +249,7 @@ impl Policy {
             prompts: BTreeMap::new(),
             prompt_grants: BTreeMap::new(),
             identities,
+            unix,
         };
         for (name, p) in &raw.prompts {
             let prompt = crate::prompts::prompt(src, name, p)?;

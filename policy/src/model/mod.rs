@@ -17,8 +17,10 @@ mod overlay;
 mod quick_start;
 mod sandbox;
 mod types;
+mod unix;
 
 pub(crate) use build::canonical;
 pub use http::HttpSettings;
 pub use overlay::{Overlay, PolicyError, KNOWN_TOOLSETS};
 pub use types::*;
+pub use unix::*;

@@ -45,6 +45,10 @@ pub struct Overlay {
     /// `--audit-log FILE`: the audit log (relative to `cwd`), keeping the file's other
     /// `[audit]` settings.
     pub audit_log: Option<PathBuf>,
+    /// `--unix PATH`: the Unix-socket listener (relative to `cwd`), replacing `unix.path`.
+    pub unix: Option<PathBuf>,
+    /// `--unix-systemd`: the Unix listening socket comes from systemd (`unix.systemd`).
+    pub unix_systemd: bool,
 }
 
 /// Why a policy could not be loaded from a configuration and an [`Overlay`].
@@ -149,6 +153,7 @@ impl Policy {
             };
             self.set_audit_path(&a, canon)?;
         }
+        self.apply_unix_flags(o.unix.as_deref(), o.unix_systemd, cwd)?;
         Ok(())
     }
 }

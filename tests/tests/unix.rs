@@ -641,3 +641,27 @@ fn a_socket_from_systemd_is_served() {
     let (e, _) = activated(layout(), "1").err().unwrap();
     assert!(e.contains("LISTEN_PID"), "{e}");
 }
+
+#[test]
+fn a_peer_over_its_clients_session_limit_is_told_why() {
+    if !preconditions() {
+        return;
+    }
+    let b = Broker::start("[clients.a.limits]\nmax_sessions = 1\n");
+    let mut first = b.peer(UID_A, UID_A);
+    first.initialize();
+    // A second connection of the same client: refused by the engine's per-client count, with
+    // a JSON-RPC error line (not a silent close).
+    let mut second = b.peer(UID_A, UID_A);
+    let refusal = second.recv().expect("an error line before the close");
+    let (code, msg) = error_of(&refusal);
+    assert_eq!(code, -32029, "{refusal}");
+    assert!(msg.contains("Too many sessions"), "{msg}");
+    assert_eq!(refusal["error"]["data"]["retryAfterSecs"], 1);
+    assert!(second.closed_by_server());
+    // Another client is not affected; the first peer's session still works.
+    let mut other = b.peer(UID_B, UID_B);
+    other.initialize();
+    let r = first.request("tools/list", json!({}));
+    assert!(r.get("result").is_some(), "{r}");
+}

@@ -41,8 +41,9 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub const MISSING_CAPABILITY: i64 = -32021;
 /// Stateless era: unsupported protocol version.
 pub const UNSUPPORTED_VERSION: i64 = -32022;
-/// mcpd: the client's tool-call rate (`limits.calls_per_minute`) is spent; `data.retryAfterSecs`
-/// says when to try again (HTTP answers 429 with `Retry-After`).
+/// mcpd: a per-client quota is spent — the tool-call rate (`limits.calls_per_minute`) or the
+/// sessions (`limits.max_sessions`); `data.retryAfterSecs` says when to try again (HTTP
+/// answers 429 with `Retry-After`).
 pub const RATE_LIMITED: i64 = -32029;
 
 /// One JSON-RPC error: code, message, optional data. Every error response is built from one.

@@ -10,7 +10,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use crate::auditing::Audit;
 use crate::auth::{Authenticator, Credentials, LocalProcess, Origin, Principal};
 use crate::mcp::jsonrpc::{self, Incoming, INVALID_REQUEST, PARSE_ERROR};
-use crate::mcp::session::Session;
+use crate::mcp::protocol::{RpcError, INTERNAL_ERROR, RATE_LIMITED};
+use crate::mcp::session::{OpenError, Session};
 use crate::transport::Outbox;
 use crate::worker::supervisor::Supervisor;
 
@@ -210,9 +211,31 @@ where
         }
     });
     tracing::info!(client = %principal.client, transport = origin.transport, peer = %origin.peer, "session open");
-    let session = Session::open(principal, origin, cell, supervisor, audit, tx)
-        .await
-        .map_err(|e| std::io::Error::other(format!("session refused: {e}")))?;
+    let notice = tx.clone();
+    let session = match Session::open(principal, origin, cell, supervisor, audit, tx).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The peer learns why before the connection closes (the log has the details).
+            let refusal = match &e {
+                OpenError::TooManySessions { .. } => RpcError::new(
+                    RATE_LIMITED,
+                    "Too many sessions: this client has its limit of sessions open",
+                )
+                .with_data(serde_json::json!({"retryAfterSecs": 1})),
+                OpenError::Audit(_) => RpcError::new(
+                    INTERNAL_ERROR,
+                    "The audit log cannot be written; the session was refused",
+                ),
+            };
+            notice
+                .reply(None, refusal.to_response(serde_json::Value::Null))
+                .await;
+            drop(notice);
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+            return Err(std::io::Error::other(format!("session refused: {e}")));
+        }
+    };
+    drop(notice);
     let mut reader = LineReader::new(input, max);
     tokio::pin!(stop);
     loop {

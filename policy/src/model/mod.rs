@@ -16,9 +16,11 @@ mod merge;
 mod overlay;
 mod quick_start;
 mod sandbox;
+mod tls;
 mod types;
 
 pub(crate) use build::canonical;
 pub use http::HttpSettings;
 pub use overlay::{Overlay, PolicyError, KNOWN_TOOLSETS};
+pub use tls::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};
 pub use types::*;

@@ -138,4 +138,15 @@ pub struct ServeArgs {
     /// Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Serve HTTPS: the PEM certificate chain of the listener (with --tls-key). TLS 1.3 only
+    /// unless [http.tls] min_version = "1.2". Reloaded on SIGHUP.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (mode 600: a key others may read is refused).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates chaining to this PEM CA bundle (mTLS); each certificate's
+    /// SAN/CN names a client through [clients.NAME.identity].
+    #[arg(long = "tls-client-ca", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }

@@ -49,6 +49,11 @@ impl PolicySource {
                 toolsets: args.toolsets.clone(),
                 http_idle_secs: args.http_idle,
                 audit_log: args.audit_log.clone(),
+                tls: mcpd_policy::TlsOverlay {
+                    cert: args.tls_cert.clone(),
+                    key: args.tls_key.clone(),
+                    client_ca: args.tls_client_ca.clone(),
+                },
             },
         }
     }
@@ -295,9 +300,11 @@ async fn run(
         .await
         .map_err(BrokerError::Listen)?;
     let bound = listener.local_addr().map_err(BrokerError::Listen)?;
+    let tls = transport::http::load_tls(&policy).map_err(BrokerError::Tls)?;
     // Tests and scripts ask for port 0: say where we are, on stderr.
     eprintln!(
-        "mcpd: listening on http://{bound}{}",
+        "mcpd: listening on {}://{bound}{}",
+        if tls.is_some() { "https" } else { "http" },
         transport::http::ENDPOINT
     );
     let cfg = transport::http::HttpConfig {
@@ -306,6 +313,9 @@ async fn run(
         extra_hosts: http.allowed_hosts.clone(),
         idle: Duration::from_secs(http.session_idle_secs),
         max_sessions: usize::try_from(http.max_sessions).unwrap_or(64),
+        tls,
+        max_connections: usize::try_from(http.max_connections).unwrap_or(usize::MAX),
+        max_connections_per_ip: usize::try_from(http.max_connections_per_ip).unwrap_or(usize::MAX),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
@@ -386,6 +396,7 @@ mod tests {
                 toolsets: vec!["conformance".into()],
                 http_idle_secs: Some(7),
                 audit_log: Some("a.jsonl".into()),
+                tls: mcpd_policy::TlsOverlay::default(),
             }
         );
         let none = PolicySource::new(&args(&[]));

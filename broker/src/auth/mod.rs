@@ -11,6 +11,8 @@
 //! policy; nothing a client *says* about itself.
 #![forbid(unsafe_code)]
 
+pub mod x509;
+
 use mcpd_policy::{ClientId, Policy};
 
 /// An authenticated client: a client id of the policy, how it was established, what the audit
@@ -55,12 +57,24 @@ pub struct Credentials<'a> {
     pub transport: &'static str,
     /// The peer, as the transport saw it (socket address, parent process).
     pub peer: &'a str,
+    /// The DER end-entity certificate the TLS layer verified (mTLS), if any.
+    pub client_cert: Option<&'a [u8]>,
 }
 
 impl<'a> Credentials<'a> {
     /// What every transport knows: itself and the peer's address.
     pub fn new(transport: &'static str, peer: &'a str) -> Self {
-        Self { transport, peer }
+        Self {
+            transport,
+            peer,
+            client_cert: None,
+        }
+    }
+
+    /// With the verified client certificate of the connection (DER), if any.
+    pub fn with_client_cert(mut self, der: Option<&'a [u8]>) -> Self {
+        self.client_cert = der;
+        self
     }
 }
 
@@ -74,6 +88,14 @@ pub enum AuthError {
         transport: &'static str,
         /// The policy setting that would name the client.
         setting: &'static str,
+        /// The peer refused.
+        peer: String,
+    },
+    /// A verified client certificate names no client (or two), or none was presented.
+    #[error("client certificate refused: {reason} (peer {peer})")]
+    Certificate {
+        /// Why.
+        reason: String,
         /// The peer refused.
         peer: String,
     },

@@ -114,14 +114,14 @@ mod tests {
 
     #[test]
     fn identities_are_read_from_the_certificate_and_mapped() {
-        let mut params = rcgen::CertificateParams::new(vec!["agent.example.org".to_string()])
-            .unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["agent.example.org".to_string()]).unwrap();
         params.subject_alt_names.push(rcgen::SanType::URI(
             "spiffe://example.org/alice".try_into().unwrap(),
         ));
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::Rfc822Name("a@example.org".try_into().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "a@example.org".try_into().unwrap(),
+        ));
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "alice-cn");

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-
 use super::types::{ClientId, Permissions};
 use crate::config::{ConfigError, Source};
 

@@ -163,13 +163,17 @@ pub(super) fn apply_tls_overlay(
     if o.cert.is_none() && o.key.is_none() && o.client_ca.is_none() {
         return Ok(current);
     }
-    let (cert, key) = match (&o.cert, &o.key, &current) {
-        (Some(c), Some(k), _) => (mk(c), mk(k)),
-        (None, None, Some(t)) => (t.cert.clone(), t.key.clone()),
-        (Some(c), None, Some(t)) => (mk(c), t.key.clone()),
-        (None, Some(k), Some(t)) => (t.cert.clone(), mk(k)),
-        _ => return Err("--tls-cert and --tls-key go together (or with [http.tls] in the configuration)".into()),
-    };
+    let (cert, key) =
+        match (&o.cert, &o.key, &current) {
+            (Some(c), Some(k), _) => (mk(c), mk(k)),
+            (None, None, Some(t)) => (t.cert.clone(), t.key.clone()),
+            (Some(c), None, Some(t)) => (mk(c), t.key.clone()),
+            (None, Some(k), Some(t)) => (t.cert.clone(), mk(k)),
+            _ => return Err(
+                "--tls-cert and --tls-key go together (or with [http.tls] in the configuration)"
+                    .into(),
+            ),
+        };
     let mut t = current.unwrap_or(TlsSettings {
         cert: PathBuf::new(),
         key: PathBuf::new(),

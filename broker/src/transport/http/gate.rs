@@ -125,8 +125,12 @@ pub(super) async fn authenticate(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
-    let cert = req.extensions().get::<super::tls::PeerCertificate>().cloned();
-    let creds = Credentials::new("http", &peer).with_client_cert(cert.as_ref().map(|c| c.0.as_slice()));
+    let cert = req
+        .extensions()
+        .get::<super::tls::PeerCertificate>()
+        .cloned();
+    let creds =
+        Credentials::new("http", &peer).with_client_cert(cert.as_ref().map(|c| c.0.as_slice()));
     match app.auth.authenticate(&app.policy.get(), &creds) {
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());
@@ -137,9 +141,7 @@ pub(super) async fn authenticate(
         Err(e) => {
             tracing::warn!(%peer, "http peer refused: {e}");
             let status = match e {
-                AuthError::NoClient { .. } | AuthError::Certificate { .. } => {
-                    StatusCode::FORBIDDEN
-                }
+                AuthError::NoClient { .. } | AuthError::Certificate { .. } => StatusCode::FORBIDDEN,
             };
             rpc_error(
                 status,
@@ -203,7 +205,12 @@ fn host_framing_error(req: &Request, tls: bool) -> Option<&'static str> {
 pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     if let Some(reason) = host_framing_error(&req, app.cfg.tls.is_some()) {
         tracing::warn!(uri = %req.uri(), "refused a request: {reason}");
-        return rpc_error(StatusCode::BAD_REQUEST, Value::Null, INVALID_REQUEST, reason);
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            INVALID_REQUEST,
+            reason,
+        );
     }
     let h = req.headers();
     let host_ok = header_str(h, "host")

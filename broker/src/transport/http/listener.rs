@@ -41,7 +41,8 @@ pub fn effective_cap(configured: usize) -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
-    let room = usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(16)).unwrap_or(usize::MAX);
+    let room =
+        usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(16)).unwrap_or(usize::MAX);
     configured.min(room)
 }
 
@@ -179,7 +180,10 @@ pub(super) async fn accept_loop(
     drop(listener);
     let done = graceful.shutdown();
     tokio::pin!(done);
-    if tokio::time::timeout(SHUTDOWN_GRACE, &mut done).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut done)
+        .await
+        .is_err()
+    {
         // Open streams (SSE) end with their sessions.
         end_sessions.await;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, done).await;

@@ -219,7 +219,9 @@ async fn reload_tls(tls: Arc<tls::Tls>, policy: crate::reload::PolicyCell) {
         let p = policy.get();
         match tls.reload(p.http_tls()) {
             Ok(()) => tracing::info!("TLS: certificate and key reloaded"),
-            Err(e) => tracing::error!("TLS reload refused, the previous certificate stays in force: {e}"),
+            Err(e) => {
+                tracing::error!("TLS reload refused, the previous certificate stays in force: {e}")
+            }
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start; the size of `ServeArgs` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve MCP. With no flags and no config: stdio, current directory read-only.
     Serve(ServeArgs),

@@ -17,6 +17,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::http::{read_head, Response};
 
+/// A date: (year, month, day).
+pub type Ymd = (i32, u8, u8);
+
 /// A certificate authority.
 pub struct Ca {
     pub cert_pem: String,
@@ -95,7 +98,7 @@ impl Ca {
         cn: &str,
         san_uri: Option<&str>,
         serial: u64,
-        validity: Option<((i32, u8, u8), (i32, u8, u8))>,
+        validity: Option<(Ymd, Ymd)>,
     ) -> Leaf {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);

@@ -375,11 +375,10 @@ fn sighup_reloads_the_certificate_and_open_connections_keep_working() {
     let fresh = p.ca.server(2);
     fresh.write(&p.dir, "server");
     let hup = |n: usize| {
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(
-            unsafe { libc::kill(srv.child.id() as i32, libc::SIGHUP) },
-            0
-        );
+        let pid = srv.child.id() as i32;
+        // SAFETY: kill(2) takes plain integers; the pid is our own live child.
+        let sent = unsafe { libc::kill(pid, libc::SIGHUP) };
+        assert_eq!(sent, 0);
         assert!(
             wait_until(Duration::from_secs(10), || srv
                 .stderr()
@@ -466,7 +465,8 @@ fn slow_header_flood_does_not_starve_a_well_behaved_client() {
         c.set_read_timeout(Some(wait)).unwrap();
         let mut b = [0u8; 64];
         match c.read(&mut b) {
-            Ok(_) => true,
+            // EOF, or what hyper says before it closes: either way the server let go.
+            Ok(_n) => true,
             Err(e) => !matches!(
                 e.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

@@ -629,3 +629,34 @@ fn check_config_doctor_and_start_check_the_tls_files() {
     let d = doctor();
     assert!(d.contains("EXPIRED"), "{d}");
 }
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_deadline() {
+    let top = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(top.path()).unwrap();
+    let srv = HttpServer::start(&["--allow-read", s(&root)]);
+    let mut c = TcpStream::connect(srv.addr).unwrap();
+    let body = init_msg().to_string();
+    write!(
+        c,
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        srv.addr,
+        body.len()
+    )
+    .unwrap();
+    let r = mcpd_e2e::tls::read_one(&mut c).unwrap();
+    assert_eq!(r.status, 200);
+    let idle_from = Instant::now();
+    c.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+    let mut b = [0u8; 16];
+    let n = c.read(&mut b);
+    let idle = idle_from.elapsed();
+    assert!(
+        matches!(n, Ok(0)) || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the idle connection was not closed"
+    );
+    assert!(
+        idle >= Duration::from_secs(8) && idle < Duration::from_secs(20),
+        "closed after {idle:?}"
+    );
+}

@@ -380,6 +380,9 @@ mod tests {
             "--http-session-idle-secs=7",
             "--audit-log=a.jsonl",
             "--config=c.toml",
+            "--tls-cert=s.pem",
+            "--tls-key=s.key",
+            "--tls-client-ca=ca.pem",
         ]));
         assert_eq!(s.config, Some(PathBuf::from("c.toml")));
         assert_eq!(s.describe(), "c.toml");
@@ -396,7 +399,11 @@ mod tests {
                 toolsets: vec!["conformance".into()],
                 http_idle_secs: Some(7),
                 audit_log: Some("a.jsonl".into()),
-                tls: mcpd_policy::TlsOverlay::default(),
+                tls: mcpd_policy::TlsOverlay {
+                    cert: Some("s.pem".into()),
+                    key: Some("s.key".into()),
+                    client_ca: Some("ca.pem".into()),
+                },
             }
         );
         let none = PolicySource::new(&args(&[]));

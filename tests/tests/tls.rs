@@ -660,3 +660,31 @@ fn an_idle_keep_alive_connection_is_closed_after_the_header_deadline() {
         "closed after {idle:?}"
     );
 }
+
+#[test]
+fn a_silent_tls_peer_is_dropped_after_the_handshake_deadline() {
+    let p = pki();
+    let cfg = p.config(false, "");
+    let srv = p.serve(&cfg);
+    let mut silent: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(srv.addr).unwrap())
+        .collect();
+    // A real client meanwhile completes its handshake and is served.
+    let mut c = connect(srv.addr, client_config(&p.ca.der, None, &[&TLS13])).unwrap();
+    initialize(&mut c, srv.addr.port());
+    let started = Instant::now();
+    for t in &mut silent {
+        t.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+        let mut b = [0u8; 16];
+        let n = t.read(&mut b);
+        assert!(
+            matches!(n, Ok(0)) || n.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a silent peer was not dropped"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

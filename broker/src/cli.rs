@@ -24,6 +24,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start; the size of `ServeArgs` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve MCP. With no flags and no config: stdio, current directory read-only.
     Serve(ServeArgs),
@@ -145,4 +147,15 @@ pub struct ServeArgs {
     /// Serve the Unix listening socket systemd passed (socket activation: LISTEN_FDS).
     #[arg(long = "unix-systemd")]
     pub unix_systemd: bool,
+    /// Serve HTTPS: the PEM certificate chain of the listener (with --tls-key). TLS 1.3 only
+    /// unless [http.tls] min_version = "1.2". Reloaded on SIGHUP.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (mode 600: a key others may read is refused).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates chaining to this PEM CA bundle (mTLS); each certificate's
+    /// SAN/CN names a client through [clients.NAME.identity].
+    #[arg(long = "tls-client-ca", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 }

@@ -51,6 +51,11 @@ impl PolicySource {
                 audit_log: args.audit_log.clone(),
                 unix: args.unix.clone(),
                 unix_systemd: args.unix_systemd,
+                tls: mcpd_policy::TlsOverlay {
+                    cert: args.tls_cert.clone(),
+                    key: args.tls_key.clone(),
+                    client_ca: args.tls_client_ca.clone(),
+                },
             },
         }
     }
@@ -326,9 +331,11 @@ async fn run(
         .await
         .map_err(BrokerError::Listen)?;
     let bound = listener.local_addr().map_err(BrokerError::Listen)?;
+    let tls = transport::http::load_tls(&policy).map_err(BrokerError::Tls)?;
     // Tests and scripts ask for port 0: say where we are, on stderr.
     eprintln!(
-        "mcpd: listening on http://{bound}{}",
+        "mcpd: listening on {}://{bound}{}",
+        if tls.is_some() { "https" } else { "http" },
         transport::http::ENDPOINT
     );
     let cfg = transport::http::HttpConfig {
@@ -337,6 +344,9 @@ async fn run(
         extra_hosts: http.allowed_hosts.clone(),
         idle: Duration::from_secs(http.session_idle_secs),
         max_sessions: usize::try_from(http.max_sessions).unwrap_or(64),
+        tls,
+        max_connections: usize::try_from(http.max_connections).unwrap_or(usize::MAX),
+        max_connections_per_ip: usize::try_from(http.max_connections_per_ip).unwrap_or(usize::MAX),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
@@ -406,6 +416,9 @@ mod tests {
             "--config=c.toml",
             "--unix=/run/m.sock",
             "--unix-systemd",
+            "--tls-cert=s.pem",
+            "--tls-key=s.key",
+            "--tls-client-ca=ca.pem",
         ]));
         assert_eq!(s.config, Some(PathBuf::from("c.toml")));
         assert_eq!(s.describe(), "c.toml");
@@ -424,6 +437,11 @@ mod tests {
                 audit_log: Some("a.jsonl".into()),
                 unix: Some("/run/m.sock".into()),
                 unix_systemd: true,
+                tls: mcpd_policy::TlsOverlay {
+                    cert: Some("s.pem".into()),
+                    key: Some("s.key".into()),
+                    client_ca: Some("ca.pem".into()),
+                },
             }
         );
         let none = PolicySource::new(&args(&[]));

@@ -86,6 +86,9 @@ pub enum BrokerError {
     /// The HTTP listener cannot be bound (or its address read back).
     #[error("mcpd: {0}")]
     Listen(#[source] std::io::Error),
+    /// The TLS files of the HTTP listener cannot be used (read, parsed, permissions).
+    #[error("mcpd: TLS: {0}")]
+    Tls(String),
     /// A transport ended with an error (stdio, HTTP, or a transport task that failed).
     #[error("mcpd: {0}")]
     Transport(#[source] std::io::Error),
@@ -115,7 +118,8 @@ impl BrokerError {
             | Self::ConfigInvalid(_)
             | Self::LocateSelf(_)
             | Self::NoExeDir
-            | Self::Cgroup(_) => Self::CONFIG,
+            | Self::Cgroup(_)
+            | Self::Tls(_) => Self::CONFIG,
             Self::Key(_) | Self::Runtime(_) => Self::RUNTIME,
             Self::Supervisor(_) | Self::HttpNoClient | Self::Listen(_) | Self::Transport(_) => {
                 Self::TRANSPORT

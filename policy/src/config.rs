@@ -129,6 +129,12 @@ pub struct RawHttp {
     /// Listen on a non-loopback address although no authentication exists yet. Loud.
     #[serde(default)]
     pub insecure_non_loopback: bool,
+    /// `[http.tls]`: TLS (and mTLS) on the listener.
+    pub tls: Option<Spanned<crate::model::RawTls>>,
+    /// Most open connections in total (capped below the descriptor limit).
+    pub max_connections: Option<u64>,
+    /// Most open connections per source IP address.
+    pub max_connections_per_ip: Option<u64>,
 }
 
 /// `[tools.NAME]`: an operator-defined tool, a fixed command template.

@@ -39,4 +39,5 @@ pub use model::{
     Permissions, Policy, PolicyError, QuickStart, ToolSet, DEFAULT_CLIENT,
     DEFAULT_MAX_OUTPUT_BYTES, KNOWN_TOOLSETS, MAX_RESULT_BYTES_CEILING,
 };
+pub use model::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};
 pub use prompts::Prompt;

@@ -3,6 +3,7 @@ stdio and over Streamable HTTP: list the tools, call one, and see a policy denia
 
 Usage: python3 sdk_client.py stdio MCPD ROOT [MODE]
        python3 sdk_client.py http URL ROOT [MODE]
+       python3 sdk_client.py https URL ROOT MODE CA_PEM [CLIENT_CERT_PEM CLIENT_KEY_PEM]
 MODE is the SDK's connect mode: "auto" (default: server/discover, the 2026-07-28 stateless
 era when the server offers it) or "legacy" (initialize, the session era).
 Exits non-zero (with a message) on any mismatch. Run by tests/tests/python_sdk.rs.
@@ -42,6 +43,26 @@ def main():
         asyncio.run(exercise(params, root, mode))
     elif transport == "http":
         asyncio.run(exercise(target, root, mode))
+    elif transport == "https":
+        # HTTPS with a CA the client trusts, and (mTLS) a client certificate: the SDK's own
+        # transport over an httpx2 client configured with an ssl context.
+        import ssl
+
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        ctx = ssl.create_default_context(cafile=sys.argv[5])
+        if len(sys.argv) > 7:
+            ctx.load_cert_chain(sys.argv[6], sys.argv[7])
+        http = httpx2.AsyncClient(
+            verify=ctx, timeout=httpx2.Timeout(30.0, read=300.0)
+        )
+
+        async def run():
+            async with http:
+                await exercise(streamable_http_client(target, http_client=http), root, mode)
+
+        asyncio.run(run())
     else:
         raise SystemExit(f"unknown transport {transport}")
 

@@ -118,7 +118,12 @@ impl HttpServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-            if let Some(rest) = log.split("listening on http://").nth(1) {
+            // `http://` or, with TLS, `https://`.
+            let at = log
+                .split("listening on http://")
+                .nth(1)
+                .or_else(|| log.split("listening on https://").nth(1));
+            if let Some(rest) = at {
                 let a = rest.split('/').next().unwrap();
                 break a.parse().unwrap();
             }

@@ -65,3 +65,54 @@ fn python_sdk_over_http_both_eras() {
     run(&py, &["http", &url, &root, "legacy"]);
     assert!(srv.stderr().contains("http session open session="));
 }
+
+/// The SDK over HTTPS (a CA it trusts) and over mTLS (a client certificate naming the client),
+/// through its own Streamable HTTP transport on an httpx2 client with an ssl context.
+#[test]
+fn python_sdk_over_https_and_mtls() {
+    let Some(py) = python() else { return };
+    let (_top, root) = root();
+    let dir = tempfile::tempdir().unwrap();
+    let d = std::fs::canonicalize(dir.path()).unwrap();
+    let ca = mcpd_e2e::tls::Ca::new("sdk test CA");
+    let (cert, key) = ca.server(1).write(&d, "server");
+    let ca_file = d.join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let (cert, key, ca_file) = (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+        ca_file.to_str().unwrap().to_string(),
+    );
+    // HTTPS, no client certificate: every peer is the listener's client.
+    let srv = HttpServer::start(&[
+        "--allow-read",
+        &root,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let url = format!("https://localhost:{}/mcp", srv.addr.port());
+    for mode in ["auto", "legacy"] {
+        run(&py, &["https", &url, &root, mode, &ca_file]);
+    }
+    drop(srv);
+    // mTLS: the SDK's certificate names client `agent`, whose root is `root`.
+    let (ccert, ckey) = ca
+        .client("agent", Some("spiffe://mcpd.test/agent"), 2)
+        .write(&d, "agent");
+    let config = d.join("mcpd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[stdio]\nclient = \"nobody\"\n[clients.nobody]\n[clients.agent]\nread = [\"{root}\"]\n[clients.agent.identity]\nx509_san_uri = [\"spiffe://mcpd.test/agent\"]\n[http]\nlisten = \"127.0.0.1:0\"\n[http.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca_file}\"\n"
+        ),
+    )
+    .unwrap();
+    let srv = HttpServer::start_with(&["--config", config.to_str().unwrap()], &[]);
+    let url = format!("https://localhost:{}/mcp", srv.addr.port());
+    let (ccert, ckey) = (ccert.to_str().unwrap(), ckey.to_str().unwrap());
+    for mode in ["auto", "legacy"] {
+        run(&py, &["https", &url, &root, mode, &ca_file, ccert, ckey]);
+    }
+}

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod peercred;
+pub mod x509;
 
 use mcpd_policy::{ClientId, Policy};
 
@@ -59,6 +60,8 @@ pub struct Credentials<'a> {
     pub peer: &'a str,
     /// A Unix-socket peer's (uid, gid, pid), read from the kernel (`SO_PEERCRED`).
     pub unix_peer: Option<(u32, u32, i32)>,
+    /// The DER end-entity certificate the TLS layer verified (mTLS), if any.
+    pub client_cert: Option<&'a [u8]>,
 }
 
 impl<'a> Credentials<'a> {
@@ -68,12 +71,19 @@ impl<'a> Credentials<'a> {
             transport,
             peer,
             unix_peer: None,
+            client_cert: None,
         }
     }
 
     /// With the kernel's credentials of a Unix-socket peer (uid, gid, pid).
     pub fn with_unix_peer(mut self, uid: u32, gid: u32, pid: i32) -> Self {
         self.unix_peer = Some((uid, gid, pid));
+        self
+    }
+
+    /// With the verified client certificate of the connection (DER), if any.
+    pub fn with_client_cert(mut self, der: Option<&'a [u8]>) -> Self {
+        self.client_cert = der;
         self
     }
 }
@@ -88,6 +98,14 @@ pub enum AuthError {
         transport: &'static str,
         /// The policy setting that would name the client.
         setting: &'static str,
+        /// The peer refused.
+        peer: String,
+    },
+    /// A verified client certificate names no client (or two), or none was presented.
+    #[error("client certificate refused: {reason} (peer {peer})")]
+    Certificate {
+        /// Why.
+        reason: String,
         /// The peer refused.
         peer: String,
     },

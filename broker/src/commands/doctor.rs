@@ -73,13 +73,40 @@ pub fn run(policy: &mcpd_policy::Policy) -> ExitCode {
             notes.join("; ")
         ),
     }
+    let tls_ok = tls_report(policy);
     if ok {
         println!("verdict: workers can be fully confined on this kernel");
-        ExitCode::SUCCESS
     } else {
         println!("verdict: workers CANNOT be fully confined on this kernel");
+        return ExitCode::from(1);
+    }
+    if tls_ok {
+        ExitCode::SUCCESS
+    } else {
         ExitCode::from(1)
     }
+}
+
+/// The HTTP listener's TLS files (`[http.tls]`): readable, parseable, within their validity,
+/// the key readable by its owner only. False when one of them would refuse the start or fail
+/// handshakes.
+fn tls_report(policy: &mcpd_policy::Policy) -> bool {
+    let Some(s) = policy.http_tls() else {
+        if policy.http().listen.is_some() {
+            println!("tls: off (plaintext HTTP on a loopback address)");
+        }
+        return true;
+    };
+    let mut ok = true;
+    for (good, line) in crate::transport::http::tls::inspect(s) {
+        ok &= good;
+        println!("tls: {}{line}", if good { "" } else { "PROBLEM: " });
+    }
+    println!(
+        "verdict: the TLS files {}",
+        if ok { "are usable" } else { "are NOT usable" }
+    );
+    ok
 }
 
 /// The namespaces a worker needs, tried for real; then each client's view. False when a

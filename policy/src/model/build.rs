@@ -293,6 +293,10 @@ impl Policy {
                 .map_err(|m| src.error(raw.audit.as_ref().map(|r| r.path.span()), m))?;
             policy.audit = Some(a);
         }
+        if let Some(m) = policy.http_exposure_error() {
+            let at = raw.http.as_ref().and_then(|h| h.listen.as_ref());
+            return Err(src.error(at.map(Spanned::span), format!("http.listen: {m}")));
+        }
         Ok(policy)
     }
 

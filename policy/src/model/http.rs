@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use toml::Spanned;
-
 use super::types::{ClientId, Permissions};
 use crate::config::{ConfigError, Source};
 
@@ -24,7 +22,18 @@ pub struct HttpSettings {
     pub max_sessions: u64,
     /// Non-loopback listening without authentication was explicitly allowed.
     pub insecure_non_loopback: bool,
+    /// `[http.tls]` (`None`: plaintext).
+    pub tls: Option<super::tls::TlsSettings>,
+    /// Most open connections in total.
+    pub max_connections: u64,
+    /// Most open connections per source IP address.
+    pub max_connections_per_ip: u64,
 }
+
+/// Default of `[http] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+/// Default of `[http] max_connections_per_ip`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u64 = 64;
 
 impl Default for HttpSettings {
     fn default() -> Self {
@@ -35,6 +44,9 @@ impl Default for HttpSettings {
             session_idle_secs: 300,
             max_sessions: 64,
             insecure_non_loopback: false,
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
         }
     }
 }
@@ -75,14 +87,8 @@ pub(super) fn http_settings(
         ),
         None => stdio_client.clone(),
     };
-    if let Some(addr) = listen {
-        if !addr.ip().is_loopback() && !raw.insecure_non_loopback {
-            return Err(src.error(
-                raw.listen.as_ref().map(Spanned::span),
-                format!("http.listen: {addr} is not a loopback address and mcpd has no HTTP authentication yet; set http.insecure_non_loopback = true to accept the risk"),
-            ));
-        }
-    }
+    // A non-loopback `listen` is checked once the whole policy is built
+    // (`Policy::http_exposure_error`: TLS and an authentication method, or the opt-in).
     if raw.insecure_non_loopback {
         warnings.push("http.insecure_non_loopback = true: unauthenticated MCP over HTTP may be reachable from the network".into());
     }
@@ -101,5 +107,14 @@ pub(super) fn http_settings(
         session_idle_secs: raw.session_idle_secs.unwrap_or(d.session_idle_secs).max(1),
         max_sessions: raw.max_sessions.unwrap_or(d.max_sessions).clamp(1, 10_000),
         insecure_non_loopback: raw.insecure_non_loopback,
+        tls: super::tls::tls_settings(src, raw.tls.as_ref())?,
+        max_connections: raw
+            .max_connections
+            .unwrap_or(d.max_connections)
+            .clamp(1, 1_000_000),
+        max_connections_per_ip: raw
+            .max_connections_per_ip
+            .unwrap_or(d.max_connections_per_ip)
+            .clamp(1, 1_000_000),
     })
 }

@@ -16,11 +16,13 @@ mod merge;
 mod overlay;
 mod quick_start;
 mod sandbox;
+mod tls;
 mod types;
 mod unix;
 
 pub(crate) use build::canonical;
 pub use http::HttpSettings;
 pub use overlay::{Overlay, PolicyError, KNOWN_TOOLSETS};
+pub use tls::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};
 pub use types::*;
 pub use unix::*;

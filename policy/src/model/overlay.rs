@@ -49,6 +49,8 @@ pub struct Overlay {
     pub unix: Option<PathBuf>,
     /// `--unix-systemd`: the Unix listening socket comes from systemd (`unix.systemd`).
     pub unix_systemd: bool,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (relative to `cwd`).
+    pub tls: super::tls::TlsOverlay,
 }
 
 /// Why a policy could not be loaded from a configuration and an [`Overlay`].
@@ -59,8 +61,11 @@ pub enum PolicyError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// `--http` on a non-loopback address without the explicit opt-in.
-    #[error("--http {0}: not a loopback address, and mcpd has no HTTP authentication yet; pass --insecure-non-loopback-without-auth to accept that anyone who reaches it acts as the HTTP client")]
+    #[error("--http {0}: not a loopback address: it needs TLS (--tls-cert, --tls-key) and an authentication method (--tls-client-ca); or pass --insecure-non-loopback-without-auth to accept that anyone who reaches it acts as the HTTP client")]
     NonLoopbackHttp(SocketAddr),
+    /// `--tls-*` flags that do not make a TLS configuration.
+    #[error("{0}")]
+    Tls(String),
     /// `--toolset` with a name not in [`KNOWN_TOOLSETS`].
     #[error("--toolset {0}: unknown tool set (known: {known})", known = KNOWN_TOOLSETS.join(", "))]
     UnknownToolset(String),
@@ -122,8 +127,11 @@ impl Policy {
         if let Some(w) = &o.worker {
             self.worker_path = Some(w.clone());
         }
+        self.http.tls = super::tls::apply_tls_overlay(self.http.tls.take(), &o.tls, cwd)
+            .map_err(PolicyError::Tls)?;
         if let Some(addr) = o.http_listen {
-            if !addr.ip().is_loopback() && !o.insecure_non_loopback {
+            let authenticated = self.http_tls().is_some() && !self.http_auth_methods().is_empty();
+            if !addr.ip().is_loopback() && !o.insecure_non_loopback && !authenticated {
                 return Err(PolicyError::NonLoopbackHttp(addr));
             }
             if o.insecure_non_loopback {
@@ -246,7 +254,7 @@ mod tests {
             assert_eq!(e, PolicyError::NonLoopbackHttp(addr(a)));
             assert_eq!(
                 e.to_string(),
-                format!("--http {}: not a loopback address, and mcpd has no HTTP authentication yet; pass --insecure-non-loopback-without-auth to accept that anyone who reaches it acts as the HTTP client", addr(a))
+                format!("--http {}: not a loopback address: it needs TLS (--tls-cert, --tls-key) and an authentication method (--tls-client-ca); or pass --insecure-non-loopback-without-auth to accept that anyone who reaches it acts as the HTTP client", addr(a))
             );
         }
         for a in ["127.0.0.1:0", "127.8.9.10:8080", "[::1]:8080"] {

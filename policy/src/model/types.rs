@@ -460,6 +460,7 @@ impl Policy {
                 a.journald
             )),
         }
+        out.push_str(&self.describe_tls());
         if self.clients.is_empty() {
             out.push_str("no clients: every request is denied\n");
         }

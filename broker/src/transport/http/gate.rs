@@ -125,7 +125,12 @@ pub(super) async fn authenticate(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
-    let creds = Credentials::new("http", &peer);
+    let cert = req
+        .extensions()
+        .get::<super::tls::PeerCertificate>()
+        .cloned();
+    let creds =
+        Credentials::new("http", &peer).with_client_cert(cert.as_ref().map(|c| c.0.as_slice()));
     match app.auth.authenticate(&app.policy.get(), &creds) {
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());
@@ -136,7 +141,7 @@ pub(super) async fn authenticate(
         Err(e) => {
             tracing::warn!(%peer, "http peer refused: {e}");
             let status = match e {
-                AuthError::NoClient { .. } => StatusCode::FORBIDDEN,
+                AuthError::NoClient { .. } | AuthError::Certificate { .. } => StatusCode::FORBIDDEN,
             };
             rpc_error(
                 status,
@@ -170,8 +175,43 @@ fn fmt_ip(a: &SocketAddr) -> String {
     }
 }
 
-/// DNS-rebinding protection: Host (and Origin, when sent) must name this server.
+/// Request smuggling and routing confusion: exactly one `Host`, and an absolute-form target
+/// (`POST http://host/mcp`) must name the same authority as `Host`, with a scheme of this
+/// listener. `Some(reason)` for a request to refuse with 400.
+fn host_framing_error(req: &Request, tls: bool) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return Some("Bad Request: exactly one Host header is required");
+    };
+    let uri = req.uri();
+    if let Some(authority) = uri.authority() {
+        let scheme_ok = match uri.scheme_str() {
+            Some("https") => tls,
+            Some("http") => !tls,
+            _ => false,
+        };
+        let same = host
+            .to_str()
+            .is_ok_and(|h| h.trim().eq_ignore_ascii_case(authority.as_str()));
+        if !scheme_ok || !same {
+            return Some("Bad Request: the request target names another authority than Host");
+        }
+    }
+    None
+}
+
+/// DNS-rebinding protection: Host (and Origin, when sent) must name this server; before that,
+/// exactly one Host, and an absolute-form target that agrees with it ([`host_framing_error`]).
 pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if let Some(reason) = host_framing_error(&req, app.cfg.tls.is_some()) {
+        tracing::warn!(uri = %req.uri(), "refused a request: {reason}");
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            INVALID_REQUEST,
+            reason,
+        );
+    }
     let h = req.headers();
     let host_ok = header_str(h, "host")
         .map(|v| v.trim().to_ascii_lowercase())
@@ -287,6 +327,9 @@ mod tests {
             extra_hosts: vec!["mcp.example".into()],
             idle: Duration::from_secs(1),
             max_sessions: 1,
+            tls: None,
+            max_connections: 8,
+            max_connections_per_ip: 8,
         };
         let h = allowed_hosts(&cfg);
         for want in [

@@ -36,11 +36,13 @@
 #![allow(clippy::result_large_err)]
 
 mod gate;
+mod listener;
 mod post;
 mod routes;
 mod sessions;
 mod sse;
 mod stateless;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +57,7 @@ use axum::{Extension, Router};
 use mcpd_policy::ClientId;
 
 use crate::auditing::Audit;
+use crate::auth::x509::ClientCertificate;
 use crate::auth::{Authenticator, ListenerClient, Principal};
 use crate::mcp::backend::Workers;
 use crate::mcp::protocol::SESSION_NOT_FOUND;
@@ -81,6 +84,20 @@ pub struct HttpConfig {
     /// Most sessions at once (session era; the stateless era's per-principal sessions have a
     /// table of the same size of their own).
     pub max_sessions: usize,
+    /// TLS (`None`: plaintext).
+    pub tls: Option<Arc<tls::Tls>>,
+    /// Most open connections (further capped below the descriptor limit).
+    pub max_connections: usize,
+    /// Most open connections per source IP address.
+    pub max_connections_per_ip: usize,
+}
+
+/// The TLS state of the policy's `[http.tls]`, its files read (start-up: an error refuses it).
+pub fn load_tls(policy: &mcpd_policy::Policy) -> Result<Option<Arc<tls::Tls>>, String> {
+    policy
+        .http_tls()
+        .map(|s| tls::Tls::load(s).map(Arc::new))
+        .transpose()
 }
 
 /// The listener's shared state.
@@ -124,7 +141,9 @@ async fn mcp(
 }
 
 /// Serve Streamable HTTP on `listener` until `shutdown` resolves; then close every session.
-/// Every peer speaks for `cfg.client` (the listener's client: no HTTP authentication yet).
+/// With client certificates (mTLS) each peer speaks for the client its certificate names
+/// ([`ClientCertificate`]); otherwise every peer speaks for `cfg.client` (the listener's
+/// client). With TLS, every policy reload loads the TLS files again (a bad one keeps the old).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cfg: HttpConfig,
@@ -133,7 +152,13 @@ pub async fn serve(
     audit: Audit,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let auth = Arc::new(ListenerClient::new(cfg.client.clone()));
+    let auth: Arc<dyn Authenticator> = match &cfg.tls {
+        Some(t) if t.mtls() => Arc::new(ClientCertificate),
+        _ => Arc::new(ListenerClient::new(cfg.client.clone())),
+    };
+    if let Some(t) = cfg.tls.clone() {
+        tokio::spawn(reload_tls(t, policy.clone()));
+    }
     let app = App::new(cfg, auth, policy, Arc::new(supervisor), audit);
     run(listener, app, shutdown).await
 }
@@ -182,36 +207,47 @@ fn router(app: &Arc<App>) -> Router {
         .with_state(app.clone())
 }
 
+/// On every policy reload, the TLS files again: new connections get the new certificate,
+/// open ones keep theirs; a file that does not load keeps the previous configuration.
+async fn reload_tls(tls: Arc<tls::Tls>, policy: crate::reload::PolicyCell) {
+    let mut reloads = policy.subscribe();
+    loop {
+        match reloads.recv().await {
+            Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+        let p = policy.get();
+        match tls.reload(p.http_tls()) {
+            Ok(()) => tracing::info!("TLS: certificate and key reloaded"),
+            Err(e) => {
+                tracing::error!("TLS reload refused, the previous certificate stays in force: {e}")
+            }
+        }
+    }
+}
+
 async fn run(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
     tokio::spawn(sessions::reaper(Arc::downgrade(&app), app.cfg.idle));
-    let listener = listener.tap_io(|tcp| {
-        // Without it, SSE replies written in pieces stall ~40 ms on delayed ACKs.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
+    tracing::info!(addr = %app.cfg.addr, endpoint = ENDPOINT, tls = app.cfg.tls.is_some(), "Streamable HTTP listening");
+    let end = {
+        let app = app.clone();
+        async move {
+            let all: Vec<Arc<HttpSession>> = app
+                .sessions
+                .drain()
+                .into_iter()
+                .chain(app.stateless.drain())
+                .collect();
+            for hs in all {
+                sessions::end_session(hs, "server shutting down").await;
+            }
         }
-    });
-    tracing::info!(addr = %app.cfg.addr, endpoint = ENDPOINT, "Streamable HTTP listening");
-    let result = axum::serve(
-        listener,
-        router(&app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
-    let all: Vec<Arc<HttpSession>> = app
-        .sessions
-        .drain()
-        .into_iter()
-        .chain(app.stateless.drain())
-        .collect();
-    for hs in all {
-        sessions::end_session(hs, "server shutting down").await;
-    }
-    result
+    };
+    listener::accept_loop(listener, app.clone(), router(&app), shutdown, end).await
 }
 
 #[cfg(test)]

@@ -120,6 +120,9 @@ async fn listen(
         extra_hosts: Vec::new(),
         idle: Duration::from_secs(600),
         max_sessions: 8,
+        tls: None,
+        max_connections: 64,
+        max_connections_per_ip: 64,
     };
     let app = App::new(
         cfg,

@@ -1,0 +1,269 @@
+//! The accept loop of the HTTP listener: a connection cap (in total and per source address,
+//! kept below the descriptor limit so the broker keeps descriptors for its workers, audit log
+//! and reloads), the TLS handshake under a deadline (its failures audited as `auth.failure`),
+//! then HTTP/1.1 by hyper with a header-read deadline that also bounds an idle keep-alive
+//! connection, and a graceful shutdown.
+//!
+//! A peer over a cap is closed at once, before a byte is read. Every request of a connection
+//! carries the kernel's peer address (`ConnectInfo`) and, with mTLS, the verified client
+//! certificate ([`PeerCertificate`]); nothing else the peer says is trusted here.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+
+use super::tls::{self, PeerCertificate};
+use super::App;
+
+/// Time a peer has to send a whole request head, counted from when the connection waits for
+/// one: after the handshake, and after each response (so also the idle time of a keep-alive
+/// connection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a peer has to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Descriptors kept for the broker's own work (workers and their pipes, the audit log, policy
+/// reloads, TLS files) below `RLIMIT_NOFILE`: the connection cap never reaches into them.
+pub const RESERVED_DESCRIPTORS: u64 = 256;
+/// Pause after a failed accept (e.g. `EMFILE`), so a full table does not spin the loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a shutdown waits for open connections, before and after sessions end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The cap on open connections: `max_connections` (policy) below the descriptor limit.
+pub fn effective_cap(configured: usize) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let room =
+        usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(16)).unwrap_or(usize::MAX);
+    configured.min(room)
+}
+
+/// Open connections, in total and per source address.
+#[derive(Debug)]
+struct Counter {
+    cap: usize,
+    per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+struct Slot {
+    counter: Arc<Counter>,
+    ip: IpAddr,
+}
+
+impl Counter {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_ip) = &mut *g;
+        let here = by_ip.get(&ip).copied().unwrap_or(0);
+        if *total >= self.cap || here >= self.per_ip {
+            return None;
+        }
+        *total += 1;
+        by_ip.insert(ip, here + 1);
+        Some(Slot {
+            counter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.counter.open.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_ip) = &mut *g;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accept connections until `shutdown` resolves, then let open ones finish (bounded).
+pub(super) async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    end_sessions: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let cap = effective_cap(app.cfg.max_connections);
+    if cap < app.cfg.max_connections {
+        tracing::warn!(
+            "http: max_connections {} lowered to {cap}: RLIMIT_NOFILE leaves room for that many, keeping {RESERVED_DESCRIPTORS} for the broker",
+            app.cfg.max_connections
+        );
+    }
+    let counter = Arc::new(Counter {
+        cap,
+        per_ip: app.cfg.max_connections_per_ip.min(cap),
+        open: Mutex::default(),
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("http accept: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(slot) = counter.admit(peer.ip()) else {
+            tracing::debug!(%peer, "http connection refused: connection cap reached");
+            drop(tcp);
+            continue;
+        };
+        // Without it, SSE replies written in pieces stall ~40 ms on delayed ACKs.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+        let app = app.clone();
+        let router = router.clone();
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let Some(tls) = app.cfg.tls.clone() else {
+                let conn = http.serve_connection(TokioIo::new(tcp), service(router, peer, None));
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, "http connection: {e}");
+                }
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(tcp)).await
+                {
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        handshake_failed(&app, tls.mtls(), peer, &e).await;
+                        return;
+                    }
+                    Ok(Ok(s)) => s,
+                };
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| PeerCertificate(Arc::new(c.to_vec())));
+            let conn = http.serve_connection(TokioIo::new(stream), service(router, peer, cert));
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, "https connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let done = graceful.shutdown();
+    tokio::pin!(done);
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut done)
+        .await
+        .is_err()
+    {
+        // Open streams (SSE) end with their sessions.
+        end_sessions.await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, done).await;
+    } else {
+        end_sessions.await;
+    }
+    Ok(())
+}
+
+/// The router for one connection's requests, each tagged with the peer address and the
+/// verified client certificate.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+    cert: Option<PeerCertificate>,
+}
+
+fn service(router: Router, peer: SocketAddr, cert: Option<PeerCertificate>) -> ConnService {
+    ConnService { router, peer, cert }
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        if let Some(c) = &self.cert {
+            req.extensions_mut().insert(c.clone());
+        }
+        let mut r = self.router.clone();
+        tower_service::Service::call(&mut r, req)
+    }
+}
+
+/// A refused handshake: logged, and audited as `auth.failure` (peer, reason) when it is about
+/// the client's certificate or mTLS is on; other failures (scanners, wrong protocol versions)
+/// only logged.
+async fn handshake_failed(app: &App, mtls: bool, peer: SocketAddr, e: &std::io::Error) {
+    let reason = tls::handshake_reason(e);
+    tracing::info!(%peer, "TLS handshake refused: {reason}");
+    if !(mtls || tls::is_certificate_failure(e)) || !app.audit.enabled() {
+        return;
+    }
+    let mut f = serde_json::Map::new();
+    f.insert("principal".into(), json!(super::gate::UNAUTHENTICATED));
+    f.insert("transport".into(), json!("http"));
+    f.insert("method".into(), json!("mtls"));
+    f.insert("stage".into(), json!("tls-handshake"));
+    f.insert("peer".into(), json!(peer.to_string()));
+    f.insert("reason".into(), json!(reason));
+    if let Err(e) = app.audit.record("auth.failure", f).await {
+        tracing::error!("audit: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counter_caps_in_total_and_per_address() {
+        let c = Arc::new(Counter {
+            cap: 3,
+            per_ip: 2,
+            open: Mutex::default(),
+        });
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let s1 = c.admit(a);
+        let s2 = c.admit(a);
+        assert!(s1.is_some() && s2.is_some());
+        assert!(c.admit(a).is_none(), "per address");
+        let s3 = c.admit(b);
+        assert!(s3.is_some());
+        assert!(c.admit(b).is_none(), "in total");
+        drop(s1);
+        assert!(c.admit(b).is_some());
+        assert!(effective_cap(usize::MAX) < usize::MAX);
+    }
+}

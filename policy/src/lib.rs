@@ -31,6 +31,10 @@ pub use identity::{
     IdentityKind, IdentityRules, Presented, RawIdentity, MAX_IDENTITIES_PER_CLIENT,
 };
 pub use model::{
+    access_key, JwtKey, JwtSettings, RawAuth, RawJwt, RawJwtKey, RawJwtScopes,
+    DEFAULT_JWT_LEEWAY_SECS, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
+};
+pub use model::{
     AuditSettings, Canonicalize, CgroupSetting, ClientId, HttpSettings, Limits, Overlay,
     Permissions, Policy, PolicyError, QuickStart, ToolSet, DEFAULT_CLIENT,
     DEFAULT_MAX_OUTPUT_BYTES, KNOWN_TOOLSETS, MAX_RESULT_BYTES_CEILING,

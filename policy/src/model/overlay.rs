@@ -45,6 +45,13 @@ pub struct Overlay {
     /// `--audit-log FILE`: the audit log (relative to `cwd`), keeping the file's other
     /// `[audit]` settings.
     pub audit_log: Option<PathBuf>,
+    /// `--jwt-jwks FILE`, `--jwt-issuer URL`, `--jwt-audience URL`: `[auth.jwt]`'s key file,
+    /// issuer and audience (all three without an `[auth.jwt]` in the file).
+    pub jwt_jwks: Option<PathBuf>,
+    /// `--jwt-issuer URL`.
+    pub jwt_issuer: Option<String>,
+    /// `--jwt-audience URL`.
+    pub jwt_audience: Option<String>,
 }
 
 /// Why a policy could not be loaded from a configuration and an [`Overlay`].
@@ -149,6 +156,20 @@ impl Policy {
             };
             self.set_audit_path(&a, canon)?;
         }
+        let jwks = o.jwt_jwks.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                cwd.join(p)
+            }
+        });
+        super::jwt::apply_jwt_flags(
+            self,
+            jwks.as_deref(),
+            o.jwt_issuer.as_deref(),
+            o.jwt_audience.as_deref(),
+            canon,
+        )?;
         Ok(())
     }
 }

@@ -276,6 +276,8 @@ pub struct Policy {
     pub(super) prompt_grants: BTreeMap<ClientId, BTreeSet<String>>,
     /// Which verified identities speak for which client: [`Policy::client_for`].
     pub(crate) identities: crate::identity::IdentityRules,
+    /// `[auth.jwt]` / `--jwt-*`: bearer tokens on the HTTP listener: [`Policy::jwt`].
+    pub(crate) jwt: Option<super::jwt::JwtSettings>,
 }
 
 /// Audit log settings (validated: the path lies outside every client's roots).
@@ -438,6 +440,7 @@ impl Policy {
                 .as_ref()
                 .map_or("<none: stdio refused>".into(), |c| c.to_string())
         ));
+        out.push_str(&self.describe_jwt());
         match &self.audit {
             None => out.push_str("audit: off\n"),
             Some(a) => out.push_str(&format!(

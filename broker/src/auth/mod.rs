@@ -11,6 +11,8 @@
 //! policy; nothing a client *says* about itself.
 #![forbid(unsafe_code)]
 
+pub mod jwt;
+
 use mcpd_policy::{ClientId, Policy};
 
 /// An authenticated client: a client id of the policy, how it was established, what the audit
@@ -24,6 +26,9 @@ pub struct Principal {
     /// Facts for the `auth.success` record (issuer, key id, token digest, certificate subject,
     /// peer uid...). Never a secret.
     pub attributes: Vec<(&'static str, String)>,
+    /// What the credential itself restricts the principal to (a bearer token's scopes, sorted
+    /// and deduplicated); `None`: no restriction beyond the policy.
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -33,6 +38,7 @@ impl Principal {
             client,
             method,
             attributes: Vec::new(),
+            scopes: None,
         }
     }
 }
@@ -55,12 +61,18 @@ pub struct Credentials<'a> {
     pub transport: &'static str,
     /// The peer, as the transport saw it (socket address, parent process).
     pub peer: &'a str,
+    /// The `Authorization` header, when exactly one was sent (HTTP); unverified.
+    pub authorization: Option<&'a str>,
 }
 
 impl<'a> Credentials<'a> {
     /// What every transport knows: itself and the peer's address.
     pub fn new(transport: &'static str, peer: &'a str) -> Self {
-        Self { transport, peer }
+        Self {
+            transport,
+            peer,
+            authorization: None,
+        }
     }
 }
 
@@ -74,6 +86,21 @@ pub enum AuthError {
         transport: &'static str,
         /// The policy setting that would name the client.
         setting: &'static str,
+        /// The peer refused.
+        peer: String,
+    },
+    /// The listener wants a bearer token and none was sent (HTTP: 401 with a challenge).
+    #[error("no bearer token (peer {peer})")]
+    MissingToken {
+        /// The peer refused.
+        peer: String,
+    },
+    /// A bearer token was sent and refused (HTTP: 401 `invalid_token`). `reason` is a short
+    /// code for the audit log; never the token.
+    #[error("bearer token refused: {reason} (peer {peer})")]
+    InvalidToken {
+        /// Why (`expired`, `wrong_audience`, `bad_signature`, ...).
+        reason: &'static str,
         /// The peer refused.
         peer: String,
     },

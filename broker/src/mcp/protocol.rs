@@ -41,6 +41,9 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub const MISSING_CAPABILITY: i64 = -32021;
 /// Stateless era: unsupported protocol version.
 pub const UNSUPPORTED_VERSION: i64 = -32022;
+/// mcpd: the session's bearer token lacks the scope a tool's access class needs
+/// (`error.data.scope` names it; HTTP answers 403 `insufficient_scope`).
+pub const INSUFFICIENT_SCOPE: i64 = -32040;
 
 /// One JSON-RPC error: code, message, optional data. Every error response is built from one.
 #[derive(Debug, Clone, PartialEq)]

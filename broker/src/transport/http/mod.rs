@@ -36,6 +36,7 @@
 #![allow(clippy::result_large_err)]
 
 mod gate;
+mod metadata;
 mod post;
 mod routes;
 mod sessions;
@@ -55,7 +56,8 @@ use axum::{Extension, Router};
 use mcpd_policy::ClientId;
 
 use crate::auditing::Audit;
-use crate::auth::{Authenticator, ListenerClient, Principal};
+use crate::auth::jwt::HttpAuthenticator;
+use crate::auth::{Authenticator, Principal};
 use crate::mcp::backend::Workers;
 use crate::mcp::protocol::SESSION_NOT_FOUND;
 use crate::worker::supervisor::Supervisor;
@@ -72,8 +74,9 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 pub struct HttpConfig {
     /// The bound address.
     pub addr: SocketAddr,
-    /// The client HTTP sessions speak for.
-    pub client: ClientId,
+    /// The client unauthenticated HTTP peers speak for (`None`: only peers with a verified
+    /// credential, e.g. a bearer token, are served).
+    pub client: Option<ClientId>,
     /// Extra accepted Host values (lower case).
     pub extra_hosts: Vec<String>,
     /// Idle time before a session is reaped.
@@ -98,7 +101,7 @@ struct App {
     sessions: Table<SessionKey, HttpSession>,
     /// Each principal's stateless-era session (no `Mcp-Session-Id`; one worker, reaped when
     /// idle).
-    stateless: Table<ClientId, HttpSession>,
+    stateless: Table<sessions::StatelessKey, HttpSession>,
     /// Held while a stateless session is opened, so that one principal gets one.
     stateless_open: tokio::sync::Mutex<()>,
 }
@@ -133,7 +136,7 @@ pub async fn serve(
     audit: Audit,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let auth = Arc::new(ListenerClient::new(cfg.client.clone()));
+    let auth = Arc::new(HttpAuthenticator::new(cfg.client.clone(), &policy));
     let app = App::new(cfg, auth, policy, Arc::new(supervisor), audit);
     run(listener, app, shutdown).await
 }
@@ -175,6 +178,7 @@ fn router(app: &Arc<App>) -> Router {
             app.clone(),
             gate::authenticate,
         ))
+        .merge(metadata::router(app))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             gate::audit_rejects,

@@ -24,6 +24,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the size of `Serve`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve MCP. With no flags and no config: stdio, current directory read-only.
     Serve(ServeArgs),

@@ -236,7 +236,7 @@ impl Session {
             tracing::info!(client = %self.inner.client, tool = %desc.name, %scope, "denied: insufficient token scope");
             let e = RpcError::new(
                 INSUFFICIENT_SCOPE,
-                &format!("Insufficient scope: this tool needs the token scope '{scope}'"),
+                format!("Insufficient scope: this tool needs the token scope '{scope}'"),
             )
             .with_data(json!({ "scope": scope }));
             return (rec.deny("insufficient_scope"), e.to_response(id.to_value()));

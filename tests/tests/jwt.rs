@@ -772,3 +772,54 @@ fn python_sdk_with_a_bearer_token() {
         && r["principal"] == "alice"));
     assert!(!srv.stderr().contains(token.rsplit('.').next().unwrap()));
 }
+
+#[test]
+fn stateless_era_calls_get_the_same_scope_checks() {
+    let k1 = Key::new("k1");
+    let f = fx(&[&k1]);
+    let srv = serve(&f);
+    let bob_ro = format!(
+        "Bearer {}",
+        k1.sign(&claims("bob@example.test", "mcp:read"))
+    );
+    let bob = format!(
+        "Bearer {}",
+        k1.sign(&claims("bob@example.test", "mcp:read mcp:exec"))
+    );
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = |authz: &str, id: i64| {
+        let h = vec![
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "run_command"),
+            ("Authorization", authz),
+        ];
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "run_command", "arguments": {"command": "echo", "args": ["hi"]}, "_meta": meta}});
+        request_at(srv.addr, "POST", &h, body.to_string().as_bytes())
+    };
+    let r = call(&bob_ro, 1);
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .contains("error=\"insufficient_scope\", scope=\"mcp:exec\""));
+    assert_eq!(r.json()["error"]["data"]["scope"], "mcp:exec");
+    let r = call(&bob, 2);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.response_to(&json!(2))["result"]["structuredContent"]["stdout"],
+        "hi\n"
+    );
+    // One stateless session per (principal, token scopes).
+    assert_eq!(
+        records(&f.log)
+            .iter()
+            .filter(|r| r["event"] == "session.open" && r["transport"] == "http-stateless")
+            .count(),
+        2
+    );
+}

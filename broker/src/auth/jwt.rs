@@ -474,3 +474,48 @@ impl Authenticator for HttpAuthenticator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn jwks_keys_need_a_pinned_asymmetric_algorithm() {
+        // A P-256 point (the generator), valid as a key.
+        let x = "axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY";
+        let y = "T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU";
+        let doc = json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "inferred", "x": x, "y": y},
+            {"kty": "EC", "crv": "P-256", "kid": "pinned", "alg": "ES256", "use": "sig", "x": x, "y": y},
+            {"kty": "EC", "crv": "P-256", "kid": "enc", "use": "enc", "x": x, "y": y},
+            {"kty": "EC", "crv": "P-256", "kid": "hs", "alg": "HS256", "x": x, "y": y},
+            {"kty": "EC", "crv": "P-256", "kid": "wrong-family", "alg": "RS256", "x": x, "y": y},
+            {"kty": "oct", "kid": "secret", "alg": "HS256", "k": "c2VjcmV0"},
+            {"kty": "RSA", "kid": "rsa-no-alg", "n": "AQAB", "e": "AQAB"},
+            {"kty": "EC", "crv": "P-256", "kid": "broken", "alg": "ES256", "x": "!", "y": y}
+        ]});
+        let keys = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        let kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, ["inferred", "pinned"]);
+        assert!(keys.iter().all(|k| k.alg == Algorithm::ES256));
+        assert!(parse_jwks(b"{}").is_err());
+        assert!(parse_jwks(b"not json").is_err());
+    }
+
+    #[test]
+    fn scopes_come_from_scope_or_scp_sorted_and_bounded() {
+        let c = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            scopes_of(&c(json!({"scope": "b a  a\tc"}))),
+            ["a", "b", "c"]
+        );
+        assert_eq!(scopes_of(&c(json!({"scp": ["x", 1, "w"]}))), ["w", "x"]);
+        assert!(scopes_of(&c(json!({"scope": 7}))).is_empty());
+        let many: Vec<String> = (0..1000).map(|i| format!("s{i}")).collect();
+        assert_eq!(scopes_of(&c(json!({"scp": many}))).len(), MAX_SCOPES);
+        assert_eq!(token_digest("abc").len(), 16);
+        assert_ne!(token_digest("abc"), token_digest("abd"));
+    }
+}

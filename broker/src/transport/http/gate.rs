@@ -369,6 +369,22 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn access_tokens_in_the_query_string_are_recognised() {
+        for q in [
+            "access_token=x",
+            "a=1&ACCESS_TOKEN=x",
+            "access%5Ftoken=x",
+            "access_token",
+        ] {
+            assert!(token_in_query(Some(q)), "{q}");
+        }
+        for q in ["token=x", "access_tokens=x", "x=access_token"] {
+            assert!(!token_in_query(Some(q)), "{q}");
+        }
+        assert!(!token_in_query(None));
+    }
+
+    #[test]
     fn hosts_cover_the_loopback_spellings() {
         let cfg = HttpConfig {
             addr: "127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!()),

@@ -619,6 +619,14 @@ fn protected_resource_metadata_is_served_without_a_token_behind_the_host_gate() 
         let r = raw(&srv, "GET", path, &[("Host", "evil.example.test")], "");
         assert_eq!(r.status, 403, "{path}: the Host gate applies");
     }
+    let r = raw(
+        &srv,
+        "GET",
+        "/.well-known/oauth-protected-resource/other",
+        &[],
+        "",
+    );
+    assert_eq!(r.status, 404, "only the audience's path has metadata");
     assert!(audited(&f.log, |rec| rec["http_status"] == 403
         && rec["http_method"] == "GET"));
     // check-config shows the settings and the identities.

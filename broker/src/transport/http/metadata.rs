@@ -44,11 +44,26 @@ async fn document(State(app): State<Arc<App>>) -> Response {
     r
 }
 
+/// `…/oauth-protected-resource/<path>`: the document when `<path>` is the audience's path
+/// (RFC 9728 §3.1), else 404.
+async fn document_at(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(rest): axum::extract::Path<String>,
+) -> Response {
+    let wanted = app.policy.get().jwt().map(|j| j.resource_metadata_url());
+    let suffix = format!("{PRM_PATH}/{rest}");
+    if wanted.is_some_and(|w| w.ends_with(&suffix)) {
+        return document(State(app)).await;
+    }
+    StatusCode::NOT_FOUND.into_response()
+}
+
 /// The metadata routes, behind the Host/Origin gate (not behind authentication).
 pub(super) fn router(app: &Arc<App>) -> Router<Arc<App>> {
     Router::new()
         .route(PRM_PATH, get(document))
         .route(&format!("{PRM_PATH}{}", super::ENDPOINT), get(document))
+        .route(&format!("{PRM_PATH}/{{*rest}}"), get(document_at))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             gate::gate,

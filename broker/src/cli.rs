@@ -153,4 +153,11 @@ pub struct ServeArgs {
     /// https://mcp.example.org/mcp (RFC 8707).
     #[arg(long = "jwt-audience", value_name = "URL")]
     pub jwt_audience: Option<String>,
+    /// Serve newline-delimited JSON-RPC on a Unix socket at PATH (one session per connection;
+    /// each peer's client from its uid/gid: `[clients.NAME.identity] unix_uid`/`unix_gid`).
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+    /// Serve the Unix listening socket systemd passed (socket activation: LISTEN_FDS).
+    #[arg(long = "unix-systemd")]
+    pub unix_systemd: bool,
 }

@@ -52,6 +52,8 @@ impl PolicySource {
                 jwt_jwks: args.jwt_jwks.clone(),
                 jwt_issuer: args.jwt_issuer.clone(),
                 jwt_audience: args.jwt_audience.clone(),
+                unix: args.unix.clone(),
+                unix_systemd: args.unix_systemd,
             },
         }
     }
@@ -239,8 +241,10 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
     // The requestState key, before any request can need it: a CSPRNG failure ends the start.
     mcp::seal::init().map_err(BrokerError::Key)?;
     let http_addr = policy.http().listen;
-    let serve_stdio = args.stdio || http_addr.is_none();
-    let rt = runtime(http_addr.is_some())?;
+    // Bound before the runtime (and its threads) exist: the socket is created under a umask.
+    let unix = transport::unix::open(policy.unix()).map_err(BrokerError::Listen)?;
+    let serve_stdio = args.stdio || (http_addr.is_none() && unix.is_none());
+    let rt = runtime(http_addr.is_some() || unix.is_some())?;
     let audit = open_audit(&policy, &source)?;
     let cgroups = detect_cgroups(&policy.cgroup)?;
     let cell = reload::PolicyCell::new(policy);
@@ -253,6 +257,7 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
             cgroups,
             http_addr,
             serve_stdio,
+            unix,
         },
     ));
     let mut f = serde_json::Map::new();
@@ -270,6 +275,7 @@ struct Started {
     cgroups: Option<worker::cgroup::Cgroups>,
     http_addr: Option<std::net::SocketAddr>,
     serve_stdio: bool,
+    unix: Option<transport::unix::Bound>,
 }
 
 /// The supervisor and the transports, on the runtime.
@@ -288,7 +294,32 @@ async fn run(
         Duration::from_micros(policy.ipc_spin_us),
     )
     .map_err(BrokerError::Supervisor)?;
+    let unix = match started.unix {
+        Some(b) => Some(
+            transport::unix::start(b, cell.clone(), sup.clone(), audit.clone())
+                .map_err(BrokerError::Listen)?,
+        ),
+        None => None,
+    };
     let Some(addr) = started.http_addr else {
+        if let Some(unix) = unix {
+            let stdio_task = started.serve_stdio.then(|| {
+                let (input, output) = transport::stdio::process_stdio();
+                tokio::spawn(transport::stdio::serve(
+                    cell.clone(),
+                    sup.clone(),
+                    audit.clone(),
+                    input,
+                    output,
+                ))
+            });
+            wait_for_termination().await;
+            tracing::info!(target: LOG, "terminating: closing sessions");
+            if let Some(t) = stdio_task {
+                t.abort();
+            }
+            return unix.stop().await.map_err(BrokerError::Transport);
+        }
         let (input, output) = transport::stdio::process_stdio();
         return transport::stdio::serve(cell, sup, audit, input, output)
             .await
@@ -340,6 +371,9 @@ async fn run(
     wait_for_termination().await;
     tracing::info!(target: LOG, "terminating: closing sessions");
     let _ = stop_tx.send(true);
+    if let Some(u) = unix {
+        u.stop().await.map_err(BrokerError::Transport)?;
+    }
     let r = http_task
         .await
         .map_err(|e| BrokerError::Transport(std::io::Error::other(e)))?;
@@ -378,6 +412,8 @@ mod tests {
             "--http-session-idle-secs=7",
             "--audit-log=a.jsonl",
             "--config=c.toml",
+            "--unix=/run/m.sock",
+            "--unix-systemd",
         ]));
         assert_eq!(s.config, Some(PathBuf::from("c.toml")));
         assert_eq!(s.describe(), "c.toml");
@@ -397,6 +433,8 @@ mod tests {
                 jwt_jwks: None,
                 jwt_issuer: None,
                 jwt_audience: None,
+                unix: Some("/run/m.sock".into()),
+                unix_systemd: true,
             }
         );
         let none = PolicySource::new(&args(&[]));

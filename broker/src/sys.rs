@@ -1,5 +1,6 @@
 //! The broker's only raw system calls: the worker's `pre_exec` hook and kernel feature probes
-//! for `mcpd doctor`. Everything else in the broker is safe Rust.
+//! for `mcpd doctor`, and taking ownership of a socket systemd passed (`LISTEN_FDS`). Everything
+//! else in the broker is safe Rust.
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;
@@ -209,4 +210,23 @@ pub fn probe_idmap(path: &std::path::Path) -> Result<(), String> {
     // SAFETY: waitpid writes one int into the valid local `status`.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     result
+}
+
+/// Take ownership of a descriptor this process inherited to own (systemd socket activation:
+/// `LISTEN_FDS` descriptors from 3 on, once `LISTEN_PID` named this process). `None` if no
+/// such descriptor is open. Call once per descriptor, at start, before anything else could
+/// open or close descriptors of that number.
+pub fn take_inherited_fd(fd: RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: fcntl(F_GETFD) on an integer only reads the descriptor's flags (EBADF if none).
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is open (checked above) and was passed to this process by its service
+    // manager for it to own; nothing else in the broker refers to it (taken once, at start),
+    // so the `OwnedFd` is its only owner and closes it exactly once.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }

@@ -109,6 +109,8 @@ pub struct RawConfig {
     pub prompts: BTreeMap<String, Spanned<crate::prompts::RawPrompt>>,
     /// `[auth]`: how HTTP peers authenticate (`[auth.jwt]`: bearer tokens).
     pub auth: Option<crate::model::RawAuth>,
+    /// The Unix-socket listener.
+    pub unix: Option<crate::model::RawUnix>,
 }
 
 /// `[http]`: the Streamable HTTP transport.
@@ -308,6 +310,8 @@ pub struct RawLimits {
     pub address_space: Option<u64>,
     /// Tool calls per minute.
     pub calls_per_minute: Option<u64>,
+    /// Sessions open at once (all transports).
+    pub max_sessions: Option<u64>,
     /// Default wall-clock timeout of one command or code run, seconds.
     pub command_timeout_secs: Option<u64>,
     /// Longest any process started for the client may live, seconds.

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod jwt;
+pub mod peercred;
 
 use mcpd_policy::{ClientId, Policy};
 
@@ -63,6 +64,8 @@ pub struct Credentials<'a> {
     pub peer: &'a str,
     /// The `Authorization` header, when exactly one was sent (HTTP); unverified.
     pub authorization: Option<&'a str>,
+    /// A Unix-socket peer's (uid, gid, pid), read from the kernel (`SO_PEERCRED`).
+    pub unix_peer: Option<(u32, u32, i32)>,
 }
 
 impl<'a> Credentials<'a> {
@@ -72,7 +75,14 @@ impl<'a> Credentials<'a> {
             transport,
             peer,
             authorization: None,
+            unix_peer: None,
         }
+    }
+
+    /// With the kernel's credentials of a Unix-socket peer (uid, gid, pid).
+    pub fn with_unix_peer(mut self, uid: u32, gid: u32, pid: i32) -> Self {
+        self.unix_peer = Some((uid, gid, pid));
+        self
     }
 }
 

@@ -59,6 +59,7 @@ pub fn run(policy: &mcpd_policy::Policy) -> ExitCode {
     if !namespaces_report(policy) {
         ok = false;
     }
+    println!("{}", crate::transport::unix::doctor_report(policy.unix()));
     println!("cgroups: {}", cgroup_report());
     let mut notes = Vec::new();
     match crate::worker::cgroup::Cgroups::detect_with_notes(&crate::worker::cgroup::Mode::Auto, &mut notes) {

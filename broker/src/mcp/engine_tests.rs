@@ -39,6 +39,15 @@ struct Engine {
 async fn engine_with(script: Script, on_start: Option<Arc<dyn Fn() + Send + Sync>>) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let policy = read_only(dir.path());
+    engine_under(dir, policy, script, on_start).await
+}
+
+async fn engine_under(
+    dir: tempfile::TempDir,
+    policy: Policy,
+    script: Script,
+    on_start: Option<Arc<dyn Fn() + Send + Sync>>,
+) -> Engine {
     let client = policy.stdio_client().cloned().unwrap();
     let cell = PolicyCell::new(policy);
     let mut fake = FakeWorker::new(
@@ -384,4 +393,114 @@ async fn a_client_that_does_not_read_loses_notifications_not_responses() {
         "{progress} notifications queued"
     );
     assert_eq!(all.last().unwrap()["result"]["content"][0]["text"], "ok");
+}
+
+#[tokio::test]
+async fn the_call_rate_is_the_clients_and_a_spent_rate_says_when_to_retry() {
+    // Its own client id: the rate table is process-wide, shared with the other tests.
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let toml = format!(
+        "[stdio]\nclient = \"rate-test\"\n[clients.rate-test]\nread = [\"{}\"]\nlimits = {{ calls_per_minute = 2 }}\n",
+        root.display()
+    );
+    let policy = Policy::from_toml("t.toml", &toml, &|p| std::fs::canonicalize(p)).unwrap();
+    let mut e = engine_under(dir, policy, Arc::new(|_| (vec![], text("ok"))), None).await;
+    e.initialize().await;
+    let p = e.path("a");
+    for id in 1..=2 {
+        let r = e
+            .call(
+                id,
+                "tools/call",
+                json!({"name": "read_file", "arguments": {"path": p}}),
+            )
+            .await;
+        assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
+    }
+    let r = e
+        .call(
+            3,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": p}}),
+        )
+        .await;
+    assert_eq!(
+        r["error"]["code"],
+        crate::mcp::protocol::RATE_LIMITED,
+        "{r}"
+    );
+    let secs = r["error"]["data"]["retryAfterSecs"].as_u64().unwrap();
+    assert!((1..=30).contains(&secs), "{secs}");
+    assert_eq!(
+        e.fake.calls.lock().unwrap().len(),
+        2,
+        "the refused call never reached the worker"
+    );
+    // A second session of the same client shares the spent rate.
+    let mut other = engine_under(
+        tempfile::tempdir().unwrap(),
+        e.cell.get().as_ref().clone(),
+        Arc::new(|_| (vec![], text("ok"))),
+        None,
+    )
+    .await;
+    other.initialize().await;
+    let r = other
+        .call(
+            1,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": p}}),
+        )
+        .await;
+    assert_eq!(
+        r["error"]["code"],
+        crate::mcp::protocol::RATE_LIMITED,
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_may_hold_only_its_sessions_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy::from_toml(
+        "t.toml",
+        "[stdio]\nclient = \"session-cap\"\n[clients.session-cap]\nlimits = { max_sessions = 1 }\n",
+        &|p| std::fs::canonicalize(p),
+    )
+    .unwrap();
+    let one = engine_under(
+        dir,
+        policy.clone(),
+        Arc::new(|_| (vec![], text("ok"))),
+        None,
+    )
+    .await;
+    let (out, _rx) = Outbox::channel();
+    let refused = Session::open_with(
+        Principal::new(policy.stdio_client().cloned().unwrap(), "test"),
+        &Origin {
+            transport: "test",
+            peer: "in-process".into(),
+        },
+        PolicyCell::new(policy.clone()),
+        Arc::new(one.fake.clone()),
+        Audit::off(),
+        out,
+    )
+    .await;
+    assert!(matches!(
+        refused,
+        Err(crate::mcp::session::OpenError::TooManySessions { max: 1 })
+    ));
+    // Closing the first gives its place back.
+    one.session.close().await;
+    let again = engine_under(
+        tempfile::tempdir().unwrap(),
+        policy,
+        Arc::new(|_| (vec![], text("ok"))),
+        None,
+    )
+    .await;
+    assert!(again.session.id() != one.session.id());
 }

@@ -17,6 +17,7 @@ pub mod jsonrpc;
 mod lifecycle;
 pub mod protocol;
 mod providers;
+pub mod quota;
 mod record;
 mod results;
 pub mod seal;

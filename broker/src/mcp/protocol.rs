@@ -44,6 +44,10 @@ pub const UNSUPPORTED_VERSION: i64 = -32022;
 /// mcpd: the session's bearer token lacks the scope a tool's access class needs
 /// (`error.data.scope` names it; HTTP answers 403 `insufficient_scope`).
 pub const INSUFFICIENT_SCOPE: i64 = -32040;
+/// mcpd: a per-client quota is spent — the tool-call rate (`limits.calls_per_minute`) or the
+/// sessions (`limits.max_sessions`); `data.retryAfterSecs` says when to try again (HTTP
+/// answers 429 with `Retry-After`).
+pub const RATE_LIMITED: i64 = -32029;
 
 /// One JSON-RPC error: code, message, optional data. Every error response is built from one.
 #[derive(Debug, Clone, PartialEq)]

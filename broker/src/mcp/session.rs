@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use mcpd_ipc::LogLevel;
 use mcpd_policy::{ClientId, Policy};
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::auditing::Audit;
 use crate::auth::{Origin, Principal};
@@ -69,6 +69,20 @@ impl LastActivity {
     }
 }
 
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The audit log cannot take `auth.success`/`session.open` (fail closed).
+    #[error("audit log unavailable: {0}")]
+    Audit(String),
+    /// The client has `limits.max_sessions` sessions open.
+    #[error("the client has {max} sessions open, its limit (limits.max_sessions)")]
+    TooManySessions {
+        /// The limit.
+        max: u64,
+    },
+}
+
 /// One client session.
 #[derive(Clone)]
 pub struct Session {
@@ -96,9 +110,10 @@ pub(super) struct Inner {
     pub(super) listeners: Mutex<Vec<Listener>>,
     /// Change reports from the worker (and from policy reloads).
     pub(super) changes: mpsc::UnboundedSender<mcpd_ipc::Change>,
-    pub(super) slots: Arc<Semaphore>,
     pub(super) tasks: tokio::sync::watch::Sender<usize>,
     pub(super) opened: Instant,
+    /// This session's place among its client's sessions, given back at close.
+    pub(super) slot: Mutex<Option<crate::mcp::quota::SessionSlot>>,
 }
 
 impl Inner {
@@ -127,7 +142,7 @@ impl Session {
         supervisor: Supervisor,
         audit: Audit,
         out: Outbox,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, OpenError> {
         Self::open_with(
             principal,
             origin,
@@ -147,13 +162,19 @@ impl Session {
         workers: Arc<dyn Workers>,
         audit: Audit,
         out: Outbox,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, OpenError> {
         let client = principal.client;
         let scopes = principal.scopes;
         let policy = policy_cell.get();
-        let slots = policy.permissions(&client).map_or(1, |p| {
-            usize::try_from(p.limits.max_concurrent_calls).unwrap_or(1)
-        });
+        let limits = policy
+            .permissions(&client)
+            .map(|p| p.limits.clone())
+            .unwrap_or_default();
+        let slot = crate::mcp::quota::open_session(&client, &limits).ok_or(
+            OpenError::TooManySessions {
+                max: limits.max_sessions,
+            },
+        )?;
         let id = crate::auditing::random_id();
         let (changes, mut changes_rx) = mpsc::unbounded_channel::<mcpd_ipc::Change>();
         let mut f = Map::new();
@@ -169,11 +190,11 @@ impl Session {
         audit
             .record("auth.success", auth)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| OpenError::Audit(e.to_string()))?;
         audit
             .record("session.open", f)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| OpenError::Audit(e.to_string()))?;
         let session = Self {
             inner: Arc::new(Inner {
                 id,
@@ -191,9 +212,9 @@ impl Session {
                 mcp_tasks: Mutex::default(),
                 listeners: Mutex::default(),
                 changes,
-                slots: Arc::new(Semaphore::new(slots.max(1))),
                 tasks: tokio::sync::watch::Sender::new(0),
                 opened: Instant::now(),
+                slot: Mutex::new(Some(slot)),
             }),
         };
         // Change reports (worker, policy reload) become notifications, rate-limited. The task
@@ -503,6 +524,9 @@ impl Session {
             json!(u64::try_from(self.inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX)),
         );
         let _ = self.inner.audit.record("session.close", f).await;
+        if let Ok(mut slot) = self.inner.slot.lock() {
+            slot.take();
+        }
     }
 }
 

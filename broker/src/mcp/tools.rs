@@ -19,7 +19,7 @@ use crate::mcp::backend::ToolWorker;
 use crate::mcp::jsonrpc::{self, Id, INTERNAL_ERROR, INVALID_PARAMS};
 use crate::mcp::printable;
 use crate::mcp::protocol::RpcError;
-use crate::mcp::protocol::{INSUFFICIENT_SCOPE, MISSING_CAPABILITY};
+use crate::mcp::protocol::{INSUFFICIENT_SCOPE, MISSING_CAPABILITY, RATE_LIMITED};
 use crate::mcp::record::Rec;
 use crate::mcp::record::AUDIT_UNAVAILABLE;
 use crate::mcp::results::{result_json, tool_json};
@@ -415,9 +415,19 @@ impl Session {
             .unwrap_or_default();
         let timeout = Duration::from_secs(limits.call_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
-        let Ok(Ok(_permit)) =
-            tokio::time::timeout_at(deadline, self.inner.slots.clone().acquire_owned()).await
-        else {
+        if let Err(wait) = crate::mcp::quota::take_call(&self.inner.client, &limits) {
+            self.limit_hit("calls_per_minute", Some(&desc.name)).await;
+            rec.limit = Some("calls_per_minute");
+            let secs = wait.as_secs().max(1);
+            let e = RpcError::new(
+                RATE_LIMITED,
+                format!("Rate limit reached: too many tool calls; retry in {secs} s"),
+            )
+            .with_data(json!({"retryAfterSecs": secs}));
+            return (rec.outcome("rate_limited"), e.to_response(id.to_value()));
+        }
+        let slots = crate::mcp::quota::call_slots(&self.inner.client, &limits);
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, slots.acquire_owned()).await else {
             self.limit_hit("max_concurrent_calls", Some(&desc.name))
                 .await;
             rec.limit = Some("max_concurrent_calls");

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod stdio;
+pub mod unix;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

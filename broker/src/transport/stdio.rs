@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::auditing::Audit;
-use crate::auth::{Authenticator, Credentials, LocalProcess, Origin};
+use crate::auth::{Authenticator, Credentials, LocalProcess, Origin, Principal};
 use crate::mcp::jsonrpc::{self, Incoming, INVALID_REQUEST, PARSE_ERROR};
-use crate::mcp::session::Session;
+use crate::mcp::protocol::{RpcError, INTERNAL_ERROR, RATE_LIMITED};
+use crate::mcp::session::{OpenError, Session};
 use crate::transport::Outbox;
 use crate::worker::supervisor::Supervisor;
 
@@ -140,13 +141,14 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
-/// Serve one session over a reader/writer pair (stdin/stdout in production).
+/// Serve one session over a reader/writer pair (stdin/stdout in production), for the
+/// process that started mcpd ([`LocalProcess`]: the policy's stdio client).
 pub async fn serve<R, W>(
     cell: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
     input: R,
-    mut output: W,
+    output: W,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -163,6 +165,40 @@ where
     let principal = LocalProcess
         .authenticate(&policy, &Credentials::new(origin.transport, &origin.peer))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    serve_lines(
+        cell,
+        supervisor,
+        audit,
+        input,
+        output,
+        principal,
+        &origin,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// One session of an authenticated `principal` over newline-delimited JSON-RPC: the stdio
+/// transport and every Unix-socket connection. Lines are bounded by `max_message_bytes` (an
+/// oversized line is answered `-32600` and discarded while it streams in); the session ends at
+/// end of input (the peer closed) or when `stop` completes: in-flight calls are drained, the
+/// session closed (`session.close`) and its worker reaped.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_lines<R, W>(
+    cell: crate::reload::PolicyCell,
+    supervisor: Supervisor,
+    audit: Audit,
+    input: R,
+    mut output: W,
+    principal: Principal,
+    origin: &Origin,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let policy = cell.get();
     let max = usize::try_from(policy.max_message_bytes).unwrap_or(usize::MAX);
     let (tx, mut rx) = Outbox::channel();
     let writer = tokio::spawn(async move {
@@ -174,15 +210,40 @@ where
             }
         }
     });
-    tracing::info!(client = %principal.client, "stdio session open");
-    let session = Session::open(principal, &origin, cell, supervisor, audit, tx)
-        .await
-        .map_err(|e| {
-            std::io::Error::other(format!("audit log unavailable, session refused: {e}"))
-        })?;
+    tracing::info!(client = %principal.client, transport = origin.transport, peer = %origin.peer, "session open");
+    let notice = tx.clone();
+    let session = match Session::open(principal, origin, cell, supervisor, audit, tx).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The peer learns why before the connection closes (the log has the details).
+            let refusal = match &e {
+                OpenError::TooManySessions { .. } => RpcError::new(
+                    RATE_LIMITED,
+                    "Too many sessions: this client has its limit of sessions open",
+                )
+                .with_data(serde_json::json!({"retryAfterSecs": 1})),
+                OpenError::Audit(_) => RpcError::new(
+                    INTERNAL_ERROR,
+                    "The audit log cannot be written; the session was refused",
+                ),
+            };
+            notice
+                .reply(None, refusal.to_response(serde_json::Value::Null))
+                .await;
+            drop(notice);
+            let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+            return Err(std::io::Error::other(format!("session refused: {e}")));
+        }
+    };
+    drop(notice);
     let mut reader = LineReader::new(input, max);
+    tokio::pin!(stop);
     loop {
-        match reader.next().await {
+        let next = tokio::select! {
+            l = reader.next() => l,
+            () = &mut stop => break,
+        };
+        match next {
             Ok(Line::Text(t)) if t.trim().is_empty() => {}
             Ok(Line::Text(t)) => session.handle(jsonrpc::classify(&t)),
             Ok(Line::TooLong) => session.handle(Incoming::unreadable(
@@ -195,12 +256,16 @@ where
             )),
             Ok(Line::Eof) => break,
             Err(e) => {
-                tracing::warn!("stdin: {e}");
+                tracing::warn!("{} input: {e}", origin.transport);
                 break;
             }
         }
     }
-    tracing::info!("stdin closed; finishing in-flight calls");
+    tracing::info!(
+        transport = origin.transport,
+        peer = %origin.peer,
+        "input closed; finishing in-flight calls"
+    );
     session
         .drain(session.call_timeout() + Duration::from_secs(1))
         .await;

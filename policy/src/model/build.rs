@@ -163,6 +163,7 @@ impl Policy {
             &stdio_client,
             &mut warnings,
         )?;
+        let unix = super::unix::unix_settings(src, raw.unix.as_ref(), &mut warnings)?;
         let cgroup = match raw
             .server
             .cgroup
@@ -253,6 +254,7 @@ impl Policy {
             prompt_grants: BTreeMap::new(),
             identities,
             jwt,
+            unix,
         };
         let jwt_warnings = super::jwt::jwt_warnings(&policy);
         policy.warnings.extend(jwt_warnings);

@@ -236,6 +236,7 @@ pub(super) fn merge_limits(parts: &[Option<&RawLimits>]) -> Limits {
             .unwrap_or(d.call_timeout_secs)
             .max(1),
         calls_per_minute: pick(&|l| l.calls_per_minute).unwrap_or(d.calls_per_minute),
+        max_sessions: pick(&|l| l.max_sessions).unwrap_or(d.max_sessions).max(1),
         tool: ToolLimits {
             max_read_bytes: pick(&|l| l.max_read_bytes)
                 .unwrap_or(d.tool.max_read_bytes)

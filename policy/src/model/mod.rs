@@ -18,6 +18,7 @@ mod overlay;
 mod quick_start;
 mod sandbox;
 mod types;
+mod unix;
 
 pub(crate) use build::canonical;
 pub use http::HttpSettings;
@@ -27,3 +28,4 @@ pub use jwt::{
 };
 pub use overlay::{Overlay, PolicyError, KNOWN_TOOLSETS};
 pub use types::*;
+pub use unix::*;

@@ -52,6 +52,10 @@ pub struct Overlay {
     pub jwt_issuer: Option<String>,
     /// `--jwt-audience URL`.
     pub jwt_audience: Option<String>,
+    /// `--unix PATH`: the Unix-socket listener (relative to `cwd`), replacing `unix.path`.
+    pub unix: Option<PathBuf>,
+    /// `--unix-systemd`: the Unix listening socket comes from systemd (`unix.systemd`).
+    pub unix_systemd: bool,
 }
 
 /// Why a policy could not be loaded from a configuration and an [`Overlay`].
@@ -170,6 +174,7 @@ impl Policy {
             o.jwt_audience.as_deref(),
             canon,
         )?;
+        self.apply_unix_flags(o.unix.as_deref(), o.unix_systemd, cwd)?;
         Ok(())
     }
 }

@@ -160,6 +160,9 @@ impl ToolSet {
     }
 }
 
+/// Sessions a client may have open at once unless its limits say otherwise.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: u64 = 32;
+
 /// Effective limits of a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -167,8 +170,10 @@ pub struct Limits {
     pub max_concurrent_calls: u64,
     /// Wall-clock limit of one call, seconds.
     pub call_timeout_secs: u64,
-    /// Tool calls per minute (0 = unlimited).
+    /// Tool calls per minute (0 = unlimited), shared by every session of the client.
     pub calls_per_minute: u64,
+    /// Sessions the client may have open at once, over every transport.
+    pub max_sessions: u64,
     /// Limits tools apply.
     pub tool: ToolLimits,
     /// Kernel limits of the worker.
@@ -187,6 +192,7 @@ impl Default for Limits {
             max_concurrent_calls: 8,
             call_timeout_secs: 120,
             calls_per_minute: 0,
+            max_sessions: DEFAULT_MAX_SESSIONS_PER_CLIENT,
             tool: ToolLimits::default(),
             rlimits: ResourceLimits {
                 max_open_files: Some(256),
@@ -278,6 +284,8 @@ pub struct Policy {
     pub(crate) identities: crate::identity::IdentityRules,
     /// `[auth.jwt]` / `--jwt-*`: bearer tokens on the HTTP listener: [`Policy::jwt`].
     pub(crate) jwt: Option<super::jwt::JwtSettings>,
+    /// The Unix-socket listener (`[unix]`, `--unix`, `--unix-systemd`): [`Policy::unix`].
+    pub(crate) unix: super::unix::UnixSettings,
 }
 
 /// Audit log settings (validated: the path lies outside every client's roots).
@@ -441,6 +449,7 @@ impl Policy {
                 .map_or("<none: stdio refused>".into(), |c| c.to_string())
         ));
         out.push_str(&self.describe_jwt());
+        out.push_str(&self.unix.describe());
         match &self.audit {
             None => out.push_str("audit: off\n"),
             Some(a) => out.push_str(&format!(
@@ -540,8 +549,8 @@ impl Policy {
                 l.command.max_output_bytes
             ));
             out.push_str(&format!(
-                "  limits concurrent={} timeout={}s calls/min={} read={}B output={}B entries={} matches={} nofile={:?} fsize={:?} worker-cpu={:?}s as={:?}\n",
-                l.max_concurrent_calls, l.call_timeout_secs, l.calls_per_minute, l.tool.max_read_bytes,
+                "  limits concurrent={} timeout={}s calls/min={} sessions={} read={}B output={}B entries={} matches={} nofile={:?} fsize={:?} worker-cpu={:?}s as={:?}\n",
+                l.max_concurrent_calls, l.call_timeout_secs, l.calls_per_minute, l.max_sessions, l.tool.max_read_bytes,
                 l.tool.max_output_bytes, l.tool.max_entries, l.tool.max_matches, l.rlimits.max_open_files,
                 l.rlimits.max_file_size, l.rlimits.cpu_seconds, l.rlimits.address_space
             ));

@@ -32,7 +32,7 @@ use super::sse::Replay;
 use super::{App, SESSION_HEADER, SESSION_NOT_FOUND};
 use crate::auth::{Origin, Principal};
 use crate::mcp::jsonrpc::{Id, INTERNAL_ERROR, INVALID_REQUEST};
-use crate::mcp::session::Session;
+use crate::mcp::session::{OpenError, Session};
 use crate::transport::Outbox;
 
 /// A session-era session's key: whose it is, and its id.
@@ -140,6 +140,29 @@ impl<K: Eq + Hash + Clone, V: Entry> Table<K, V> {
             .map(|(k, _)| k.clone());
         lru.and_then(|k| m.remove(&k)).map(Some).ok_or(Full)
     }
+    /// Room for one more entry that `mine` selects, when such entries may number at most
+    /// `per_owner`: at that count the least recently used of *those* with nothing in flight is
+    /// removed (returned: the caller closes it), so one owner's leaked sessions never push out
+    /// another's; then the table-wide [`Table::make_room`]. `Err` if nothing can go.
+    pub(super) fn make_room_for(
+        &self,
+        mine: impl Fn(&K) -> bool,
+        per_owner: usize,
+    ) -> Result<Option<Arc<V>>, Full> {
+        {
+            let mut m = lock(&self.map);
+            let own: Vec<(&K, &Arc<V>)> = m.iter().filter(|(k, _)| mine(k)).collect();
+            if own.len() >= per_owner {
+                let lru = own
+                    .into_iter()
+                    .filter(|(_, s)| !s.in_use())
+                    .max_by_key(|(_, s)| s.idle_for())
+                    .map(|(k, _)| k.clone());
+                return lru.and_then(|k| m.remove(&k)).map(Some).ok_or(Full);
+            }
+        }
+        self.make_room()
+    }
     /// Remove and return the entries idle for `idle` or longer with nothing in flight.
     pub(super) fn take_idle(&self, idle: Duration) -> Vec<Arc<V>> {
         let mut m = lock(&self.map);
@@ -211,13 +234,19 @@ fn not_found(message: &str) -> Response {
     )
 }
 
+/// Every session that could make room is busy: 429, try again shortly.
 fn too_many() -> Response {
-    rpc_error(
-        StatusCode::SERVICE_UNAVAILABLE,
+    let mut r = rpc_error(
+        StatusCode::TOO_MANY_REQUESTS,
         Value::Null,
         INTERNAL_ERROR,
-        "Too many sessions",
-    )
+        "Too many sessions: every open session is busy; retry shortly",
+    );
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    r
 }
 
 impl App {
@@ -249,13 +278,25 @@ impl App {
         principal: &Principal,
     ) -> Result<Arc<HttpSession>, Response> {
         // Clients that never send DELETE are common: the least recently used idle session
-        // makes room.
-        match self.sessions.make_room() {
+        // makes room — the client's own when it is at its `limits.max_sessions`, else any. It
+        // is closed before the new one opens, so its place among the client's sessions is free.
+        let per_client = self
+            .policy
+            .get()
+            .permissions(&principal.client)
+            .map_or(1, |p| {
+                usize::try_from(p.limits.max_sessions).unwrap_or(usize::MAX)
+            });
+        match self
+            .sessions
+            .make_room_for(|k| k.client == principal.client, per_client)
+        {
             Ok(Some(old)) => {
-                tokio::spawn(end_session(
+                end_session(
                     old,
                     "session limit reached: least recently used idle session closed",
-                ));
+                )
+                .await;
             }
             Ok(None) => {}
             Err(Full) => return Err(too_many()),
@@ -287,12 +328,15 @@ impl App {
         .await
         .map_err(|e| {
             tracing::error!("{transport} session refused: {e}");
-            rpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Value::Null,
-                INTERNAL_ERROR,
-                "The audit log cannot be written; the session was refused",
-            )
+            match e {
+                OpenError::TooManySessions { .. } => too_many(),
+                OpenError::Audit(_) => rpc_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Value::Null,
+                    INTERNAL_ERROR,
+                    "The audit log cannot be written; the session was refused",
+                ),
+            }
         })?;
         let routes = Arc::new(Routes::new(session.id()));
         tokio::spawn(routes::dispatch(rx, Arc::downgrade(&routes)));

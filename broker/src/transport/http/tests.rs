@@ -489,3 +489,49 @@ async fn a_client_that_never_reads_its_resumable_stream_holds_bounded_queues() {
 async fn a_client_that_never_reads_its_stateless_stream_holds_bounded_queues() {
     a_client_that_never_reads(true).await;
 }
+
+/// 127.0.0.1 is `carol`, 127.0.0.2 `dave` (names of their own: the session count per client is
+/// process-wide, and other tests open sessions for alice and mallory).
+#[derive(Debug)]
+struct CarolAndDave;
+
+impl Authenticator for CarolAndDave {
+    fn authenticate(&self, _: &Policy, c: &Credentials<'_>) -> Result<Principal, AuthError> {
+        let client = if c.peer.starts_with("127.0.0.1:") {
+            "carol"
+        } else {
+            "dave"
+        };
+        Ok(Principal::new(ClientId::parse(client).unwrap(), "test"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_session_limit_pushes_out_its_own_oldest_idle_session_only() {
+    let policy = Policy::from_toml(
+        "test.toml",
+        "[clients.carol]\nlimits = { max_sessions = 2 }\n[clients.dave]\n",
+        &|p: &Path| Ok(p.to_path_buf()),
+    )
+    .unwrap();
+    let l = listen(policy, Arc::new(CarolAndDave), Arc::new(chatty(0, 0))).await;
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let dave = initialize(&l, MALLORY).await;
+    let first = initialize(&l, ALICE).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = initialize(&l, ALICE).await;
+    assert_eq!(post(&l, ALICE, Some(&first), &ping).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A third session of carol: her least recently used idle one (`second`) goes, not dave's.
+    let third = initialize(&l, ALICE).await;
+    assert_eq!(post(&l, ALICE, Some(&second), &ping).await.status, 404);
+    assert_eq!(post(&l, ALICE, Some(&first), &ping).await.status, 200);
+    assert_eq!(post(&l, ALICE, Some(&third), &ping).await.status, 200);
+    assert_eq!(post(&l, MALLORY, Some(&dave), &ping).await.status, 200);
+    assert_eq!(
+        crate::mcp::quota::open_sessions(&ClientId::parse("carol").unwrap()),
+        2,
+        "the engine counts carol's open sessions"
+    );
+    l.stop().await;
+}

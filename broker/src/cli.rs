@@ -140,6 +140,19 @@ pub struct ServeArgs {
     /// Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Accept OAuth bearer JWTs on the HTTP listener, verified with the keys of this JWKS file
+    /// (each key pins its algorithm); needs --jwt-issuer and --jwt-audience unless the
+    /// configuration has [auth.jwt]. Token subjects map to clients by
+    /// [clients.NAME.identity] jwt_sub.
+    #[arg(long = "jwt-jwks", value_name = "FILE")]
+    pub jwt_jwks: Option<PathBuf>,
+    /// The one accepted token issuer (`iss`).
+    #[arg(long = "jwt-issuer", value_name = "URL")]
+    pub jwt_issuer: Option<String>,
+    /// The one accepted token audience (`aud`): this server's canonical URL, e.g.
+    /// https://mcp.example.org/mcp (RFC 8707).
+    #[arg(long = "jwt-audience", value_name = "URL")]
+    pub jwt_audience: Option<String>,
     /// Serve newline-delimited JSON-RPC on a Unix socket at PATH (one session per connection;
     /// each peer's client from its uid/gid: `[clients.NAME.identity] unix_uid`/`unix_gid`).
     #[arg(long, value_name = "PATH")]

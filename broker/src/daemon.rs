@@ -49,6 +49,9 @@ impl PolicySource {
                 toolsets: args.toolsets.clone(),
                 http_idle_secs: args.http_idle,
                 audit_log: args.audit_log.clone(),
+                jwt_jwks: args.jwt_jwks.clone(),
+                jwt_issuer: args.jwt_issuer.clone(),
+                jwt_audience: args.jwt_audience.clone(),
                 unix: args.unix.clone(),
                 unix_systemd: args.unix_systemd,
                 tls: mcpd_policy::TlsOverlay {
@@ -69,7 +72,11 @@ impl PolicySource {
             None => None,
         };
         let config = text.as_ref().map(|(n, t)| (n.as_str(), t.as_str()));
-        Ok(Policy::load(config, &self.overlay, &cwd, &commands::canon)?)
+        let policy = Policy::load(config, &self.overlay, &cwd, &commands::canon)?;
+        if let Some(j) = policy.jwt() {
+            crate::auth::jwt::load_keys(j).map_err(LoadError::JwtKeys)?;
+        }
+        Ok(policy)
     }
 
     /// How the audit log names the policy's source.
@@ -324,9 +331,10 @@ async fn run(
             .map_err(BrokerError::Transport);
     };
     let http = policy.http();
-    let Some(client) = http.client.clone() else {
+    let client = http.client.clone();
+    if client.is_none() && policy.jwt().is_none() {
         return Err(BrokerError::HttpNoClient);
-    };
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(BrokerError::Listen)?;
@@ -435,6 +443,9 @@ mod tests {
                 toolsets: vec!["conformance".into()],
                 http_idle_secs: Some(7),
                 audit_log: Some("a.jsonl".into()),
+                jwt_jwks: None,
+                jwt_issuer: None,
+                jwt_audience: None,
                 unix: Some("/run/m.sock".into()),
                 unix_systemd: true,
                 tls: mcpd_policy::TlsOverlay {

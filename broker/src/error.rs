@@ -34,6 +34,9 @@ pub enum LoadError {
     /// The configuration (file or flags) is invalid.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A key file of `[auth.jwt]` cannot be read or holds no usable key.
+    #[error("auth.jwt keys: {0}")]
+    JwtKeys(String),
 }
 
 /// A start-up, serve or subcommand failure of the broker. `Display` is the whole stderr line.

@@ -107,6 +107,8 @@ pub struct RawConfig {
     /// Operator-defined prompts by name.
     #[serde(default)]
     pub prompts: BTreeMap<String, Spanned<crate::prompts::RawPrompt>>,
+    /// `[auth]`: how HTTP peers authenticate (`[auth.jwt]`: bearer tokens).
+    pub auth: Option<crate::model::RawAuth>,
     /// The Unix-socket listener.
     pub unix: Option<crate::model::RawUnix>,
 }

@@ -31,8 +31,10 @@ pub use identity::{
     IdentityKind, IdentityRules, Presented, RawIdentity, MAX_IDENTITIES_PER_CLIENT,
 };
 pub use model::{
-    check_socket_path, RawGroup, RawMode, RawUnix, UnixGroup, UnixSettings,
+    access_key, check_socket_path, JwtKey, JwtSettings, RawAuth, RawGroup, RawJwt, RawJwtKey,
+    RawJwtScopes, RawMode, RawUnix, UnixGroup, UnixSettings, DEFAULT_JWT_LEEWAY_SECS,
     DEFAULT_UNIX_MAX_CONNECTIONS, DEFAULT_UNIX_MAX_CONNECTIONS_PER_UID, DEFAULT_UNIX_MODE,
+    JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
 };
 pub use model::{
     AuditSettings, Canonicalize, CgroupSetting, ClientId, HttpSettings, Limits, Overlay,

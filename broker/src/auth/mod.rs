@@ -11,6 +11,7 @@
 //! policy; nothing a client *says* about itself.
 #![forbid(unsafe_code)]
 
+pub mod jwt;
 pub mod peercred;
 pub mod x509;
 
@@ -27,6 +28,9 @@ pub struct Principal {
     /// Facts for the `auth.success` record (issuer, key id, token digest, certificate subject,
     /// peer uid...). Never a secret.
     pub attributes: Vec<(&'static str, String)>,
+    /// What the credential itself restricts the principal to (a bearer token's scopes, sorted
+    /// and deduplicated); `None`: no restriction beyond the policy.
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -36,6 +40,7 @@ impl Principal {
             client,
             method,
             attributes: Vec::new(),
+            scopes: None,
         }
     }
 }
@@ -58,6 +63,8 @@ pub struct Credentials<'a> {
     pub transport: &'static str,
     /// The peer, as the transport saw it (socket address, parent process).
     pub peer: &'a str,
+    /// The `Authorization` header, when exactly one was sent (HTTP); unverified.
+    pub authorization: Option<&'a str>,
     /// A Unix-socket peer's (uid, gid, pid), read from the kernel (`SO_PEERCRED`).
     pub unix_peer: Option<(u32, u32, i32)>,
     /// The DER end-entity certificate the TLS layer verified (mTLS), if any.
@@ -70,6 +77,7 @@ impl<'a> Credentials<'a> {
         Self {
             transport,
             peer,
+            authorization: None,
             unix_peer: None,
             client_cert: None,
         }
@@ -109,6 +117,49 @@ pub enum AuthError {
         /// The peer refused.
         peer: String,
     },
+    /// The listener wants a bearer token and none was sent (HTTP: 401 with a challenge).
+    #[error("no bearer token (peer {peer})")]
+    MissingToken {
+        /// The peer refused.
+        peer: String,
+    },
+    /// A bearer token was sent and refused (HTTP: 401 `invalid_token`). `reason` is a short
+    /// code for the audit log; never the token.
+    #[error("bearer token refused: {reason} (peer {peer})")]
+    InvalidToken {
+        /// Why (`expired`, `wrong_audience`, `bad_signature`, ...).
+        reason: &'static str,
+        /// The peer refused.
+        peer: String,
+    },
+}
+
+/// Two authenticators that must both accept a peer and name the same client (a listener with
+/// client certificates *and* bearer tokens). The second's principal is kept (its scopes and
+/// attributes), with the first's attributes added.
+#[derive(Debug)]
+pub struct Both<A, B>(pub A, pub B);
+
+impl<A: Authenticator, B: Authenticator> Authenticator for Both<A, B> {
+    fn authenticate(
+        &self,
+        policy: &Policy,
+        creds: &Credentials<'_>,
+    ) -> Result<Principal, AuthError> {
+        let first = self.0.authenticate(policy, creds)?;
+        let mut second = self.1.authenticate(policy, creds)?;
+        if first.client != second.client {
+            return Err(AuthError::Certificate {
+                reason: format!(
+                    "the certificate names client '{}', the token client '{}'",
+                    first.client, second.client
+                ),
+                peer: creds.peer.to_string(),
+            });
+        }
+        second.attributes.extend(first.attributes);
+        Ok(second)
+    }
 }
 
 /// Establishes the principal of a peer of one transport.

@@ -41,6 +41,9 @@ pub const HEADER_MISMATCH: i64 = -32020;
 pub const MISSING_CAPABILITY: i64 = -32021;
 /// Stateless era: unsupported protocol version.
 pub const UNSUPPORTED_VERSION: i64 = -32022;
+/// mcpd: the session's bearer token lacks the scope a tool's access class needs
+/// (`error.data.scope` names it; HTTP answers 403 `insufficient_scope`).
+pub const INSUFFICIENT_SCOPE: i64 = -32040;
 /// mcpd: a per-client quota is spent — the tool-call rate (`limits.calls_per_minute`) or the
 /// sessions (`limits.max_sessions`); `data.retryAfterSecs` says when to try again (HTTP
 /// answers 429 with `Retry-After`).

@@ -92,6 +92,9 @@ pub struct Session {
 pub(super) struct Inner {
     pub(super) id: String,
     pub(super) client: ClientId,
+    /// What the session's credential restricts it to (a bearer token's scopes); `None`: no
+    /// restriction beyond the policy (stdio, unauthenticated HTTP).
+    pub(super) scopes: Option<Vec<String>>,
     pub(super) policy_cell: crate::reload::PolicyCell,
     pub(super) workers: Arc<dyn Workers>,
     pub(super) audit: Audit,
@@ -161,6 +164,7 @@ impl Session {
         out: Outbox,
     ) -> Result<Self, OpenError> {
         let client = principal.client;
+        let scopes = principal.scopes;
         let policy = policy_cell.get();
         let limits = policy
             .permissions(&client)
@@ -195,6 +199,7 @@ impl Session {
             inner: Arc::new(Inner {
                 id,
                 client,
+                scopes,
                 policy_cell: policy_cell.clone(),
                 workers,
                 audit,

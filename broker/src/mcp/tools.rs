@@ -19,7 +19,7 @@ use crate::mcp::backend::ToolWorker;
 use crate::mcp::jsonrpc::{self, Id, INTERNAL_ERROR, INVALID_PARAMS};
 use crate::mcp::printable;
 use crate::mcp::protocol::RpcError;
-use crate::mcp::protocol::{MISSING_CAPABILITY, RATE_LIMITED};
+use crate::mcp::protocol::{INSUFFICIENT_SCOPE, MISSING_CAPABILITY, RATE_LIMITED};
 use crate::mcp::record::Rec;
 use crate::mcp::record::AUDIT_UNAVAILABLE;
 use crate::mcp::results::{result_json, tool_json};
@@ -56,12 +56,37 @@ impl Session {
         )
     }
 
+    /// The scope the session's token lacks for tools of class `access` (`[auth.jwt.scopes]`),
+    /// if any. Always `None` without a token.
+    pub(super) fn missing_scope(&self, policy: &Policy, access: ToolAccess) -> Option<String> {
+        let have = self.inner.scopes.as_ref()?;
+        let need = policy.jwt()?.scope_for(access)?;
+        (!have.iter().any(|s| s == need)).then(|| need.to_string())
+    }
+
+    /// The tools listed to this client: those the policy lets it see and its token's scopes
+    /// cover.
     pub(super) fn visible<'a>(
         &self,
         policy: &Policy,
         tools: &'a [ToolDescriptor],
     ) -> Vec<&'a ToolDescriptor> {
-        tools.iter().filter(|t| self.may_see(policy, t)).collect()
+        tools
+            .iter()
+            .filter(|t| self.may_see(policy, t) && self.missing_scope(policy, t.access).is_none())
+            .collect()
+    }
+
+    /// The scope a call of tool `name` needs and this session's token lacks (for the HTTP
+    /// transport, which answers such a call with a plain 403 rather than a stream). `None`
+    /// without a token, and for a tool the client may not see (the call reports it).
+    pub async fn call_scope_missing(&self, name: &str) -> Option<String> {
+        self.inner.scopes.as_ref()?;
+        let policy = self.inner.policy();
+        policy.jwt()?;
+        let worker = self.worker(&policy).await.ok()?;
+        let t = self.visible_tool(&policy, worker.as_ref(), name)?;
+        self.missing_scope(&policy, t.access)
     }
 
     /// A tool of the worker by name, if this client may see it.
@@ -207,6 +232,15 @@ impl Session {
             };
             return (rec, unknown());
         };
+        if let Some(scope) = self.missing_scope(policy, desc.access) {
+            tracing::info!(client = %self.inner.client, tool = %desc.name, %scope, "denied: insufficient token scope");
+            let e = RpcError::new(
+                INSUFFICIENT_SCOPE,
+                format!("Insufficient scope: this tool needs the token scope '{scope}'"),
+            )
+            .with_data(json!({ "scope": scope }));
+            return (rec.deny("insufficient_scope"), e.to_response(id.to_value()));
+        }
         if let Some(st) = stateless {
             let missing: Map<String, Value> = desc
                 .client_capabilities

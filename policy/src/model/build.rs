@@ -222,6 +222,10 @@ impl Policy {
                 ));
             }
         };
+        let jwt = match raw.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
+            Some(j) => Some(super::jwt::jwt_settings(src, j, canon)?),
+            None => None,
+        };
         let mut policy = Self {
             clients,
             stdio_client,
@@ -249,8 +253,11 @@ impl Policy {
             prompts: BTreeMap::new(),
             prompt_grants: BTreeMap::new(),
             identities,
+            jwt,
             unix,
         };
+        let jwt_warnings = super::jwt::jwt_warnings(&policy);
+        policy.warnings.extend(jwt_warnings);
         for (name, p) in &raw.prompts {
             let prompt = crate::prompts::prompt(src, name, p)?;
             for r in &p.get_ref().roles {

@@ -12,6 +12,7 @@
 
 mod build;
 mod http;
+mod jwt;
 mod merge;
 mod overlay;
 mod quick_start;
@@ -22,6 +23,10 @@ mod unix;
 
 pub(crate) use build::canonical;
 pub use http::HttpSettings;
+pub use jwt::{
+    access_key, JwtKey, JwtSettings, RawAuth, RawJwt, RawJwtKey, RawJwtScopes,
+    DEFAULT_JWT_LEEWAY_SECS, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
+};
 pub use overlay::{Overlay, PolicyError, KNOWN_TOOLSETS};
 pub use tls::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};
 pub use types::*;

@@ -45,6 +45,13 @@ pub struct Overlay {
     /// `--audit-log FILE`: the audit log (relative to `cwd`), keeping the file's other
     /// `[audit]` settings.
     pub audit_log: Option<PathBuf>,
+    /// `--jwt-jwks FILE`, `--jwt-issuer URL`, `--jwt-audience URL`: `[auth.jwt]`'s key file,
+    /// issuer and audience (all three without an `[auth.jwt]` in the file).
+    pub jwt_jwks: Option<PathBuf>,
+    /// `--jwt-issuer URL`.
+    pub jwt_issuer: Option<String>,
+    /// `--jwt-audience URL`.
+    pub jwt_audience: Option<String>,
     /// `--unix PATH`: the Unix-socket listener (relative to `cwd`), replacing `unix.path`.
     pub unix: Option<PathBuf>,
     /// `--unix-systemd`: the Unix listening socket comes from systemd (`unix.systemd`).
@@ -129,6 +136,21 @@ impl Policy {
         }
         self.http.tls = super::tls::apply_tls_overlay(self.http.tls.take(), &o.tls, cwd)
             .map_err(PolicyError::Tls)?;
+        // Token flags before the listen check: they are an authentication method.
+        let jwks = o.jwt_jwks.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                cwd.join(p)
+            }
+        });
+        super::jwt::apply_jwt_flags(
+            self,
+            jwks.as_deref(),
+            o.jwt_issuer.as_deref(),
+            o.jwt_audience.as_deref(),
+            canon,
+        )?;
         if let Some(addr) = o.http_listen {
             let authenticated = self.http_tls().is_some() && !self.http_auth_methods().is_empty();
             if !addr.ip().is_loopback() && !o.insecure_non_loopback && !authenticated {

@@ -202,6 +202,9 @@ impl Policy {
         if self.http_tls().is_some_and(|t| t.client_ca.is_some()) {
             m.push("mtls");
         }
+        if self.jwt().is_some() {
+            m.push("jwt");
+        }
         m
     }
 

@@ -282,6 +282,8 @@ pub struct Policy {
     pub(super) prompt_grants: BTreeMap<ClientId, BTreeSet<String>>,
     /// Which verified identities speak for which client: [`Policy::client_for`].
     pub(crate) identities: crate::identity::IdentityRules,
+    /// `[auth.jwt]` / `--jwt-*`: bearer tokens on the HTTP listener: [`Policy::jwt`].
+    pub(crate) jwt: Option<super::jwt::JwtSettings>,
     /// The Unix-socket listener (`[unix]`, `--unix`, `--unix-systemd`): [`Policy::unix`].
     pub(crate) unix: super::unix::UnixSettings,
 }
@@ -446,6 +448,7 @@ impl Policy {
                 .as_ref()
                 .map_or("<none: stdio refused>".into(), |c| c.to_string())
         ));
+        out.push_str(&self.describe_jwt());
         out.push_str(&self.unix.describe());
         match &self.audit {
             None => out.push_str("audit: off\n"),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -61,6 +61,21 @@ pub(super) fn engine_answer(status: StatusCode, response: &Value) -> Response {
     r
 }
 
+/// The engine's answer to a call its token's scopes do not cover (`INSUFFICIENT_SCOPE`):
+/// 403 with `WWW-Authenticate: Bearer error="insufficient_scope", scope=...` (RFC 6750 §3.1),
+/// the JSON-RPC error as body. `None` for any other answer. The engine audited the request.
+pub(super) fn scope_denied(policy: &mcpd_policy::Policy, response: &Value) -> Option<Response> {
+    if response["error"]["code"].as_i64() != Some(crate::mcp::protocol::INSUFFICIENT_SCOPE) {
+        return None;
+    }
+    let scope = response["error"]["data"]["scope"].as_str();
+    let mut r = engine_answer(StatusCode::FORBIDDEN, response);
+    if let Some(h) = bearer_challenge(policy, Some("insufficient_scope"), scope) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, h);
+    }
+    Some(r)
+}
+
 /// Every transport-level reject (4xx that no session engine answered: authentication,
 /// Host/Origin, media types, sizes, session ids, versions, malformed envelopes, methods) is
 /// audited like stdio's rejects, before the response leaves (fail closed: no record, no answer
@@ -98,6 +113,9 @@ pub(super) async fn audit_rejects(
     if let Some(p) = peer {
         f.insert("peer".into(), json!(p));
     }
+    if let Some(r) = response.extensions().get::<RejectReason>() {
+        f.insert("reason".into(), json!(r.0));
+    }
     match app.audit.record("request", f).await {
         Ok(()) => response,
         Err(e) => {
@@ -112,9 +130,49 @@ pub(super) async fn audit_rejects(
     }
 }
 
+/// Why the transport refused a request (a short code), for [`audit_rejects`]' record.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RejectReason(pub(super) &'static str);
+
+/// Whether a query string carries an OAuth access token (`access_token=`, any case): tokens
+/// never travel in URLs (they end up in logs and histories).
+fn token_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|kv| {
+            let name = kv.split('=').next().unwrap_or("");
+            name.eq_ignore_ascii_case("access_token") || name.eq_ignore_ascii_case("access%5Ftoken")
+        })
+    })
+}
+
+/// `WWW-Authenticate: Bearer` for this policy's `[auth.jwt]` (RFC 6750, RFC 9728 §5.1):
+/// `resource_metadata`, `scope`, and `error` when given.
+pub(super) fn bearer_challenge(
+    policy: &mcpd_policy::Policy,
+    error: Option<&str>,
+    scope: Option<&str>,
+) -> Option<HeaderValue> {
+    let j = policy.jwt()?;
+    let mut parts = Vec::new();
+    if let Some(e) = error {
+        parts.push(format!("error=\"{e}\""));
+    }
+    let scope = scope.map_or_else(|| j.challenge_scopes().join(" "), str::to_string);
+    if !scope.is_empty() {
+        parts.push(format!("scope=\"{scope}\""));
+    }
+    parts.push(format!(
+        "resource_metadata=\"{}\"",
+        j.resource_metadata_url()
+    ));
+    HeaderValue::from_str(&format!("Bearer {}", parts.join(", "))).ok()
+}
+
 /// Establish the request's [`Principal`] under the policy in force now: handed to the handler
 /// as a request extension, and put on the response for [`audit_rejects`]. A peer without one
-/// is refused (403) before anything else happens.
+/// is refused before anything else happens: 401 with a `Bearer` challenge for a missing or
+/// refused token, 403 for a peer no client is configured for. A token in the query string is
+/// a 400. The token itself is never logged.
 pub(super) async fn authenticate(
     State(app): State<Arc<App>>,
     mut req: Request,
@@ -125,13 +183,34 @@ pub(super) async fn authenticate(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    let policy = app.policy.get();
+    if token_in_query(req.uri().query()) {
+        tracing::warn!(%peer, "refused a request with an access token in its URL");
+        let mut r = rpc_error(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            INVALID_REQUEST,
+            "Bad Request: access tokens are accepted only in the Authorization header",
+        );
+        if let Some(h) = bearer_challenge(&policy, Some("invalid_request"), None) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, h);
+        }
+        r.extensions_mut().insert(RejectReason("token_in_query"));
+        return r;
+    }
+    let mut authz = req.headers().get_all(header::AUTHORIZATION).iter();
+    let authorization = match (authz.next(), authz.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    };
     let cert = req
         .extensions()
         .get::<super::tls::PeerCertificate>()
         .cloned();
-    let creds =
+    let mut creds =
         Credentials::new("http", &peer).with_client_cert(cert.as_ref().map(|c| c.0.as_slice()));
-    match app.auth.authenticate(&app.policy.get(), &creds) {
+    creds.authorization = authorization;
+    match app.auth.authenticate(&policy, &creds) {
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());
             let mut response = next.run(req).await;
@@ -140,15 +219,27 @@ pub(super) async fn authenticate(
         }
         Err(e) => {
             tracing::warn!(%peer, "http peer refused: {e}");
-            let status = match e {
-                AuthError::NoClient { .. } | AuthError::Certificate { .. } => StatusCode::FORBIDDEN,
+            let (status, error, reason) = match &e {
+                AuthError::NoClient { .. } => (StatusCode::FORBIDDEN, None, "no_client"),
+                AuthError::Certificate { .. } => (StatusCode::FORBIDDEN, None, "certificate"),
+                AuthError::MissingToken { .. } => (StatusCode::UNAUTHORIZED, None, "missing_token"),
+                AuthError::InvalidToken { reason, .. } => {
+                    (StatusCode::UNAUTHORIZED, Some("invalid_token"), *reason)
+                }
             };
-            rpc_error(
-                status,
-                Value::Null,
-                INVALID_REQUEST,
-                &format!("Forbidden: {e}"),
-            )
+            let text = if status == StatusCode::UNAUTHORIZED {
+                format!("Unauthorized: {e}")
+            } else {
+                format!("Forbidden: {e}")
+            };
+            let mut r = rpc_error(status, Value::Null, INVALID_REQUEST, &text);
+            if status == StatusCode::UNAUTHORIZED {
+                if let Some(h) = bearer_challenge(&policy, error, None) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, h);
+                }
+            }
+            r.extensions_mut().insert(RejectReason(reason));
+            r
         }
     }
 }
@@ -315,15 +406,30 @@ pub(super) async fn read_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
     use mcpd_policy::ClientId;
     use std::time::Duration;
+
+    #[test]
+    fn access_tokens_in_the_query_string_are_recognised() {
+        for q in [
+            "access_token=x",
+            "a=1&ACCESS_TOKEN=x",
+            "access%5Ftoken=x",
+            "access_token",
+        ] {
+            assert!(token_in_query(Some(q)), "{q}");
+        }
+        for q in ["token=x", "access_tokens=x", "x=access_token"] {
+            assert!(!token_in_query(Some(q)), "{q}");
+        }
+        assert!(!token_in_query(None));
+    }
 
     #[test]
     fn hosts_cover_the_loopback_spellings() {
         let cfg = HttpConfig {
             addr: "127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!()),
-            client: ClientId::parse("c").unwrap_or_else(|| unreachable!()),
+            client: ClientId::parse("c"),
             extra_hosts: vec!["mcp.example".into()],
             idle: Duration::from_secs(1),
             max_sessions: 1,

@@ -37,6 +37,7 @@
 
 mod gate;
 mod listener;
+mod metadata;
 mod post;
 mod routes;
 mod sessions;
@@ -57,8 +58,9 @@ use axum::{Extension, Router};
 use mcpd_policy::ClientId;
 
 use crate::auditing::Audit;
+use crate::auth::jwt::HttpAuthenticator;
 use crate::auth::x509::ClientCertificate;
-use crate::auth::{Authenticator, ListenerClient, Principal};
+use crate::auth::{Authenticator, Both, Principal};
 use crate::mcp::backend::Workers;
 use crate::mcp::protocol::SESSION_NOT_FOUND;
 use crate::worker::supervisor::Supervisor;
@@ -75,8 +77,9 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 pub struct HttpConfig {
     /// The bound address.
     pub addr: SocketAddr,
-    /// The client HTTP sessions speak for.
-    pub client: ClientId,
+    /// The client unauthenticated HTTP peers speak for (`None`: only peers with a verified
+    /// credential, e.g. a bearer token, are served).
+    pub client: Option<ClientId>,
     /// Extra accepted Host values (lower case).
     pub extra_hosts: Vec<String>,
     /// Idle time before a session is reaped.
@@ -115,7 +118,7 @@ struct App {
     sessions: Table<SessionKey, HttpSession>,
     /// Each principal's stateless-era session (no `Mcp-Session-Id`; one worker, reaped when
     /// idle).
-    stateless: Table<ClientId, HttpSession>,
+    stateless: Table<sessions::StatelessKey, HttpSession>,
     /// Held while a stateless session is opened, so that one principal gets one.
     stateless_open: tokio::sync::Mutex<()>,
 }
@@ -152,9 +155,17 @@ pub async fn serve(
     audit: Audit,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let auth: Arc<dyn Authenticator> = match &cfg.tls {
-        Some(t) if t.mtls() => Arc::new(ClientCertificate),
-        _ => Arc::new(ListenerClient::new(cfg.client.clone())),
+    // mTLS alone: the certificate names the client. Bearer tokens (or the listener's client)
+    // otherwise. Both configured: both must verify and name the same client.
+    let mtls = cfg.tls.as_ref().is_some_and(|t| t.mtls());
+    let tokens = policy.get().jwt().is_some();
+    let auth: Arc<dyn Authenticator> = match (mtls, tokens) {
+        (true, true) => Arc::new(Both(
+            ClientCertificate,
+            HttpAuthenticator::new(cfg.client.clone(), &policy),
+        )),
+        (true, false) => Arc::new(ClientCertificate),
+        (false, _) => Arc::new(HttpAuthenticator::new(cfg.client.clone(), &policy)),
     };
     if let Some(t) = cfg.tls.clone() {
         tokio::spawn(reload_tls(t, policy.clone()));
@@ -200,6 +211,7 @@ fn router(app: &Arc<App>) -> Router {
             app.clone(),
             gate::authenticate,
         ))
+        .merge(metadata::router(app))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             gate::audit_rejects,

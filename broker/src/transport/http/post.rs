@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::gate::{
     accepts, engine_answer, header_str, json_content, json_response, read_body, rpc_error,
-    stateless_version_header, version_ok,
+    scope_denied, stateless_version_header, version_ok,
 };
 use super::routes::is_response;
 use super::sessions::{end_session, Busy, HttpSession, PendingRequest, SessionKey};
@@ -149,8 +149,14 @@ pub(super) async fn post(
     };
     let busy = Busy::new(&hs);
     match &incoming {
-        Incoming::Request { id, method, .. } => {
-            let (id, streaming) = (id.clone(), sse_ok && streams(method));
+        Incoming::Request { id, method, params } => {
+            let (id, mut streaming) = (id.clone(), sse_ok && streams(method));
+            if streaming && method == "tools/call" && principal.scopes.is_some() {
+                // A call the token's scopes do not cover is answered 403, not on a stream.
+                if let Some(name) = params.get("name").and_then(Value::as_str) {
+                    streaming = hs.session.call_scope_missing(name).await.is_none();
+                }
+            }
             answer(&app, hs, busy, id, streaming, incoming, era).await
         }
         _ => {
@@ -199,6 +205,10 @@ pub(super) async fn answer(
             // Cancelled: no JSON-RPC response exists.
             return StatusCode::ACCEPTED.into_response();
         };
+        if let Some(r) = scope_denied(&app.policy.get(), &response) {
+            drop(busy);
+            return r;
+        }
         let sid = hs.session.id().to_string();
         match era {
             Era::Stateless => {
@@ -232,7 +242,8 @@ pub(super) async fn answer(
             pending.answered = true;
             drop(pending);
             drop(busy);
-            engine_answer(stateless_status(&m), &m)
+            scope_denied(&app.policy.get(), &m)
+                .unwrap_or_else(|| engine_answer(stateless_status(&m), &m))
         }
         Some(m) => request_stream(hs, rx, pending, busy, Some(m)),
         None => {

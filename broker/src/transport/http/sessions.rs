@@ -39,13 +39,23 @@ use crate::transport::Outbox;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct SessionKey {
     client: ClientId,
+    /// The scopes of the token that opened it: a token with other scopes does not find it.
+    scopes: Option<Vec<String>>,
     sid: String,
+}
+
+/// A stateless-era session's key: its principal and its token's scopes.
+pub(super) type StatelessKey = (ClientId, Option<Vec<String>>);
+
+fn stateless_key(principal: &Principal) -> StatelessKey {
+    (principal.client.clone(), principal.scopes.clone())
 }
 
 impl SessionKey {
     pub(super) fn new(principal: &Principal, sid: &str) -> Self {
         Self {
             client: principal.client.clone(),
+            scopes: principal.scopes.clone(),
             sid: sid.to_string(),
         }
     }
@@ -347,12 +357,13 @@ impl App {
         peer: SocketAddr,
         principal: &Principal,
     ) -> Result<Arc<HttpSession>, Response> {
-        if let Some(s) = self.stateless.get(&principal.client) {
+        let key = stateless_key(principal);
+        if let Some(s) = self.stateless.get(&key) {
             s.touch();
             return Ok(s);
         }
         let _one_at_a_time = self.stateless_open.lock().await;
-        if let Some(s) = self.stateless.get(&principal.client) {
+        if let Some(s) = self.stateless.get(&key) {
             return Ok(s);
         }
         match self.stateless.make_room() {
@@ -367,7 +378,7 @@ impl App {
         }
         let hs = self.open_session("http-stateless", peer, principal).await?;
         tracing::info!(session = %hs.session.id(), %peer, principal = %principal.client.as_str(), "http stateless session open");
-        self.stateless.insert(principal.client.clone(), hs.clone());
+        self.stateless.insert(key, hs.clone());
         Ok(hs)
     }
 }

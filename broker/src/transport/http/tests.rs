@@ -116,7 +116,7 @@ async fn listen(
     let addr = listener.local_addr().unwrap();
     let cfg = HttpConfig {
         addr,
-        client: ClientId::parse("alice").unwrap(),
+        client: ClientId::parse("alice"),
         extra_hosts: Vec::new(),
         idle: Duration::from_secs(600),
         max_sessions: 8,
@@ -304,8 +304,8 @@ async fn a_session_belongs_to_its_principal_and_no_one_else_learns_it_exists() {
     let alice = ClientId::parse("alice").unwrap();
     let mallory = ClientId::parse("mallory").unwrap();
     let (a, m) = (
-        l.app.stateless.get(&alice).unwrap(),
-        l.app.stateless.get(&mallory).unwrap(),
+        l.app.stateless.get(&(alice, None)).unwrap(),
+        l.app.stateless.get(&(mallory, None)).unwrap(),
     );
     assert_ne!(a.session.id(), m.session.id());
     // The rejects were audited under the principal that made them.
@@ -393,7 +393,7 @@ async fn a_client_that_never_reads(stateless: bool) {
     );
     let chatty = chatty(EVENTS, MESSAGE_BYTES);
     let done = chatty.finished.clone();
-    let auth = Arc::new(ListenerClient::new(principal.client.clone()));
+    let auth = Arc::new(crate::auth::ListenerClient::new(principal.client.clone()));
     let l = listen(policy, auth, Arc::new(chatty)).await;
     let meta: Value = serde_json::from_str(STATELESS_META).unwrap();
     let sid = if stateless {
@@ -420,7 +420,7 @@ async fn a_client_that_never_reads(stateless: bool) {
     let started = Instant::now();
     let hs = loop {
         let hs = if stateless {
-            l.app.stateless.get(&principal.client)
+            l.app.stateless.get(&(principal.client.clone(), None))
         } else {
             l.app.sessions.get(&SessionKey::new(&principal, &sid))
         };

@@ -360,13 +360,20 @@ fn make_mount_point(root: &Path, path: &str, is_dir: bool) -> Result<PathBuf, Co
         if let Some(parent) = Path::new(path).parent() {
             make_dirs(root, &parent.to_string_lossy())?;
         }
+        // O_EXCL: an existing file is never opened for writing (a host file inside a mount
+        // attached earlier — opening it writable could fail with ETXTBSY while it runs
+        // elsewhere, which made worker starts fail under load).
         match rustix::fs::open(
             &target,
-            rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::EXCL
+                | rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::CLOEXEC,
             Mode::from_raw_mode(0o644),
         ) {
             Ok(_) => {}
-            // Already there (the host file inside a mount attached earlier): mount over it.
+            // Already there: mount over it.
+            Err(rustix::io::Errno::EXIST) => {}
             Err(rustix::io::Errno::ROFS) | Err(rustix::io::Errno::ACCESS) if target.exists() => {}
             Err(e) => return Err(err(format!("mount point {}", target.display()))(e)),
         }

@@ -76,6 +76,24 @@ pub(super) fn scope_denied(policy: &mcpd_policy::Policy, response: &Value) -> Op
     Some(r)
 }
 
+/// The engine's answer to a request a per-client quota refused (`RATE_LIMITED`): 429 with
+/// `Retry-After` from `data.retryAfterSecs`, the JSON-RPC error as body. `None` for any other
+/// answer. The engine audited the request (and its `limit.hit`).
+pub(super) fn quota_refused(response: &Value) -> Option<Response> {
+    if response["error"]["code"].as_i64() != Some(crate::mcp::protocol::RATE_LIMITED) {
+        return None;
+    }
+    let secs = response["error"]["data"]["retryAfterSecs"]
+        .as_u64()
+        .unwrap_or(1)
+        .clamp(1, 3600);
+    let mut r = engine_answer(StatusCode::TOO_MANY_REQUESTS, response);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Some(r)
+}
+
 /// Every transport-level reject (4xx that no session engine answered: authentication,
 /// Host/Origin, media types, sizes, session ids, versions, malformed envelopes, methods) is
 /// audited like stdio's rejects, before the response leaves (fail closed: no record, no answer

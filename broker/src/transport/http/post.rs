@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::gate::{
-    accepts, engine_answer, header_str, json_content, json_response, read_body, rpc_error,
-    scope_denied, stateless_version_header, version_ok,
+    accepts, engine_answer, header_str, json_content, json_response, quota_refused, read_body,
+    rpc_error, scope_denied, stateless_version_header, version_ok,
 };
 use super::routes::is_response;
 use super::sessions::{end_session, Busy, HttpSession, PendingRequest, SessionKey};
@@ -205,7 +205,9 @@ pub(super) async fn answer(
             // Cancelled: no JSON-RPC response exists.
             return StatusCode::ACCEPTED.into_response();
         };
-        if let Some(r) = scope_denied(&app.policy.get(), &response) {
+        if let Some(r) =
+            scope_denied(&app.policy.get(), &response).or_else(|| quota_refused(&response))
+        {
             drop(busy);
             return r;
         }
@@ -243,6 +245,7 @@ pub(super) async fn answer(
             drop(pending);
             drop(busy);
             scope_denied(&app.policy.get(), &m)
+                .or_else(|| quota_refused(&m))
                 .unwrap_or_else(|| engine_answer(stateless_status(&m), &m))
         }
         Some(m) => request_stream(hs, rx, pending, busy, Some(m)),

@@ -538,3 +538,49 @@ async fn a_client_at_its_session_limit_pushes_out_its_own_oldest_idle_session_on
     );
     l.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_call_rate_is_a_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    // A client name of its own: the rate table is process-wide.
+    let policy = Policy::from_toml(
+        "test.toml",
+        &format!(
+            "[clients.erin]\nread = [\"{}\"]\nlimits = {{ calls_per_minute = 1 }}\n",
+            root.display()
+        ),
+        &|p: &Path| Ok(p.to_path_buf()),
+    )
+    .unwrap();
+    let auth = Arc::new(crate::auth::ListenerClient::new(
+        ClientId::parse("erin").unwrap(),
+    ));
+    let l = listen(policy, auth, Arc::new(chatty(0, 0))).await;
+    let sid = initialize(&l, ALICE).await;
+    let call = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "chatty", "arguments": {}}})
+    };
+    let json_only = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json"),
+        ("Mcp-Session-Id", sid.as_str()),
+    ];
+    let first = request(&l, ALICE, "POST", &json_only, &call(2).to_string()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["result"]["content"][0]["text"], "chatty done");
+    let second = request(&l, ALICE, "POST", &json_only, &call(3).to_string()).await;
+    assert_eq!(second.status, 429, "{}", second.body);
+    let retry: u64 = second.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        second.json()["error"]["code"],
+        crate::mcp::protocol::RATE_LIMITED
+    );
+    let log = records(&l.log);
+    assert!(log
+        .iter()
+        .any(|r| r["event"] == "limit.hit" && r["limit"] == "calls_per_minute"));
+    l.stop().await;
+}

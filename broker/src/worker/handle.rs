@@ -6,8 +6,10 @@
 //! Does not start, confine, place in a cgroup or reap a worker (`supervisor.rs` does, and
 //! holds the other end of [`Lifetime`]), and decides nothing about what may be called: a call
 //! needs the policy's `Allow` token. Trusts nothing the worker sends: a message out of protocol
-//! state, non-finite progress, log data that is not JSON, a malformed change report or client
-//! request, or more client requests than [`CLIENT_REQUEST_RESERVE`] ends *that worker only*;
+//! state, an answer to a call that is not in flight (never made, or answered already: each call
+//! is answered exactly once), non-finite progress, log data that is not JSON, a malformed change
+//! report or client request, more client requests than [`CLIENT_REQUEST_RESERVE`] or more
+//! unanswered cancelled calls than [`MAX_ABANDONED`] ends *that worker only*;
 //! its calls in flight then fail with [`CallOutcome::WorkerDied`].
 #![forbid(unsafe_code)]
 

@@ -266,8 +266,15 @@ while time.monotonic() < deadline:
     time.sleep(max(0.0, min(SAMPLE, deadline - time.monotonic())))
 for t in threads:
     t.join(timeout=120)
-time.sleep(1)
-final = sample()
+# Every session is closed: workers and their cgroups must go (their removal is asynchronous).
+# Run nothing else with this build meanwhile: its workers would be counted, and another
+# broker's groups may carry a recycled pid of one of ours.
+settle = time.monotonic() + 15
+while True:
+    time.sleep(1)
+    final = sample()
+    if (final["workers"] == 0 and final["cgroups"] == 0) or time.monotonic() > settle:
+        break
 hp.terminate()
 hp.wait(timeout=30)
 

@@ -6,8 +6,10 @@
 //! Does not start, confine, place in a cgroup or reap a worker (`supervisor.rs` does, and
 //! holds the other end of [`Lifetime`]), and decides nothing about what may be called: a call
 //! needs the policy's `Allow` token. Trusts nothing the worker sends: a message out of protocol
-//! state, non-finite progress, log data that is not JSON, a malformed change report or client
-//! request, or more client requests than [`CLIENT_REQUEST_RESERVE`] ends *that worker only*;
+//! state, an answer to a call that is not in flight (never made, or answered already: each call
+//! is answered exactly once), non-finite progress, log data that is not JSON, a malformed change
+//! report or client request, more client requests than [`CLIENT_REQUEST_RESERVE`] or more
+//! unanswered cancelled calls than [`MAX_ABANDONED`] ends *that worker only*;
 //! its calls in flight then fail with [`CallOutcome::WorkerDied`].
 #![forbid(unsafe_code)]
 
@@ -73,9 +75,12 @@ pub enum CallEvent {
     },
 }
 
-/// One call (or provider query) in flight: where its outcome and its events go.
+/// One call (or provider query) in flight: where its outcome and its events go. A call the
+/// broker gave up on ([`Worker::cancel`]) stays as a tombstone (`done: None`) until the worker's
+/// late answer, so that every id is answered exactly once: an answer to an id that is not in
+/// flight (never issued, or answered already) is a protocol violation.
 struct Pending {
-    done: oneshot::Sender<CallOutcome>,
+    done: Option<oneshot::Sender<CallOutcome>>,
     events: Option<mpsc::Sender<CallEvent>>,
     /// Progress and log events dropped because the call's queue was full.
     dropped: u64,
@@ -90,6 +95,10 @@ pub const CALL_EVENT_QUEUE: usize = 256;
 /// for. The worker itself keeps at most 64 client requests waiting; a worker that queues more
 /// than this reserve breaks the protocol and is ended.
 pub const CLIENT_REQUEST_RESERVE: usize = 64;
+/// Most cancelled calls a worker may leave unanswered (tombstones kept for their late answer).
+/// A worker answers every call, cancelled or not; one that owes more than this is stuck or
+/// hostile and is ended, so the tombstones stay bounded.
+pub const MAX_ABANDONED: usize = 1024;
 
 impl Pending {
     /// Queue a progress or log event, or drop and count it when the queue is nearly full.
@@ -254,7 +263,7 @@ impl Worker {
             p.insert(
                 id,
                 Pending {
-                    done: done_tx,
+                    done: Some(done_tx),
                     events: ev_tx,
                     dropped: 0,
                 },
@@ -291,7 +300,7 @@ impl Worker {
             p.insert(
                 id,
                 Pending {
-                    done: done_tx,
+                    done: Some(done_tx),
                     events: None,
                     dropped: 0,
                 },
@@ -318,10 +327,29 @@ impl Worker {
         }
     }
 
-    /// Tell the worker to stop a call; its outcome is no longer awaited.
+    /// Tell the worker to stop a call; its outcome is no longer awaited (the call's handle
+    /// resolves at once). The call stays as a tombstone until the worker's late answer.
     pub async fn cancel(&self, id: u64) {
-        let removed = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
-        if removed.is_some() && self.is_alive() {
+        let (abandoned, owed) = match self.pending.lock() {
+            Ok(mut p) => {
+                let abandoned = p
+                    .get_mut(&id)
+                    .and_then(|c| {
+                        c.events = None;
+                        c.done.take()
+                    })
+                    .is_some();
+                (abandoned, p.values().filter(|c| c.done.is_none()).count())
+            }
+            Err(_) => (false, 0),
+        };
+        if owed > MAX_ABANDONED {
+            tracing::warn!(
+                pid = self.pid,
+                "ending worker: more than {MAX_ABANDONED} cancelled calls unanswered"
+            );
+            self.mark_dead();
+        } else if abandoned && self.is_alive() {
             let _ = self.tx.send(&BrokerToWorker::Cancel { id }).await;
         }
     }
@@ -388,9 +416,18 @@ fn mark_dead(alive: &AtomicBool, pending: &Mutex<HashMap<u64, Pending>>) {
         .lock()
         .map(|mut p| p.drain().map(|(_, v)| v).collect())
         .unwrap_or_default();
-    for p in drained {
-        let _ = p.done.send(CallOutcome::WorkerDied);
+    for p in drained.into_iter().filter_map(|p| p.done) {
+        let _ = p.send(CallOutcome::WorkerDied);
     }
+}
+
+/// The call an answer (`Result`, `Failed`, `Answer`) ends, removed from the calls in flight.
+/// `Err` if no call with this id is in flight: the id was never issued or was answered already
+/// (each call is answered exactly once; a cancelled call's tombstone takes its late answer).
+fn answered(p: &mut HashMap<u64, Pending>, id: u64) -> Result<Pending, String> {
+    p.remove(&id).ok_or_else(|| {
+        format!("answer to call {id}, which is not in flight (never made, or answered already)")
+    })
 }
 
 /// Route one worker message to the call it belongs to. `Err` = protocol violation: the worker must end.
@@ -398,16 +435,18 @@ fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<
     let mut p = pending.lock().map_err(|_| "poisoned".to_string())?;
     match msg {
         WorkerToBroker::Result { id, result } => {
-            // A result for an unknown id is a late answer to a cancelled or timed-out call.
-            if let Some(call) = p.remove(&id) {
-                call.report_dropped(id);
-                let _ = call.done.send(CallOutcome::Done(result));
+            // A cancelled or timed-out call's late answer only removes its tombstone.
+            let call = answered(&mut p, id)?;
+            call.report_dropped(id);
+            if let Some(done) = call.done {
+                let _ = done.send(CallOutcome::Done(result));
             }
         }
         WorkerToBroker::Failed { id, error } => {
-            if let Some(call) = p.remove(&id) {
-                call.report_dropped(id);
-                let _ = call.done.send(CallOutcome::Failed(CallError {
+            let call = answered(&mut p, id)?;
+            call.report_dropped(id);
+            if let Some(done) = call.done {
+                let _ = done.send(CallOutcome::Failed(CallError {
                     kind: error.kind,
                     message: truncate(&error.message, 1024),
                 }));
@@ -447,8 +486,8 @@ fn route(pending: &Mutex<HashMap<u64, Pending>>, msg: WorkerToBroker) -> Result<
             }
         }
         WorkerToBroker::Answer { id, result_json } => {
-            if let Some(call) = p.remove(&id) {
-                let _ = call.done.send(CallOutcome::Answer(result_json));
+            if let Some(done) = answered(&mut p, id)?.done {
+                let _ = done.send(CallOutcome::Answer(result_json));
             }
         }
         WorkerToBroker::ClientRequest { id, call, request } => {
@@ -486,7 +525,7 @@ mod tests {
         pending.lock().unwrap().insert(
             7,
             Pending {
-                done,
+                done: Some(done),
                 events: Some(tx),
                 dropped: 0,
             },
@@ -558,19 +597,58 @@ mod tests {
             }
         )
         .is_err());
-        // A late result for a call nobody waits for is not a violation.
+    }
+
+    fn result(id: u64) -> WorkerToBroker {
+        WorkerToBroker::Result {
+            id,
+            result: ToolResult {
+                content: vec![],
+                structured_json: None,
+                is_error: false,
+                input_required: None,
+            },
+        }
+    }
+
+    #[test]
+    fn each_call_is_answered_exactly_once() {
+        let pending = Mutex::new(HashMap::new());
+        let (done, mut done_rx) = oneshot::channel();
+        let call = |done| Pending {
+            done,
+            events: None,
+            dropped: 0,
+        };
+        pending.lock().unwrap().insert(1, call(Some(done)));
+        // A tombstone: a call the broker cancelled (or timed out), still owed an answer.
+        pending.lock().unwrap().insert(2, call(None));
+        assert!(route(&pending, result(1)).is_ok());
+        assert!(matches!(done_rx.try_recv(), Ok(CallOutcome::Done(_))));
+        // The late answer to the cancelled call only removes its tombstone.
+        assert!(route(&pending, result(2)).is_ok());
+        assert!(pending.lock().unwrap().is_empty());
+        // A second answer to either, or an answer to an id never issued, ends the worker.
+        assert!(route(&pending, result(1)).is_err());
         assert!(route(
             &pending,
-            WorkerToBroker::Result {
-                id: 99,
-                result: ToolResult {
-                    content: vec![],
-                    structured_json: None,
-                    is_error: false,
-                    input_required: None,
+            WorkerToBroker::Failed {
+                id: 2,
+                error: CallError {
+                    kind: mcpd_ipc::CallErrorKind::Internal,
+                    message: String::new()
                 }
             }
         )
-        .is_ok());
+        .is_err());
+        assert!(route(&pending, result(99)).is_err());
+        assert!(route(
+            &pending,
+            WorkerToBroker::Answer {
+                id: 7,
+                result_json: "{}".into()
+            }
+        )
+        .is_err());
     }
 }

@@ -504,3 +504,43 @@ async fn a_client_may_hold_only_its_sessions_limit() {
     .await;
     assert!(again.session.id() != one.session.id());
 }
+
+#[tokio::test]
+async fn an_ended_session_leaves_no_task_behind() {
+    // One policy cell for all, as in the daemon (its reload broadcast outlives every session).
+    let e = engine().await;
+    let open = || async {
+        let (out, rx) = Outbox::channel();
+        let s = Session::open_with(
+            Principal::new(e.cell.get().stdio_client().cloned().unwrap(), "test"),
+            &Origin {
+                transport: "test",
+                peer: "in-process".into(),
+            },
+            e.cell.clone(),
+            Arc::new(e.fake.clone()),
+            Audit::off(),
+            out,
+        )
+        .await
+        .unwrap();
+        (s, rx)
+    };
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let (warm, _rx) = open().await;
+    warm.close().await;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = metrics.num_alive_tasks();
+    for _ in 0..50 {
+        let (s, rx) = open().await;
+        s.close().await;
+        drop((s, rx));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = metrics.num_alive_tasks();
+    assert!(
+        after <= before + 5,
+        "{before} tasks before, {after} after 50 sessions came and went"
+    );
+}

@@ -112,6 +112,9 @@ pub(super) struct Inner {
     pub(super) changes: mpsc::UnboundedSender<mcpd_ipc::Change>,
     pub(super) tasks: tokio::sync::watch::Sender<usize>,
     pub(super) opened: Instant,
+    /// Dropped with the session: its background tasks (reload, ping) end then, not at the
+    /// next reload or ping (a task per ended session would pile up on a busy server).
+    pub(super) ended: tokio::sync::watch::Sender<()>,
     /// This session's place among its client's sessions, given back at close.
     pub(super) slot: Mutex<Option<crate::mcp::quota::SessionSlot>>,
 }
@@ -215,6 +218,7 @@ impl Session {
                 tasks: tokio::sync::watch::Sender::new(0),
                 opened: Instant::now(),
                 slot: Mutex::new(Some(slot)),
+                ended: tokio::sync::watch::Sender::new(()),
             }),
         };
         // Change reports (worker, policy reload) become notifications, rate-limited. The task
@@ -223,8 +227,16 @@ impl Session {
         // and retire the worker, so the next call gets a sandbox built from the new policy.
         let weak_reload = Arc::downgrade(&session.inner);
         let mut reloads = policy_cell.subscribe();
+        let mut ended = session.inner.ended.subscribe();
         tokio::spawn(async move {
-            while reloads.recv().await.is_ok() {
+            loop {
+                tokio::select! {
+                    r = reloads.recv() => match r {
+                        Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = ended.changed() => break,
+                }
                 let Some(inner) = weak_reload.upgrade() else {
                     break;
                 };
@@ -245,6 +257,7 @@ impl Session {
         // Ping both ways: a session-era client idle for a while gets a `ping` (its answer, or
         // silence, changes nothing here; it keeps intermediaries from closing the connection).
         let weak_ping = Arc::downgrade(&session.inner);
+        let mut ping_ended = session.inner.ended.subscribe();
         tokio::spawn(async move {
             loop {
                 let secs = match weak_ping.upgrade() {
@@ -252,10 +265,16 @@ impl Session {
                     None => return,
                 };
                 if secs == 0 {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(60)) => {}
+                        _ = ping_ended.changed() => return,
+                    }
                     continue;
                 }
-                tokio::time::sleep(Duration::from_secs(secs)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(secs)) => {}
+                    _ = ping_ended.changed() => return,
+                }
                 let Some(inner) = weak_ping.upgrade() else {
                     return;
                 };

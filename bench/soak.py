@@ -202,6 +202,9 @@ def workers():
 
 
 GROUP = re.compile(r"^mcpd-(\d+)-\d+$")
+# Groups older than this run are not ours even when their pid matches one of our brokers'
+# (pids are recycled: a run starts thousands of brokers; killed brokers elsewhere leave groups).
+RUN_STARTED = time.time()
 
 
 def cgroups():
@@ -218,7 +221,12 @@ def cgroups():
             m = GROUP.match(d)
             if m:
                 if int(m.group(1)) in ours:
-                    n += 1
+                    try:
+                        made = os.stat(os.path.join(top, d)).st_mtime
+                    except OSError:
+                        continue
+                    if made >= RUN_STARTED - 1:
+                        n += 1
             else:
                 keep.append(d)
         dirs[:] = keep

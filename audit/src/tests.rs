@@ -245,7 +245,12 @@ fn verify_refuses_integers_the_hash_does_not_bind() {
         std::fs::write(&path, format!("{text}\n")).unwrap();
         let r = verify(std::slice::from_ref(&path), None);
         let f = r.failure.expect("refused");
-        assert_eq!((f.line, f.kind), (1, FailureKind::Malformed), "{}", f.detail);
+        assert_eq!(
+            (f.line, f.kind),
+            (1, FailureKind::Malformed),
+            "{}",
+            f.detail
+        );
         assert!(f.detail.contains("integer beyond"), "{}", f.detail);
     }
 }

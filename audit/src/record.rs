@@ -87,9 +87,25 @@ pub(crate) fn new_id() -> Result<String, std::io::Error> {
     Ok(hex::encode(b))
 }
 
-/// Replaces values nested deeper than [`MAX_FIELD_DEPTH`] by a marker string.
+/// Largest integer magnitude the hash binds exactly: JCS (RFC 8785) writes every number as an
+/// IEEE 754 double, so integers beyond 2^53 - 1 that round to the same double would share a
+/// hash (a changed digit would go unnoticed).
+pub(crate) const MAX_EXACT_INT: u64 = (1 << 53) - 1;
+
+/// Whether JCS represents `n` exactly: every float, and the integers within ±[`MAX_EXACT_INT`].
+pub(crate) fn jcs_exact(n: &serde_json::Number) -> bool {
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => u <= MAX_EXACT_INT,
+        (None, Some(i)) => i.unsigned_abs() <= MAX_EXACT_INT,
+        (None, None) => true,
+    }
+}
+
+/// Replaces values nested deeper than [`MAX_FIELD_DEPTH`] by a marker string, and integers the
+/// hash would not bind exactly (beyond ±[`MAX_EXACT_INT`]) by their decimal text.
 fn clamp_depth(v: Value, depth: usize) -> Value {
     match v {
+        Value::Number(n) if !jcs_exact(&n) => Value::String(n.to_string()),
         Value::Array(_) | Value::Object(_) if depth >= MAX_FIELD_DEPTH => {
             Value::String("[truncated: nested too deeply]".into())
         }
@@ -179,6 +195,27 @@ mod tests {
         );
         let now = now_rfc3339();
         assert_eq!(now.len(), 27, "{now}");
+    }
+
+    /// Found by the `audit_chain` fuzz target: 3084805214953730574 and 3084805214953730564 are
+    /// the same double, so a record holding one verified with the digit changed. The writer now
+    /// stores such integers as their decimal text; the ones JCS holds exactly stay numbers.
+    #[test]
+    fn integers_the_hash_cannot_bind_are_written_as_text() {
+        let mut f = Map::new();
+        f.insert("big".into(), 3_084_805_214_953_730_574_u64.into());
+        f.insert("neg".into(), (-3_084_805_214_953_730_574_i64).into());
+        f.insert("max".into(), MAX_EXACT_INT.into());
+        f.insert("nested".into(), serde_json::json!([{"n": u64::MAX}]));
+        let b = build(1, GENESIS, "tool.call", f).unwrap();
+        let v: Value = serde_json::from_str(&b.line).unwrap();
+        assert_eq!(v["big"], "3084805214953730574");
+        assert_eq!(v["neg"], "-3084805214953730574");
+        assert_eq!(v["max"], MAX_EXACT_INT);
+        assert_eq!(v["nested"][0]["n"], u64::MAX.to_string());
+        let mut m = v.as_object().unwrap().clone();
+        m.remove("hash");
+        assert_eq!(record_hash(&m), v["hash"]);
     }
 
     #[test]

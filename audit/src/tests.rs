@@ -219,3 +219,38 @@ fn handle_is_send_sync_clone_debug() {
     assert_future_send(log.append("x", Map::new()));
     assert!(format!("{log:?}").contains("healthy: true"));
 }
+
+/// Found by the `audit_chain` fuzz target: JCS writes numbers as doubles, so in a record with
+/// the integer 3084805214953730574 the last digits could be changed (…564 is the same double)
+/// and the record still verified. `verify` now refuses integers beyond ±(2^53 - 1) as
+/// malformed, naming that record; the writer never produces them (they are written as text).
+#[test]
+fn verify_refuses_integers_the_hash_does_not_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut m = Map::new();
+    m.insert("big".into(), 3_084_805_214_953_730_574_u64.into());
+    m.insert("schema_version".into(), SCHEMA_VERSION.into());
+    m.insert("seq".into(), 0.into());
+    m.insert("ts".into(), "2026-01-01T00:00:00.000000Z".into());
+    m.insert("id".into(), "u".into());
+    m.insert("event".into(), "session.opened".into());
+    m.insert("prev".into(), record::GENESIS.into());
+    let hash = record_hash(&m);
+    m.insert("hash".into(), hash.into());
+    let line = serde_json::to_string(&m).unwrap();
+    assert!(line.contains("3084805214953730574"));
+    let forged = line.replace("3084805214953730574", "3084805214953730564");
+    for text in [line, forged] {
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+        let r = verify(std::slice::from_ref(&path), None);
+        let f = r.failure.expect("refused");
+        assert_eq!(
+            (f.line, f.kind),
+            (1, FailureKind::Malformed),
+            "{}",
+            f.detail
+        );
+        assert!(f.detail.contains("integer beyond"), "{}", f.detail);
+    }
+}

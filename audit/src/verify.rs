@@ -161,11 +161,31 @@ fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Whether every number in the record is one the hash binds exactly (the writer stores larger
+/// integers as strings): otherwise a digit could change without changing the hash.
+fn numbers_exact(m: &Map<String, Value>) -> bool {
+    fn exact(v: &Value) -> bool {
+        match v {
+            Value::Number(n) => record::jcs_exact(n),
+            Value::Array(a) => a.iter().all(exact),
+            Value::Object(o) => o.values().all(exact),
+            _ => true,
+        }
+    }
+    m.values().all(exact)
+}
+
 fn parse_line(bytes: &[u8]) -> Line {
     let mut m: Map<String, Value> = match serde_json::from_slice(bytes) {
         Ok(m) => m,
         Err(e) => return Line::Malformed(format!("not a JSON object: {e}")),
     };
+    if !numbers_exact(&m) {
+        return Line::Malformed(format!(
+            "an integer beyond ±{} (its hash does not bind its value)",
+            record::MAX_EXACT_INT
+        ));
+    }
     let Some(ver) = m.get("schema_version").and_then(Value::as_u64) else {
         return Line::Malformed("missing schema_version".into());
     };

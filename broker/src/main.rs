@@ -1,41 +1,6 @@
-//! `mcpd`: the broker. Terminates MCP transports, decides every request against the policy,
-//! and runs each session's tools in a confined `mcpd-worker` process.
-//!
-//! This file only declares the modules and dispatches the parsed command line: `serve` to
-//! [`daemon`], the one-shot subcommands to [`commands`]. A failure is one
-//! [`error::BrokerError`]: printed on stderr, its exit code returned.
-// Unsafe code is structurally contained: every module but `sys` (the pre_exec hook and the
-// kernel probes, each block with its own SAFETY comment) declares `#![forbid(unsafe_code)]`,
-// and this crate root, which cannot forbid what `sys` allows, denies it.
-#![deny(unsafe_code)]
+//! The `mcpd` binary: everything is in the library ([`mcpd::main`]).
+#![forbid(unsafe_code)]
 
-mod auditing;
-mod auth;
-mod cli;
-mod commands;
-mod daemon;
-mod error;
-mod mcp;
-mod reload;
-mod sys;
-mod transport;
-mod worker;
-
-use std::process::ExitCode;
-
-use clap::Parser;
-
-use cli::{Cli, Command};
-
-fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Serve(args) => daemon::serve(args).map(|()| ExitCode::SUCCESS),
-        Command::CheckConfig { config } => commands::check_config::run(&config),
-        Command::Doctor { config } => commands::doctor(config.as_deref()),
-        Command::Audit(cmd) => commands::audit::run(cmd),
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("{e}");
-        e.exit_code()
-    })
+fn main() -> std::process::ExitCode {
+    mcpd::main()
 }

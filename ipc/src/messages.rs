@@ -10,6 +10,7 @@ pub type CallId = u64;
 
 /// Messages from the broker to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum BrokerToWorker {
     /// The first and only message a worker reads before it confines itself.
     Confine {
@@ -65,6 +66,7 @@ pub enum BrokerToWorker {
 
 /// Messages from a worker to the broker. All hostile until validated by the broker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum WorkerToBroker {
     /// Confinement is in place; the worker now serves calls.
     Ready {
@@ -142,6 +144,7 @@ pub enum WorkerToBroker {
 
 /// What the worker's kernel confinement actually achieved, reported in `Ready` and audited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct Enforcement {
     /// Landlock ABI version the kernel offers (0 = none).
     pub landlock_abi: u32,
@@ -161,6 +164,7 @@ pub struct Enforcement {
 
 /// What the namespace and identity steps achieved (see [`Isolation`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct IsolationReport {
     /// Own mount, PID, IPC and UTS namespaces, and a private root holding only the spec's
     /// paths (the rest of the host's filesystem does not exist for the worker).
@@ -194,6 +198,7 @@ pub struct IsolationReport {
 /// The namespaces, filesystem view and identity a worker builds before it reads any request
 /// (sandbox v2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct Isolation {
     /// Build the private view: mount, PID, IPC, UTS namespaces (and a network namespace unless
     /// [`SandboxSpec::allow_network`]), a user namespace when the worker is not root. Always on
@@ -212,6 +217,7 @@ pub struct Isolation {
 
 /// Landlock enforcement level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum LandlockStatus {
     /// Every requested right is enforced.
     FullyEnforced,
@@ -223,6 +229,7 @@ pub enum LandlockStatus {
 
 /// The sandbox a worker must build, derived by the broker from the client's policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct SandboxSpec {
     /// Absolute, canonical directories (or files) the client may read.
     pub read_paths: Vec<String>,
@@ -254,6 +261,7 @@ pub struct SandboxSpec {
 /// Each program, shell command line and interpreter additionally runs in its own nested
 /// Landlock domain that may execute only its `exec_set` (a subset of `exec_paths`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ExecSpec {
     /// Allow-listed programs (`run_command`).
     pub programs: Vec<ProgramGrant>,
@@ -282,6 +290,7 @@ pub struct ExecSpec {
 
 /// One allow-listed program.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ProgramGrant {
     /// The name the operator wrote (`git`, or an absolute path).
     pub name: String,
@@ -296,6 +305,7 @@ pub struct ProgramGrant {
 
 /// One code-session language.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct LanguageGrant {
     /// `python3`, `sh`, `bash` or `node`.
     pub name: String,
@@ -308,6 +318,7 @@ pub struct LanguageGrant {
 
 /// An operator-defined tool: a fixed argv template filled with the call's arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct OperatorToolSpec {
     /// Tool name.
     pub name: String,
@@ -341,6 +352,7 @@ pub const RESULT_ENVELOPE_BYTES: u64 = 2048;
 
 /// Limits of the processes a worker starts (commands, interpreters, operator tools).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct CommandLimits {
     /// Default wall-clock timeout of one command, seconds.
     pub timeout_secs: u64,
@@ -380,6 +392,7 @@ impl Default for CommandLimits {
 
 /// Kernel resource limits (`setrlimit`). `None` leaves the inherited value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ResourceLimits {
     /// RLIMIT_NOFILE.
     pub max_open_files: Option<u64>,
@@ -395,6 +408,7 @@ pub struct ResourceLimits {
 
 /// Limits applied by the tools themselves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ToolLimits {
     /// Largest file a read tool returns, bytes.
     pub max_read_bytes: u64,
@@ -419,6 +433,7 @@ impl Default for ToolLimits {
 
 /// A tool as a worker advertises it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ToolDescriptor {
     /// Unique name (`[A-Za-z0-9_.-]{1,64}`, checked by the broker).
     pub name: String,
@@ -448,6 +463,7 @@ pub struct ToolDescriptor {
 
 /// Task support of a tool (`io.modelcontextprotocol/tasks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum TaskSupport {
     /// Always synchronous.
     #[default]
@@ -460,6 +476,7 @@ pub enum TaskSupport {
 
 /// Names of the arguments of a command or code tool that the policy decides on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ExecArgs {
     /// String argument naming the program (or the shell script when `shell` is true).
     pub program: Option<String>,
@@ -473,6 +490,7 @@ pub struct ExecArgs {
 
 /// MCP tool annotations (hints only; never trusted for security).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ToolAnnotations {
     /// readOnlyHint
     pub read_only: bool,
@@ -486,6 +504,7 @@ pub struct ToolAnnotations {
 
 /// The permission class a tool needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum ToolAccess {
     /// Needs no filesystem access (e.g. `list_allowed_directories`).
     None,
@@ -503,6 +522,7 @@ pub enum ToolAccess {
 
 /// One argument that carries a path (or a list of paths).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct PathArg {
     /// Top-level argument name.
     pub name: String,
@@ -514,6 +534,7 @@ pub struct PathArg {
 
 /// The result of a tool that ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ToolResult {
     /// Content blocks.
     pub content: Vec<Content>,
@@ -527,6 +548,7 @@ pub struct ToolResult {
 
 /// Stateless era, broker → worker: what the client declared and answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct InputRound {
     /// The request's client capabilities, JSON text.
     pub client_caps_json: String,
@@ -538,6 +560,7 @@ pub struct InputRound {
 
 /// Stateless era, worker → broker: ask the client for input, then retry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct InputRequired {
     /// `inputRequests`: an object of `{method, params}` requests, JSON text.
     pub requests_json: String,
@@ -551,6 +574,7 @@ pub struct InputRequired {
 
 /// MCP content blocks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Content {
     /// Text.
     Text {
@@ -595,6 +619,7 @@ pub enum Content {
 
 /// Contents of an embedded resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum ResourceBody {
     /// UTF-8 text.
     Text(String),
@@ -604,6 +629,7 @@ pub enum ResourceBody {
 
 /// Why a call could not run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct CallError {
     /// The class of error (maps to a JSON-RPC code).
     pub kind: CallErrorKind,
@@ -613,6 +639,7 @@ pub struct CallError {
 
 /// Classes of [`CallError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum CallErrorKind {
     /// No such tool (JSON-RPC -32602).
     UnknownTool,
@@ -626,6 +653,7 @@ pub enum CallErrorKind {
 
 /// MCP log levels (RFC 5424 names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum LogLevel {
     /// debug
     Debug,
@@ -678,6 +706,7 @@ impl LogLevel {
 
 /// Questions for the worker's providers (resources, prompts, completions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Query {
     /// `resources/list` (the broker paginates): `{"resources": [...]}`.
     ListResources,
@@ -712,6 +741,7 @@ pub enum Query {
 /// A change the client is told about (`notifications/*/list_changed`,
 /// `notifications/resources/updated`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum Change {
     /// The tool list changed.
     Tools,
@@ -728,6 +758,7 @@ pub enum Change {
 
 /// What a worker may ask the MCP client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum ClientRequestKind {
     /// `sampling/createMessage` with these params (JSON text).
     Sampling {
@@ -745,6 +776,7 @@ pub enum ClientRequestKind {
 
 /// The client's answer to a worker's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub enum ClientReplyOutcome {
     /// The result object, as JSON text.
     Ok {

@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod confine;
+pub mod fuzzing;
 pub mod serve;
 pub mod tools;
 

@@ -19,7 +19,7 @@ pub mod protocol;
 mod providers;
 pub mod quota;
 mod record;
-mod results;
+pub(crate) mod results;
 pub mod seal;
 pub mod session;
 pub mod stateless;

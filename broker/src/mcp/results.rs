@@ -72,7 +72,7 @@ pub(super) fn mime_ok(m: &str) -> bool {
 }
 
 /// Convert a (hostile) worker result to MCP JSON; `None` if it is malformed.
-pub(super) fn result_json(r: ToolResult) -> Option<Value> {
+pub(crate) fn result_json(r: ToolResult) -> Option<Value> {
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let mut content = Vec::with_capacity(r.content.len());
     for c in r.content {

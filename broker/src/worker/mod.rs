@@ -16,4 +16,4 @@ pub mod cgroup;
 mod handle;
 pub mod sandbox;
 pub mod supervisor;
-mod validate;
+pub(crate) mod validate;

@@ -44,7 +44,7 @@ fn schema_ok(s: &str) -> bool {
 }
 
 /// Keep only well-formed descriptors from a (hostile) worker.
-pub(super) fn validate_tools(tools: Vec<ToolDescriptor>) -> Vec<ToolDescriptor> {
+pub(crate) fn validate_tools(tools: Vec<ToolDescriptor>) -> Vec<ToolDescriptor> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for t in tools.into_iter().take(MAX_TOOLS) {
@@ -102,7 +102,7 @@ pub(super) fn check_enforcement(
 }
 
 /// Whether a worker's change report is well-formed (a resource URI of at most 8 KiB).
-pub(super) fn change_ok(change: &mcpd_ipc::Change) -> bool {
+pub(crate) fn change_ok(change: &mcpd_ipc::Change) -> bool {
     match change {
         mcpd_ipc::Change::ResourceUpdated { uri } => uri.len() <= 8192,
         _ => true,
@@ -110,7 +110,7 @@ pub(super) fn change_ok(change: &mcpd_ipc::Change) -> bool {
 }
 
 /// Whether the parameters of a worker's client request are a JSON object of at most 1 MiB.
-pub(super) fn client_request_ok(request: &mcpd_ipc::ClientRequestKind) -> bool {
+pub(crate) fn client_request_ok(request: &mcpd_ipc::ClientRequestKind) -> bool {
     match request {
         mcpd_ipc::ClientRequestKind::Sampling { params_json }
         | mcpd_ipc::ClientRequestKind::Elicitation { params_json } => {

@@ -99,11 +99,16 @@ pub(super) fn unified_diff(old: &str, new: &str, name: &str) -> String {
         "Index: {name}\n===================================================================\n--- {name}\toriginal\n+++ {name}\tmodified\n"
     );
     for group in diff.grouped_ops(DIFF_CONTEXT) {
-        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+        // The group's extent: the smallest start to the largest end (with lone `\r` line ends
+        // `similar` may emit ops out of order, so first/last would underflow).
+        let (Some(o0), Some(o1), Some(n0), Some(n1)) = (
+            group.iter().map(|op| op.old_range().start).min(),
+            group.iter().map(|op| op.old_range().end).max(),
+            group.iter().map(|op| op.new_range().start).min(),
+            group.iter().map(|op| op.new_range().end).max(),
+        ) else {
             continue;
         };
-        let (o0, o1) = (first.old_range().start, last.old_range().end);
-        let (n0, n1) = (first.new_range().start, last.new_range().end);
         let start = |s: usize, len: usize| if len == 0 { s } else { s + 1 };
         out.push_str(&format!(
             "@@ -{},{} +{},{} @@\n",

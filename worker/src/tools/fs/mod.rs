@@ -95,6 +95,47 @@ impl From<CallError> for Fail {
 }
 
 type Outcome = Result<ToolResult, Fail>;
+
+/// The parsers of the file tools' untrusted arguments, for [`crate::fuzzing`]: the glob of
+/// `search_files`/`grep`, the exclusion set of `directory_tree`/`search_files`, the text edits
+/// of `edit_file` and its diff. Errors are flattened to their text.
+pub(crate) mod for_fuzzing {
+    use super::{edit, walk, Fail};
+
+    fn text(f: Fail) -> String {
+        match f {
+            Fail::Call(e) => e.message,
+            Fail::Tool(t) => t,
+        }
+    }
+
+    /// The glob matcher `search_files` and `grep` build from a client pattern.
+    pub(crate) fn glob(pattern: &str) -> Result<globset::GlobMatcher, String> {
+        walk::glob(pattern).map_err(text)
+    }
+
+    /// The exclusion set built from client patterns.
+    pub(crate) fn exclude_set(patterns: &[String]) -> Result<globset::GlobSet, String> {
+        walk::exclude_set(patterns).map_err(text)
+    }
+
+    /// `edit_file`'s replacement of `(old_text, new_text)` pairs in `content`.
+    pub(crate) fn apply_edits(content: &str, edits: &[(String, String)]) -> Result<String, String> {
+        let edits: Vec<edit::Edit> = edits
+            .iter()
+            .map(|(o, n)| edit::Edit {
+                old_text: o.clone(),
+                new_text: n.clone(),
+            })
+            .collect();
+        edit::apply_edits(content, &edits)
+    }
+
+    /// `edit_file`'s unified diff.
+    pub(crate) fn unified_diff(old: &str, new: &str, name: &str) -> String {
+        edit::unified_diff(old, new, name)
+    }
+}
 type Handler = fn(&ToolContext, Value) -> Outcome;
 
 /// One file tool: a descriptor and a handler.

@@ -245,3 +245,44 @@ fn delete_file_rules() {
         .err("delete_file", json!({"path": f.p("missing")}))
         .starts_with("No such file or directory"));
 }
+
+/// Found by the `worker_edit` fuzz target: with lone `\r` line ends, `similar` groups ops whose
+/// ranges are not in order, and the hunk header's `end - start` underflowed (a panic in debug
+/// builds, a wrapped length in release). The header now spans the group's smallest start to
+/// its largest end.
+#[test]
+fn unified_diff_of_carriage_return_lines_does_not_underflow() {
+    let content = format!("f{}{}", "\0".repeat(21), "\r".repeat(10));
+    let new_text = format!(
+        "{}{}n ma4in({}ftnlaz\u{4}{},qqq{}{}{}{}",
+        "\r".repeat(10),
+        "\0".repeat(13),
+        "\r".repeat(91),
+        "q".repeat(16),
+        "\r".repeat(13),
+        "k".repeat(20),
+        "\r".repeat(30),
+        "\0".repeat(10)
+    );
+    let edits = [
+        Edit {
+            old_text: String::new(),
+            new_text: String::new(),
+        },
+        Edit {
+            old_text: String::new(),
+            new_text,
+        },
+    ];
+    let out = apply_edits(&content, &edits).unwrap();
+    let d = unified_diff(&content, &out, "f");
+    for header in d.lines().filter(|l| l.starts_with("@@ ")) {
+        let nums: Vec<u64> = header
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(nums.len(), 4, "{header}");
+        assert!(nums.iter().all(|&n| n <= 1000), "{header}");
+    }
+}

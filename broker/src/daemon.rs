@@ -308,16 +308,9 @@ async fn run(
     };
     let Some(addr) = started.http_addr else {
         if let Some(unix) = unix {
-            let stdio_task = started.serve_stdio.then(|| {
-                let (input, output) = transport::stdio::process_stdio();
-                tokio::spawn(transport::stdio::serve(
-                    cell.clone(),
-                    sup.clone(),
-                    audit.clone(),
-                    input,
-                    output,
-                ))
-            });
+            let stdio_task = started
+                .serve_stdio
+                .then(|| spawn_stdio(&cell, &sup, &audit));
             wait_for_termination().await;
             tracing::info!(target: LOG, "terminating: closing sessions");
             if let Some(t) = stdio_task {
@@ -368,16 +361,9 @@ async fn run(
             let _ = http_stop.wait_for(|s| *s).await;
         },
     ));
-    let stdio_task = started.serve_stdio.then(|| {
-        let (input, output) = transport::stdio::process_stdio();
-        tokio::spawn(transport::stdio::serve(
-            cell.clone(),
-            sup.clone(),
-            audit.clone(),
-            input,
-            output,
-        ))
-    });
+    let stdio_task = started
+        .serve_stdio
+        .then(|| spawn_stdio(&cell, &sup, &audit));
     wait_for_termination().await;
     tracing::info!(target: LOG, "terminating: closing sessions");
     let _ = stop_tx.send(true);
@@ -391,6 +377,22 @@ async fn run(
         t.abort();
     }
     r.map_err(BrokerError::Transport)
+}
+
+/// Serve the process's stdin/stdout beside the listeners.
+fn spawn_stdio(
+    cell: &reload::PolicyCell,
+    sup: &worker::supervisor::Supervisor,
+    audit: &auditing::Audit,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let (input, output) = transport::stdio::process_stdio();
+    tokio::spawn(transport::stdio::serve(
+        cell.clone(),
+        sup.clone(),
+        audit.clone(),
+        input,
+        output,
+    ))
 }
 
 #[cfg(test)]

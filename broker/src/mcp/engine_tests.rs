@@ -88,6 +88,15 @@ async fn engine() -> Engine {
 }
 
 impl Engine {
+    /// `tools/call` of the fake's `read_file` on `path`.
+    async fn read(&mut self, id: i64, path: &str) -> Value {
+        self.call(
+            id,
+            "tools/call",
+            json!({"name": "read_file", "arguments": {"path": path}}),
+        )
+        .await
+    }
     fn send(&self, msg: Value) {
         self.session.handle(classify(&msg.to_string()));
     }
@@ -318,26 +327,14 @@ async fn a_request_is_decided_under_the_policy_it_started_with() {
     let mut e = engine_with(Arc::new(|_| (vec![], text("ok"))), Some(hook)).await;
     e.initialize().await;
     let p = e.path("a");
-    let r = e
-        .call(
-            1,
-            "tools/call",
-            json!({"name": "read_file", "arguments": {"path": p}}),
-        )
-        .await;
+    let r = e.read(1, &p).await;
     assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
     let elsewhere = tempfile::tempdir().unwrap();
     *slot.lock().unwrap() = Some((e.cell.clone(), read_only(elsewhere.path()), e.fake.clone()));
     // The worker died: the next call starts another one, and that start reloads the policy.
     e.fake.set_killed(true);
     let before = e.fake.starts();
-    let r = e
-        .call(
-            2,
-            "tools/call",
-            json!({"name": "read_file", "arguments": {"path": p}}),
-        )
-        .await;
+    let r = e.read(2, &p).await;
     assert_eq!(e.fake.starts(), before + 1, "the call started a worker");
     assert!(
         slot.lock().unwrap().is_none(),
@@ -345,13 +342,7 @@ async fn a_request_is_decided_under_the_policy_it_started_with() {
     );
     assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
     // The next request takes the new snapshot: the same path is now outside the roots.
-    let r = e
-        .call(
-            3,
-            "tools/call",
-            json!({"name": "read_file", "arguments": {"path": p}}),
-        )
-        .await;
+    let r = e.read(3, &p).await;
     assert_eq!(
         r["result"]["content"][0]["text"],
         crate::mcp::tools::ACCESS_DENIED
@@ -409,22 +400,10 @@ async fn the_call_rate_is_the_clients_and_a_spent_rate_says_when_to_retry() {
     e.initialize().await;
     let p = e.path("a");
     for id in 1..=2 {
-        let r = e
-            .call(
-                id,
-                "tools/call",
-                json!({"name": "read_file", "arguments": {"path": p}}),
-            )
-            .await;
+        let r = e.read(id, &p).await;
         assert_eq!(r["result"]["content"][0]["text"], "ok", "{r}");
     }
-    let r = e
-        .call(
-            3,
-            "tools/call",
-            json!({"name": "read_file", "arguments": {"path": p}}),
-        )
-        .await;
+    let r = e.read(3, &p).await;
     assert_eq!(
         r["error"]["code"],
         crate::mcp::protocol::RATE_LIMITED,
@@ -446,13 +425,7 @@ async fn the_call_rate_is_the_clients_and_a_spent_rate_says_when_to_retry() {
     )
     .await;
     other.initialize().await;
-    let r = other
-        .call(
-            1,
-            "tools/call",
-            json!({"name": "read_file", "arguments": {"path": p}}),
-        )
-        .await;
+    let r = other.read(1, &p).await;
     assert_eq!(
         r["error"]["code"],
         crate::mcp::protocol::RATE_LIMITED,

@@ -379,6 +379,17 @@ fn read_until(s: &mut TcpStream, seen: &mut String, what: &str) {
 }
 
 /// The serving worker of the (only) session of an HTTP broker.
+/// `read_text_file a.txt` on the HTTP session `sid` answers the fixture's text.
+fn reads_alpha(srv: &HttpServer, sid: &str, id: i64) {
+    let r = srv.rpc(
+        sid,
+        id,
+        "tools/call",
+        json!({"name": "read_text_file", "arguments": {"path": "a.txt"}}),
+    );
+    assert_eq!(r["result"]["content"][0]["text"], "alpha", "{r}");
+}
+
 fn http_serving(srv: &HttpServer) -> i32 {
     let outer = children_of(srv.child.id() as i32);
     assert_eq!(outer.len(), 1, "{outer:?}");
@@ -390,13 +401,7 @@ fn worker_killed_mid_sse_stream() {
     let fx = Fx::new(Mode::Root, "exec = [\"sleep\"]");
     let srv = http(&fx);
     let sid = srv.initialize();
-    let r = srv.rpc(
-        &sid,
-        2,
-        "tools/call",
-        json!({"name": "read_text_file", "arguments": {"path": "a.txt"}}),
-    );
-    assert_eq!(r["result"]["content"][0]["text"], "alpha", "{r}");
+    reads_alpha(&srv, &sid, 2);
     let w = http_serving(&srv);
     let worker = snapshot(&[w]);
     let mut st = open_call(
@@ -421,13 +426,7 @@ fn worker_killed_mid_sse_stream() {
     assert_eq!(resp["error"]["code"], WORKER_DIED, "{resp}");
     all_gone(&worker);
     // The session goes on with a new worker.
-    let r = srv.rpc(
-        &sid,
-        4,
-        "tools/call",
-        json!({"name": "read_text_file", "arguments": {"path": "a.txt"}}),
-    );
-    assert_eq!(r["result"]["content"][0]["text"], "alpha", "{r}");
+    reads_alpha(&srv, &sid, 4);
     assert_ne!(http_serving(&srv), w);
 }
 
@@ -442,13 +441,7 @@ fn broker_killed_mid_stream_leaves_a_verifiable_log_and_nothing_behind() {
     let sid = srv.initialize();
     let mut answered = vec![1];
     for id in 2..8 {
-        let r = srv.rpc(
-            &sid,
-            id,
-            "tools/call",
-            json!({"name": "read_text_file", "arguments": {"path": "a.txt"}}),
-        );
-        assert_eq!(r["result"]["content"][0]["text"], "alpha", "{r}");
+        reads_alpha(&srv, &sid, id);
         answered.push(id);
     }
     // A code session with a block running and a command streaming progress, both mid-way.
@@ -518,13 +511,7 @@ fn broker_killed_mid_stream_leaves_a_verifiable_log_and_nothing_behind() {
     );
     // It appends to the same chain, which still verifies.
     let sid = next.initialize();
-    let r = next.rpc(
-        &sid,
-        2,
-        "tools/call",
-        json!({"name": "read_text_file", "arguments": {"path": "a.txt"}}),
-    );
-    assert_eq!(r["result"]["content"][0]["text"], "alpha", "{r}");
+    reads_alpha(&next, &sid, 2);
     verify(&fx.log);
 }
 
@@ -811,13 +798,7 @@ fn an_http_client_that_vanishes_mid_call_leaks_no_process_and_no_fd() {
     let srv = http(&fx);
     let broker = srv.child.id() as i32;
     let sid = srv.initialize();
-    let r = srv.rpc(
-        &sid,
-        2,
-        "tools/call",
-        json!({"name": "read_text_file", "arguments": {"path": "a.txt"}}),
-    );
-    assert_eq!(r["result"]["content"][0]["text"], "alpha", "{r}");
+    reads_alpha(&srv, &sid, 2);
     let serving = http_serving(&srv);
     std::thread::sleep(Duration::from_millis(200));
     let fds = fd_count(broker);
@@ -847,13 +828,7 @@ fn an_http_client_that_vanishes_mid_call_leaks_no_process_and_no_fd() {
     assert!(zombies_of(serving).is_empty());
     assert!(alive(serving), "the session and its worker live on");
     // The session still serves; ending it reaps its worker.
-    let r = srv.rpc(
-        &sid,
-        20,
-        "tools/call",
-        json!({"name": "read_text_file", "arguments": {"path": "a.txt"}}),
-    );
-    assert_eq!(r["result"]["content"][0]["text"], "alpha", "{r}");
+    reads_alpha(&srv, &sid, 20);
     let del = srv.request(
         "DELETE",
         &[

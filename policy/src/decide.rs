@@ -568,6 +568,13 @@ call_timeout_secs = 30
         assert_eq!(spec.write_paths, vec!["/srv/out".to_string()]);
         assert!(spec.exec_paths.is_empty());
         assert!(!spec.allow_network);
+        // A root both read and written (here through two roles), or read beneath a written
+        // one, is mounted writable: write implies read, and a read-only mount on top would
+        // refuse in the kernel what the broker allows.
+        let both = policy("[clients.c]\nread = [\"/own\", \"/d/sub\"]\nroles = [\"r\", \"w\"]\n[roles.r]\nread = [\"/d\"]\n[roles.w]\nwrite = [\"/d\"]\n");
+        let spec = both.sandbox_spec(&id("c"));
+        assert_eq!(spec.read_paths, vec!["/own".to_string()]);
+        assert_eq!(spec.write_paths, vec!["/d".to_string()]);
         // Without a limits table of its own, a client gets the smallest of its roles' values,
         // not its first role's.
         let r = policy("[clients.c]\nread = [\"/x\"]\nroles = [\"big\", \"small\"]\n[roles.big.limits]\ncall_timeout_secs = 90\n[roles.small.limits]\ncall_timeout_secs = 20\n");

@@ -34,7 +34,7 @@ pub use model::{
     access_key, check_socket_path, JwtKey, JwtSettings, RawAuth, RawGroup, RawJwt, RawJwtKey,
     RawJwtScopes, RawMode, RawUnix, UnixGroup, UnixSettings, DEFAULT_JWT_LEEWAY_SECS,
     DEFAULT_UNIX_MAX_CONNECTIONS, DEFAULT_UNIX_MAX_CONNECTIONS_PER_UID, DEFAULT_UNIX_MODE,
-    JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
+    JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS, MAX_ROLES_PER_CLIENT_WITH_ROLES_CLAIM,
 };
 pub use model::{
     AuditSettings, Canonicalize, CgroupSetting, ClientId, HttpSettings, Limits, Overlay,

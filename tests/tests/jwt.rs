@@ -831,3 +831,117 @@ fn stateless_era_calls_get_the_same_scope_checks() {
         2
     );
 }
+
+#[test]
+fn a_roles_claim_narrows_the_client_to_the_roles_it_names() {
+    let k1 = Key::new("k1");
+    let f = fx(&[&k1]);
+    // Carol: her own grant reads `own`; role `reader` reads `data`, role `writer` writes it.
+    let base = f.alice_root.parent().unwrap().to_path_buf();
+    let (own, data) = (base.join("own"), base.join("data"));
+    for d in [&own, &data] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(own.join("o.txt"), "own\n").unwrap();
+    std::fs::write(data.join("d.txt"), "data\n").unwrap();
+    let cfg = base.join("roles.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[auth.jwt]
+issuer = "{ISS}"
+audience = "{AUD}"
+jwks = "{jwks}"
+roles_claim = "roles"
+
+[audit]
+path = "{log}"
+
+[clients.carol]
+read = ["{own}"]
+tools = ["read_text_file", "list_allowed_directories"]
+roles = ["reader", "writer"]
+[clients.carol.identity]
+jwt_sub = ["carol"]
+
+[roles.reader]
+read = ["{data}"]
+
+[roles.writer]
+write = ["{data}"]
+tools = ["write_file"]
+"#,
+            jwks = f.jwks.display(),
+            log = f.log.display(),
+            own = own.display(),
+            data = data.display(),
+        ),
+    )
+    .unwrap();
+    let srv = HttpServer::start(&["--config", cfg.to_str().unwrap()]);
+    let token = |roles: Option<Value>| {
+        let mut c = claims("carol", "");
+        if let Some(r) = roles {
+            c["roles"] = r;
+        }
+        k1.sign(&c)
+    };
+    let read = |tok: &str, sid: &str, p: &Path| {
+        let (st, r) = rpc(
+            &srv,
+            tok,
+            sid,
+            2,
+            "tools/call",
+            json!({"name": "read_text_file", "arguments": {"path": p}}),
+        );
+        assert_eq!(st, 200, "{r}");
+        r["result"]["isError"] != true
+    };
+    let write = |tok: &str, sid: &str| {
+        let (_, r) = rpc(
+            &srv,
+            tok,
+            sid,
+            3,
+            "tools/call",
+            json!({"name": "write_file", "arguments": {"path": data.join("w.txt"), "content": "x"}}),
+        );
+        r.get("result").is_some() && r["result"]["isError"] != true
+    };
+    // Both roles (plus one carol does not have): everything carol's policy gives.
+    let full = token(Some(json!(["reader", "writer", "admin"])));
+    let s = initialize(&srv, &full);
+    assert!(tool_names(&srv, &full, &s).contains(&"write_file".to_string()));
+    assert!(read(&full, &s, &own.join("o.txt")) && read(&full, &s, &data.join("d.txt")));
+    assert!(write(&full, &s), "the full token writes");
+    // `reader` only (a space-separated string works too): reads data, writes nothing.
+    let reader = token(Some(json!("reader")));
+    let s = initialize(&srv, &reader);
+    assert!(!tool_names(&srv, &reader, &s).contains(&"write_file".to_string()));
+    assert!(read(&reader, &s, &own.join("o.txt")) && read(&reader, &s, &data.join("d.txt")));
+    assert!(!write(&reader, &s), "a reader token writes");
+    // No roles claim: carol's own grant alone.
+    let bare = token(None);
+    let s = initialize(&srv, &bare);
+    assert!(read(&bare, &s, &own.join("o.txt")));
+    assert!(
+        !read(&bare, &s, &data.join("d.txt")),
+        "no roles, yet data is read"
+    );
+    // Only roles carol lacks: the same as none.
+    let alien = token(Some(json!(["admin"])));
+    let s = initialize(&srv, &alien);
+    assert!(!read(&alien, &s, &data.join("d.txt")));
+    // The audit log names the view and the roles the token carried.
+    assert!(audited(&f.log, |r| r["event"] == "auth.success"
+        && r["principal"] == "carol+reader"
+        && r["roles"] == "reader"));
+    assert!(audited(&f.log, |r| r["event"] == "auth.success"
+        && r["principal"] == "carol"
+        && r["roles"] == "admin reader writer"));
+    assert!(audited(&f.log, |r| r["event"] == "auth.success"
+        && r["principal"] == "carol+"
+        && r["roles"] == ""));
+}

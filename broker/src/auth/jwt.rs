@@ -5,7 +5,9 @@
 //! verify), an unknown `crit` is refused, the signature, then `iss`, `aud` (this server's
 //! canonical URL), `exp` (required) and `nbf` within the bounded leeway; the principal claim
 //! (`sub` by default) maps to a client through `Policy::client_for`. The token's `scope`/`scp`
-//! becomes [`Principal::scopes`]. [`HttpAuthenticator`] is what the HTTP listener asks: bearer
+//! becomes [`Principal::scopes`]; with `[auth.jwt] roles_claim`, that claim's values narrow the
+//! client to the roles of it they name (`Policy::role_view`: the principal's client is then a
+//! role view, never more than the client). [`HttpAuthenticator`] is what the HTTP listener asks: bearer
 //! tokens when the policy has `[auth.jwt]`, else the listener's one client.
 //!
 //! Keys come from PEM files and/or a JWKS file, read at start ([`load_keys`], also run by the
@@ -181,6 +183,9 @@ struct Verified {
     subject: String,
     kid: String,
     scopes: Vec<String>,
+    /// The roles claim's values, when `[auth.jwt] roles_claim` is set (empty without the
+    /// claim).
+    roles: Option<Vec<String>>,
 }
 
 fn b64url(s: &str) -> Option<Vec<u8>> {
@@ -196,8 +201,15 @@ pub fn token_digest(token: &str) -> String {
 }
 
 fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
+    names_of(claims.get("scope").or_else(|| claims.get("scp")))
+}
+
+/// The names a scope or roles claim lists: a space-separated string or an array of strings
+/// (other members ignored), sorted, deduplicated, each at most 256 bytes without control
+/// characters, at most [`MAX_SCOPES`] of them.
+fn names_of(claim: Option<&Value>) -> Vec<String> {
     let mut set = BTreeSet::new();
-    match claims.get("scope").or_else(|| claims.get("scp")) {
+    match claim {
         Some(Value::String(s)) => set.extend(s.split_ascii_whitespace().map(str::to_string)),
         Some(Value::Array(a)) => set.extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
         _ => {}
@@ -365,6 +377,7 @@ impl BearerToken {
             subject,
             kid: key.kid.unwrap_or_default(),
             scopes: scopes_of(&data.claims),
+            roles: j.roles_claim.as_ref().map(|c| names_of(data.claims.get(c))),
         })
     }
 }
@@ -409,6 +422,11 @@ impl Authenticator for BearerToken {
                 reason: "unknown_subject",
                 peer,
             })?;
+        // A roles claim narrows the client to the roles it names (never more: role views).
+        let client = match &v.roles {
+            Some(roles) => policy.role_view(&client, roles),
+            None => client,
+        };
         let mut p = Principal::new(client, METHOD);
         p.attributes = vec![
             ("issuer", j.issuer.clone()),
@@ -416,6 +434,9 @@ impl Authenticator for BearerToken {
             ("subject", v.subject.chars().take(256).collect()),
             ("token_sha256", token_digest(token)),
         ];
+        if let Some(roles) = v.roles {
+            p.attributes.push(("roles", roles.join(" ")));
+        }
         p.scopes = Some(v.scopes);
         Ok(p)
     }
@@ -515,6 +536,12 @@ mod tests {
         assert!(scopes_of(&c(json!({"scope": 7}))).is_empty());
         let many: Vec<String> = (0..1000).map(|i| format!("s{i}")).collect();
         assert_eq!(scopes_of(&c(json!({"scp": many}))).len(), MAX_SCOPES);
+        // A roles claim reads the same way.
+        assert_eq!(
+            names_of(Some(&json!(["writer", "bad\u{7}", "reader", "reader"]))),
+            ["reader", "writer"]
+        );
+        assert!(names_of(None).is_empty());
         assert_eq!(token_digest("abc").len(), 16);
         assert_ne!(token_digest("abc"), token_digest("abd"));
     }

@@ -3,7 +3,8 @@
 //! token bucket) and the calls in flight (`limits.max_concurrent_calls`). A client with many sessions gets no more than one with a
 //! single session, so no principal can starve another of workers or CPU by opening sessions.
 //!
-//! Process-wide (like the `requestState` key): one table keyed by client id, each entry rebuilt
+//! Process-wide (like the `requestState` key): one table keyed by client id (a token's role
+//! view counts as its client: `ClientId::tenant`; views keep the client's limits), each entry rebuilt
 //! when a policy reload changes its numbers. Bounded by the number of clients the policy names.
 //! Trusts the policy for the numbers; counts only requests that passed the policy decision.
 #![forbid(unsafe_code)]

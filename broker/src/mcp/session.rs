@@ -173,7 +173,7 @@ impl Session {
             .permissions(&client)
             .map(|p| p.limits.clone())
             .unwrap_or_default();
-        let slot = crate::mcp::quota::open_session(&client, &limits).ok_or(
+        let slot = crate::mcp::quota::open_session(&client.tenant(), &limits).ok_or(
             OpenError::TooManySessions {
                 max: limits.max_sessions,
             },

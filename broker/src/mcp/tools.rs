@@ -415,7 +415,7 @@ impl Session {
             .unwrap_or_default();
         let timeout = Duration::from_secs(limits.call_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
-        if let Err(wait) = crate::mcp::quota::take_call(&self.inner.client, &limits) {
+        if let Err(wait) = crate::mcp::quota::take_call(&self.inner.client.tenant(), &limits) {
             self.limit_hit("calls_per_minute", Some(&desc.name)).await;
             rec.limit = Some("calls_per_minute");
             let secs = wait.as_secs().max(1);
@@ -426,7 +426,7 @@ impl Session {
             .with_data(json!({"retryAfterSecs": secs}));
             return (rec.outcome("rate_limited"), e.to_response(id.to_value()));
         }
-        let slots = crate::mcp::quota::call_slots(&self.inner.client, &limits);
+        let slots = crate::mcp::quota::call_slots(&self.inner.client.tenant(), &limits);
         let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, slots.acquire_owned()).await else {
             self.limit_hit("max_concurrent_calls", Some(&desc.name))
                 .await;

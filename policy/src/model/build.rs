@@ -226,8 +226,16 @@ impl Policy {
             Some(j) => Some(super::jwt::jwt_settings(src, j, canon)?),
             None => None,
         };
+        let (role_views, client_roles) = match &jwt {
+            Some(j) if j.roles_claim.is_some() => {
+                super::role_views::build(src, &raw, &clients, &operator_tools, canon)?
+            }
+            _ => Default::default(),
+        };
         let mut policy = Self {
             clients,
+            role_views,
+            client_roles,
             stdio_client,
             worker_uids,
             worker_tmp_bytes,

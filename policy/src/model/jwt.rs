@@ -55,6 +55,9 @@ pub struct RawJwt {
     pub leeway_secs: Option<Spanned<u64>>,
     /// The claim naming the principal (default `sub`).
     pub principal_claim: Option<Spanned<String>>,
+    /// A claim listing policy roles (`roles`, `groups`, ...): a token then holds only the roles
+    /// of its client that the claim names (see [`JwtSettings::roles_claim`]).
+    pub roles_claim: Option<Spanned<String>>,
     /// Authorization servers named in the Protected Resource Metadata.
     #[serde(default)]
     pub authorization_servers: Vec<Spanned<String>>,
@@ -122,6 +125,11 @@ pub struct JwtSettings {
     pub leeway_secs: u64,
     /// The principal claim (`sub` by default).
     pub principal_claim: String,
+    /// The roles claim, if any. With it, a token narrows its client to the client's own grant
+    /// plus those of the client's `roles` the claim names (an array of strings or a
+    /// space-separated string); roles the client does not have are ignored, a token without
+    /// the claim holds none. Never more than the client's policy: limits stay the client's.
+    pub roles_claim: Option<String>,
     /// For the Protected Resource Metadata.
     pub authorization_servers: Vec<String>,
     /// For the Protected Resource Metadata and challenges.
@@ -266,6 +274,11 @@ pub(crate) fn jwt_settings(
         Some(c) => check_token(src, "auth.jwt.principal_claim", c)?,
         None => "sub".into(),
     };
+    let roles_claim = r
+        .roles_claim
+        .as_ref()
+        .map(|c| check_token(src, "auth.jwt.roles_claim", c))
+        .transpose()?;
     let authorization_servers = r
         .authorization_servers
         .iter()
@@ -297,6 +310,7 @@ pub(crate) fn jwt_settings(
         keys,
         leeway_secs,
         principal_claim,
+        roles_claim,
         authorization_servers,
         scopes_supported,
         scopes,
@@ -354,6 +368,7 @@ pub(crate) fn apply_jwt_flags(
         keys: Vec::new(),
         leeway_secs: DEFAULT_JWT_LEEWAY_SECS,
         principal_claim: "sub".into(),
+        roles_claim: None,
         authorization_servers: Vec::new(),
         scopes_supported: Vec::new(),
         scopes: BTreeMap::new(),
@@ -401,6 +416,11 @@ impl Policy {
             j.leeway_secs,
             j.resource_metadata_url()
         );
+        if let Some(c) = &j.roles_claim {
+            out.push_str(&format!(
+                "  roles_claim {c}: a token holds only the roles of its client that this claim names\n"
+            ));
+        }
         if let Some(p) = &j.jwks {
             out.push_str(&format!("  jwks   {}\n", p.display()));
         }

@@ -4,7 +4,8 @@
 //! from it.
 //!
 //! One file per part: `types` (the model, defaults, read-only views), `build` (validation and
-//! canonicalisation), `merge` (grants and limits of a client and its roles), `overlay`,
+//! canonicalisation), `merge` (grants and limits of a client and its roles), `role_views` (a client narrowed
+//! to some of its roles by a token), `overlay`,
 //! `quick_start`, `http`, `sandbox`. Does no I/O (paths go through the caller's
 //! `Canonicalize`); decisions are in `crate::decide`. Trusts the operator's configuration and
 //! flags only after `build`'s and `overlay`'s checks. Fields that configuration or flags set are
@@ -16,6 +17,7 @@ mod jwt;
 mod merge;
 mod overlay;
 mod quick_start;
+mod role_views;
 mod sandbox;
 mod tls;
 mod types;
@@ -28,6 +30,7 @@ pub use jwt::{
     DEFAULT_JWT_LEEWAY_SECS, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
 };
 pub use overlay::{Overlay, PolicyError, KNOWN_TOOLSETS};
+pub use role_views::MAX_ROLES_PER_CLIENT_WITH_ROLES_CLAIM;
 pub use tls::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};
 pub use types::*;
 pub use unix::*;

@@ -22,7 +22,7 @@ impl Policy {
     /// The sandbox a client's worker must enforce, derived from the same permissions the
     /// broker decides with. Unknown clients get an empty sandbox (no paths at all).
     pub fn sandbox_spec(&self, client: &ClientId) -> SandboxSpec {
-        let Some(p) = self.clients.get(client) else {
+        let Some(p) = self.permissions(client) else {
             return SandboxSpec {
                 allow_degraded: self.allow_degraded_sandbox,
                 isolation: self.isolation(client),
@@ -96,7 +96,14 @@ impl Policy {
         exec_paths.sort();
         exec_paths.dedup();
         SandboxSpec {
-            read_paths: s(&p.read),
+            // A write root is also readable: a read root at or beneath one would only mount
+            // read-only what the broker lets the client write.
+            read_paths: s(&p
+                .read
+                .iter()
+                .filter(|r| !p.write.iter().any(|w| r.starts_with(w)))
+                .cloned()
+                .collect::<Vec<_>>()),
             write_paths: s(&p.write),
             exec_paths,
             allow_network: p.exec.network,

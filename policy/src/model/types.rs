@@ -243,6 +243,11 @@ pub enum CgroupSetting {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub(super) clients: BTreeMap<ClientId, Permissions>,
+    /// Role views (`[auth.jwt] roles_claim`): a client narrowed to some of its roles, by view
+    /// id (`CLIENT+ROLE...`, see `role_views`). Empty without a roles claim.
+    pub(super) role_views: BTreeMap<ClientId, Permissions>,
+    /// Each client's roles, for [`Policy::role_view`] (only with a roles claim).
+    pub(super) client_roles: BTreeMap<ClientId, BTreeSet<String>>,
     pub(super) stdio_client: Option<ClientId>,
     /// Worker executable override (`server.worker`, `--worker`): [`Policy::worker_path`].
     pub(crate) worker_path: Option<PathBuf>,
@@ -378,7 +383,7 @@ impl Policy {
     /// The operator prompts a client may use (deny by default).
     pub fn prompts_for(&self, client: &ClientId) -> Vec<&crate::prompts::Prompt> {
         self.prompt_grants
-            .get(client)
+            .get(&client.tenant())
             .map(|names| names.iter().filter_map(|n| self.prompts.get(n)).collect())
             .unwrap_or_default()
     }
@@ -388,9 +393,12 @@ impl Policy {
         self.operator_tools.get(name)
     }
 
-    /// A client's permissions (`None`: unknown client, which is denied everything).
+    /// A client's (or a role view's) permissions (`None`: unknown client, which is denied
+    /// everything).
     pub fn permissions(&self, client: &ClientId) -> Option<&Permissions> {
-        self.clients.get(client)
+        self.clients
+            .get(client)
+            .or_else(|| self.role_views.get(client))
     }
 
     /// Every client, sorted by id.
@@ -403,6 +411,8 @@ impl Policy {
     /// `server.worker_uids`, collisions probed in the order of client ids), and never shared
     /// by two clients. An unknown client gets a slot of its own after all known ones.
     pub fn worker_uid(&self, client: &ClientId) -> u32 {
+        // A role view is its client's tenant: the same uid.
+        let client = &client.tenant();
         let size = self.worker_uids.len();
         let mut taken = BTreeSet::new();
         let known = self.clients.contains_key(client);

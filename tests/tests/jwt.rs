@@ -406,7 +406,9 @@ fn the_attack_table_is_refused_with_a_challenge_and_audited() {
         );
         assert!(r.header("mcp-session-id").is_none(), "{row}");
         assert!(
-            audited(&f.log, |rec| rec["event"] == "request"
+            audited(&f.log, |rec| rec["event"] == "auth.failure"
+                && rec["method"] == "jwt-bearer"
+                && rec["stage"] == "http-request"
                 && rec["http_status"] == 401
                 && rec["reason"] == *reason
                 && rec["principal"] == "<unauthenticated>"),
@@ -944,4 +946,57 @@ tools = ["write_file"]
     assert!(audited(&f.log, |r| r["event"] == "auth.success"
         && r["principal"] == "carol+"
         && r["roles"] == ""));
+}
+
+#[test]
+fn doctor_and_start_check_the_key_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let k1 = Key::new("k1");
+    let f = fx(&[&k1]);
+    let cfg = f.cfg.to_str().unwrap();
+    let doctor = || {
+        let out = Command::new(mcpd_e2e::mcpd_bin())
+            .args(["doctor", "--config", cfg])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let d = doctor();
+    assert!(
+        d.contains(&format!(
+            "jwt: jwks {}: 1 usable key(s): k1:ES256",
+            f.jwks.display()
+        )),
+        "{d}"
+    );
+    assert!(
+        d.contains(&format!("jwt: issuer {ISS} audience {AUD}")),
+        "{d}"
+    );
+    assert!(d.contains("the JWT key files are usable"), "{d}");
+    // A JWKS others could rewrite (and so mint tokens with): doctor says so, the start is
+    // refused.
+    std::fs::set_permissions(&f.jwks, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let d = doctor();
+    assert!(
+        d.contains("jwt: PROBLEM: jwks:") && d.contains("writable by group or others"),
+        "{d}"
+    );
+    assert!(d.contains("the JWT key files are NOT usable"), "{d}");
+    let out = Command::new(mcpd_e2e::mcpd_bin())
+        .args(["serve", "--config", cfg])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(e.contains("writable by group or others"), "{e}");
+    // A JWKS without one usable key (only a shared secret): named as such.
+    std::fs::set_permissions(&f.jwks, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        &f.jwks,
+        r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","alg":"HS256"}]}"#,
+    )
+    .unwrap();
+    let d = doctor();
+    assert!(d.contains("no usable signature key"), "{d}");
 }

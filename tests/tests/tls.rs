@@ -354,8 +354,11 @@ fn each_certificate_speaks_for_its_own_client_and_an_unmapped_one_is_403() {
     let r = post(&mut cm, port, None, &init_msg()).unwrap();
     assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
     assert!(String::from_utf8_lossy(&r.body).contains("names no client"));
-    let rec = p.wait_record("request", |r| r["http_status"] == 403);
+    let rec = p.wait_record("auth.failure", |r| r["http_status"] == 403);
     assert_eq!(rec["principal"], "<unauthenticated>");
+    assert_eq!(rec["method"], "mtls");
+    assert_eq!(rec["stage"], "http-request");
+    assert_eq!(rec["reason"], "certificate");
     assert!(rec["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
 }
 

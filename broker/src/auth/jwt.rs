@@ -67,8 +67,49 @@ fn pinned(alg: &str) -> Option<Algorithm> {
         .flatten()
 }
 
+/// Why a key file is not trustworthy: whoever can change it (or replace it in its directory)
+/// chooses which tokens verify, i.e. can mint tokens. Refused: a file writable by group or
+/// others, owned by a uid that is neither root nor mcpd's, or in a directory others may write
+/// without the sticky bit.
+pub fn key_file_problem(path: &Path) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = rustix::process::geteuid().as_raw();
+    let md = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    };
+    let mode = md.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "{}: writable by group or others (mode {:04o}): whoever can write a verification key can mint tokens (chmod go-w)",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    if md.uid() != 0 && md.uid() != me {
+        return Some(format!(
+            "{}: belongs to uid {}, neither root nor mcpd's uid {me}: that user can replace the key",
+            path.display(),
+            md.uid()
+        ));
+    }
+    let dir = path.parent()?;
+    let d = std::fs::metadata(dir).ok()?;
+    let dmode = d.permissions().mode();
+    if dmode & 0o002 != 0 && dmode & 0o1000 == 0 {
+        return Some(format!(
+            "{}: its directory is writable by every user without the sticky bit: anyone can replace the key",
+            path.display()
+        ));
+    }
+    None
+}
+
 fn read(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
+    if let Some(p) = key_file_problem(path) {
+        return Err(p);
+    }
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut buf = Vec::new();
     f.take(max + 1)
@@ -161,6 +202,57 @@ pub fn load_keys(j: &JwtSettings) -> Result<Vec<Key>, String> {
         keys.extend(from);
     }
     Ok(keys)
+}
+
+/// `mcpd doctor`: each key file of `[auth.jwt]` — trustworthy (see [`key_file_problem`]),
+/// readable, and holding usable keys (their ids and algorithms) — as (fine, line) pairs.
+pub fn inspect(j: &JwtSettings) -> Vec<(bool, String)> {
+    let mut out = vec![(
+        true,
+        format!(
+            "issuer {} audience {} (tokens for another resource are refused)",
+            j.issuer, j.audience
+        ),
+    )];
+    let describe = |keys: &[Key]| {
+        keys.iter()
+            .map(|k| format!("{}:{:?}", k.kid.as_deref().unwrap_or("(no kid)"), k.alg))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for k in &j.keys {
+        let one = JwtSettings {
+            keys: vec![k.clone()],
+            jwks: None,
+            ..j.clone()
+        };
+        out.push(match load_keys(&one) {
+            Ok(keys) => (
+                true,
+                format!("key {}: {}", k.pem.display(), describe(&keys)),
+            ),
+            Err(e) => (false, format!("key {}: {e}", k.kid)),
+        });
+    }
+    if let Some(p) = &j.jwks {
+        let one = JwtSettings {
+            keys: Vec::new(),
+            ..j.clone()
+        };
+        out.push(match load_keys(&one) {
+            Ok(keys) => (
+                true,
+                format!(
+                    "jwks {}: {} usable key(s): {}",
+                    p.display(),
+                    keys.len(),
+                    describe(&keys)
+                ),
+            ),
+            Err(e) => (false, format!("jwks: {e}")),
+        });
+    }
+    out
 }
 
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! `mcpd doctor`: what this kernel offers for confinement, read from (and tried on) the kernel
-//! itself, and what each client's worker view will hold.
+//! itself, what each client's worker view will hold, and whether the TLS and JWT key files the
+//! policy names are usable.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -73,7 +74,7 @@ pub fn run(policy: &mcpd_policy::Policy) -> ExitCode {
             notes.join("; ")
         ),
     }
-    let tls_ok = tls_report(policy);
+    let tls_ok = tls_report(policy) & jwt_report(policy);
     if ok {
         println!("verdict: workers can be fully confined on this kernel");
     } else {
@@ -104,6 +105,24 @@ fn tls_report(policy: &mcpd_policy::Policy) -> bool {
     }
     println!(
         "verdict: the TLS files {}",
+        if ok { "are usable" } else { "are NOT usable" }
+    );
+    ok
+}
+
+/// The bearer-token keys (`[auth.jwt]`): each file trustworthy, readable and holding usable
+/// keys. False when one would refuse the start.
+fn jwt_report(policy: &mcpd_policy::Policy) -> bool {
+    let Some(j) = policy.jwt() else {
+        return true;
+    };
+    let mut ok = true;
+    for (good, line) in crate::auth::jwt::inspect(j) {
+        ok &= good;
+        println!("jwt: {}{line}", if good { "" } else { "PROBLEM: " });
+    }
+    println!(
+        "verdict: the JWT key files {}",
         if ok { "are usable" } else { "are NOT usable" }
     );
     ok

@@ -120,11 +120,24 @@ pub(super) async fn audit_rejects(
         .extensions()
         .get::<Principal>()
         .map_or(UNAUTHENTICATED, |p| p.client.as_str());
+    let auth_failed = response.extensions().get::<AuthFailed>().copied();
     let mut f = serde_json::Map::new();
     f.insert("principal".into(), json!(principal));
     f.insert("transport".into(), json!("http"));
-    f.insert("method".into(), json!("<invalid>"));
-    f.insert("outcome".into(), json!("invalid"));
+    // An authentication refusal is an `auth.failure` (like a refused handshake), with the
+    // authentication method; every other reject a `request` record.
+    let event = match auth_failed {
+        Some(AuthFailed(method)) => {
+            f.insert("method".into(), json!(method));
+            f.insert("stage".into(), json!("http-request"));
+            "auth.failure"
+        }
+        None => {
+            f.insert("method".into(), json!("<invalid>"));
+            f.insert("outcome".into(), json!("invalid"));
+            "request"
+        }
+    };
     f.insert("http_method".into(), json!(http_method));
     f.insert("http_status".into(), json!(response.status().as_u16()));
     f.insert("with_session_id".into(), json!(session));
@@ -134,7 +147,7 @@ pub(super) async fn audit_rejects(
     if let Some(r) = response.extensions().get::<RejectReason>() {
         f.insert("reason".into(), json!(r.0));
     }
-    match app.audit.record("request", f).await {
+    match app.audit.record(event, f).await {
         Ok(()) => response,
         Err(e) => {
             tracing::error!("audit: {e}");
@@ -147,6 +160,11 @@ pub(super) async fn audit_rejects(
         }
     }
 }
+
+/// The request was refused by the authenticator (the method that refused it), for
+/// [`audit_rejects`]: its record is an `auth.failure`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AuthFailed(pub(super) &'static str);
 
 /// Why the transport refused a request (a short code), for [`audit_rejects`]' record.
 #[derive(Debug, Clone, Copy)]
@@ -257,6 +275,11 @@ pub(super) async fn authenticate(
                 }
             }
             r.extensions_mut().insert(RejectReason(reason));
+            r.extensions_mut().insert(AuthFailed(match &e {
+                AuthError::Certificate { .. } => "mtls",
+                AuthError::MissingToken { .. } | AuthError::InvalidToken { .. } => "jwt-bearer",
+                AuthError::NoClient { .. } => "none",
+            }));
             r
         }
     }

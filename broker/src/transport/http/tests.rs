@@ -359,11 +359,12 @@ async fn a_peer_without_a_principal_is_refused_and_audited_as_unauthenticated() 
     let recs = records(&l.log);
     let refused: Vec<&Value> = recs
         .iter()
-        .filter(|r| r["event"] == "request" && r["http_status"] == 403)
+        .filter(|r| r["event"] == "auth.failure" && r["http_status"] == 403)
         .collect();
     assert_eq!(refused.len(), 2, "{recs:?}");
     for r in refused {
         assert_eq!(r["principal"], "<unauthenticated>", "{r}");
+        assert_eq!(r["stage"], "http-request", "{r}");
         assert!(r["peer"].as_str().unwrap().starts_with("127.0.0.3:"), "{r}");
     }
     assert!(l.app.sessions.drain().is_empty());

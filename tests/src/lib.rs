@@ -436,10 +436,12 @@ pub fn check_runs_as(uid: u32, gid: u32) -> Result<(), String> {
     }
 }
 
-/// A test's need for a kernel, cgroup or host feature: `present` passes through. When the
-/// feature is missing, a test under CI (`CI` set and non-empty) panics, because CI provides
-/// every feature and a test that did not run must not pass; elsewhere it prints `SKIPPED:`
-/// (visible with `--nocapture`) and returns false, so the test returns early.
+/// A test's need for a kernel, cgroup or host feature, or an installed tool: `present` passes
+/// through. A missing one fails the test — under CI (`CI` set and non-empty) always, because CI
+/// provides everything and a test that did not run must not pass; elsewhere unless
+/// `MCPD_ALLOW_SKIP=1`, which makes it print `SKIPPED:` (visible with `--nocapture`), note it
+/// in `$MCPD_SKIP_LOG` (the summary line of `bash tests/run.sh`) and return false, so the test
+/// returns early.
 pub fn require(present: bool, feature: &str, why: &str) -> bool {
     if present {
         return true;
@@ -448,7 +450,25 @@ pub fn require(present: bool, feature: &str, why: &str) -> bool {
     if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
         panic!("{test}: {feature} is required when CI is set: {why}");
     }
+    if std::env::var("MCPD_ALLOW_SKIP").as_deref() != Ok("1") {
+        panic!(
+            "{test}: {feature} unavailable: {why}. Install the test prerequisites with \
+             `bash tests/setup.sh`, or set MCPD_ALLOW_SKIP=1 to skip the tests this machine \
+             cannot run (`bash tests/run.sh` lists them at the end)"
+        );
+    }
     eprintln!("SKIPPED: {test}: {feature} unavailable: {why}");
+    if let Some(log) = std::env::var_os("MCPD_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(log)
+        {
+            // One line per skip; appends of one short line are atomic between test processes.
+            let _ = writeln!(f, "{test} ({feature})");
+        }
+    }
     false
 }
 

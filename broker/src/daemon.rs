@@ -170,7 +170,7 @@ async fn wait_for_termination() {
 }
 
 /// The worker executable: the policy's choice, else `mcpd-worker` next to `mcpd`.
-fn worker_path(policy: &Policy) -> Result<PathBuf, BrokerError> {
+pub(crate) fn worker_path(policy: &Policy) -> Result<PathBuf, BrokerError> {
     if let Some(p) = policy.worker_path() {
         return Ok(p.to_path_buf());
     }
@@ -243,6 +243,9 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
         tracing::warn!(target: LOG, "{w}");
     }
     let worker = worker_path(&policy)?;
+    // Before any client: a missing or mismatched worker refuses the start, not the first call.
+    let about = worker::probe::check(&worker).map_err(BrokerError::Worker)?;
+    tracing::debug!(target: LOG, worker = %worker.display(), "{about}");
     // The requestState key, before any request can need it: a CSPRNG failure ends the start.
     mcp::seal::init().map_err(BrokerError::Key)?;
     let http_addr = policy.http().listen;

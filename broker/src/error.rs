@@ -59,6 +59,10 @@ pub enum BrokerError {
     /// `mcpd`'s own path has no parent directory to find `mcpd-worker` in.
     #[error("mcpd: mcpd has no parent directory")]
     NoExeDir,
+    /// The worker executable is missing, not executable, or speaks another IPC protocol
+    /// (`worker::probe`); the message says how to fix it.
+    #[error("mcpd: {0}")]
+    Worker(String),
     /// `server.cgroup` names a cgroup that cannot be used.
     #[error("mcpd: server.cgroup: {0}")]
     Cgroup(#[source] crate::worker::cgroup::CgroupError),
@@ -121,6 +125,7 @@ impl BrokerError {
             | Self::ConfigInvalid(_)
             | Self::LocateSelf(_)
             | Self::NoExeDir
+            | Self::Worker(_)
             | Self::Cgroup(_)
             | Self::Tls(_) => Self::CONFIG,
             Self::Key(_) | Self::Runtime(_) => Self::RUNTIME,

@@ -199,14 +199,22 @@ fn worker_dying_mid_call_fails_that_call_only() {
 fn a_hostile_worker_cannot_take_the_broker_down() {
     // A "worker" that answers the handshake with garbage on fd 3, and one that exits at once.
     let d = tempfile::tempdir().unwrap();
+    let real = mcpd_e2e::bin_dir().join("mcpd-worker");
+    let real = real.to_str().unwrap();
     let garbage = d.path().join("garbage-worker");
     std::fs::write(
         &garbage,
-        "#!/usr/bin/env python3\nimport os\nos.write(3, b'\\xff\\xff\\xff\\x7f' + b'A' * 60)\nos.read(3, 100)\n",
+        format!("#!/usr/bin/env python3\nimport os, sys\nif sys.argv[1:] == ['--version']:\n    os.execv({real:?}, [{real:?}, '--version'])\nos.write(3, b'\\xff\\xff\\xff\\x7f' + b'A' * 60)\nos.read(3, 100)\n"),
     )
     .unwrap();
+    // Both pass the start-up check (they answer `--version` as the real worker does) and
+    // fail only when a session starts one.
     let quitter = d.path().join("quitter-worker");
-    std::fs::write(&quitter, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::write(
+        &quitter,
+        format!("#!/bin/sh\n[ \"$1\" = --version ] && exec {real:?} --version\nexit 3\n"),
+    )
+    .unwrap();
     for w in [&garbage, &quitter] {
         std::fs::set_permissions(w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let mut s = Server::start(&[
@@ -262,4 +270,87 @@ fn the_production_worker_has_no_conformance_fixtures() {
     assert!(log.contains("worker start failed"), "{log}");
     assert!(log.contains("unknown tool set 'conformance'"), "{log}");
     assert!(s.finish().success());
+}
+
+#[test]
+fn serve_and_doctor_refuse_a_missing_or_foreign_worker() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().to_str().unwrap();
+    let serve = |worker: &std::path::Path| {
+        let out = std::process::Command::new(mcpd_e2e::mcpd_bin())
+            .args(["serve", "--stdio", "--allow-read", root, "--worker"])
+            .arg(worker)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let doctor = |worker: &std::path::Path| {
+        let cfg = d.path().join("doctor.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nworker = {:?}\n[clients.local]\nread = [{root:?}]\n",
+                worker.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(mcpd_e2e::mcpd_bin())
+            .args(["doctor", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let missing = d.path().join("no-such-worker");
+    let (code, e) = serve(&missing);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(
+        e.contains(&format!(
+            "worker executable {} does not exist",
+            missing.display()
+        )) && e.contains("--worker PATH"),
+        "{e}"
+    );
+    let (code, out) = doctor(&missing);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("worker: PROBLEM: worker executable") && out.contains("NOT usable"),
+        "{out}"
+    );
+    // Not executable.
+    let plain = d.path().join("plain");
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, e) = serve(&plain);
+    assert_eq!(code, Some(2));
+    assert!(e.contains("is not executable"), "{e}");
+    // An executable that is not a worker, and a worker of another IPC protocol.
+    let foreign = d.path().join("foreign");
+    std::fs::write(&foreign, "#!/bin/sh\necho hello\n").unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, e) = serve(&foreign);
+    assert_eq!(code, Some(2));
+    assert!(e.contains("did not answer the version handshake"), "{e}");
+    std::fs::write(&foreign, "#!/bin/sh\necho mcpd-worker 0.0.1 ipc 1\n").unwrap();
+    let (code, e) = serve(&foreign);
+    assert_eq!(code, Some(2));
+    assert!(
+        e.contains("speaking ipc protocol 1") && e.contains("same release"),
+        "{e}"
+    );
+    // The real one passes, and doctor says which.
+    let real = mcpd_e2e::bin_dir().join("mcpd-worker");
+    let (_, out) = doctor(&real);
+    assert!(
+        out.contains(&format!("worker: {} (mcpd-worker ", real.display())),
+        "{out}"
+    );
 }

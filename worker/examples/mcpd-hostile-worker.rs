@@ -49,6 +49,11 @@ fn raw(fd: &OwnedFd, bytes: &[u8]) {
 }
 
 fn main() -> ExitCode {
+    // It passes the broker's start-up check like a real worker; the hostility starts after.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--version") {
+        println!("{}", mcpd_worker::serve::version_line());
+        return ExitCode::SUCCESS;
+    }
     // SAFETY: the broker passes its end of the socketpair as fd 3 (`WORKER_FD`); nothing else
     // in this process owns it, and it is taken once, here.
     #[allow(unsafe_code)]

@@ -246,6 +246,13 @@ fn fail(msg: &str, code: u8) -> ExitCode {
 
 /// Run a worker with these tools: the fixed start-up sequence, then the request loop.
 pub fn run(registry: Registry) -> ExitCode {
+    // `mcpd-worker --version`: the broker's start-up check (and `mcpd doctor`) that this is a
+    // worker speaking its IPC protocol. Reading argv opens no file and starts no thread, so the
+    // start below is still single-threaded with no descriptor taken; nothing else is read.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--version") {
+        println!("{}", version_line());
+        return ExitCode::SUCCESS;
+    }
     // INVARIANT (confinement order; docs/ARCHITECTURE.md "Worker start-up"):
     //   1. sanitize (fds, env, non-dumpable, no core)   2. read ONE bounded Confine message
     //   2b. namespaces → private view (pivot_root) → own /proc → privileges dropped (uid,
@@ -499,4 +506,13 @@ async fn serve(
     // every sender is gone, or the socket fails).
     let _ = tokio::time::timeout(std::time::Duration::from_millis(200), writer).await;
     code
+}
+
+/// What `mcpd-worker --version` prints: `mcpd-worker VERSION ipc N` (N = the IPC
+/// [`PROTOCOL_VERSION`] the broker must speak).
+pub fn version_line() -> String {
+    format!(
+        "mcpd-worker {} ipc {PROTOCOL_VERSION}",
+        env!("CARGO_PKG_VERSION")
+    )
 }

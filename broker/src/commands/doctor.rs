@@ -57,6 +57,21 @@ pub fn run(policy: &mcpd_policy::Policy) -> ExitCode {
             .map(|u| format!(", unprivileged_userns_clone={u}"))
             .unwrap_or_default()
     );
+    // The executable first: `serve` refuses to start without a usable one.
+    let worker_ok = match crate::daemon::worker_path(policy)
+        .map_err(|e| e.to_string())
+        .and_then(|w| crate::worker::probe::check(&w).map(|about| (w, about)))
+    {
+        Ok((w, about)) => {
+            println!("worker: {} ({about})", w.display());
+            true
+        }
+        Err(e) => {
+            println!("worker: PROBLEM: {e}");
+            println!("verdict: the worker executable is NOT usable: mcpd serve refuses to start");
+            false
+        }
+    };
     if !namespaces_report(policy) {
         ok = false;
     }
@@ -74,7 +89,7 @@ pub fn run(policy: &mcpd_policy::Policy) -> ExitCode {
             notes.join("; ")
         ),
     }
-    let tls_ok = tls_report(policy) & jwt_report(policy);
+    let tls_ok = tls_report(policy) & jwt_report(policy) & worker_ok;
     if ok {
         println!("verdict: workers can be fully confined on this kernel");
     } else {

@@ -9,11 +9,13 @@
 //! * `handle.rs`: the live [`supervisor::Worker`], its calls and the routing of what it sends;
 //! * `validate.rs`: the checks on what a worker says (descriptors, enforcement, requests);
 //! * `sandbox.rs`: completing the sandbox spec the policy derived;
+//! * `probe.rs`: the worker executable's start-up check (`--version` handshake);
 //! * `cgroup/`: per-worker control groups (one trait, a v1 and a v2 implementation).
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
 mod handle;
+pub mod probe;
 pub mod sandbox;
 pub mod supervisor;
 pub(crate) mod validate;

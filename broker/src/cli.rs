@@ -8,9 +8,34 @@
 //! What it trusts: nothing; every value it yields is checked again where it is used.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Where `serve`, `check-config` and `doctor` look for a configuration file when none is named:
+/// `$MCPD_CONFIG` if set, else this path (when it exists).
+pub const DEFAULT_CONFIG: &str = "/etc/mcpd/mcpd.toml";
+
+/// The configuration file to use when `--config` names none: `$MCPD_CONFIG` (set and
+/// non-empty: used whether or not it exists, so a typo is an error, not a silent default),
+/// else [`DEFAULT_CONFIG`] when it exists, else none (the embedded default).
+pub fn default_config() -> Option<PathBuf> {
+    match std::env::var_os("MCPD_CONFIG") {
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => Path::new(DEFAULT_CONFIG)
+            .exists()
+            .then(|| PathBuf::from(DEFAULT_CONFIG)),
+    }
+}
+
+/// How log lines on stderr are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields), for log collectors.
+    Json,
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,15 +56,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate a configuration file and print the effective policy.
     CheckConfig {
-        /// The configuration file.
-        #[arg(long)]
-        config: PathBuf,
+        /// The configuration file (default: $MCPD_CONFIG, else /etc/mcpd/mcpd.toml).
+        #[arg(short = 'c', long)]
+        config: Option<PathBuf>,
     },
     /// Print what this kernel offers for confinement, and what each client's worker view
     /// will hold (the embedded default, or --config).
     Doctor {
-        /// The configuration file whose clients' views are shown.
-        #[arg(long)]
+        /// The configuration file whose clients' views are shown (default: $MCPD_CONFIG, else
+        /// /etc/mcpd/mcpd.toml when it exists, else the embedded default).
+        #[arg(short = 'c', long)]
         config: Option<PathBuf>,
     },
     /// Read and verify the audit log.
@@ -128,9 +154,13 @@ pub struct ServeArgs {
     /// python3, sh, bash or node (repeatable).
     #[arg(long = "allow-code", value_name = "LANGUAGE")]
     pub allow_code: Vec<String>,
-    /// Configuration file (TOML).
-    #[arg(long)]
+    /// Configuration file (TOML). Default: $MCPD_CONFIG if set, else /etc/mcpd/mcpd.toml when
+    /// it exists, else the embedded default (stdio, the current directory read-only).
+    #[arg(short = 'c', long)]
     pub config: Option<PathBuf>,
+    /// Ignore the default configuration file: serve the embedded default plus these flags.
+    #[arg(long = "no-config", conflicts_with = "config")]
+    pub no_config: bool,
     /// Path of the mcpd-worker executable (default: next to mcpd).
     #[arg(long)]
     pub worker: Option<PathBuf>,
@@ -140,6 +170,9 @@ pub struct ServeArgs {
     /// Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Log line format on stderr.
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Accept OAuth bearer JWTs on the HTTP listener, verified with the keys of this JWKS file
     /// (each key pins its algorithm); needs --jwt-issuer and --jwt-audience unless the
     /// configuration has [auth.jwt]. Token subjects map to clients by

@@ -36,8 +36,13 @@ struct PolicySource {
 
 impl PolicySource {
     fn new(args: &ServeArgs) -> Self {
+        let config = match (&args.config, args.no_config) {
+            (Some(c), _) => Some(c.clone()),
+            (None, true) => None,
+            (None, false) => crate::cli::default_config(),
+        };
         Self {
-            config: args.config.clone(),
+            config,
             overlay: Overlay {
                 read: args.allow_read.clone(),
                 write: args.allow_write.clone(),
@@ -179,16 +184,18 @@ pub(crate) fn worker_path(policy: &Policy) -> Result<PathBuf, BrokerError> {
     Ok(dir.join("mcpd-worker"))
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: crate::cli::LogFormat) {
     let filter = std::env::var("MCPD_LOG").unwrap_or_else(|_| filter.to_string());
-    let _ = tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+        .with_env_filter(filter);
+    let _ = match format {
+        crate::cli::LogFormat::Text => fmt.try_init(),
+        crate::cli::LogFormat::Json => fmt.json().flatten_event(true).try_init(),
+    };
 }
 
 /// One stdio session needs no worker threads: a current-thread runtime keeps every hop of a
@@ -236,8 +243,11 @@ fn open_audit(policy: &Policy, source: &PolicySource) -> Result<auditing::Audit,
 /// Serve MCP until stdin ends (stdio alone) or `SIGTERM`/`SIGINT` (with HTTP). Returns once
 /// `broker.stop` is recorded and the runtime is shut down.
 pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
-    init_logging(&args.log);
+    init_logging(&args.log, args.log_format);
     let source = PolicySource::new(&args);
+    if let (Some(c), None) = (&source.config, &args.config) {
+        tracing::info!(target: LOG, "configuration: {} (the default; --no-config ignores it)", c.display());
+    }
     let policy = source.load().map_err(BrokerError::Config)?;
     for w in policy.warnings() {
         tracing::warn!(target: LOG, "{w}");

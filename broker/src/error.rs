@@ -53,6 +53,9 @@ pub enum BrokerError {
     /// (`FILE:LINE:COL: message`), without a prefix.
     #[error("{0}")]
     ConfigInvalid(#[source] PolicyError),
+    /// `check-config` without `--config`, and no default configuration file exists.
+    #[error("mcpd: no configuration file: name one with --config FILE (or MCPD_CONFIG); {} does not exist", crate::cli::DEFAULT_CONFIG)]
+    NoConfig,
     /// The worker executable's default location (next to `mcpd`) cannot be found.
     #[error("mcpd: locating mcpd: {0}")]
     LocateSelf(#[source] std::io::Error),
@@ -123,6 +126,7 @@ impl BrokerError {
             Self::Config(_)
             | Self::ConfigFile(_)
             | Self::ConfigInvalid(_)
+            | Self::NoConfig
             | Self::LocateSelf(_)
             | Self::NoExeDir
             | Self::Worker(_)

@@ -36,8 +36,13 @@ use cli::{Cli, Command};
 pub fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(args) => daemon::serve(args).map(|()| ExitCode::SUCCESS),
-        Command::CheckConfig { config } => commands::check_config::run(&config),
-        Command::Doctor { config } => commands::doctor(config.as_deref()),
+        Command::CheckConfig { config } => match config.or_else(cli::default_config) {
+            Some(c) => commands::check_config::run(&c),
+            None => Err(error::BrokerError::NoConfig),
+        },
+        Command::Doctor { config } => {
+            commands::doctor(config.or_else(cli::default_config).as_deref())
+        }
         Command::Audit(cmd) => commands::audit::run(cmd),
     };
     result.unwrap_or_else(|e| {

@@ -223,3 +223,101 @@ fn check_config_shows_worker_uids_and_refuses_bad_ranges() {
         assert!(err.contains("server.worker_uids"), "{bad}: {err}");
     }
 }
+
+/// `mcpd` with `MCPD_CONFIG` set (or removed) and stdin empty.
+fn mcpd_env(args: &[&str], config: Option<&std::path::Path>) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcpd"));
+    cmd.args(args).stdin(std::process::Stdio::null());
+    match config {
+        Some(c) => cmd.env("MCPD_CONFIG", c),
+        None => cmd.env_remove("MCPD_CONFIG"),
+    };
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_default_configuration_file_short_flag_and_no_config() {
+    let d = tempfile::tempdir().unwrap();
+    let good = d.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!("[clients.local]\nread = [\"{}\"]\n", d.path().display()),
+    )
+    .unwrap();
+    let bad = d.path().join("bad.toml");
+    std::fs::write(&bad, "[clients.local]\nread = 7\n").unwrap();
+    // The default file (here through MCPD_CONFIG) is what serve, check-config and doctor read.
+    let (code, _, err) = mcpd_env(&["serve", "--stdio"], Some(&bad));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.toml:2:"), "{err}");
+    let (code, out, _) = mcpd_env(&["check-config"], Some(&good));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("client local:"), "{out}");
+    let (code, out, _) = mcpd_env(&["doctor"], Some(&good));
+    assert!(
+        out.contains(&format!("{} (ro", d.path().display())),
+        "{code} {out}"
+    );
+    // --no-config: the embedded default, whatever the default file says.
+    let (code, _, err) = mcpd_env(&["serve", "--stdio", "--no-config"], Some(&bad));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("bad.toml"), "{err}");
+    // A configuration named with -c wins over the default.
+    let (code, _, err) = mcpd_env(
+        &["serve", "--stdio", "-c", good.to_str().unwrap()],
+        Some(&bad),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = mcpd_env(&["check-config", "-c", good.to_str().unwrap()], Some(&bad));
+    assert_eq!(code, 0, "{out}");
+    // A default that is named but missing is an error, not a silent fallback.
+    let (code, _, err) = mcpd_env(&["serve", "--stdio"], Some(&d.path().join("typo.toml")));
+    assert_eq!(code, 2);
+    assert!(err.contains("typo.toml"), "{err}");
+    // Without any: check-config says what to do (on a host without /etc/mcpd/mcpd.toml).
+    if !std::path::Path::new("/etc/mcpd/mcpd.toml").exists() {
+        let (code, _, err) = mcpd_env(&["check-config"], None);
+        assert_eq!(code, 2);
+        assert!(
+            err.contains("--config FILE") && err.contains("/etc/mcpd/mcpd.toml does not exist"),
+            "{err}"
+        );
+    }
+    let (_, help, _) = mcpd_env(&["serve", "--help"], None);
+    assert!(
+        help.contains("/etc/mcpd/mcpd.toml") && help.contains("-c, --config"),
+        "{help}"
+    );
+}
+
+#[test]
+fn json_log_lines_are_one_object_each() {
+    let d = tempfile::tempdir().unwrap();
+    let (code, _, err) = mcpd_env(
+        &[
+            "serve",
+            "--stdio",
+            "--no-config",
+            "--allow-read",
+            d.path().to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    let (code, _, err) = mcpd_env(&["serve", "--log-format", "xml"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'xml'"), "{err}");
+}

@@ -107,6 +107,7 @@ impl HttpServer {
         let err = std::fs::File::create(&stderr_path).unwrap();
         let child = Command::new(mcpd_bin())
             .arg("serve")
+            .args(crate::no_default_config(args))
             .args(listen)
             .args(args)
             .env("MCPD_LOG", "debug")

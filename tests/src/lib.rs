@@ -44,6 +44,15 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// `--no-config` unless `args` name a configuration: a test's broker never reads the host's
+/// `/etc/mcpd/mcpd.toml` (or `$MCPD_CONFIG`).
+pub fn no_default_config(args: &[&str]) -> Option<&'static str> {
+    let named = args
+        .iter()
+        .any(|a| *a == "--config" || *a == "-c" || a.starts_with("--config="));
+    (!named).then_some("--no-config")
+}
+
 /// Path of the `mcpd` binary.
 pub fn mcpd_bin() -> PathBuf {
     bin_dir().join("mcpd")
@@ -116,6 +125,7 @@ impl Server {
         let mut cmd = Command::new(mcpd_bin());
         cmd.arg("serve")
             .arg("--stdio")
+            .args(no_default_config(args))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -60,6 +60,9 @@ pub enum DenyReason {
     MissingPermission,
     /// A path lies outside the client's read (or write) paths.
     PathOutsideScope,
+    /// A write beneath a root the client may only read (it can list that root itself, so
+    /// saying so reveals nothing outside its scope).
+    ReadOnlyRoot,
     /// A path argument is malformed (empty, NUL byte, too long).
     InvalidPath,
     /// The program is not allow-listed for the client.
@@ -80,6 +83,7 @@ impl DenyReason {
             DenyReason::ToolNotAllowed => "tool_not_allowed",
             DenyReason::MissingPermission => "missing_permission",
             DenyReason::PathOutsideScope => "path_outside_scope",
+            DenyReason::ReadOnlyRoot => "read_only_root",
             DenyReason::InvalidPath => "invalid_path",
             DenyReason::ProgramNotAllowed => "program_not_allowed",
             DenyReason::ArgumentNotAllowed => "argument_not_allowed",
@@ -297,9 +301,11 @@ fn check_path<'p>(
     } else {
         inside(&p.read).or_else(|| inside(&p.write))
     };
-    found
-        .map(|root| (root, norm))
-        .ok_or(DenyReason::PathOutsideScope)
+    match found {
+        Some(root) => Ok((root, norm)),
+        None if write && inside(&p.read).is_some() => Err(DenyReason::ReadOnlyRoot),
+        None => Err(DenyReason::PathOutsideScope),
+    }
 }
 
 /// Fold `.` and `..` lexically. `None` if `..` climbs above `/`.
@@ -439,6 +445,20 @@ call_timeout_secs = 30
             !ok("/srv/data/a.txt", true),
             "read-only root is not writable"
         );
+        // ... and the refusal says so (a root the client lists); elsewhere it says nothing.
+        let write = |path| p.decide(&a, &call("t", ToolAccess::FileWrite, vec![(path, true)]));
+        assert!(matches!(
+            write("/srv/data/a.txt"),
+            Decision::Deny(DenyReason::ReadOnlyRoot)
+        ));
+        assert!(matches!(
+            write("/srv/data-evil/a.txt"),
+            Decision::Deny(DenyReason::PathOutsideScope)
+        ));
+        assert!(matches!(
+            write("/srv/data/../etc/x"),
+            Decision::Deny(DenyReason::PathOutsideScope)
+        ));
         assert!(!ok("/srv/data-evil/a.txt", false), "prefix sibling");
         assert!(!ok("/srv/data/../secret", false), "dot-dot");
         assert!(!ok("/etc/passwd", false));

@@ -239,3 +239,58 @@ fn write_tools() {
     );
     assert!(!f.root.join("x/moved.txt").exists());
 }
+
+#[test]
+fn a_write_into_a_read_only_root_says_so() {
+    let f = fx();
+    let t = tempfile::tempdir().unwrap();
+    let outside = std::fs::canonicalize(t.path()).unwrap();
+    let mut s = Server::start(&["--allow-read", f.root.to_str().unwrap()]);
+    s.initialize();
+    // write_file is hidden from a read-only client, edit_file too; a root it can only read
+    // is named as such (the client lists its roots itself), a path elsewhere is not.
+    for (tool, args) in [
+        (
+            "write_file",
+            json!({"path": path(&f, "new.txt"), "content": "x"}),
+        ),
+        ("create_directory", json!({"path": path(&f, "docs/new")})),
+    ] {
+        let (t, err) = s.call_text(tool, args);
+        assert!(err, "{tool}: {t}");
+        assert!(
+            t == "Access denied - read-only directory: this client may read here but not write"
+                || t.contains("Unknown tool")
+                || t.contains("not allowed"),
+            "{tool}: {t}"
+        );
+    }
+    // With a write root elsewhere, write tools exist, and the read root still refuses.
+    drop(s);
+    let mut s = Server::start(&[
+        "--allow-read",
+        f.root.to_str().unwrap(),
+        "--allow-write",
+        outside.to_str().unwrap(),
+    ]);
+    s.initialize();
+    let (t, err) = s.call_text(
+        "write_file",
+        json!({"path": path(&f, "new.txt"), "content": "x"}),
+    );
+    assert!(err);
+    assert_eq!(
+        t,
+        "Access denied - read-only directory: this client may read here but not write"
+    );
+    assert!(!f.root.join("new.txt").exists());
+    let (t, err) = s.call_text(
+        "write_file",
+        json!({"path": "/etc/mcpd-nope", "content": "x"}),
+    );
+    assert!(err);
+    assert_eq!(t, "Access denied - path outside allowed directories");
+    let written = outside.join("ok.txt");
+    let (t, err) = s.call_text("write_file", json!({"path": written, "content": "x"}));
+    assert!(!err, "{t}");
+}

@@ -36,6 +36,10 @@ pub const TOOLS_PAGE_SIZE: usize = 100;
 /// path exists, and identical to the worker's.
 pub const ACCESS_DENIED: &str = "Access denied - path outside allowed directories";
 
+/// The message for a write beneath a root the client may only read (a root it can list).
+pub const READ_ONLY: &str =
+    "Access denied - read-only directory: this client may read here but not write";
+
 pub(super) const WORKER_DIED: &str = "The tool worker terminated unexpectedly; the call did not complete. The next call starts a new worker.";
 
 pub(super) const SANDBOX_UNAVAILABLE: &str =
@@ -355,6 +359,13 @@ impl Session {
                 );
             }
             Decision::Allow(a) => a,
+            Decision::Deny(r @ DenyReason::ReadOnlyRoot) => {
+                tracing::info!(client = %self.inner.client, tool = %desc.name, "denied: write into a read-only root");
+                return (
+                    rec.deny(r.code()).outcome("denied"),
+                    jsonrpc::response(id, tool_error(READ_ONLY)),
+                );
+            }
             Decision::Deny(r @ (DenyReason::PathOutsideScope | DenyReason::InvalidPath)) => {
                 tracing::info!(client = %self.inner.client, tool = %desc.name, "denied: path outside scope");
                 return (

@@ -54,6 +54,7 @@ impl PolicySource {
                 jwt_audience: args.jwt_audience.clone(),
                 unix: args.unix.clone(),
                 unix_systemd: args.unix_systemd,
+                unix_protocol: args.unix_protocol.clone(),
                 tls: mcpd_policy::TlsOverlay {
                     cert: args.tls_cert.clone(),
                     key: args.tls_key.clone(),
@@ -426,6 +427,7 @@ mod tests {
             "--config=c.toml",
             "--unix=/run/m.sock",
             "--unix-systemd",
+            "--unix-protocol=lines",
             "--tls-cert=s.pem",
             "--tls-key=s.key",
             "--tls-client-ca=ca.pem",
@@ -450,6 +452,7 @@ mod tests {
                 jwt_audience: None,
                 unix: Some("/run/m.sock".into()),
                 unix_systemd: true,
+                unix_protocol: Some("lines".into()),
                 tls: mcpd_policy::TlsOverlay {
                     cert: Some("s.pem".into()),
                     key: Some("s.key".into()),

@@ -341,7 +341,7 @@ async fn run(
         transport::http::ENDPOINT
     );
     let cfg = transport::http::HttpConfig {
-        addr: bound,
+        listen: transport::http::Listen::Tcp(bound),
         client,
         extra_hosts: http.allowed_hosts.clone(),
         idle: Duration::from_secs(http.session_idle_secs),

@@ -186,13 +186,18 @@ pub struct ServeArgs {
     /// https://mcp.example.org/mcp (RFC 8707).
     #[arg(long = "jwt-audience", value_name = "URL")]
     pub jwt_audience: Option<String>,
-    /// Serve newline-delimited JSON-RPC on a Unix socket at PATH (one session per connection;
-    /// each peer's client from its uid/gid: `[clients.NAME.identity] unix_uid`/`unix_gid`).
+    /// Serve MCP on a Unix socket at PATH: Streamable HTTP (endpoint /mcp) unless
+    /// --unix-protocol lines. Each peer's client comes from its uid/gid (SO_PEERCRED):
+    /// `[clients.NAME.identity] unix_uid`/`unix_gid`.
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
     /// Serve the Unix listening socket systemd passed (socket activation: LISTEN_FDS).
     #[arg(long = "unix-systemd")]
     pub unix_systemd: bool,
+    /// What the Unix listener speaks: http (Streamable HTTP, the default) or lines
+    /// (newline-delimited JSON-RPC as on stdio, one session per connection).
+    #[arg(long = "unix-protocol", value_name = "PROTOCOL")]
+    pub unix_protocol: Option<String>,
     /// Serve HTTPS: the PEM certificate chain of the listener (with --tls-key). TLS 1.3 only
     /// unless [http.tls] min_version = "1.2". Reloaded on SIGHUP.
     #[arg(long = "tls-cert", value_name = "FILE")]

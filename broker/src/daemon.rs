@@ -59,6 +59,7 @@ impl PolicySource {
                 jwt_audience: args.jwt_audience.clone(),
                 unix: args.unix.clone(),
                 unix_systemd: args.unix_systemd,
+                unix_protocol: args.unix_protocol.clone(),
                 tls: mcpd_policy::TlsOverlay {
                     cert: args.tls_cert.clone(),
                     key: args.tls_key.clone(),
@@ -353,7 +354,7 @@ async fn run(
         transport::http::ENDPOINT
     );
     let cfg = transport::http::HttpConfig {
-        addr: bound,
+        listen: transport::http::Listen::Tcp(bound),
         client,
         extra_hosts: http.allowed_hosts.clone(),
         idle: Duration::from_secs(http.session_idle_secs),
@@ -439,6 +440,7 @@ mod tests {
             "--config=c.toml",
             "--unix=/run/m.sock",
             "--unix-systemd",
+            "--unix-protocol=lines",
             "--tls-cert=s.pem",
             "--tls-key=s.key",
             "--tls-client-ca=ca.pem",
@@ -463,6 +465,7 @@ mod tests {
                 jwt_audience: None,
                 unix: Some("/run/m.sock".into()),
                 unix_systemd: true,
+                unix_protocol: Some("lines".into()),
                 tls: mcpd_policy::TlsOverlay {
                     cert: Some("s.pem".into()),
                     key: Some("s.key".into()),

@@ -30,6 +30,7 @@ pub use exec::{
 pub use identity::{
     IdentityKind, IdentityRules, Presented, RawIdentity, MAX_IDENTITIES_PER_CLIENT,
 };
+pub use model::UnixProtocol;
 pub use model::{
     access_key, check_socket_path, JwtKey, JwtSettings, RawAuth, RawGroup, RawJwt, RawJwtKey,
     RawJwtScopes, RawMode, RawUnix, UnixGroup, UnixSettings, DEFAULT_JWT_LEEWAY_SECS,

@@ -1,12 +1,10 @@
 """The official Python MCP SDK (mcp==2.3.0) against mcpd's HTTP listener with an OAuth bearer
-token in the Authorization header (an httpx client with default headers) and/or, over HTTPS, a
-client certificate: list the tools the client may see, read its file, and be denied another
-file.
+token in the Authorization header (an httpx client with default headers), over HTTP or HTTPS:
+list the tools the token's client may see, read its file, and be denied another file.
 
-Usage: python3 sdk_bearer.py URL TOKEN|- FILE MODE [EXPECTED_TEXT]
-Env: MCPD_CA (CA file to verify an https:// server with), MCPD_CERT + MCPD_KEY (client
-certificate for mTLS). Exits non-zero (with a message) on any mismatch. Run by
-tests/tests/jwt.rs and tests/tests/tls.rs.
+Usage: python3 sdk_bearer.py URL TOKEN FILE MODE [EXPECTED_TEXT]
+Env: MCPD_CA (CA file to verify an https:// server with). Exits non-zero (with a message) on
+any mismatch. Run by tests/tests/jwt.rs and tests/tests/tls.rs.
 """
 import asyncio
 import os
@@ -21,14 +19,11 @@ from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TI
 
 def http_client(token):
     kwargs = {"timeout": httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)}
-    if token != "-":
-        kwargs["headers"] = {"Authorization": f"Bearer {token}"}
+    kwargs["headers"] = {"Authorization": f"Bearer {token}"}
     ca = os.environ.get("MCPD_CA")
     if ca:
         ctx = ssl.create_default_context(cafile=ca)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        if os.environ.get("MCPD_CERT"):
-            ctx.load_cert_chain(os.environ["MCPD_CERT"], os.environ["MCPD_KEY"])
         kwargs["verify"] = ctx
     return httpx2.AsyncClient(**kwargs)
 
@@ -46,8 +41,7 @@ async def exercise(url, token, path, mode, expected):
             assert r.content[0].text == expected, r
             r = await c.call_tool("read_text_file", {"path": "/etc/passwd"})
             assert r.is_error, r
-            how = "a bearer token" if token != "-" else "a client certificate"
-            print(f"ok ({mode}): {len(names)} tools listed with {how}")
+            print(f"ok ({mode}): {len(names)} tools listed with a bearer token")
 
 
 def main():

@@ -1,9 +1,11 @@
 """The official Python MCP SDK (mcp==2.3.0, default "auto" mode) against the real mcpd, over
-stdio and over Streamable HTTP: list the tools, call one, and see a policy denial.
+stdio and over Streamable HTTP (TCP, TLS, or a Unix socket): list the tools, call one, and see
+a policy denial.
 
 Usage: python3 sdk_client.py stdio MCPD ROOT [MODE]
        python3 sdk_client.py http URL ROOT [MODE]
        python3 sdk_client.py https URL ROOT MODE CA_PEM [CLIENT_CERT_PEM CLIENT_KEY_PEM]
+       python3 sdk_client.py unix SOCKET ROOT [MODE]
 MODE is the SDK's connect mode: "auto" (default: server/discover, the 2026-07-28 stateless
 era when the server offers it) or "legacy" (initialize, the session era).
 Exits non-zero (with a message) on any mismatch. Run by tests/tests/python_sdk.rs.
@@ -63,6 +65,23 @@ def main():
                 await exercise(streamable_http_client(target, http_client=http), root, mode)
 
         asyncio.run(run())
+    elif transport == "unix":
+        # Streamable HTTP over mcpd's Unix socket: the SDK's own transport on an httpx2 client
+        # whose connections go to the socket (the URL's host is only the Host header).
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        http = httpx2.AsyncClient(
+            transport=httpx2.AsyncHTTPTransport(uds=target),
+            timeout=httpx2.Timeout(30.0, read=300.0),
+        )
+
+        async def run_unix():
+            async with http:
+                client = streamable_http_client("http://localhost/mcp", http_client=http)
+                await exercise(client, root, mode)
+
+        asyncio.run(run_unix())
     else:
         raise SystemExit(f"unknown transport {transport}")
 

@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 client for the Streamable HTTP tests: raw requests over `TcpStream`
-//! (so every header, including hostile ones, is under the test's control), and a running
+//! (so every header, including hostile ones, is under the test's control; [`raw_request`]
+//! writes one for any stream, e.g. a Unix socket), and a running
 //! `mcpd serve --http 127.0.0.1:0`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -107,7 +108,7 @@ impl HttpServer {
         let err = std::fs::File::create(&stderr_path).unwrap();
         let child = Command::new(mcpd_bin())
             .arg("serve")
-            .args(crate::no_default_config(args))
+            .args(crate::no_default_config(&[listen, args].concat()))
             .args(listen)
             .args(args)
             .env("MCPD_LOG", "debug")
@@ -203,6 +204,22 @@ impl Drop for HttpServer {
     }
 }
 
+/// The bytes of one HTTP/1.1 request to `/mcp`: `headers` (in order, repeated names kept),
+/// then `Content-Length` and `Connection: close`, then `body`. No `Host` is added.
+pub fn raw_request(method: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut req = format!("{method} /mcp HTTP/1.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
 /// Send a request to the `/mcp` endpoint at `addr` and return the connection, positioned
 /// before the response. `headers` are added to `Host`, `Content-Length` and
 /// `Connection: close` (a `Host` in `headers` replaces the default).
@@ -251,8 +268,8 @@ pub fn post_at(addr: SocketAddr, session: Option<&str>, msg: &Value) -> Response
 }
 
 /// Read a whole response (the server closes the connection: `Connection: close`), decoding a
-/// chunked body.
-pub fn read_response(s: &mut TcpStream) -> Response {
+/// chunked body. Any byte stream: a TCP connection, a TLS stream, a Unix-socket relay's stdout.
+pub fn read_response(s: &mut impl Read) -> Response {
     let mut r = BufReader::new(s);
     let (status, headers) = read_head(&mut r);
     let chunked = headers

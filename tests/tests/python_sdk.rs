@@ -1,6 +1,6 @@
 //! A real MCP client: the official Python SDK (`mcp==2.3.0`, default "auto" mode, which probes
 //! `server/discover` first and falls back to `initialize`) lists and calls tools over stdio and
-//! over Streamable HTTP (tests/python/sdk_client.py).
+//! over Streamable HTTP, on TCP and on mcpd's Unix socket (tests/python/sdk_client.py).
 //!
 //! `.ci/run` installs the SDK. Elsewhere, without it, the test says loudly that it skipped;
 //! with `CI` set a missing SDK is a failure.
@@ -115,4 +115,73 @@ fn python_sdk_over_https_and_mtls() {
     for mode in ["auto", "legacy"] {
         run(&py, &["https", &url, &root, mode, &ca_file, ccert, ckey]);
     }
+}
+
+/// The SDK's Streamable HTTP transport over mcpd's Unix socket (an httpx2 transport with
+/// `uds=`): the peer's uid (this test's) names the client, in both eras.
+#[test]
+fn python_sdk_over_a_unix_socket() {
+    let Some(py) = python() else { return };
+    let (_top, root) = root();
+    let dir = tempfile::tempdir().unwrap();
+    let d = std::fs::canonicalize(dir.path()).unwrap();
+    // This process's uid: the owner of the directory it just made.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&d).unwrap());
+    let config = d.join("mcpd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[stdio]\nclient = \"nobody\"\n[clients.nobody]\n[clients.sdk]\nread = [\"{root}\"]\n[clients.sdk.identity]\nunix_uid = [{uid}]\n"
+        ),
+    )
+    .unwrap();
+    let sock = d.join("mcpd.sock");
+    let audit = d.join("audit.jsonl");
+    let err = d.join("stderr.log");
+    let mut child = Command::new(mcpd_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--unix")
+        .arg(&sock)
+        .arg("--audit-log")
+        .arg(&audit)
+        .env("MCPD_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let listening = mcpd_e2e::wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("listening on unix:")
+    });
+    let stderr = || std::fs::read_to_string(&err).unwrap_or_default();
+    if !listening {
+        let _ = child.kill();
+        panic!("mcpd did not listen: {}", stderr());
+    }
+    for mode in ["auto", "legacy"] {
+        run(&py, &["unix", sock.to_str().unwrap(), &root, mode]);
+    }
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        stderr().contains("http stateless session open"),
+        "{}",
+        stderr()
+    );
+    assert!(
+        stderr().contains("http session open session="),
+        "{}",
+        stderr()
+    );
+    assert!(
+        log.lines().any(|l| l.contains("\"event\":\"auth.success\"")
+            && l.contains("\"principal\":\"sdk\"")
+            && l.contains("\"transport\":\"unix-http\"")),
+        "{log}"
+    );
 }

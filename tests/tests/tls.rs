@@ -692,10 +692,10 @@ fn a_silent_tls_peer_is_dropped_after_the_handshake_deadline() {
     );
 }
 
-/// The official Python SDK (`mcp==2.3.0`, `tests/python/sdk_bearer.py`) over HTTPS: once with a
-/// client certificate (mTLS), once with a bearer token; both eras' client modes each time.
+/// The official Python SDK (`mcp==2.3.0`, `tests/python/sdk_bearer.py`) over HTTPS with a
+/// bearer token, both eras' client modes (HTTPS alone and mTLS: `python_sdk.rs`).
 #[test]
-fn python_sdk_over_https_with_a_client_certificate_and_with_a_bearer_token() {
+fn python_sdk_over_https_with_a_bearer_token() {
     let py = std::env::var("MCPD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&py)
         .args([
@@ -714,17 +714,15 @@ fn python_sdk_over_https_with_a_client_certificate_and_with_a_bearer_token() {
     let p = pki();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_bearer.py");
     let file = p.root_a.join("owner.txt");
-    let run = |srv: &HttpServer, token: &str, cert: Option<(&Path, &Path)>| {
+    let run = |srv: &HttpServer, token: &str| {
         let url = format!("https://localhost:{}/mcp", srv.addr.port());
         for mode in ["legacy", "auto"] {
-            let mut cmd = Command::new(&py);
-            cmd.arg(&script)
+            let out = Command::new(&py)
+                .arg(&script)
                 .args([&url, token, s(&file), mode, "alice"])
-                .env("MCPD_CA", &p.ca_file);
-            if let Some((c, k)) = cert {
-                cmd.env("MCPD_CERT", c).env("MCPD_KEY", k);
-            }
-            let out = cmd.output().unwrap();
+                .env("MCPD_CA", &p.ca_file)
+                .output()
+                .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 out.status.success() && stdout.contains("ok ("),
@@ -735,14 +733,6 @@ fn python_sdk_over_https_with_a_client_certificate_and_with_a_bearer_token() {
             );
         }
     };
-    // mTLS: the certificate's SPIFFE id names alice.
-    let srv = p.serve(&p.config(true, ""));
-    let leaf = p.ca.client("alice", Some(SPIFFE_ALICE), 41);
-    let (c, k) = leaf.write(&p.dir, "alice-client");
-    run(&srv, "-", Some((&c, &k)));
-    let rec = p.wait_record("auth.success", |r| r["principal"] == "alice");
-    assert_eq!(rec["method"], "mtls");
-    drop(srv);
     // A bearer token over TLS (no client certificate).
     let signer = mcpd_e2e::jwt::Key::new("k1");
     let jwks = p.dir.join("jwks.json");
@@ -767,7 +757,7 @@ fn python_sdk_over_https_with_a_client_certificate_and_with_a_bearer_token() {
         .unwrap()
         .as_secs();
     let token = signer.sign(&json!({"iss": iss, "aud": aud, "sub": "alice", "exp": now + 600}));
-    run(&srv, &token, None);
+    run(&srv, &token);
     let rec = p.wait_record("auth.success", |r| r["method"] == "jwt-bearer");
     assert_eq!(rec["principal"], "alice");
 }

@@ -1,6 +1,9 @@
 //! The Unix-socket listener, end to end: the real `mcpd serve --unix` (and socket activation),
 //! peers of different uids (the relay helper started with `Command::uid`), each mapped to its
-//! client by `SO_PEERCRED` and the policy's `unix_uid` / `unix_gid` rules.
+//! client by `SO_PEERCRED` and the policy's `unix_uid` / `unix_gid` rules. The first tests speak
+//! newline-delimited JSON-RPC (`--unix-protocol lines`); those from
+//! `streamable_http_over_the_socket_…` on speak Streamable HTTP, the default protocol, with
+//! raw HTTP/1.1 requests written through the relay (every header under the test's control).
 //!
 //! Needs root (to create peers of other uids). With `CI=true` a missing precondition fails the
 //! test; otherwise it is skipped with a note.
@@ -13,6 +16,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use mcpd_e2e::http::{raw_request, read_response, Response};
 use mcpd_e2e::{children_of, is_root, mcpd_bin, signal, wait_until, RESPONSE_TIMEOUT};
 use serde_json::{json, Value};
 
@@ -92,9 +96,18 @@ impl Broker {
         cfg
     }
 
-    /// Start with `extra` prepended to the base configuration; `Err(stderr)` if mcpd exits
-    /// instead of listening.
+    /// Start with `extra` prepended to the base configuration, speaking lines
+    /// (`--unix-protocol lines`); `Err(stderr)` if mcpd exits instead of listening.
     fn try_start(dir: tempfile::TempDir, extra: &str) -> Result<Self, (String, tempfile::TempDir)> {
+        Self::try_start_with(dir, extra, &["--unix-protocol", "lines"])
+    }
+
+    /// Start with `extra` and the extra arguments `args`.
+    fn try_start_with(
+        dir: tempfile::TempDir,
+        extra: &str,
+        args: &[&str],
+    ) -> Result<Self, (String, tempfile::TempDir)> {
         let cfg = Self::config(dir.path(), extra);
         let sock = dir.path().join("mcpd.sock");
         let mut cmd = Command::new(mcpd_bin());
@@ -104,7 +117,8 @@ impl Broker {
             .arg("--unix")
             .arg(&sock)
             .arg("--audit-log")
-            .arg(dir.path().join("audit.jsonl"));
+            .arg(dir.path().join("audit.jsonl"))
+            .args(args);
         Self::spawn(dir, cmd, sock)
     }
 
@@ -148,6 +162,23 @@ impl Broker {
         match Self::try_start(layout(), extra) {
             Ok(b) => b,
             Err((e, _)) => panic!("mcpd refused to start: {e}"),
+        }
+    }
+
+    /// Start speaking Streamable HTTP: no protocol flag, no `protocol` key (the default).
+    fn start_http(extra: &str) -> Self {
+        match Self::try_start_with(layout(), extra, &[]) {
+            Ok(b) => b,
+            Err((e, _)) => panic!("mcpd refused to start: {e}"),
+        }
+    }
+
+    /// An HTTP client connecting as `uid`:`gid`.
+    fn http(&self, uid: u32, gid: u32) -> HttpPeer<'_> {
+        HttpPeer {
+            sock: &self.sock,
+            uid,
+            gid,
         }
     }
 
@@ -195,6 +226,21 @@ impl Drop for Broker {
     }
 }
 
+/// The relay helper connected to `sock` as `uid`:`gid`, its stdin and stdout piped.
+fn relay(sock: &Path, uid: u32, gid: u32) -> Child {
+    use std::os::unix::process::CommandExt;
+    Command::new(env!("CARGO_BIN_EXE_mcpd-unix-relay"))
+        .arg(sock)
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relay")
+}
+
 /// An MCP client connected to the listener as `uid`:`gid` (through the relay helper).
 struct Peer {
     child: Child,
@@ -205,17 +251,7 @@ struct Peer {
 
 impl Peer {
     fn connect(sock: &Path, uid: u32, gid: u32) -> Self {
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpd-unix-relay"))
-            .arg(sock)
-            .uid(uid)
-            .gid(gid)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn relay");
+        let mut child = relay(sock, uid, gid);
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -601,10 +637,18 @@ fn connections_are_capped_in_total_and_per_uid() {
 }
 
 /// Spawn mcpd through `sh` so that `LISTEN_PID` is the pid mcpd will have (`exec`), with the
-/// pre-bound listener as fd 3 (handed in as stdin and moved by the shell).
+/// pre-bound listener as fd 3 (handed in as stdin and moved by the shell), speaking lines.
 fn activated(
     dir: tempfile::TempDir,
     listen_pid: &str,
+) -> Result<Broker, (String, tempfile::TempDir)> {
+    activated_with(dir, listen_pid, "lines")
+}
+
+fn activated_with(
+    dir: tempfile::TempDir,
+    listen_pid: &str,
+    protocol: &str,
 ) -> Result<Broker, (String, tempfile::TempDir)> {
     let sock = dir.path().join("activated.sock");
     let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -613,7 +657,7 @@ fn activated(
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!(
-            "exec 3<&0 0</dev/null; LISTEN_PID={listen_pid} LISTEN_FDS=1 LISTEN_FDNAMES=mcpd-unix exec \"$0\" serve --unix-systemd --config \"$1\" --audit-log \"$2\""
+            "exec 3<&0 0</dev/null; LISTEN_PID={listen_pid} LISTEN_FDS=1 LISTEN_FDNAMES=mcpd-unix exec \"$0\" serve --unix-systemd --unix-protocol {protocol} --config \"$1\" --audit-log \"$2\""
         ))
         .arg(mcpd_bin())
         .arg(&cfg)
@@ -664,4 +708,538 @@ fn a_peer_over_its_clients_session_limit_is_told_why() {
     other.initialize();
     let r = first.request("tools/list", json!({}));
     assert!(r.get("result").is_some(), "{r}");
+}
+
+// ---- Streamable HTTP over the socket (the default protocol) ----
+
+/// Read everything `out` yields within `limit` (the relay's stdout: it ends when mcpd closes
+/// the connection); `None` if it did not end in time.
+fn read_all_within(
+    mut out: impl std::io::Read + Send + 'static,
+    limit: Duration,
+) -> Option<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = out.read_to_end(&mut all);
+        let _ = tx.send(all);
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
+
+/// Raw HTTP/1.1 over the Unix socket as `uid`:`gid`, one relay (one connection) per request.
+struct HttpPeer<'a> {
+    sock: &'a Path,
+    uid: u32,
+    gid: u32,
+}
+
+impl HttpPeer<'_> {
+    /// One request; `Host: localhost` unless `headers` has a Host (or several).
+    fn request(&self, method: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut all = Vec::new();
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            all.push(("Host", "localhost"));
+        }
+        all.extend_from_slice(headers);
+        let mut child = relay(self.sock, self.uid, self.gid);
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&raw_request(method, &all, body)).unwrap();
+        stdin.flush().unwrap();
+        let out = child.stdout.take().unwrap();
+        let bytes = read_all_within(out, RESPONSE_TIMEOUT);
+        drop(stdin);
+        let _ = child.kill();
+        let _ = child.wait();
+        let bytes = bytes.unwrap_or_else(|| panic!("no complete response to {method}"));
+        assert!(
+            !bytes.is_empty(),
+            "the connection closed without a response"
+        );
+        read_response(&mut bytes.as_slice())
+    }
+
+    /// POST a JSON-RPC message with the standard MCP headers (and a session id if given).
+    fn post(&self, session: Option<&str>, msg: &Value) -> Response {
+        let mut h = vec![JSON, ACCEPT, ("MCP-Protocol-Version", "2025-11-25")];
+        if let Some(sid) = session {
+            h.push(("Mcp-Session-Id", sid));
+        }
+        self.request("POST", &h, msg.to_string().as_bytes())
+    }
+
+    /// initialize + notifications/initialized; the session id.
+    fn initialize(&self) -> String {
+        let r = self.post(
+            None,
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "unix-http-e2e", "version": "0"}}}),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["result"]["protocolVersion"], "2025-11-25");
+        let sid = r
+            .header("mcp-session-id")
+            .expect("Mcp-Session-Id")
+            .to_string();
+        let n = self.post(
+            Some(&sid),
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        );
+        assert_eq!(n.status, 202);
+        sid
+    }
+
+    /// A request on session `sid`: the HTTP response and the JSON-RPC response in it.
+    fn rpc(&self, sid: &str, id: i64, method: &str, params: Value) -> (Response, Value) {
+        let r = self.post(
+            Some(sid),
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{method}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let m = r.response_to(&json!(id));
+        (r, m)
+    }
+
+    fn tools(&self, sid: &str) -> Vec<String> {
+        let (_, m) = self.rpc(sid, 2, "tools/list", json!({}));
+        let mut t: Vec<String> = m["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{m}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        t.sort();
+        t
+    }
+
+    /// `tools/call`: the first text block and `isError`.
+    fn call_text(&self, sid: &str, name: &str, args: Value) -> (String, bool) {
+        let (_, m) = self.rpc(
+            sid,
+            3,
+            "tools/call",
+            json!({"name": name, "arguments": args}),
+        );
+        let r = &m["result"];
+        (
+            r["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            r["isError"] == json!(true),
+        )
+    }
+}
+
+#[test]
+fn streamable_http_over_the_socket_serves_each_uid_its_own_client() {
+    if !preconditions() {
+        return;
+    }
+    let b = Broker::start_http("");
+    assert!(
+        b.stderr()
+            .contains("protocol http: Streamable HTTP on /mcp"),
+        "{}",
+        b.stderr()
+    );
+    let a = b.http(UID_A, UID_A);
+    let sid = a.initialize();
+    assert_eq!(sid.len(), 32, "{sid}");
+    assert_eq!(
+        a.tools(&sid),
+        ["list_allowed_directories", "read_text_file"]
+    );
+    // A tools/call, answered on an SSE stream, reads the client's own file...
+    let fa = format!("{}/f.txt", b.root("a"));
+    let (r, m) = a.rpc(
+        &sid,
+        5,
+        "tools/call",
+        json!({"name": "read_text_file", "arguments": {"path": fa}}),
+    );
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(m["result"]["content"][0]["text"], "secret of a", "{m}");
+    assert!(m["result"].get("resultType").is_none(), "session era: {m}");
+    // ... and not another client's.
+    let fb = format!("{}/f.txt", b.root("b"));
+    let (t, err) = a.call_text(&sid, "read_text_file", json!({"path": fb}));
+    assert!(err && !t.contains("secret"), "{t}");
+    // A second uid: its own client, its own tools; the first uid's session id is not found.
+    let pb = b.http(UID_B, UID_B);
+    let sid_b = pb.initialize();
+    assert_eq!(
+        pb.tools(&sid_b),
+        [
+            "list_allowed_directories",
+            "list_directory",
+            "read_text_file"
+        ]
+    );
+    assert_eq!(
+        pb.call_text(&sid_b, "read_text_file", json!({"path": fb}))
+            .0,
+        "secret of b"
+    );
+    let stolen = pb.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}}),
+    );
+    assert_eq!(
+        stolen.status,
+        404,
+        "{}",
+        String::from_utf8_lossy(&stolen.body)
+    );
+    let stolen_delete = pb.request("DELETE", &[("Mcp-Session-Id", &sid)], b"");
+    assert_eq!(stolen_delete.status, 404);
+    // A header cannot choose the identity: a bearer token and forwarding headers change
+    // nothing (uid A stays client a).
+    let r = a.request(
+        "POST",
+        &[
+            JSON,
+            ACCEPT,
+            ("Mcp-Session-Id", &sid),
+            ("Authorization", "Bearer not-a-token"),
+            ("X-Forwarded-For", "127.0.0.2"),
+        ],
+        json!({"jsonrpc": "2.0", "id": 11, "method": "tools/list", "params": {}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.response_to(&json!(11))["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // DELETE ends the session (its worker reaped); the id is then unknown.
+    let d = a.request("DELETE", &[("Mcp-Session-Id", &sid)], b"");
+    assert_eq!(d.status, 200);
+    let after = a.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 12, "method": "tools/list", "params": {}}),
+    );
+    assert_eq!(after.status, 404);
+    assert!(b.audit_has(|r| r["event"] == "session.close" && r["principal"] == "a"));
+    // The audit log names the transport and the kernel's credentials, never an address.
+    for (uid, client) in [(UID_A, "a"), (UID_B, "b")] {
+        assert!(
+            b.audit_has(|r| r["event"] == "auth.success"
+                && r["principal"] == client
+                && r["transport"] == "unix-http"
+                && r["method"] == "unix-peer-credentials"
+                && r["uid"].as_str().and_then(|s| s.parse::<u32>().ok()) == Some(uid)
+                && r["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&format!("uid={uid} gid={uid} pid=")))),
+            "{:?}",
+            b.audit()
+        );
+    }
+    assert!(b.audit_has(|r| r["event"] == "session.open"
+        && r["transport"] == "unix-http"
+        && r["principal"] == "a"));
+    // The refused lookups were audited as rejects of client b, with its peer.
+    assert!(b.audit_has(|r| r["event"] == "request"
+        && r["http_status"] == 404
+        && r["principal"] == "b"
+        && r["transport"] == "unix-http"
+        && r["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&format!("uid={UID_B} ")))));
+}
+
+#[test]
+fn the_stateless_era_is_served_over_the_socket() {
+    if !preconditions() {
+        return;
+    }
+    let b = Broker::start_http("");
+    let a = b.http(UID_A, UID_A);
+    let fa = format!("{}/f.txt", b.root("a"));
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
+        "name": "read_text_file", "arguments": {"path": fa}, "_meta": meta}});
+    let r = a.request(
+        "POST",
+        &[
+            JSON,
+            ACCEPT,
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "read_text_file"),
+        ],
+        call.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("mcp-session-id").is_none());
+    let m = r.response_to(&json!(4));
+    assert_eq!(m["result"]["resultType"], "complete", "{m}");
+    assert_eq!(m["result"]["content"][0]["text"], "secret of a", "{m}");
+    // Another uid's stateless requests run as its own client.
+    let list =
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": meta}});
+    let headers = [
+        JSON,
+        ACCEPT,
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/list"),
+    ];
+    let r = b
+        .http(UID_B, UID_B)
+        .request("POST", &headers, list.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["result"]["tools"].as_array().unwrap().len(), 3);
+    for client in ["a", "b"] {
+        assert!(b.audit_has(|r| r["event"] == "session.open"
+            && r["transport"] == "unix-http-stateless"
+            && r["principal"] == client));
+    }
+}
+
+#[test]
+fn an_unmapped_uid_gets_403_over_http_and_an_auth_failure_record() {
+    if !preconditions() {
+        return;
+    }
+    let b = Broker::start_http("");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "0"}}});
+    for (uid, gid) in [(UID_NOBODY, UID_NOBODY), (0, 0)] {
+        let p = b.http(uid, gid);
+        let r = p.post(None, &init);
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        assert_eq!(j["jsonrpc"], "2.0");
+        assert_eq!(j["id"], Value::Null);
+        assert_eq!(j["error"]["code"], -32600, "{j}");
+        let msg = j["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("Forbidden: "), "{msg}");
+        assert!(msg.contains(&format!("uid={uid} gid={gid}")), "{msg}");
+        assert!(
+            !msg.contains(b.dir.path().to_str().unwrap()),
+            "a path leaked: {msg}"
+        );
+        // A header naming another identity changes nothing.
+        let r = p.request(
+            "POST",
+            &[
+                JSON,
+                ACCEPT,
+                ("Authorization", "Bearer x"),
+                ("X-Remote-User", "a"),
+            ],
+            init.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 403);
+        assert!(
+            b.audit_has(|r| r["event"] == "auth.failure"
+                && r["transport"] == "unix-http"
+                && r["method"] == "unix-peer-credentials"
+                && r["principal"] == "<unauthenticated>"
+                && r["uid"] == uid
+                && r["gid"] == gid
+                && r["pid"].as_i64().is_some_and(|p| p > 0)),
+            "{:?}",
+            b.audit()
+        );
+    }
+    // One record per refusal: the auth.failure carries the HTTP status and the peer.
+    assert!(b.audit_has(|r| r["event"] == "auth.failure"
+        && r["http_status"] == 403
+        && r["principal"] == "<unauthenticated>"
+        && r["transport"] == "unix-http"
+        && r["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&format!("uid={UID_NOBODY} ")))));
+    // ... and nobody got a session.
+    assert!(!b.audit().iter().any(|r| r["event"] == "session.open"));
+}
+
+#[test]
+fn the_host_gate_applies_over_the_socket() {
+    if !preconditions() {
+        return;
+    }
+    let b = Broker::start_http("[http]\nallowed_hosts = [\"mcp.sock.internal\"]\n");
+    let a = b.http(UID_A, UID_A);
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "0"}}})
+    .to_string();
+    let status = |headers: &[(&str, &str)]| {
+        let mut h = vec![JSON, ACCEPT];
+        h.extend_from_slice(headers);
+        a.request("POST", &h, ping.as_bytes()).status
+    };
+    // Two Host headers (request smuggling), or none: 400.
+    assert_eq!(status(&[("Host", "localhost"), ("Host", "localhost")]), 400);
+    assert_eq!(
+        status(&[("Host", "localhost"), ("Host", "evil.example")]),
+        400
+    );
+    // localhost with or without a port, and the configured extra host: served.
+    for host in [
+        "localhost",
+        "localhost:8080",
+        "LOCALHOST:1",
+        "mcp.sock.internal",
+    ] {
+        assert_eq!(status(&[("Host", host)]), 200, "{host}");
+    }
+    // Anything else: 403 (DNS rebinding), and a foreign Origin too.
+    for host in [
+        "evil.example",
+        "127.0.0.1",
+        "localhost:",
+        "localhost:123456",
+        "localhost.evil",
+    ] {
+        assert_eq!(status(&[("Host", host)]), 403, "{host}");
+    }
+    assert_eq!(status(&[("Origin", "http://evil.example")]), 403);
+    assert_eq!(status(&[("Origin", "http://localhost:3000")]), 200);
+    assert_eq!(status(&[("Origin", "https://localhost")]), 200);
+    assert!(b.audit_has(|r| r["event"] == "request"
+        && r["http_status"] == 400
+        && r["principal"] == "a"
+        && r["transport"] == "unix-http"));
+}
+
+/// An HTTP/1.1 connection kept open (keep-alive) after one answered request, through the
+/// relay: proof that mcpd accepted and counts it.
+struct Held {
+    child: Child,
+    _stdin: ChildStdin,
+}
+
+impl Held {
+    fn open(sock: &Path, uid: u32, gid: u32) -> Self {
+        let mut child = relay(sock, uid, gid);
+        let mut stdin = child.stdin.take().unwrap();
+        // No session: a complete 400 answer, and the connection stays open.
+        stdin
+            .write_all(b"GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = std::io::Read::read(&mut out, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let _ = tx.send(got.clone());
+                }
+            }
+        });
+        let head = rx
+            .recv_timeout(RESPONSE_TIMEOUT)
+            .expect("an answer on the held connection");
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        Self {
+            child,
+            _stdin: stdin,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn http_connections_are_capped_in_total_and_per_uid() {
+    if !preconditions() {
+        return;
+    }
+    let b = Broker::start_http("[unix]\nmax_connections = 2\nmax_connections_per_uid = 1\n");
+    let a1 = Held::open(&b.sock, UID_A, UID_A);
+    // A second connection of uid A: 503 with the JSON-RPC error, before authentication.
+    let r = b
+        .http(UID_A, UID_A)
+        .post(None, &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}));
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let j = r.json();
+    assert_eq!(j["error"]["code"], -32041, "{j}");
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unix.max_connections_per_uid"),
+        "{j}"
+    );
+    let _b1 = Held::open(&b.sock, UID_B, UID_B);
+    // Two open: a third peer (even an unknown one) is refused before authentication.
+    let r = b.http(UID_NOBODY, UID_NOBODY).request("GET", &[], b"");
+    assert_eq!(r.status, 503);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(unix.max_connections)"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(b.audit_has(|r| r["event"] == "connection.refused"
+        && r["transport"] == "unix-http"
+        && r["uid"] == UID_NOBODY));
+    assert!(!b.audit().iter().any(|r| r["event"] == "auth.failure"));
+    // A closed connection gives its places back.
+    drop(a1);
+    assert!(wait_until(Duration::from_secs(10), || {
+        b.http(UID_A, UID_A)
+            .post(
+                None,
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "0"}}}),
+            )
+            .status
+            == 200
+    }));
+}
+
+#[test]
+fn a_socket_from_systemd_serves_http_too() {
+    if !preconditions() {
+        return;
+    }
+    let b = activated_with(layout(), "$$", "http")
+        .map_err(|e| e.0)
+        .unwrap();
+    assert!(b.stderr().contains("(from systemd)"), "{}", b.stderr());
+    let a = b.http(UID_A, UID_A);
+    let sid = a.initialize();
+    assert_eq!(
+        a.tools(&sid),
+        ["list_allowed_directories", "read_text_file"]
+    );
+    let r = b.http(UID_NOBODY, UID_NOBODY).request("GET", &[], b"");
+    assert_eq!(r.status, 403);
 }

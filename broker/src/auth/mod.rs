@@ -48,9 +48,11 @@ impl Principal {
 /// Where a session comes from, for the audit log.
 #[derive(Debug, Clone)]
 pub struct Origin {
-    /// Transport name (`stdio`, `http`, `http-stateless`).
+    /// Transport name (`stdio`, `http`, `http-stateless`, `unix`, `unix-http`,
+    /// `unix-http-stateless`).
     pub transport: &'static str,
-    /// Peer description (stdio: the parent process; HTTP: the socket address).
+    /// Peer description (stdio: the parent process; HTTP: the socket address; a Unix
+    /// socket: `uid=… gid=… pid=…`).
     pub peer: String,
 }
 

@@ -179,7 +179,7 @@ where
 }
 
 /// One session of an authenticated `principal` over newline-delimited JSON-RPC: the stdio
-/// transport and every Unix-socket connection. Lines are bounded by `max_message_bytes` (an
+/// transport and every connection of a Unix listener with `protocol = "lines"`. Lines are bounded by `max_message_bytes` (an
 /// oversized line is answered `-32600` and discarded while it streams in); the session ends at
 /// end of input (the peer closed) or when `stop` completes: in-flight calls are drained, the
 /// session closed (`session.close`) and its worker reaped.

@@ -1,7 +1,10 @@
-//! The Unix-socket transport: newline-delimited JSON-RPC (exactly the stdio protocol,
-//! [`stdio::serve_lines`]) on a listening Unix stream socket, one session per connection, the
-//! principal of each connection from the kernel's `SO_PEERCRED` through
-//! [`PeerCredentials`] (the policy's `unix_uid` / `unix_gid` identity rules).
+//! The Unix-socket transport: a listening Unix stream socket whose connections speak, as
+//! `[unix] protocol` (`--unix-protocol`) says, either Streamable HTTP (`"http"`, the default:
+//! the TCP listener's service, [`UnixHttp`], with its own session tables) or newline-delimited
+//! JSON-RPC (`"lines"`: exactly the stdio protocol, [`stdio::serve_lines`], one session per
+//! connection). Either way the principal comes from the kernel's `SO_PEERCRED`, read at accept,
+//! through [`PeerCredentials`] (the policy's `unix_uid` / `unix_gid` identity rules): once per
+//! connection for lines, for every request over HTTP (no header can choose it).
 //!
 //! The socket is bound at `[unix] path` (`--unix PATH`) or taken from systemd
 //! (`--unix-systemd`, `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`). Binding refuses a path whose
@@ -12,10 +15,15 @@
 //! its group and mode.
 //!
 //! Bounds: `[unix] max_connections` in total and `max_connections_per_uid` per peer uid, counted
-//! before authentication; a refused peer gets one JSON-RPC error line and is closed, audited.
-//! Streamable HTTP over a Unix socket is not served here (yet).
+//! before authentication; a peer over a cap gets one JSON-RPC error line (lines) or a `503`
+//! with the JSON-RPC error as body (HTTP) and is closed, audited as `connection.refused`; at
+//! most [`MAX_REFUSALS`] such answers are written at once, each within [`REFUSAL_TIMEOUT`]
+//! (beyond, a refused connection is closed at once, unanswered). A peer no rule names is
+//! refused (lines: one `-32040` line, then closed; HTTP: each request a 403 with a JSON-RPC
+//! error body, as on TCP), audited as `auth.failure`. HTTP requests are bounded as on TCP (header-read deadline, body size).
 //!
-//! Trusts the kernel's peer credentials and the policy; nothing a peer sends.
+//! Does not parse MCP (the session engine and the HTTP service do). Trusts the kernel's peer
+//! credentials and the policy; nothing a peer sends.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -26,18 +34,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcpd_policy::{UnixGroup, UnixSettings};
+use mcpd_policy::{UnixGroup, UnixProtocol, UnixSettings};
 use serde_json::{json, Map};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
 
 use crate::auditing::Audit;
 use crate::auth::peercred::PeerCredentials;
 use crate::auth::{Authenticator, Credentials, Origin};
+use crate::transport::http::{HttpConfig, Listen, UnixHttp, UnixPeer, UNIX_HTTP_TRANSPORT};
 use crate::transport::stdio;
 use crate::worker::supervisor::Supervisor;
 
-/// The transport's name in the audit log.
+/// The transport's name in the audit log (lines; over HTTP it is [`UNIX_HTTP_TRANSPORT`]).
 pub const TRANSPORT: &str = "unix";
 /// JSON-RPC error code of a peer whose uid/gid name no client.
 pub const PEER_REFUSED: i64 = -32040;
@@ -48,6 +57,13 @@ pub const TOO_MANY_CONNECTIONS: i64 = -32041;
 pub const SYSTEMD_FD_NAME: &str = "mcpd-unix";
 /// How long open connections may take to close at shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// Most refusals (connections over a cap) answered at once; beyond, closed unanswered.
+pub const MAX_REFUSALS: usize = 64;
+/// Time a refusal has to be written (and, over HTTP, for the peer's request to be drained).
+pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of a refused HTTP peer's request read (and dropped) before the close, so that
+/// the close does not reset the connection before the peer read the answer.
+const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 
 /// A listening socket, bound or inherited, not yet served.
 #[derive(Debug)]
@@ -302,7 +318,23 @@ impl PerUid {
     }
 }
 
-/// Serve `bound` on the runtime until [`Running::stop`].
+/// The Streamable HTTP service's settings for the Unix listener at `describe`: sessions as
+/// `[http]` says (idle time, table size, extra Host values), no TLS, no listener client.
+fn http_config(describe: &str, policy: &mcpd_policy::Policy) -> HttpConfig {
+    let (h, u) = (policy.http(), policy.unix());
+    HttpConfig {
+        listen: Listen::Unix(describe.to_string()),
+        client: None,
+        extra_hosts: h.allowed_hosts.clone(),
+        idle: Duration::from_secs(h.session_idle_secs),
+        max_sessions: usize::try_from(h.max_sessions).unwrap_or(64),
+        tls: None,
+        max_connections: usize::try_from(u.max_connections).unwrap_or(64),
+        max_connections_per_ip: usize::try_from(u.max_connections_per_uid).unwrap_or(8),
+    }
+}
+
+/// Serve `bound` on the runtime until [`Running::stop`], in the protocol of `[unix] protocol`.
 pub fn start(
     bound: Bound,
     cell: crate::reload::PolicyCell,
@@ -310,11 +342,25 @@ pub fn start(
     audit: Audit,
 ) -> std::io::Result<Running> {
     let listener = tokio::net::UnixListener::from_std(bound.listener)?;
-    eprintln!("mcpd: listening on unix:{}", bound.describe);
+    let protocol = cell.get().unix().protocol;
+    let http = (protocol == UnixProtocol::Http).then(|| {
+        UnixHttp::new(
+            http_config(&bound.describe, &cell.get()),
+            cell.clone(),
+            supervisor.clone(),
+            audit.clone(),
+        )
+    });
+    eprintln!(
+        "mcpd: listening on unix:{} ({})",
+        bound.describe,
+        describe_protocol(protocol)
+    );
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(
         listener,
         bound.owned_path,
+        http,
         cell,
         supervisor,
         audit,
@@ -323,9 +369,20 @@ pub fn start(
     Ok(Running { stop, task })
 }
 
+fn describe_protocol(p: UnixProtocol) -> String {
+    match p {
+        UnixProtocol::Http => format!(
+            "protocol http: Streamable HTTP on {}",
+            crate::transport::http::ENDPOINT
+        ),
+        UnixProtocol::Lines => "protocol lines: newline-delimited JSON-RPC".into(),
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::UnixListener,
     owned_path: Option<PathBuf>,
+    http: Option<UnixHttp>,
     cell: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
@@ -336,6 +393,12 @@ async fn accept_loop(
         usize::try_from(settings.max_connections).unwrap_or(64),
     ));
     let per_uid = Arc::new(PerUid::default());
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let protocol = if http.is_some() {
+        UnixProtocol::Http
+    } else {
+        UnixProtocol::Lines
+    };
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -359,7 +422,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let peer = Peer {
+        let peer = UnixPeer {
             uid: cred.uid.as_raw(),
             gid: cred.gid.as_raw(),
             pid: cred.pid.as_raw_nonzero().get(),
@@ -372,31 +435,49 @@ async fn accept_loop(
             (Err(_), _) => Err("max_connections"),
             (Ok(_), None) => Err("max_connections_per_uid"),
         };
+        let slots = match slots {
+            Ok(s) => s,
+            Err(which) => {
+                let Ok(answering) = refusals.clone().try_acquire_owned() else {
+                    tracing::debug!(peer = %peer.describe(), "unix connection over unix.{which} closed unanswered: {MAX_REFUSALS} refusals in progress");
+                    continue;
+                };
+                let audit = audit.clone();
+                conns.spawn(async move {
+                    let _answering = answering;
+                    let message = format!("too many connections (unix.{which})");
+                    let refusal = Refusal {
+                        event: "connection.refused",
+                        code: TOO_MANY_CONNECTIONS,
+                        message: &message,
+                    };
+                    refuse(stream, &audit, &peer, protocol, &refusal).await;
+                });
+                continue;
+            }
+        };
+        if let Some(h) = &http {
+            let served = h.connection(stream, peer);
+            conns.spawn(async move {
+                let _slots = slots;
+                served.await;
+            });
+            continue;
+        }
         let ctx = (cell.clone(), supervisor.clone(), audit.clone());
         let stop_rx = stop.clone();
         conns.spawn(async move {
             let (cell, supervisor, audit) = ctx;
-            let _slots = match slots {
-                Ok(s) => s,
-                Err(which) => {
-                    refuse(
-                        stream,
-                        &audit,
-                        "connection.refused",
-                        &peer,
-                        TOO_MANY_CONNECTIONS,
-                        &format!("too many connections (unix.{which})"),
-                    )
-                    .await;
-                    return;
-                }
-            };
+            let _slots = slots;
             connection(stream, peer, cell, supervisor, audit, stop_rx).await;
         });
     }
     drop(listener);
     if let Some(p) = &owned_path {
         let _ = std::fs::remove_file(p);
+    }
+    if let Some(h) = http {
+        h.shutdown().await;
     }
     let _ = tokio::time::timeout(SHUTDOWN_WAIT, async {
         while conns.join_next().await.is_some() {}
@@ -405,32 +486,50 @@ async fn accept_loop(
     Ok(())
 }
 
-/// The kernel's credentials of a connection.
-#[derive(Debug, Clone, Copy)]
-struct Peer {
-    uid: u32,
-    gid: u32,
-    pid: i32,
+/// Why a connection is refused before it is served.
+struct Refusal<'a> {
+    /// The audit event (`connection.refused`, `auth.failure`).
+    event: &'static str,
+    /// The JSON-RPC error code.
+    code: i64,
+    /// The error message (to the peer and in the audit record).
+    message: &'a str,
 }
 
-impl Peer {
-    fn describe(&self) -> String {
-        format!("uid={} gid={} pid={}", self.uid, self.gid, self.pid)
+/// What a refused peer is sent: one JSON-RPC error line, or over HTTP a `503` whose body is
+/// the JSON-RPC error (`Connection: close`).
+fn refusal_bytes(protocol: UnixProtocol, code: i64, message: &str) -> Vec<u8> {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}})
+        .to_string();
+    match protocol {
+        UnixProtocol::Lines => format!("{body}\n").into_bytes(),
+        UnixProtocol::Http => format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
     }
 }
 
-/// One error line to the peer, an audit record, and the connection closed.
+/// An audit record, the refusal sent to the peer (within [`REFUSAL_TIMEOUT`]), and the
+/// connection closed.
 async fn refuse(
     mut stream: tokio::net::UnixStream,
     audit: &Audit,
-    event: &str,
-    peer: &Peer,
-    code: i64,
-    message: &str,
+    peer: &UnixPeer,
+    protocol: UnixProtocol,
+    r: &Refusal<'_>,
 ) {
+    let (event, message) = (r.event, r.message);
     tracing::warn!(peer = %peer.describe(), "unix connection refused: {message}");
     let mut f = Map::new();
-    f.insert("transport".into(), json!(TRANSPORT));
+    f.insert(
+        "transport".into(),
+        json!(match protocol {
+            UnixProtocol::Lines => TRANSPORT,
+            UnixProtocol::Http => UNIX_HTTP_TRANSPORT,
+        }),
+    );
     f.insert("peer".into(), json!(peer.describe()));
     f.insert("uid".into(), json!(peer.uid));
     f.insert("gid".into(), json!(peer.gid));
@@ -439,20 +538,29 @@ async fn refuse(
     if let Err(e) = audit.record(event, f).await {
         tracing::error!("audit log: {event} not recorded: {e}");
     }
-    let mut line =
-        json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}})
-            .to_string();
-    line.push('\n');
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = stream.write_all(line.as_bytes()).await;
+    let answer = refusal_bytes(protocol, r.code, message);
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        let _ = stream.write_all(&answer).await;
         let _ = stream.shutdown().await;
+        if protocol == UnixProtocol::Http {
+            // The request the peer sent (or is sending) is read and dropped, bounded, so the
+            // close does not reset the connection before the peer has read the answer.
+            let mut buf = [0u8; 4096];
+            let mut left = REFUSAL_DRAIN_BYTES;
+            while left > 0 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        }
     })
     .await;
 }
 
 async fn connection(
     stream: tokio::net::UnixStream,
-    peer: Peer,
+    peer: UnixPeer,
     cell: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
@@ -467,15 +575,13 @@ async fn connection(
     let principal = match PeerCredentials.authenticate(&cell.get(), &creds) {
         Ok(p) => p,
         Err(e) => {
-            refuse(
-                stream,
-                &audit,
-                "auth.failure",
-                &peer,
-                PEER_REFUSED,
-                &format!("Unauthorized: {e}"),
-            )
-            .await;
+            let message = format!("Unauthorized: {e}");
+            let refusal = Refusal {
+                event: "auth.failure",
+                code: PEER_REFUSED,
+                message: &message,
+            };
+            refuse(stream, &audit, &peer, UnixProtocol::Lines, &refusal).await;
             return;
         }
     };
@@ -490,16 +596,23 @@ async fn connection(
     }
 }
 
-/// `mcpd doctor`: the listener's settings and its directory's safety.
+/// `mcpd doctor`: the listener's settings (protocol included) and its directory's safety.
 pub fn doctor_report(s: &UnixSettings) -> String {
+    let protocol = describe_protocol(s.protocol);
     if s.systemd {
-        return "unix listener: socket from systemd (mode and group are the socket unit's)".into();
+        return format!(
+            "unix listener: socket from systemd (mode and group are the socket unit's), {protocol}"
+        );
     }
     let Some(p) = &s.path else {
         return "unix listener: off".into();
     };
     match check_dir(p) {
-        Ok(d) => format!("unix listener: {} mode {:04o}: {d}", p.display(), s.mode),
+        Ok(d) => format!(
+            "unix listener: {} mode {:04o}, {protocol}: {d}",
+            p.display(),
+            s.mode
+        ),
         Err(m) => format!("unix listener: {}: REFUSED at start: {m}", p.display()),
     }
 }

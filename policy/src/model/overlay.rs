@@ -56,6 +56,9 @@ pub struct Overlay {
     pub unix: Option<PathBuf>,
     /// `--unix-systemd`: the Unix listening socket comes from systemd (`unix.systemd`).
     pub unix_systemd: bool,
+    /// `--unix-protocol http|lines`: what the Unix listener speaks, replacing
+    /// `unix.protocol`.
+    pub unix_protocol: Option<String>,
     /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (relative to `cwd`).
     pub tls: super::tls::TlsOverlay,
 }
@@ -183,7 +186,12 @@ impl Policy {
             };
             self.set_audit_path(&a, canon)?;
         }
-        self.apply_unix_flags(o.unix.as_deref(), o.unix_systemd, cwd)?;
+        self.apply_unix_flags(
+            o.unix.as_deref(),
+            o.unix_systemd,
+            o.unix_protocol.as_deref(),
+            cwd,
+        )?;
         Ok(())
     }
 }
@@ -370,6 +378,30 @@ mod tests {
             };
             assert_eq!(load(None, &o).unwrap().http().session_idle_secs, want);
         }
+    }
+
+    #[test]
+    fn unix_protocol_flag_reaches_the_settings_and_is_checked() {
+        let cfg = "[clients.a]\n[stdio]\nclient = \"a\"\n[unix]\npath = \"/run/m.sock\"\n";
+        let p = load(Some(cfg), &Overlay::default()).unwrap();
+        assert_eq!(p.unix().protocol, crate::UnixProtocol::Http);
+        let o = Overlay {
+            unix_protocol: Some("lines".into()),
+            ..Overlay::default()
+        };
+        assert_eq!(
+            load(Some(cfg), &o).unwrap().unix().protocol,
+            crate::UnixProtocol::Lines
+        );
+        let o = Overlay {
+            unix_protocol: Some("Lines".into()),
+            ..Overlay::default()
+        };
+        let e = load(Some(cfg), &o).unwrap_err();
+        assert!(
+            matches!(&e, PolicyError::Config(c) if c.file == "<flags>" && c.message.contains("--unix-protocol must be")),
+            "{e}"
+        );
     }
 
     #[test]

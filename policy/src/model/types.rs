@@ -289,7 +289,8 @@ pub struct Policy {
     pub(crate) identities: crate::identity::IdentityRules,
     /// `[auth.jwt]` / `--jwt-*`: bearer tokens on the HTTP listener: [`Policy::jwt`].
     pub(crate) jwt: Option<super::jwt::JwtSettings>,
-    /// The Unix-socket listener (`[unix]`, `--unix`, `--unix-systemd`): [`Policy::unix`].
+    /// The Unix-socket listener (`[unix]`, `--unix`, `--unix-systemd`, `--unix-protocol`):
+    /// [`Policy::unix`].
     pub(crate) unix: super::unix::UnixSettings,
 }
 

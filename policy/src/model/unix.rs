@@ -1,5 +1,5 @@
-//! The Unix-socket listener settings (`[unix]`, `--unix PATH`, `--unix-systemd`): defaults,
-//! validation and bounds. Opens no socket and resolves no group name (the broker does both, at
+//! The Unix-socket listener settings (`[unix]`, `--unix PATH`, `--unix-systemd`,
+//! `--unix-protocol`): defaults, validation and bounds. Opens no socket and resolves no group name (the broker does both, at
 //! start). Trusts the parsed config only as far as it checks it: the path must be absolute and
 //! fit a socket address, the mode may hold permission bits only, numbers are clamped.
 //!
@@ -45,7 +45,8 @@ pub enum RawGroup {
     Name(String),
 }
 
-/// `[unix]`: the Unix-socket listener (newline-delimited JSON-RPC, one session per connection).
+/// `[unix]`: the Unix-socket listener (Streamable HTTP, or newline-delimited JSON-RPC with one
+/// session per connection).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUnix {
@@ -62,6 +63,44 @@ pub struct RawUnix {
     pub max_connections: Option<u64>,
     /// Most open connections of one peer uid.
     pub max_connections_per_uid: Option<u64>,
+    /// What the socket speaks: `"http"` (default) or `"lines"`.
+    pub protocol: Option<Spanned<String>>,
+}
+
+/// What the Unix listener speaks on each connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnixProtocol {
+    /// Streamable HTTP (HTTP/1.1, endpoint `/mcp`), exactly as on the TCP listener.
+    #[default]
+    Http,
+    /// Newline-delimited JSON-RPC, the stdio protocol, one session per connection.
+    Lines,
+}
+
+impl UnixProtocol {
+    /// Every value, as written in the configuration.
+    pub const NAMES: [&'static str; 2] = ["http", "lines"];
+
+    /// As written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Lines => "lines",
+        }
+    }
+
+    /// The protocol named `s` (exactly as written: lower case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "http" => Some(Self::Http),
+            "lines" => Some(Self::Lines),
+            _ => None,
+        }
+    }
+
+    fn refusal(key: &str, given: &str) -> String {
+        format!("{key} must be \"http\" (Streamable HTTP) or \"lines\" (newline-delimited JSON-RPC), not '{given}'")
+    }
 }
 
 /// The group of the socket file.
@@ -97,6 +136,8 @@ pub struct UnixSettings {
     pub max_connections: u64,
     /// Most open connections of one peer uid.
     pub max_connections_per_uid: u64,
+    /// What each connection speaks.
+    pub protocol: UnixProtocol,
 }
 
 impl Default for UnixSettings {
@@ -108,6 +149,7 @@ impl Default for UnixSettings {
             systemd: false,
             max_connections: DEFAULT_UNIX_MAX_CONNECTIONS,
             max_connections_per_uid: DEFAULT_UNIX_MAX_CONNECTIONS_PER_UID,
+            protocol: UnixProtocol::Http,
         }
     }
 }
@@ -129,7 +171,8 @@ impl UnixSettings {
             (None, false) => String::new(),
         };
         format!(
-            "unix listener: {wher} mode={:04o} group={} max_connections={} max_connections_per_uid={} (peers map to clients by identity unix_uid / unix_gid)\n",
+            "unix listener: {wher} protocol={} mode={:04o} group={} max_connections={} max_connections_per_uid={} (peers map to clients by identity unix_uid / unix_gid)\n",
+            self.protocol.as_str(),
             self.mode,
             self.group
                 .as_ref()
@@ -225,6 +268,15 @@ pub(super) fn unix_settings(
             "unix.mode = {mode:04o}: every local user may connect to the Unix socket (clients are still mapped by uid/gid)"
         ));
     }
+    let protocol = match &raw.protocol {
+        None => d.protocol,
+        Some(p) => UnixProtocol::parse(p.get_ref()).ok_or_else(|| {
+            src.error(
+                Some(p.span()),
+                UnixProtocol::refusal("unix.protocol", p.get_ref()),
+            )
+        })?,
+    };
     let clamp = |v: Option<u64>, dflt: u64| v.unwrap_or(dflt).clamp(1, MAX_UNIX_CONNECTIONS);
     Ok(UnixSettings {
         path,
@@ -233,22 +285,31 @@ pub(super) fn unix_settings(
         systemd: raw.systemd,
         max_connections: clamp(raw.max_connections, d.max_connections),
         max_connections_per_uid: clamp(raw.max_connections_per_uid, d.max_connections_per_uid),
+        protocol,
     })
 }
 
 impl Policy {
-    /// The Unix-socket listener settings (`[unix]`, `--unix`, `--unix-systemd`).
+    /// The Unix-socket listener settings (`[unix]`, `--unix`, `--unix-systemd`,
+    /// `--unix-protocol`).
     pub fn unix(&self) -> &UnixSettings {
         &self.unix
     }
 
-    /// The command line's `--unix PATH` (relative to `cwd`) and `--unix-systemd`.
+    /// The command line's `--unix PATH` (relative to `cwd`), `--unix-systemd` and
+    /// `--unix-protocol http|lines`.
     pub(super) fn apply_unix_flags(
         &mut self,
         path: Option<&Path>,
         systemd: bool,
+        protocol: Option<&str>,
         cwd: &Path,
     ) -> Result<(), ConfigError> {
+        if let Some(p) = protocol {
+            self.unix.protocol = UnixProtocol::parse(p).ok_or_else(|| {
+                Source::new("<flags>", "").error(None, UnixProtocol::refusal("--unix-protocol", p))
+            })?;
+        }
         if let Some(p) = path {
             let p = if p.is_absolute() {
                 p.to_path_buf()
@@ -290,9 +351,13 @@ mod tests {
         assert_eq!(u.group, Some(UnixGroup::Name("mcpd-clients".into())));
         assert_eq!(u.max_connections, 1);
         assert_eq!(u.max_connections_per_uid, MAX_UNIX_CONNECTIONS);
+        assert_eq!(u.protocol, UnixProtocol::Http, "the default");
         assert!(p.describe().contains(
-            "unix listener: /run/mcpd/mcpd.sock mode=0600 group=mcpd-clients max_connections=1"
+            "unix listener: /run/mcpd/mcpd.sock protocol=http mode=0600 group=mcpd-clients max_connections=1"
         ));
+        let p = policy("[unix]\npath = \"/s\"\nprotocol = \"lines\"\n").unwrap();
+        assert_eq!(p.unix().protocol, UnixProtocol::Lines);
+        assert!(p.describe().contains("protocol=lines"), "{}", p.describe());
         let p = policy("[unix]\nsystemd = true\nmode = 0o640\ngroup = 123\n").unwrap();
         assert!(p.unix().enabled() && p.unix().systemd);
         assert_eq!(
@@ -317,6 +382,12 @@ mod tests {
             ("[unix]\nmode = 0o4777\n", "unix.mode"),
             ("[unix]\ngroup = \"a b\"\n", "unix.group"),
             ("[unix]\nbacklog = 3\n", "backlog"),
+            (
+                "[unix]\nprotocol = \"HTTP\"\n",
+                "unix.protocol must be \"http\" (Streamable HTTP) or \"lines\" (newline-delimited JSON-RPC), not 'HTTP'",
+            ),
+            ("[unix]\nprotocol = \"stdio\"\n", "not 'stdio'"),
+            ("[unix]\nprotocol = 1\n", "t.toml:2:12: invalid type: integer `1`, expected a string"),
         ] {
             let e = policy(text).unwrap_err();
             assert!(e.to_string().contains(msg), "{text}: {e}");
@@ -325,5 +396,29 @@ mod tests {
         let e = policy(&long).unwrap_err();
         assert!(e.message.contains("longer than 107"), "{e}");
         assert_eq!(e.line, Some(2));
+        let e = policy("[clients.a]\n[unix]\nprotocol = \"tcp\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(3), Some(12)), "{e}");
+    }
+
+    #[test]
+    fn the_protocol_flag_replaces_the_file_and_is_checked() {
+        let mut p = policy("[unix]\npath = \"/s\"\nprotocol = \"lines\"\n").unwrap();
+        p.apply_unix_flags(None, false, None, Path::new("/"))
+            .unwrap();
+        assert_eq!(p.unix().protocol, UnixProtocol::Lines, "no flag: the file");
+        p.apply_unix_flags(None, false, Some("http"), Path::new("/"))
+            .unwrap();
+        assert_eq!(p.unix().protocol, UnixProtocol::Http);
+        let e = p
+            .apply_unix_flags(None, false, Some("json"), Path::new("/"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "<flags>: --unix-protocol must be \"http\" (Streamable HTTP) or \"lines\" (newline-delimited JSON-RPC), not 'json'"
+        );
+        assert_eq!(p.unix().protocol, UnixProtocol::Http, "unchanged");
+        for n in UnixProtocol::NAMES {
+            assert_eq!(UnixProtocol::parse(n).map(UnixProtocol::as_str), Some(n));
+        }
     }
 }

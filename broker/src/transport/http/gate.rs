@@ -3,27 +3,29 @@
 //! * [`audit_rejects`] (outermost): every 4xx that no session engine answered is recorded, with
 //!   the authenticated principal (or `<unauthenticated>`), before its response leaves; no
 //!   record, no answer but a 500 (fail closed).
-//! * [`authenticate`]: the [`Principal`] of every request (Credentials: transport `http`, the
-//!   socket address), before anything touches a session; a refusal is a 403.
-//! * [`gate`]: DNS-rebinding protection: `Host` (and `Origin`, when sent) must name this server.
+//! * [`authenticate`]: the [`Principal`] of every request (Credentials: the listener's
+//!   transport, the connection's [`Peer`]: socket address, or a Unix peer's uid/gid/pid),
+//!   before anything touches a session; a refusal is a 403.
+//! * [`gate`]: DNS-rebinding protection: `Host` (and `Origin`, when sent) must name this server
+//!   ([`host_allowed`]).
 //! * Helpers for the handlers: `Accept` ([`accepts`]), `MCP-Protocol-Version` ([`version_ok`]),
 //!   `Content-Type` ([`json_content`]), the body size ([`read_body`]), and the error responses.
 //!
 //! Does not parse a body (that is `jsonrpc::classify`, called once by `post`) and keeps no
-//! state. Trusts the authenticator and the kernel's peer address; every header is hostile.
+//! state. Trusts the authenticator and the kernel's view of the peer; every header is hostile.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::{App, HttpConfig, SESSION_HEADER, VERSION_HEADER};
+use super::{App, HttpConfig, Listen, Peer, SESSION_HEADER, VERSION_HEADER};
 use crate::auth::{AuthError, Credentials, Principal};
 use crate::mcp::jsonrpc::{self, INTERNAL_ERROR, INVALID_REQUEST};
 // (through `mcp::session`, which re-exports the protocol's versions for the transports)
@@ -104,10 +106,8 @@ pub(super) async fn audit_rejects(
     next: Next,
 ) -> Response {
     let http_method = req.method().to_string();
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string());
+    let peer_ext = req.extensions().get::<Peer>().cloned();
+    let peer = peer_ext.as_ref().map(|p| p.describe().to_string());
     let session = header_str(req.headers(), SESSION_HEADER).is_some();
     let response = next.run(req).await;
     if !response.status().is_client_error()
@@ -123,13 +123,19 @@ pub(super) async fn audit_rejects(
     let auth_failed = response.extensions().get::<AuthFailed>().copied();
     let mut f = serde_json::Map::new();
     f.insert("principal".into(), json!(principal));
-    f.insert("transport".into(), json!("http"));
+    f.insert("transport".into(), json!(app.cfg.listen.transport()));
     // An authentication refusal is an `auth.failure` (like a refused handshake), with the
     // authentication method; every other reject a `request` record.
     let event = match auth_failed {
         Some(AuthFailed(method)) => {
             f.insert("method".into(), json!(method));
             f.insert("stage".into(), json!("http-request"));
+            // A Unix-socket peer: the kernel's credentials it was refused for.
+            if let Some(u) = peer_ext.as_ref().and_then(|p| p.unix) {
+                f.insert("uid".into(), json!(u.uid));
+                f.insert("gid".into(), json!(u.gid));
+                f.insert("pid".into(), json!(u.pid));
+            }
             "auth.failure"
         }
         None => {
@@ -214,14 +220,11 @@ pub(super) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_default();
+    let peer = req.extensions().get::<Peer>().cloned();
+    let described = peer.as_ref().map_or("", Peer::describe);
     let policy = app.policy.get();
     if token_in_query(req.uri().query()) {
-        tracing::warn!(%peer, "refused a request with an access token in its URL");
+        tracing::warn!(peer = %described, "refused a request with an access token in its URL");
         let mut r = rpc_error(
             StatusCode::BAD_REQUEST,
             Value::Null,
@@ -243,8 +246,14 @@ pub(super) async fn authenticate(
         .extensions()
         .get::<super::tls::PeerCertificate>()
         .cloned();
-    let mut creds =
-        Credentials::new("http", &peer).with_client_cert(cert.as_ref().map(|c| c.0.as_slice()));
+    let transport = app.cfg.listen.transport();
+    let mut creds = peer
+        .as_ref()
+        .map_or_else(
+            || Credentials::new(transport, ""),
+            |p| p.credentials(transport),
+        )
+        .with_client_cert(cert.as_ref().map(|c| c.0.as_slice()));
     creds.authorization = authorization;
     match app.auth.authenticate(&policy, &creds) {
         Ok(principal) => {
@@ -254,7 +263,7 @@ pub(super) async fn authenticate(
             response
         }
         Err(e) => {
-            tracing::warn!(%peer, "http peer refused: {e}");
+            tracing::warn!(peer = %described, "http peer refused: {e}");
             let (status, error, reason) = match &e {
                 AuthError::NoClient { .. } => (StatusCode::FORBIDDEN, None, "no_client"),
                 AuthError::Certificate { .. } => (StatusCode::FORBIDDEN, None, "certificate"),
@@ -276,6 +285,9 @@ pub(super) async fn authenticate(
             }
             r.extensions_mut().insert(RejectReason(reason));
             r.extensions_mut().insert(AuthFailed(match &e {
+                _ if peer.as_ref().is_some_and(|p| p.unix.is_some()) => {
+                    crate::auth::peercred::METHOD
+                }
                 AuthError::Certificate { .. } => "mtls",
                 AuthError::MissingToken { .. } | AuthError::InvalidToken { .. } => "jwt-bearer",
                 AuthError::NoClient { .. } => "none",
@@ -285,19 +297,40 @@ pub(super) async fn authenticate(
     }
 }
 
-/// The Host values this listener answers to.
+/// The Host values this listener answers to: on TCP its address (and, on loopback, the
+/// loopback spellings) with its port; on a Unix socket `localhost` (with any port too, see
+/// [`host_allowed`]); then `[http] allowed_hosts`.
 pub(super) fn allowed_hosts(cfg: &HttpConfig) -> Vec<String> {
-    let port = cfg.addr.port();
-    let mut v = vec![format!("{}:{port}", fmt_ip(&cfg.addr))];
-    if cfg.addr.ip().is_loopback() {
-        v.push(format!("localhost:{port}"));
-        v.push(format!("127.0.0.1:{port}"));
-        v.push(format!("[::1]:{port}"));
-    }
+    let mut v = match &cfg.listen {
+        Listen::Tcp(addr) => {
+            let port = addr.port();
+            let mut v = vec![format!("{}:{port}", fmt_ip(addr))];
+            if addr.ip().is_loopback() {
+                v.push(format!("localhost:{port}"));
+                v.push(format!("127.0.0.1:{port}"));
+                v.push(format!("[::1]:{port}"));
+            }
+            v
+        }
+        Listen::Unix(_) => vec!["localhost".to_string()],
+    };
     v.extend(cfg.extra_hosts.iter().cloned());
     v.sort();
     v.dedup();
     v
+}
+
+/// Whether `host` (trimmed, lower case: a `Host` value, or an `Origin` without its scheme)
+/// names this listener: one of its [`allowed_hosts`], or, on a Unix socket (which has no
+/// port a client could know), `localhost:` with any port number.
+pub(super) fn host_allowed(app: &App, host: &str) -> bool {
+    let any_port = |h: &str| {
+        h.strip_prefix("localhost:").is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+        })
+    };
+    app.hosts.iter().any(|a| a == host)
+        || (matches!(app.cfg.listen, Listen::Unix(_)) && any_port(host))
 }
 
 fn fmt_ip(a: &SocketAddr) -> String {
@@ -347,7 +380,7 @@ pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) 
     let h = req.headers();
     let host_ok = header_str(h, "host")
         .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|v| app.hosts.contains(&v));
+        .is_some_and(|v| host_allowed(&app, &v));
     let origin_ok = match header_str(h, "origin") {
         None => true,
         Some(o) => {
@@ -355,7 +388,7 @@ pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) 
             ["http://", "https://"]
                 .iter()
                 .filter_map(|scheme| o.strip_prefix(scheme))
-                .any(|rest| app.hosts.iter().any(|a| a == rest))
+                .any(|rest| host_allowed(&app, rest))
         }
     };
     if !host_ok || !origin_ok {
@@ -469,7 +502,7 @@ mod tests {
     #[test]
     fn hosts_cover_the_loopback_spellings() {
         let cfg = HttpConfig {
-            addr: "127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!()),
+            listen: Listen::Tcp("127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!())),
             client: ClientId::parse("c"),
             extra_hosts: vec!["mcp.example".into()],
             idle: Duration::from_secs(1),

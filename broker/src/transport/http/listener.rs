@@ -2,11 +2,13 @@
 //! kept below the descriptor limit so the broker keeps descriptors for its workers, audit log
 //! and reloads), the TLS handshake under a deadline (its failures audited as `auth.failure`),
 //! then HTTP/1.1 by hyper with a header-read deadline that also bounds an idle keep-alive
-//! connection, and a graceful shutdown.
+//! connection, and a graceful shutdown. [`Connections`] is the same HTTP/1.1 and shutdown for
+//! connections accepted elsewhere (the Unix-socket listener, which counts its own).
 //!
 //! A peer over a cap is closed at once, before a byte is read. Every request of a connection
-//! carries the kernel's peer address (`ConnectInfo`) and, with mTLS, the verified client
-//! certificate ([`PeerCertificate`]); nothing else the peer says is trusted here.
+//! carries the kernel's view of the peer ([`Peer`]: its address, or a Unix peer's
+//! credentials) and, with mTLS, the verified client certificate ([`PeerCertificate`]); nothing
+//! else the peer says is trusted here.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -14,13 +16,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 
 use super::tls::{self, PeerCertificate};
-use super::App;
+use super::{App, Peer};
 
 /// Time a peer has to send a whole request head, counted from when the connection waits for
 /// one: after the handshake, and after each response (so also the idle time of a keep-alive
@@ -112,11 +114,8 @@ pub(super) async fn accept_loop(
         per_ip: app.cfg.max_connections_per_ip.min(cap),
         open: Mutex::default(),
     });
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let http = http1();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -146,7 +145,8 @@ pub(super) async fn accept_loop(
         tokio::spawn(async move {
             let _slot = slot;
             let Some(tls) = app.cfg.tls.clone() else {
-                let conn = http.serve_connection(TokioIo::new(tcp), service(router, peer, None));
+                let conn = http
+                    .serve_connection(TokioIo::new(tcp), service(router, Peer::tcp(peer), None));
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, "http connection: {e}");
                 }
@@ -171,38 +171,100 @@ pub(super) async fn accept_loop(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| PeerCertificate(Arc::new(c.to_vec())));
-            let conn = http.serve_connection(TokioIo::new(stream), service(router, peer, cert));
+            let conn =
+                http.serve_connection(TokioIo::new(stream), service(router, Peer::tcp(peer), cert));
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, "https connection: {e}");
             }
         });
     }
     drop(listener);
+    drain(graceful, end_sessions).await;
+    Ok(())
+}
+
+/// HTTP/1.1 as every listener serves it: keep-alive, and the header-read deadline
+/// ([`HEADER_READ_TIMEOUT`]) that also ends an idle keep-alive connection.
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    http
+}
+
+/// The shutdown of open connections: each is told to finish (hyper's graceful shutdown,
+/// bounded by [`SHUTDOWN_GRACE`]); open streams (SSE) end with their sessions, so if
+/// connections remain, the sessions are ended first, then they get the grace again.
+async fn drain(graceful: GracefulShutdown, end_sessions: impl std::future::Future<Output = ()>) {
     let done = graceful.shutdown();
     tokio::pin!(done);
     if tokio::time::timeout(SHUTDOWN_GRACE, &mut done)
         .await
         .is_err()
     {
-        // Open streams (SSE) end with their sessions.
         end_sessions.await;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, done).await;
     } else {
         end_sessions.await;
     }
-    Ok(())
 }
 
-/// The router for one connection's requests, each tagged with the peer address and the
-/// verified client certificate.
+/// HTTP/1.1 on connections accepted elsewhere (the Unix-socket listener: it counts them,
+/// reads their peer credentials and refuses those over its caps), with the same deadlines and
+/// graceful shutdown as [`accept_loop`]'s.
+pub(super) struct Connections {
+    router: Router,
+    http: hyper::server::conn::http1::Builder,
+    graceful: GracefulShutdown,
+}
+
+impl Connections {
+    pub(super) fn new(router: Router) -> Self {
+        Self {
+            router,
+            http: http1(),
+            graceful: GracefulShutdown::new(),
+        }
+    }
+
+    /// Serve one connection of `peer` (every request tagged with it) until it ends.
+    pub(super) fn serve<S>(
+        &self,
+        io: S,
+        peer: Peer,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let described = peer.describe().to_string();
+        let conn = self
+            .http
+            .serve_connection(TokioIo::new(io), service(self.router.clone(), peer, None));
+        let watched = self.graceful.watcher().watch(conn);
+        async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(peer = %described, "http connection: {e}");
+            }
+        }
+    }
+
+    /// Stop: [`drain`] the open connections, ending the sessions with `end_sessions`.
+    pub(super) async fn shutdown(self, end_sessions: impl std::future::Future<Output = ()>) {
+        drain(self.graceful, end_sessions).await;
+    }
+}
+
+/// The router for one connection's requests, each tagged with the peer and the verified
+/// client certificate.
 #[derive(Clone)]
 struct ConnService {
     router: Router,
-    peer: SocketAddr,
+    peer: Peer,
     cert: Option<PeerCertificate>,
 }
 
-fn service(router: Router, peer: SocketAddr, cert: Option<PeerCertificate>) -> ConnService {
+fn service(router: Router, peer: Peer, cert: Option<PeerCertificate>) -> ConnService {
     ConnService { router, peer, cert }
 }
 
@@ -212,7 +274,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnServ
     type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
 
     fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(self.peer.clone());
         if let Some(c) = &self.cert {
             req.extensions_mut().insert(c.clone());
         }

@@ -23,13 +23,22 @@
 //! Sessions are keyed by (principal, session id) ([`sessions`]); everything between a session
 //! and its HTTP client is a bounded queue ([`routes`], [`sse`]).
 //!
-//! This module holds the configuration, the shared state ([`App`]), the router and [`serve`];
-//! it decides nothing about messages. It trusts the policy, the authenticator and the
-//! kernel's socket address of the peer; nothing the peer sends.
+//! Two listeners serve it, each with an [`App`] of its own (session tables, authenticator)
+//! sharing the policy, the supervisor and the audit log: the TCP listener ([`serve`]: TLS,
+//! mTLS, bearer tokens or the listener's client) and the Unix-socket listener
+//! ([`UnixHttp`], connections accepted by `transport::unix`: every request's principal from the
+//! connection's `SO_PEERCRED` through [`PeerCredentials`], never from a header; a peer no
+//! identity rule names gets 403 and an `auth.failure` record; Host `localhost` with any port,
+//! or `[http] allowed_hosts`; no Protected Resource Metadata, since tokens are not accepted
+//! there). Each request carries its connection's [`Peer`].
 //!
-//! Until HTTP authentication exists, every HTTP peer speaks for one configured client
-//! (`[http] client`, default the stdio client), and listening on a non-loopback address needs
-//! an explicit, loudly logged opt-in.
+//! This module holds the configuration, the shared state ([`App`]), the router, [`serve`] and
+//! [`UnixHttp`]; it decides nothing about messages. It trusts the policy, the authenticator and
+//! the kernel's view of the peer (socket address, peer credentials); nothing the peer sends.
+//!
+//! Without client certificates or bearer tokens, every TCP peer speaks for one configured
+//! client (`[http] client`, default the stdio client), and listening on a non-loopback address
+//! needs an explicit, loudly logged opt-in.
 #![forbid(unsafe_code)]
 // Helpers return a finished `Response` as their error (the early answer to the client); it
 // is moved once per request, so boxing it would buy nothing.
@@ -38,6 +47,7 @@
 mod gate;
 mod listener;
 mod metadata;
+mod peer;
 mod post;
 mod routes;
 mod sessions;
@@ -50,7 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -59,11 +69,13 @@ use mcpd_policy::ClientId;
 
 use crate::auditing::Audit;
 use crate::auth::jwt::HttpAuthenticator;
+use crate::auth::peercred::PeerCredentials;
 use crate::auth::x509::ClientCertificate;
 use crate::auth::{Authenticator, Both, Principal};
 use crate::mcp::backend::Workers;
 use crate::mcp::protocol::SESSION_NOT_FOUND;
 use crate::worker::supervisor::Supervisor;
+pub use peer::{Peer, UnixPeer};
 use sessions::{HttpSession, SessionKey, Table};
 
 /// The MCP endpoint path.
@@ -72,11 +84,51 @@ pub const ENDPOINT: &str = "/mcp";
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 
+/// The Unix listener's Streamable HTTP in the audit log (`transport`; its stateless-era
+/// sessions are `unix-http-stateless`).
+pub const UNIX_HTTP_TRANSPORT: &str = "unix-http";
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A bound TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket (its description, for the log): peers are who `SO_PEERCRED` says.
+    Unix(String),
+}
+
+impl Listen {
+    /// The transport's name in the audit log (session era).
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Self::Tcp(_) => "http",
+            Self::Unix(_) => UNIX_HTTP_TRANSPORT,
+        }
+    }
+
+    /// The transport's name in the audit log for the stateless era's sessions.
+    pub fn stateless_transport(&self) -> &'static str {
+        match self {
+            Self::Tcp(_) => "http-stateless",
+            Self::Unix(_) => "unix-http-stateless",
+        }
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
+
 /// What the listener needs.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// The bound address.
-    pub addr: SocketAddr,
+    /// Where it listens.
+    pub listen: Listen,
     /// The client unauthenticated HTTP peers speak for (`None`: only peers with a verified
     /// credential, e.g. a bearer token, are served).
     pub client: Option<ClientId>,
@@ -87,11 +139,12 @@ pub struct HttpConfig {
     /// Most sessions at once (session era; the stateless era's per-principal sessions have a
     /// table of the same size of their own).
     pub max_sessions: usize,
-    /// TLS (`None`: plaintext).
+    /// TLS (`None`: plaintext; always for a Unix socket).
     pub tls: Option<Arc<tls::Tls>>,
-    /// Most open connections (further capped below the descriptor limit).
+    /// Most open connections (TCP: further capped below the descriptor limit; the Unix
+    /// listener counts its own, `[unix] max_connections`).
     pub max_connections: usize,
-    /// Most open connections per source IP address.
+    /// Most open connections per source IP address (TCP).
     pub max_connections_per_ip: usize,
 }
 
@@ -125,14 +178,14 @@ struct App {
 
 async fn mcp(
     State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(peer): Extension<Peer>,
     Extension(principal): Extension<Principal>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match method {
-        Method::POST => post::post(app, peer, principal, headers, body).await,
+        Method::POST => post::post(app, &peer, principal, headers, body).await,
         Method::GET => sse::get(app, &principal, headers).await,
         Method::DELETE => sessions::delete(app, &principal, headers).await,
         _ => (
@@ -199,9 +252,10 @@ impl App {
 }
 
 /// The endpoint behind its layers. Layers run outermost last-added first: audit_rejects →
-/// authenticate → gate → mcp.
+/// authenticate → gate → mcp; on TCP beside the metadata routes. A refused authentication is
+/// audit_rejects' `auth.failure` record (a Unix peer's with its uid, gid and pid).
 fn router(app: &Arc<App>) -> Router {
-    Router::new()
+    let endpoint = Router::new()
         .route(ENDPOINT, any(mcp))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -210,8 +264,13 @@ fn router(app: &Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             gate::authenticate,
-        ))
-        .merge(metadata::router(app))
+        ));
+    // Tokens are not accepted on a Unix socket: no resource metadata there.
+    let routes = match app.cfg.listen {
+        Listen::Tcp(_) => endpoint.merge(metadata::router(app)),
+        Listen::Unix(_) => endpoint,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             gate::audit_rejects,
@@ -238,28 +297,84 @@ async fn reload_tls(tls: Arc<tls::Tls>, policy: crate::reload::PolicyCell) {
     }
 }
 
+impl App {
+    /// Close every session of both eras (shutdown).
+    async fn end_all_sessions(self: Arc<Self>) {
+        let all: Vec<Arc<HttpSession>> = self
+            .sessions
+            .drain()
+            .into_iter()
+            .chain(self.stateless.drain())
+            .collect();
+        for hs in all {
+            sessions::end_session(hs, "server shutting down").await;
+        }
+    }
+}
+
 async fn run(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tokio::spawn(sessions::reaper(Arc::downgrade(&app), app.cfg.idle));
-    tracing::info!(addr = %app.cfg.addr, endpoint = ENDPOINT, tls = app.cfg.tls.is_some(), "Streamable HTTP listening");
-    let end = {
-        let app = app.clone();
-        async move {
-            let all: Vec<Arc<HttpSession>> = app
-                .sessions
-                .drain()
-                .into_iter()
-                .chain(app.stateless.drain())
-                .collect();
-            for hs in all {
-                sessions::end_session(hs, "server shutting down").await;
-            }
-        }
-    };
+    tracing::info!(addr = %app.cfg.listen, endpoint = ENDPOINT, tls = app.cfg.tls.is_some(), "Streamable HTTP listening");
+    let end = app.clone().end_all_sessions();
     listener::accept_loop(listener, app.clone(), router(&app), shutdown, end).await
+}
+
+/// Streamable HTTP on the connections the Unix-socket listener accepts (`transport::unix`,
+/// which counts them and reads their `SO_PEERCRED`): an [`App`] of its own (its own session
+/// tables; the policy, supervisor and audit log shared), [`PeerCredentials`] for every
+/// request, hyper HTTP/1.1 with the TCP listener's header-read deadline and keep-alive, and the
+/// same graceful shutdown.
+pub struct UnixHttp {
+    app: Arc<App>,
+    conns: listener::Connections,
+}
+
+impl UnixHttp {
+    /// Start serving (the session reaper runs from now on): `cfg.listen` is
+    /// [`Listen::Unix`]; `cfg.client` and `cfg.tls` are not used.
+    pub fn new(
+        cfg: HttpConfig,
+        policy: crate::reload::PolicyCell,
+        supervisor: Supervisor,
+        audit: Audit,
+    ) -> Self {
+        let cfg = HttpConfig {
+            client: None,
+            tls: None,
+            ..cfg
+        };
+        let app = App::new(
+            cfg,
+            Arc::new(PeerCredentials),
+            policy,
+            Arc::new(supervisor),
+            audit,
+        );
+        tokio::spawn(sessions::reaper(Arc::downgrade(&app), app.cfg.idle));
+        tracing::info!(addr = %app.cfg.listen, endpoint = ENDPOINT, "Streamable HTTP listening");
+        let conns = listener::Connections::new(router(&app));
+        Self { app, conns }
+    }
+
+    /// Serve one accepted connection of `peer` until it ends (or the shutdown ends it).
+    pub fn connection(
+        &self,
+        stream: tokio::net::UnixStream,
+        peer: UnixPeer,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.conns.serve(stream, Peer::unix(peer))
+    }
+
+    /// Stop: open connections get the shutdown (bounded, as on TCP), then every session is
+    /// closed and its worker reaped.
+    pub async fn shutdown(self) {
+        let end = self.app.clone().end_all_sessions();
+        self.conns.shutdown(end).await;
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@
 //! principal is given). Trusts nothing in the body or the headers.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -30,7 +29,7 @@ use super::routes::is_response;
 use super::sessions::{end_session, Busy, HttpSession, PendingRequest, SessionKey};
 use super::sse::{request_stream, resumable_stream};
 use super::stateless::{self, stateless_status};
-use super::{App, SESSION_HEADER};
+use super::{App, Peer, SESSION_HEADER};
 use crate::auth::Principal;
 use crate::mcp::jsonrpc::{self, Id, Incoming, INVALID_REQUEST, PARSE_ERROR};
 use crate::mcp::protocol::SUPPORTED_VERSIONS;
@@ -45,7 +44,7 @@ pub(super) enum Era {
         /// The session's key.
         key: SessionKey,
         /// Its peer, for the log.
-        peer: SocketAddr,
+        peer: Peer,
     },
     /// The principal's stateless-era session.
     Stateless,
@@ -72,7 +71,7 @@ fn id_of(incoming: &Incoming) -> Value {
 
 pub(super) async fn post(
     app: Arc<App>,
-    peer: SocketAddr,
+    peer: &Peer,
     principal: Principal,
     headers: HeaderMap,
     body: Body,
@@ -134,7 +133,13 @@ pub(super) async fn post(
         None if initialize => match app.new_session(peer, &principal).await {
             Ok(s) => {
                 let key = SessionKey::new(&principal, s.session.id());
-                (s, Era::Created { key, peer })
+                (
+                    s,
+                    Era::Created {
+                        key,
+                        peer: peer.clone(),
+                    },
+                )
             }
             Err(r) => return r,
         },

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use serde_json::Value;
 use super::gate::{header_str, rpc_error, stateless_405};
 use super::routes::{self, lock, Routes};
 use super::sse::Replay;
-use super::{App, SESSION_HEADER, SESSION_NOT_FOUND};
+use super::{App, Peer, SESSION_HEADER, SESSION_NOT_FOUND};
 use crate::auth::{Origin, Principal};
 use crate::mcp::jsonrpc::{Id, INTERNAL_ERROR, INVALID_REQUEST};
 use crate::mcp::session::{OpenError, Session};
@@ -274,7 +273,7 @@ impl App {
     /// A session for an `initialize` (entered in the table once it succeeded).
     pub(super) async fn new_session(
         &self,
-        peer: SocketAddr,
+        peer: &Peer,
         principal: &Principal,
     ) -> Result<Arc<HttpSession>, Response> {
         // Clients that never send DELETE are common: the least recently used idle session
@@ -301,7 +300,8 @@ impl App {
             Ok(None) => {}
             Err(Full) => return Err(too_many()),
         }
-        self.open_session("http", peer, principal).await
+        self.open_session(self.cfg.listen.transport(), peer, principal)
+            .await
     }
 
     /// Open a `Session` for `principal` (audited: `auth.success`, `session.open`) and start
@@ -309,13 +309,13 @@ impl App {
     async fn open_session(
         &self,
         transport: &'static str,
-        peer: SocketAddr,
+        peer: &Peer,
         principal: &Principal,
     ) -> Result<Arc<HttpSession>, Response> {
         let (tx, rx) = Outbox::channel();
         let origin = Origin {
             transport,
-            peer: peer.to_string(),
+            peer: peer.describe().to_string(),
         };
         let session = Session::open_with(
             principal.clone(),
@@ -354,7 +354,7 @@ impl App {
     /// reaped).
     pub(super) async fn stateless_session(
         &self,
-        peer: SocketAddr,
+        peer: &Peer,
         principal: &Principal,
     ) -> Result<Arc<HttpSession>, Response> {
         let key = stateless_key(principal);
@@ -376,7 +376,9 @@ impl App {
             Ok(None) => {}
             Err(Full) => return Err(too_many()),
         }
-        let hs = self.open_session("http-stateless", peer, principal).await?;
+        let hs = self
+            .open_session(self.cfg.listen.stateless_transport(), peer, principal)
+            .await?;
         tracing::info!(session = %hs.session.id(), %peer, principal = %principal.client.as_str(), "http stateless session open");
         self.stateless.insert(key, hs.clone());
         Ok(hs)

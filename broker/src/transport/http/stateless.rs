@@ -9,7 +9,6 @@
 //! nothing in the headers or the envelope.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -19,7 +18,7 @@ use serde_json::{json, Map, Value};
 use super::gate::{header_str, json_response};
 use super::post::{answer, invalid, streams, Era};
 use super::sessions::Busy;
-use super::{App, VERSION_HEADER};
+use super::{App, Peer, VERSION_HEADER};
 use crate::auth::Principal;
 use crate::mcp::jsonrpc::{self, Id, Incoming, INVALID_PARAMS, METHOD_NOT_FOUND};
 use crate::mcp::protocol::{
@@ -54,7 +53,7 @@ fn mismatch(id: Value, message: &str, header: &str) -> Response {
 /// stateless session. `incoming` is never `Invalid` (`post` answers those).
 pub(super) async fn post(
     app: &Arc<App>,
-    peer: SocketAddr,
+    peer: &Peer,
     principal: &Principal,
     headers: &HeaderMap,
     incoming: Incoming,

@@ -1,7 +1,9 @@
 //! The listener over real sockets, with an authenticator of the test's own (a principal by
 //! source address) and an in-process fake worker behind [`Workers`]: sessions belong to their
 //! principal, a refused peer is audited, and a client that never reads a chatty call's stream
-//! holds bounded queues while its session serves other requests.
+//! holds bounded queues while its session serves other requests. Over a Unix socket pair, the
+//! Unix listener's service: principals from the peer's credentials, its Host rule, its
+//! `auth.failure` records.
 //!
 //! No process is spawned. Trusts nothing but the responses it reads.
 #![forbid(unsafe_code)]
@@ -115,7 +117,7 @@ async fn listen(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = HttpConfig {
-        addr,
+        listen: Listen::Tcp(addr),
         client: ClientId::parse("alice"),
         extra_hosts: Vec::new(),
         idle: Duration::from_secs(600),
@@ -194,7 +196,7 @@ async fn open(
 }
 
 /// Read a response to the end (the server closes: `Connection: close`).
-async fn read_reply(mut s: tokio::net::TcpStream, limit: Duration) -> Reply {
+async fn read_reply(mut s: impl tokio::io::AsyncRead + Unpin, limit: Duration) -> Reply {
     let mut raw = Vec::new();
     tokio::time::timeout(limit, s.read_to_end(&mut raw))
         .await
@@ -584,4 +586,114 @@ async fn a_spent_call_rate_is_a_429_with_retry_after() {
         .iter()
         .any(|r| r["event"] == "limit.hit" && r["limit"] == "calls_per_minute"));
     l.stop().await;
+}
+
+/// The Unix listener's service over a socket pair: the principal is the peer's uid (this
+/// process's), established again for every request under the policy in force; `localhost`
+/// with any port is this server; an unmapped uid is a 403 with an `auth.failure` record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_unix_socket_the_principal_is_the_peer_uid_for_every_request() {
+    use std::os::fd::AsFd;
+    let uid = rustix::process::geteuid().as_raw();
+    // Client names of their own: session counts are process-wide.
+    let mapped = |rule: &str| {
+        Policy::from_toml(
+            "test.toml",
+            &format!("[clients.uma]\n[clients.uma.identity]\n{rule}\n[clients.ulrich]\n"),
+            &|p: &Path| Ok(p.to_path_buf()),
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let audit = Audit::open(&AuditSettings::at(log.clone())).unwrap();
+    let cell = crate::reload::PolicyCell::new(mapped(&format!("unix_uid = [{uid}]")));
+    let cfg = HttpConfig {
+        listen: Listen::Unix("test.sock".into()),
+        client: None,
+        extra_hosts: Vec::new(),
+        idle: Duration::from_secs(600),
+        max_sessions: 8,
+        tls: None,
+        max_connections: 8,
+        max_connections_per_ip: 8,
+    };
+    let app = App::new(
+        cfg,
+        Arc::new(PeerCredentials),
+        cell.clone(),
+        Arc::new(chatty(0, 0)),
+        audit,
+    );
+    let conns = listener::Connections::new(router(&app));
+    let exchange = |host: &'static str, sid: Option<String>, msg: Value| {
+        let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
+        let cred = rustix::net::sockopt::socket_peercred(server.as_fd()).unwrap();
+        let peer = UnixPeer {
+            uid: cred.uid.as_raw(),
+            gid: cred.gid.as_raw(),
+            pid: cred.pid.as_raw_nonzero().get(),
+        };
+        tokio::spawn(conns.serve(server, Peer::unix(peer)));
+        async move {
+            let body = msg.to_string();
+            let mut req = format!(
+                "POST {ENDPOINT} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n",
+                body.len()
+            );
+            if let Some(s) = sid {
+                req.push_str(&format!("Mcp-Session-Id: {s}\r\n"));
+            }
+            req.push_str("\r\n");
+            req.push_str(&body);
+            client.write_all(req.as_bytes()).await.unwrap();
+            read_reply(client, Duration::from_secs(10)).await
+        }
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let r = exchange("localhost:4711", None, init.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sid = r.header("mcp-session-id").unwrap().to_string();
+    let r = exchange("localhost", Some(sid.clone()), ping.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        exchange("127.0.0.1:4711", None, init.clone()).await.status,
+        403
+    );
+    // The rule now names another uid: the same peer's next request is refused.
+    cell.replace(mapped(&format!("unix_uid = [{}]", uid.wrapping_add(1))));
+    let r = exchange("localhost", Some(sid), ping).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.json()["error"]["code"],
+        crate::mcp::jsonrpc::INVALID_REQUEST
+    );
+    let recs = records(&log);
+    let me = format!("uid={uid} ");
+    let open = recs
+        .iter()
+        .find(|r| r["event"] == "session.open")
+        .expect("session.open");
+    assert_eq!(open["transport"], "unix-http");
+    assert_eq!(open["principal"], "uma");
+    assert!(open["peer"].as_str().unwrap().starts_with(&me), "{open}");
+    let failure = recs
+        .iter()
+        .find(|r| r["event"] == "auth.failure")
+        .expect("auth.failure");
+    assert_eq!(failure["transport"], "unix-http");
+    assert_eq!(failure["uid"], uid);
+    assert_eq!(failure["principal"], super::gate::UNAUTHENTICATED);
+    assert_eq!(
+        recs.iter().filter(|r| r["event"] == "auth.failure").count(),
+        1,
+        "a foreign Host is no authentication failure"
+    );
+    assert!(recs.iter().any(|r| r["event"] == "request"
+        && r["http_status"] == 403
+        && r["transport"] == "unix-http"
+        && r["peer"].as_str().is_some_and(|p| p.starts_with(&me))));
+    conns.shutdown(app.clone().end_all_sessions()).await;
 }

@@ -1453,3 +1453,66 @@ console.log('late')"#;
     assert_eq!(structured(&r)["stdout"], "three\n", "{r}");
     assert_eq!(structured(&r)["session_runs"], 5, "{r}");
 }
+
+#[test]
+fn a_python_traceback_shows_the_clients_frames_only() {
+    let d = dirs();
+    let mut a = Server::start(&["--allow-write", s(&d.root), "--allow-code", "python3"]);
+    a.initialize();
+    let stderr = |r: &Value| structured(r)["stderr"].as_str().unwrap().to_string();
+    // An error two frames deep in the client's code: both frames, nothing of the driver.
+    let r = a.call(
+        "run_code",
+        json!({"language": "python3", "code": "def inner():\n    return 1 / 0\n\ndef outer():\n    return inner()\n\nouter()\n"}),
+    );
+    assert_eq!(structured(&r)["status"], "error", "{r}");
+    let e = stderr(&r);
+    assert!(e.starts_with("Traceback (most recent call last):"), "{e}");
+    assert!(
+        e.contains("File \"<run_code>\", line 7, in <module>"),
+        "{e}"
+    );
+    assert!(e.contains("File \"<run_code>\", line 5, in outer"), "{e}");
+    assert!(e.contains("File \"<run_code>\", line 2, in inner"), "{e}");
+    assert!(
+        e.trim_end()
+            .ends_with("ZeroDivisionError: division by zero"),
+        "{e}"
+    );
+    assert!(!e.contains("<string>"), "the driver's frame: {e}");
+    // A syntax error: where in the client's code, no traceback of the parser.
+    let r = a.call(
+        "run_code",
+        json!({"language": "python3", "code": "x = (1,\n"}),
+    );
+    let e = stderr(&r);
+    assert!(
+        e.contains("File \"<run_code>\", line 1") && e.contains("SyntaxError"),
+        "{e}"
+    );
+    assert!(!e.contains("<string>") && !e.contains("Traceback"), "{e}");
+    // A chained exception keeps both parts, neither with the driver's frame.
+    let r = a.call(
+        "run_code",
+        json!({"language": "python3", "code": "try:\n    {}['k']\nexcept KeyError as k:\n    raise ValueError('bad') from k\n"}),
+    );
+    let e = stderr(&r);
+    assert!(
+        e.contains("KeyError: 'k'") && e.contains("ValueError: bad"),
+        "{e}"
+    );
+    assert!(e.contains("direct cause"), "{e}");
+    assert!(!e.contains("<string>"), "{e}");
+    // An interrupt (timeout): the client's frame, not the driver's signal handler.
+    let r = a.call(
+        "run_code",
+        json!({"language": "python3", "code": "import time\nwhile True:\n    time.sleep(0.05)\n", "timeout_secs": 1}),
+    );
+    assert_eq!(structured(&r)["status"], "interrupted", "{r}");
+    let e = stderr(&r);
+    assert!(
+        e.contains("KeyboardInterrupt") && e.contains("<run_code>"),
+        "{e}"
+    );
+    assert!(!e.contains("<string>"), "{e}");
+}

@@ -66,6 +66,23 @@ def emit(fd, s):
     b = s.encode("utf-8", "replace")
     while b:
         b = b[os.write(fd, b):]
+def report():
+    # The client's frames only: from its code's first frame on (what it called), without the
+    # driver's ("<string>", python3 -c: the exec call, the interrupt handler) or what the
+    # driver called before the client's code ran (ast.parse for a syntax error).
+    te = traceback.TracebackException(*sys.exc_info())
+    seen, todo = set(), [te]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        first = next((i for i, f in enumerate(x.stack) if f.filename == "<run_code>"), None)
+        keep = [] if first is None else x.stack[first:]
+        x.stack = traceback.StackSummary.from_list(
+            [f for f in keep if f.filename != "<string>"])
+        todo += [x.__cause__, x.__context__]
+    sys.stderr.write("".join(te.format()))
 def flush():
     for s in (sys.stdout, sys.stderr, O, E):
         try:
@@ -98,12 +115,12 @@ while True:
             busy = False
     except KeyboardInterrupt:
         status = "interrupted"
-        traceback.print_exc()
+        report()
     except SystemExit:
         status = "exit"
     except BaseException:
         status = "error"
-        traceback.print_exc()
+        report()
     flush()
     emit(1, "\n" + M + "\n")
     nonce = inp.readline().decode("ascii", "replace").strip()

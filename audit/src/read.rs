@@ -60,6 +60,10 @@ pub struct Query {
     /// `2025-01-31T12:00`, or a full timestamp with or without fractional seconds and `Z`
     /// (normalised, then compared as strings). Time-zone offsets other than `Z` are not supported.
     pub since: Option<String>,
+    /// Keep only records with `ts <= until` (same forms as `since`; a prefix such as a date
+    /// compares as that prefix, so `until = 2025-01-31` keeps records up to the start of that
+    /// day, and the CLI passes full timestamps).
+    pub until: Option<String>,
     /// Keep only records of this event name.
     pub event: Option<String>,
     /// Keep only the last `limit` matching records (like `tail -n`).
@@ -77,6 +81,13 @@ impl Query {
         if let Some(since) = &self.since {
             match record.get("ts").and_then(Value::as_str) {
                 Some(ts) if ts >= normalize_since(since).as_str() => {}
+                _ => return false,
+            }
+        }
+        if let Some(until) = &self.until {
+            match record.get("ts").and_then(Value::as_str) {
+                // Without the `Z` both ways, so that a full timestamp keeps its own record.
+                Some(ts) if ts.trim_end_matches('Z') <= normalize_since(until).as_str() => {}
                 _ => return false,
             }
         }

@@ -84,26 +84,38 @@ pub enum AuditCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Print the last records.
+    /// Print the last records: one aligned line each (time, event, principal, details), or
+    /// the records themselves with --json.
     Tail {
         /// How many records.
         #[arg(short = 'n', default_value_t = 20)]
         n: usize,
+        /// One JSON record per line, as logged.
+        #[arg(long)]
+        json: bool,
         /// Log files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Print the records of one client and/or since a time.
+    /// Print the records of one client, one event and/or a time window: one aligned line each,
+    /// or the records themselves with --json.
     Query {
         /// Principal (client id).
         #[arg(long)]
         client: Option<String>,
-        /// RFC 3339 time (or a prefix such as 2026-11-25).
-        #[arg(long)]
+        /// Records at or after this time: RFC 3339 (2026-11-25T08:00:00Z, offsets allowed), a
+        /// date (2026-11-25, midnight UTC), or a time ago (90s, 15m, 1h, 2d, 1w).
+        #[arg(long, value_parser = crate::commands::audit::parse_time)]
         since: Option<String>,
+        /// Records at or before this time (the same forms as --since).
+        #[arg(long, value_parser = crate::commands::audit::parse_time)]
+        until: Option<String>,
         /// Event name (e.g. request, session.open).
         #[arg(long)]
         event: Option<String>,
+        /// One JSON record per line, as logged.
+        #[arg(long)]
+        json: bool,
         /// Log files.
         #[arg(required = true)]
         files: Vec<PathBuf>,

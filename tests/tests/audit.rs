@@ -253,6 +253,32 @@ fn verify_names_the_first_tampered_record() {
     ]);
     assert_eq!(code, 0);
     assert!(out.trim().is_empty(), "{out}");
+    // Human lines by default: time, event and principal in aligned columns, then the fields.
+    let log = f.log.to_str().unwrap();
+    let (_, out, _) = mcpd(&["audit", "query", "--event", "request", log]);
+    let first = out.lines().next().unwrap();
+    assert_eq!(&first[27..29], "  ", "{out}");
+    assert!(first[29..].starts_with("request         local             method="), "{out}");
+    assert!(out.lines().all(|l| serde_json::from_str::<Value>(l).is_err()), "{out}");
+    // --json: the records as logged.
+    let (_, out, _) = mcpd(&["audit", "query", "--event", "request", "--json", log]);
+    let recs: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!recs.is_empty() && recs.iter().all(|r| r["event"] == "request"));
+    let (_, out, _) = mcpd(&["audit", "tail", "-n", "1", "--json", log]);
+    assert!(serde_json::from_str::<Value>(out.trim()).is_ok(), "{out}");
+    // Relative times and --until: the last hour holds everything, the time before 2000 nothing.
+    let all = records(&f.log).len();
+    let (_, out, _) = mcpd(&["audit", "query", "--since", "1h", "--until", "0s", log]);
+    assert_eq!(out.lines().count(), all, "{out}");
+    let (code, out, _) = mcpd(&["audit", "query", "--until", "2000-01-01", log]);
+    assert_eq!(code, 0);
+    assert!(out.trim().is_empty(), "{out}");
+    // Anything else is refused, with the accepted forms, before a file is read.
+    for bad in ["yesterday", "2026-02-30", "5 minutes"] {
+        let (code, _, err) = mcpd(&["audit", "query", "--since", bad, log]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("is not a time") && err.contains("RFC 3339"), "{bad}: {err}");
+    }
 }
 
 #[test]

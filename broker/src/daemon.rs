@@ -342,9 +342,18 @@ async fn run(
     if client.is_none() && policy.jwt().is_none() {
         return Err(BrokerError::HttpNoClient);
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(BrokerError::Listen)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => ": another process listens there (ss -ltnp)",
+            std::io::ErrorKind::PermissionDenied => ": ports below 1024 need CAP_NET_BIND_SERVICE",
+            std::io::ErrorKind::AddrNotAvailable => ": no interface of this host has that address",
+            _ => "",
+        };
+        BrokerError::Listen(std::io::Error::new(
+            e.kind(),
+            format!("HTTP listener {addr}: {e}{hint}"),
+        ))
+    })?;
     let bound = listener.local_addr().map_err(BrokerError::Listen)?;
     let tls = transport::http::load_tls(&policy).map_err(BrokerError::Tls)?;
     // Tests and scripts ask for port 0: say where we are, on stderr.

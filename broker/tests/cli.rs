@@ -321,3 +321,26 @@ fn json_log_lines_are_one_object_each() {
     assert_eq!(code, 2);
     assert!(err.contains("invalid value 'xml'"), "{err}");
 }
+
+#[test]
+fn listener_address_errors_name_the_address_and_the_fix() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = mcpd_env(&["serve", "--no-config", "--http", &addr], None);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains(&format!("HTTP listener {addr}: Address already in use"))
+            && err.contains("another process listens there"),
+        "{err}"
+    );
+    let (code, _, err) = mcpd_env(&["serve", "--no-config", "--http", "localhost:8080"], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("'localhost:8080' is not IP:PORT")
+            && err.contains("127.0.0.1:8080 or [::1]:8080"),
+        "{err}"
+    );
+    let (code, _, err) = mcpd_env(&["serve", "--no-config", "--http", "example.org:80"], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("host names are not resolved"), "{err}");
+}

@@ -258,11 +258,21 @@ fn verify_names_the_first_tampered_record() {
     let (_, out, _) = mcpd(&["audit", "query", "--event", "request", log]);
     let first = out.lines().next().unwrap();
     assert_eq!(&first[27..29], "  ", "{out}");
-    assert!(first[29..].starts_with("request         local             method="), "{out}");
-    assert!(out.lines().all(|l| serde_json::from_str::<Value>(l).is_err()), "{out}");
+    assert!(
+        first[29..].starts_with("request         local             method="),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_err()),
+        "{out}"
+    );
     // --json: the records as logged.
     let (_, out, _) = mcpd(&["audit", "query", "--event", "request", "--json", log]);
-    let recs: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(!recs.is_empty() && recs.iter().all(|r| r["event"] == "request"));
     let (_, out, _) = mcpd(&["audit", "tail", "-n", "1", "--json", log]);
     assert!(serde_json::from_str::<Value>(out.trim()).is_ok(), "{out}");
@@ -277,7 +287,10 @@ fn verify_names_the_first_tampered_record() {
     for bad in ["yesterday", "2026-02-30", "5 minutes"] {
         let (code, _, err) = mcpd(&["audit", "query", "--since", bad, log]);
         assert_eq!(code, 2, "{bad}: {err}");
-        assert!(err.contains("is not a time") && err.contains("RFC 3339"), "{bad}: {err}");
+        assert!(
+            err.contains("is not a time") && err.contains("RFC 3339"),
+            "{bad}: {err}"
+        );
     }
 }
 

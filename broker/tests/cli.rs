@@ -35,7 +35,7 @@ fn check_config_prints_the_effective_policy() {
     assert!(out.contains("client alice:"), "{out}");
     assert!(out.contains(&format!("read   {}", data.display())), "{out}");
     assert!(out.contains("tools  read_text_file"), "{out}");
-    assert!(out.contains("timeout=7s"), "{out}");
+    assert!(out.contains("call timeout 7 s"), "{out}");
     assert!(out.contains("stdio client: alice"), "{out}");
     assert!(out.trim_end().ends_with("configuration OK"));
 }
@@ -195,7 +195,7 @@ fn check_config_shows_worker_uids_and_refuses_bad_ranges() {
     std::fs::write(&cfg, body("70000-70009")).unwrap();
     let (code, out, err) = mcpd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("worker_uids=70000-70009"), "{out}");
+    assert!(out.contains("worker uids 70000-70009"), "{out}");
     let uid_of = |c: &str| -> u32 {
         let l = out
             .lines()
@@ -343,4 +343,119 @@ fn listener_address_errors_name_the_address_and_the_fix() {
     let (code, _, err) = mcpd_env(&["serve", "--no-config", "--http", "example.org:80"], None);
     assert_eq!(code, 2);
     assert!(err.contains("host names are not resolved"), "{err}");
+}
+
+/// Every commented sample value of a number or a boolean in packaging/mcpd.toml is the real
+/// default: setting it changes nothing `check-config` prints, while another value does (so the
+/// key is one check-config shows; the few it does not show are listed).
+#[test]
+fn the_shipped_samples_are_the_real_defaults() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/mcpd.toml"
+    ))
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let logdir = d.path().join("log");
+    std::fs::create_dir(&logdir).unwrap();
+    let base = |section: &str, line: &str| -> Option<String> {
+        let client = "[clients.c]\nread = [\"/usr/share\"]\n";
+        Some(match section {
+            "server" => format!("[server]\n{line}\n{client}"),
+            s if s.ends_with(".limits") => format!("{client}[clients.c.limits]\n{line}\n"),
+            "http" => {
+                format!("{client}[http]\nlisten = \"127.0.0.1:8080\"\nclient = \"c\"\n{line}\n")
+            }
+            "audit" => format!(
+                "{client}[audit]\npath = \"{}/a.jsonl\"\n{line}\n",
+                logdir.display()
+            ),
+            _ => return None,
+        })
+    };
+    let check = |cfg: &str| {
+        let f = d.path().join("t.toml");
+        std::fs::write(&f, cfg).unwrap();
+        let (code, out, err) = mcpd(&["check-config", "--config", f.to_str().unwrap()]);
+        assert_eq!(code, 0, "{cfg}\n{out}{err}");
+        out
+    };
+    // Keys check-config does not print (their defaults are documented beside them).
+    const NOT_SHOWN: &[&str] = &["batch_interval_ms", "checkpoint_every"];
+    let mut section = String::new();
+    let mut checked = 0;
+    for line in text.lines() {
+        let l = line.trim_start_matches('#').trim();
+        if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        if !line.starts_with('#') {
+            continue;
+        }
+        let Some((key, rest)) = l.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        let value = rest.split('#').next().unwrap().trim();
+        let other = match value {
+            "true" => "false".to_string(),
+            "false" => "true".to_string(),
+            v if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                (v.parse::<u64>().unwrap() / 2 + 1).to_string()
+            }
+            _ => continue,
+        };
+        if key.contains(' ') || key.is_empty() {
+            continue;
+        }
+        let Some(default) = base(&section, "") else {
+            continue;
+        };
+        let default = check(&default);
+        let sample = check(&base(&section, &format!("{key} = {value}")).unwrap());
+        assert_eq!(
+            sample, default,
+            "[{section}] {key} = {value}: the sample is not the default"
+        );
+        if !NOT_SHOWN.contains(&key) {
+            let changed = check(&base(&section, &format!("{key} = {other}")).unwrap());
+            assert_ne!(
+                changed, default,
+                "[{section}] {key}: check-config does not show it"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} samples checked");
+}
+
+#[test]
+fn the_shipped_configuration_passes_once_its_directories_exist() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/mcpd.toml");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    if !std::path::Path::new("/var/log/mcpd").exists() {
+        let (code, _, err) = mcpd(&["check-config", "--config", shipped]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("audit directory '/var/log/mcpd' does not exist")
+                && err.contains("install -d -m 0750 /var/log/mcpd"),
+            "{err}"
+        );
+    }
+    // With the package's directories in place (here: the log directory elsewhere).
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        text.replace("/var/log/mcpd", d.path().to_str().unwrap()),
+    )
+    .unwrap();
+    let (code, out, err) = mcpd(&["check-config", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("memory 2 GiB") && out.contains("cpu unlimited"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("configuration OK"), "{out}");
 }

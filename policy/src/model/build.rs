@@ -373,10 +373,15 @@ pub(super) fn canonical_log_path(
         return Err(src.error(span, format!("audit path names no file: '{}'", p.display())));
     };
     let dir = canon(dir).map_err(|e| {
-        src.error(
-            span.clone(),
-            format!("audit directory '{}': {e}", dir.display()),
-        )
+        let msg = if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "audit directory '{d}' does not exist: create it for mcpd's user only (install -d -m 0750 {d}; the Debian package does)",
+                d = dir.display()
+            )
+        } else {
+            format!("audit directory '{}': {e}", dir.display())
+        };
+        src.error(span.clone(), msg)
     })?;
     Ok(dir.join(name))
 }

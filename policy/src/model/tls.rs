@@ -227,19 +227,35 @@ impl Policy {
 
     /// `check-config`'s lines for TLS.
     pub(crate) fn describe_tls(&self) -> String {
-        let Some(t) = self.http_tls() else {
-            return if self.http.listen.is_some() {
-                "http.tls: off (plaintext)\n".into()
-            } else {
-                String::new()
-            };
+        let h = &self.http;
+        let mut s = match h.listen {
+            Some(addr) => format!(
+                "http: listen {addr}, client {}, session idle {}, max sessions {}, connections at most {} in total, {} per source address{}\n",
+                h.client.as_ref().map_or("none (tokens only)".into(), |c| c.to_string()),
+                super::types::units::secs(h.session_idle_secs),
+                h.max_sessions,
+                h.max_connections,
+                h.max_connections_per_ip,
+                if h.allowed_hosts.is_empty() {
+                    String::new()
+                } else {
+                    format!(", extra hosts {}", h.allowed_hosts.join(" "))
+                }
+            ),
+            None => String::new(),
         };
-        let mut s = format!(
+        let Some(t) = self.http_tls() else {
+            if h.listen.is_some() {
+                s.push_str("http.tls: off (plaintext)\n");
+            }
+            return s;
+        };
+        s.push_str(&format!(
             "http.tls: cert {}, key {}, min_version {}\n",
             t.cert.display(),
             t.key.display(),
             t.min_version.as_str()
-        );
+        ));
         match &t.client_ca {
             Some(ca) => {
                 s.push_str(&format!(
@@ -255,10 +271,12 @@ impl Policy {
             }
             None => s.push_str("http.tls: no client certificates (no client_ca)\n"),
         }
-        s.push_str(&format!(
-            "http: connections at most {} in total, {} per source address\n",
-            self.http.max_connections, self.http.max_connections_per_ip
-        ));
+        if h.listen.is_none() {
+            s.push_str(&format!(
+                "http: connections at most {} in total, {} per source address\n",
+                h.max_connections, h.max_connections_per_ip
+            ));
+        }
         s
     }
 }

@@ -442,16 +442,16 @@ impl Policy {
             out.push_str(&format!("WARNING: {w}\n"));
         }
         out.push_str(&format!(
-            "server: max_message_bytes={} worker_idle_secs={} ipc_spin_us={} degraded_sandbox={} worker_uids={} worker_tmp_bytes={} worker={}\n",
-            self.max_message_bytes,
-            self.worker_idle_secs,
+            "server: max_message_bytes {}, worker idle {}, ipc spin {} µs, degraded sandbox {}, worker uids {}, worker tmp {}, worker {}\n",
+            units::bytes(self.max_message_bytes),
+            units::secs(self.worker_idle_secs),
             self.ipc_spin_us,
-            self.allow_degraded_sandbox,
+            if self.allow_degraded_sandbox { "ALLOWED" } else { "no" },
             self.worker_uids,
-            self.worker_tmp_bytes,
+            units::bytes(self.worker_tmp_bytes),
             self.worker_path
                 .as_ref()
-                .map_or("<next to mcpd>".into(), |p| p.display().to_string())
+                .map_or("next to mcpd".into(), |p| p.display().to_string())
         ));
         out.push_str(&format!(
             "stdio client: {}\n",
@@ -552,21 +552,88 @@ impl Policy {
             }
             let l = &p.limits;
             out.push_str(&format!(
-                "  command timeout={}s lifetime={}s cpu={:?}s memory={:?}B processes={:?} output={}B\n",
-                l.command.timeout_secs,
-                l.command.max_lifetime_secs,
-                l.command.cpu_seconds,
-                l.memory_bytes,
-                l.max_processes,
-                l.command.max_output_bytes
+                "  command timeout {}, lifetime {}, cpu {}, memory {}, processes {}\n",
+                units::secs(l.command.timeout_secs),
+                units::secs(l.command.max_lifetime_secs),
+                units::opt(l.command.cpu_seconds, units::secs),
+                units::opt(l.memory_bytes, units::bytes),
+                units::opt(l.max_processes, |n| n.to_string()),
             ));
             out.push_str(&format!(
-                "  limits concurrent={} timeout={}s calls/min={} sessions={} read={}B output={}B entries={} matches={} nofile={:?} fsize={:?} worker-cpu={:?}s as={:?}\n",
-                l.max_concurrent_calls, l.call_timeout_secs, l.calls_per_minute, l.max_sessions, l.tool.max_read_bytes,
-                l.tool.max_output_bytes, l.tool.max_entries, l.tool.max_matches, l.rlimits.max_open_files,
-                l.rlimits.max_file_size, l.rlimits.cpu_seconds, l.rlimits.address_space
+                "  limits  concurrent calls {}, call timeout {}, rate {}, sessions {}, read {}, output {}, entries {}, matches {}, open files {}, file size {}, address space {}\n",
+                l.max_concurrent_calls,
+                units::secs(l.call_timeout_secs),
+                units::rate(l.calls_per_minute),
+                l.max_sessions,
+                units::bytes(l.tool.max_read_bytes),
+                units::bytes(l.tool.max_output_bytes),
+                l.tool.max_entries,
+                l.tool.max_matches,
+                units::opt(l.rlimits.max_open_files, |n| n.to_string()),
+                units::opt(l.rlimits.max_file_size, units::bytes),
+                units::opt(l.rlimits.address_space, units::bytes),
             ));
         }
         out
+    }
+}
+
+/// Numbers as `check-config` prints them: binary byte units, durations, "unlimited".
+pub(crate) mod units {
+    /// `8 MiB`, `2 GiB`, `1536 B` (a unit only when the value is a whole number of it).
+    pub fn bytes(n: u64) -> String {
+        const UNITS: [(u64, &str); 4] = [
+            (1 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
+        UNITS
+            .iter()
+            .find(|(u, _)| n >= *u && n.is_multiple_of(*u))
+            .map_or_else(|| format!("{n} B"), |(u, name)| format!("{} {name}", n / u))
+    }
+
+    /// `2 h`, `10 min`, `90 s`.
+    pub fn secs(n: u64) -> String {
+        match n {
+            0 => "0 s".into(),
+            n if n.is_multiple_of(3600) => format!("{} h", n / 3600),
+            n if n.is_multiple_of(60) => format!("{} min", n / 60),
+            n => format!("{n} s"),
+        }
+    }
+
+    /// A calls-per-minute rate (0: unlimited).
+    pub fn rate(n: u64) -> String {
+        if n == 0 {
+            "unlimited".into()
+        } else {
+            format!("{n} calls/min")
+        }
+    }
+
+    /// An optional limit: `unlimited` when unset.
+    pub fn opt(v: Option<u64>, f: impl Fn(u64) -> String) -> String {
+        v.map_or_else(|| "unlimited".into(), f)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn human_units() {
+            assert_eq!(bytes(2 * 1024 * 1024 * 1024), "2 GiB");
+            assert_eq!(bytes(8 * 1024 * 1024), "8 MiB");
+            assert_eq!(bytes(1536), "1536 B");
+            assert_eq!(bytes(0), "0 B");
+            assert_eq!(secs(3600), "1 h");
+            assert_eq!(secs(120), "2 min");
+            assert_eq!(secs(90), "90 s");
+            assert_eq!(rate(0), "unlimited");
+            assert_eq!(rate(120), "120 calls/min");
+            assert_eq!(opt(None, bytes), "unlimited");
+        }
     }
 }

@@ -78,6 +78,9 @@ pub enum Command {
         /// The configuration file (default: $MCPD_CONFIG, else /etc/mcpd/mcpd.toml).
         #[arg(short = 'c', long)]
         config: Option<PathBuf>,
+        /// Print the effective policy as one JSON document instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Print what this kernel offers for confinement, and what each client's worker view
     /// will hold (the embedded default, or --config).

@@ -36,8 +36,8 @@ use cli::{Cli, Command};
 pub fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Serve(args) => daemon::serve(args).map(|()| ExitCode::SUCCESS),
-        Command::CheckConfig { config } => match config.or_else(cli::default_config) {
-            Some(c) => commands::check_config::run(&c),
+        Command::CheckConfig { config, json } => match config.or_else(cli::default_config) {
+            Some(c) => commands::check_config::run(&c, json),
             None => Err(error::BrokerError::NoConfig),
         },
         Command::Doctor { config } => {

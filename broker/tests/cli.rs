@@ -459,3 +459,33 @@ fn the_shipped_configuration_passes_once_its_directories_exist() {
     );
     assert!(out.trim_end().ends_with("configuration OK"), "{out}");
 }
+
+#[test]
+fn check_config_json_is_the_effective_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let data = std::fs::canonicalize(d.path()).unwrap();
+    let cfg = d.path().join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clients.alice]\nread = [\"{}\"]\ntools = [\"read_text_file\"]\n[clients.alice.limits]\nmemory_bytes = 1073741824\ncalls_per_minute = 30\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = mcpd(&["check-config", "--json", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = &v["clients"]["alice"];
+    assert_eq!(a["read"][0], data.display().to_string());
+    assert_eq!(a["tools"][0], "read_text_file");
+    assert_eq!(a["limits"]["memory_bytes"], 1_073_741_824u64);
+    assert_eq!(a["limits"]["calls_per_minute"], 30);
+    assert_eq!(
+        a["limits"]["cpu_seconds"],
+        serde_json::Value::Null,
+        "unlimited"
+    );
+    assert_eq!(v["server"]["max_message_bytes"], 4_194_304u64);
+    assert_eq!(v["audit"], serde_json::Value::Null);
+}

@@ -1,5 +1,6 @@
 //! `mcpd check-config --config FILE`: validates a configuration file and prints the effective
-//! policy (`Policy::describe`, warnings first), then `configuration OK`.
+//! policy (`Policy::describe`, warnings first), then `configuration OK`; with `--json`, the
+//! policy as one JSON document (`Policy::describe_json`).
 //!
 //! What it does: reads the file and runs the policy crate's full validation, exactly as
 //! `serve` would for that file without flags (paths are canonicalised, so they must exist).
@@ -15,12 +16,16 @@ use mcpd_policy::Policy;
 
 use crate::error::BrokerError;
 
-/// Validate `config` and print the effective policy.
-pub fn run(config: &Path) -> Result<ExitCode, BrokerError> {
+/// Validate `config` and print the effective policy (as JSON with `json`).
+pub fn run(config: &Path, json: bool) -> Result<ExitCode, BrokerError> {
     let text = super::read_config(config).map_err(BrokerError::ConfigFile)?;
     let policy = Policy::from_toml(&config.display().to_string(), &text, &super::canon)
         .map_err(|e| BrokerError::ConfigInvalid(e.into()))?;
-    print!("{}", policy.describe());
-    println!("configuration OK");
+    if json {
+        println!("{:#}", policy.describe_json());
+    } else {
+        print!("{}", policy.describe());
+        println!("configuration OK");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,7 @@
 //! not public: outside this crate a `Policy` is read through accessors, never patched.
 
 mod build;
+mod describe_json;
 mod http;
 mod jwt;
 mod merge;

@@ -28,23 +28,18 @@ pub fn default_config() -> Option<PathBuf> {
     }
 }
 
-/// `--http ADDR`: an IP address and port. A host name is refused with the forms that work
-/// (the listener binds exactly the address it is given, so it never depends on resolution).
-fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
-    s.parse().map_err(|_| {
-        let hint = match s.rsplit_once(':') {
-            Some((host, port))
-                if port.parse::<u16>().is_ok() && host.eq_ignore_ascii_case("localhost") =>
-            {
-                format!(" (for localhost: 127.0.0.1:{port} or [::1]:{port})")
-            }
-            Some((_, port)) if port.parse::<u16>().is_ok() => {
-                " (host names are not resolved: give the interface's IP address)".to_string()
-            }
-            _ => String::new(),
-        };
-        format!("'{s}' is not IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080){hint}")
-    })
+/// `--http ADDR`: `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (127.0.0.1 and ::1), checked
+/// by the policy crate's rule (no other host name is resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenArg {
+    /// The address bound.
+    pub addr: std::net::SocketAddr,
+    /// Written as `localhost:PORT`: `[::1]:PORT` too.
+    pub localhost: bool,
+}
+
+fn parse_listen(s: &str) -> Result<ListenArg, String> {
+    mcpd_policy::parse_listen(s).map(|(addr, localhost)| ListenArg { addr, localhost })
 }
 
 /// How log lines on stderr are written.
@@ -158,10 +153,11 @@ pub struct ServeArgs {
     /// Serve on stdin/stdout (the default transport when no HTTP listener is asked for).
     #[arg(long)]
     pub stdio: bool,
-    /// Serve Streamable HTTP on ADDR (e.g. 127.0.0.1:8080), endpoint /mcp. Loopback only
+    /// Serve Streamable HTTP on ADDR (127.0.0.1:8080, [::1]:8080, or localhost:8080 for both),
+    /// endpoint /mcp. Loopback only
     /// unless --insecure-non-loopback-without-auth.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
-    pub http: Option<std::net::SocketAddr>,
+    pub http: Option<ListenArg>,
     /// Allow the HTTP listener on a non-loopback address although mcpd has no HTTP
     /// authentication yet: anyone who can reach it acts as the HTTP client. Dangerous.
     #[arg(long = "insecure-non-loopback-without-auth")]

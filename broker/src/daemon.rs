@@ -49,7 +49,8 @@ impl PolicySource {
                 exec: args.allow_exec.clone(),
                 code: args.allow_code.clone(),
                 worker: args.worker.clone(),
-                http_listen: args.http,
+                http_listen: args.http.map(|l| l.addr),
+                http_localhost: args.http.is_some_and(|l| l.localhost),
                 insecure_non_loopback: args.insecure_non_loopback,
                 toolsets: args.toolsets.clone(),
                 http_idle_secs: args.http_idle,
@@ -355,13 +356,33 @@ async fn run(
         ))
     })?;
     let bound = listener.local_addr().map_err(BrokerError::Listen)?;
+    let mut listeners = vec![listener];
+    if http.localhost {
+        // `localhost:PORT`: the IPv6 loopback too, on the port the IPv4 one got.
+        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port()));
+        match tokio::net::TcpListener::bind(v6).await {
+            Ok(l) => listeners.push(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                tracing::info!(target: LOG, "localhost: no IPv6 loopback on this host; listening on {bound} only");
+            }
+            Err(e) => {
+                return Err(BrokerError::Listen(std::io::Error::new(
+                    e.kind(),
+                    format!("HTTP listener {v6} (localhost): {e}"),
+                )))
+            }
+        }
+    }
     let tls = transport::http::load_tls(&policy).map_err(BrokerError::Tls)?;
     // Tests and scripts ask for port 0: say where we are, on stderr.
-    eprintln!(
-        "mcpd: listening on {}://{bound}{}",
-        if tls.is_some() { "https" } else { "http" },
-        transport::http::ENDPOINT
-    );
+    for l in &listeners {
+        eprintln!(
+            "mcpd: listening on {}://{}{}",
+            if tls.is_some() { "https" } else { "http" },
+            l.local_addr().map_or(bound, |a| a),
+            transport::http::ENDPOINT
+        );
+    }
     let cfg = transport::http::HttpConfig {
         listen: transport::http::Listen::Tcp(bound),
         client,
@@ -375,7 +396,7 @@ async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(transport::http::serve(
-        listener,
+        listeners,
         cfg,
         cell.clone(),
         sup.clone(),
@@ -465,6 +486,7 @@ mod tests {
                 code: vec!["python3".into()],
                 worker: Some("/w".into()),
                 http_listen: Some("127.0.0.1:0".parse().unwrap()),
+                http_localhost: false,
                 insecure_non_loopback: true,
                 toolsets: vec!["conformance".into()],
                 http_idle_secs: Some(7),

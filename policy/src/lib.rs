@@ -38,8 +38,8 @@ pub use model::{
     JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS, MAX_ROLES_PER_CLIENT_WITH_ROLES_CLAIM,
 };
 pub use model::{
-    AuditSettings, Canonicalize, CgroupSetting, ClientId, HttpSettings, Limits, Overlay,
-    Permissions, Policy, PolicyError, QuickStart, ToolSet, DEFAULT_CLIENT,
+    parse_listen, AuditSettings, Canonicalize, CgroupSetting, ClientId, HttpSettings, Limits,
+    Overlay, Permissions, Policy, PolicyError, QuickStart, ToolSet, DEFAULT_CLIENT,
     DEFAULT_MAX_OUTPUT_BYTES, KNOWN_TOOLSETS, MAX_RESULT_BYTES_CEILING,
 };
 pub use model::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};

@@ -629,3 +629,26 @@ fn subscriptions_listen_streams_matching_notifications() {
         42
     );
 }
+
+#[test]
+fn localhost_listens_on_both_loopback_addresses_with_one_set_of_sessions() {
+    let d = dirs();
+    let srv = HttpServer::start_with(&["--http", "localhost:0"], &["--allow-read", s(&d.root)]);
+    let v4 = srv.addr;
+    assert!(v4.ip().is_loopback() && v4.is_ipv4(), "{v4}");
+    let log = srv.stderr();
+    let v6: std::net::SocketAddr = format!("[::1]:{}", v4.port()).parse().unwrap();
+    assert!(
+        log.contains(&format!("listening on http://{v6}/mcp")),
+        "{log}"
+    );
+    // A session opened over IPv4 is the same session over IPv6 (one listener, one table).
+    let sid = srv.initialize();
+    let r = mcpd_e2e::http::post_at(
+        v6,
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["id"], 9);
+}

@@ -12,6 +12,9 @@ use crate::config::{ConfigError, Source};
 pub struct HttpSettings {
     /// Where to listen (`None`: no HTTP unless `--http` is given).
     pub listen: Option<std::net::SocketAddr>,
+    /// `listen` was written `localhost:PORT`: it is `127.0.0.1:PORT`, and `[::1]:PORT` is
+    /// bound too (where the host has IPv6).
+    pub localhost: bool,
     /// The client HTTP sessions speak for.
     pub client: Option<ClientId>,
     /// Extra accepted `Host` values.
@@ -39,6 +42,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: None,
+            localhost: false,
             client: None,
             allowed_hosts: Vec::new(),
             session_idle_secs: 300,
@@ -65,14 +69,13 @@ pub(super) fn http_settings(
             ..d
         });
     };
-    let listen = match &raw.listen {
-        None => None,
-        Some(l) => Some(l.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
-            src.error(
-                Some(l.span()),
-                format!("http.listen: '{}' is not an address:port", l.get_ref()),
-            )
-        })?),
+    let (listen, localhost) = match &raw.listen {
+        None => (None, false),
+        Some(l) => {
+            let (a, lo) = parse_listen(l.get_ref())
+                .map_err(|m| src.error(Some(l.span()), format!("http.listen: {m}")))?;
+            (Some(a), lo)
+        }
     };
     let client = match &raw.client {
         Some(c) => Some(
@@ -102,6 +105,7 @@ pub(super) fn http_settings(
     }
     Ok(HttpSettings {
         listen,
+        localhost,
         client,
         allowed_hosts,
         session_idle_secs: raw.session_idle_secs.unwrap_or(d.session_idle_secs).max(1),
@@ -117,4 +121,70 @@ pub(super) fn http_settings(
             .unwrap_or(d.max_connections_per_ip)
             .clamp(1, 1_000_000),
     })
+}
+
+/// A listener address: `IP:PORT` (`[v6]:PORT`), or `localhost:PORT` — `127.0.0.1:PORT` plus
+/// `[::1]:PORT` (the `bool`). No other host name: what mcpd binds never depends on name
+/// resolution (`localhost` is loopback by definition, RFC 6761).
+pub fn parse_listen(s: &str) -> Result<(std::net::SocketAddr, bool), String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok((a, false));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("'{s}': '{port}' is not a port number"))?;
+            Ok(((std::net::Ipv4Addr::LOCALHOST, port).into(), true))
+        }
+        Some((_, port)) if port.parse::<u16>().is_ok() => Err(format!(
+            "'{s}': host names other than localhost are not resolved (give the interface's IP address, e.g. 192.0.2.10:{port} or [2001:db8::10]:{port})"
+        )),
+        _ => Err(format!(
+            "'{s}' is not IP:PORT, [IPv6]:PORT or localhost:PORT (e.g. 127.0.0.1:8080)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn listen_addresses_are_ips_or_localhost() {
+        assert_eq!(
+            parse_listen("127.0.0.1:8080").unwrap(),
+            ("127.0.0.1:8080".parse().unwrap(), false)
+        );
+        assert_eq!(
+            parse_listen("[::1]:80").unwrap(),
+            ("[::1]:80".parse().unwrap(), false)
+        );
+        assert_eq!(
+            parse_listen("LOCALHOST:8080").unwrap(),
+            ("127.0.0.1:8080".parse().unwrap(), true)
+        );
+        assert!(parse_listen("example.org:80")
+            .unwrap_err()
+            .contains("not resolved"));
+        assert!(parse_listen("localhost:99999")
+            .unwrap_err()
+            .contains("port"));
+        assert!(parse_listen("8080").unwrap_err().contains("not IP:PORT"));
+        // The same rule in the file, with its line and column.
+        let canon = |p: &std::path::Path| Ok(p.to_path_buf());
+        let p = crate::Policy::from_toml(
+            "t.toml",
+            "[clients.local]\nread = [\"/x\"]\n[http]\nlisten = \"localhost:9000\"\n",
+            &canon,
+        )
+        .unwrap();
+        assert_eq!(p.http().listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert!(p.http().localhost);
+        let e =
+            crate::Policy::from_toml("t.toml", "[http]\nlisten = \"db.internal:9000\"\n", &canon)
+                .unwrap_err();
+        assert!(e.to_string().contains("t.toml:2:"), "{e}");
+    }
 }

@@ -36,6 +36,8 @@ pub struct Overlay {
     pub worker: Option<PathBuf>,
     /// `--http ADDR`: the HTTP listener, replacing `http.listen`.
     pub http_listen: Option<SocketAddr>,
+    /// `--http localhost:PORT`: `http_listen` is `127.0.0.1:PORT`, and `[::1]:PORT` is bound too.
+    pub http_localhost: bool,
     /// `--insecure-non-loopback-without-auth`: accept a non-loopback `--http` address.
     pub insecure_non_loopback: bool,
     /// `--toolset NAME` (repeatable): extra tool sets, each one of [`KNOWN_TOOLSETS`].
@@ -165,6 +167,7 @@ impl Policy {
                 ));
             }
             self.http.listen = Some(addr);
+            self.http.localhost = o.http_localhost;
         }
         for t in &o.toolsets {
             if !KNOWN_TOOLSETS.contains(&t.as_str()) {

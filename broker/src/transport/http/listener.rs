@@ -96,7 +96,7 @@ impl Drop for Slot {
 
 /// Accept connections until `shutdown` resolves, then let open ones finish (bounded).
 pub(super) async fn accept_loop(
-    listener: tokio::net::TcpListener,
+    listeners: Vec<tokio::net::TcpListener>,
     app: Arc<App>,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -118,8 +118,11 @@ pub(super) async fn accept_loop(
     let http = http1();
     tokio::pin!(shutdown);
     loop {
+        // Every bound address (`localhost:PORT`: 127.0.0.1 and ::1), one shared cap.
+        let accept =
+            futures_util::future::select_all(listeners.iter().map(|l| Box::pin(l.accept())));
         let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            (r, _, _) = accept => match r {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("http accept: {e}");
@@ -178,7 +181,7 @@ pub(super) async fn accept_loop(
             }
         });
     }
-    drop(listener);
+    drop(listeners);
     drain(graceful, end_sessions).await;
     Ok(())
 }

@@ -196,12 +196,13 @@ async fn mcp(
     }
 }
 
-/// Serve Streamable HTTP on `listener` until `shutdown` resolves; then close every session.
+/// Serve Streamable HTTP on `listeners` (one address, or `localhost`'s two) until `shutdown`
+/// resolves; then close every session.
 /// With client certificates (mTLS) each peer speaks for the client its certificate names
 /// ([`ClientCertificate`]); otherwise every peer speaks for `cfg.client` (the listener's
 /// client). With TLS, every policy reload loads the TLS files again (a bad one keeps the old).
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Vec<tokio::net::TcpListener>,
     cfg: HttpConfig,
     policy: crate::reload::PolicyCell,
     supervisor: Supervisor,
@@ -224,7 +225,7 @@ pub async fn serve(
         tokio::spawn(reload_tls(t, policy.clone()));
     }
     let app = App::new(cfg, auth, policy, Arc::new(supervisor), audit);
-    run(listener, app, shutdown).await
+    run(listeners, app, shutdown).await
 }
 
 impl App {
@@ -313,14 +314,14 @@ impl App {
 }
 
 async fn run(
-    listener: tokio::net::TcpListener,
+    listeners: Vec<tokio::net::TcpListener>,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tokio::spawn(sessions::reaper(Arc::downgrade(&app), app.cfg.idle));
     tracing::info!(addr = %app.cfg.listen, endpoint = ENDPOINT, tls = app.cfg.tls.is_some(), "Streamable HTTP listening");
     let end = app.clone().end_all_sessions();
-    listener::accept_loop(listener, app.clone(), router(&app), shutdown, end).await
+    listener::accept_loop(listeners, app.clone(), router(&app), shutdown, end).await
 }
 
 /// Streamable HTTP on the connections the Unix-socket listener accepts (`transport::unix`,

@@ -134,7 +134,7 @@ async fn listen(
         audit,
     );
     let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(run(listener, app.clone(), async move {
+    let served = tokio::spawn(run(vec![listener], app.clone(), async move {
         let _ = stopped.await;
     }));
     Listener {

@@ -287,6 +287,16 @@ impl Server {
 
     /// Close stdin and wait for mcpd to exit (bounded).
     pub fn finish(mut self) -> ExitStatus {
+        self.wait_exit()
+    }
+
+    /// [`Self::finish`], and everything mcpd wrote on stderr.
+    pub fn finish_with_log(mut self) -> (ExitStatus, String) {
+        let st = self.wait_exit();
+        (st, self.stderr())
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

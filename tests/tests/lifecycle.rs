@@ -251,3 +251,26 @@ fn the_server_pings_an_idle_session_era_client() {
     s.send(&json!({"jsonrpc": "2.0", "id": ping["id"], "result": {}}));
     assert_eq!(s.result("ping", json!({})), json!({}));
 }
+
+#[test]
+fn a_clean_session_logs_no_warning() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f.txt"), "x").unwrap();
+    let root = std::fs::canonicalize(d.path()).unwrap();
+    let mut s = Server::start(&["--allow-read", root.to_str().unwrap()]);
+    s.initialize();
+    let (t, err) = s.call_text(
+        "read_text_file",
+        json!({"path": root.join("f.txt").to_str().unwrap()}),
+    );
+    assert!(!err && t == "x", "{t}");
+    let (st, log) = s.finish_with_log();
+    assert!(st.success());
+    // A normal start, session, worker and end: INFO and DEBUG only; WARN means look.
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+    assert!(log.contains("INFO"), "{log}");
+}

@@ -155,7 +155,7 @@ pub(super) async fn post(
 
 /// Decode an `Mcp-Param-*` header value: `=?base64?<standard base64>?=` or a literal.
 /// `Err` for a base64 form that does not decode (bad padding, bad characters, not UTF-8).
-fn param_header_value(v: &str) -> Result<String, ()> {
+pub(crate) fn param_header_value(v: &str) -> Result<String, ()> {
     use base64::Engine as _;
     match v
         .strip_prefix("=?base64?")
@@ -171,7 +171,7 @@ fn param_header_value(v: &str) -> Result<String, ()> {
 
 /// Check the `Mcp-Param-<Name>` headers of string arguments whose schema says
 /// `"x-mcp-header": "<Name>"`: present and equal whenever the argument is. `Err(header)`.
-fn check_param_headers(
+pub(crate) fn check_param_headers(
     schema: &Value,
     args: Option<&Map<String, Value>>,
     headers: &HeaderMap,

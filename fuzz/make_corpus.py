@@ -104,3 +104,44 @@ for t in ["jsonrpc_mcp", "ipc_roundtrip", "policy_paths", "seal_state", "audit_c
 put("worker_globs", "patterns", b"**/*.rs\x00src/{a,b}/*.tx[tT]\x00target\x00.git\x00src/main.rs\x00a/target/x\x00")
 put("worker_paths", "text", b"\x01\x04\x00\x0e\x02")
 put("worker_edit", "indent", b"fn main() {\n    let x = 1;\n}\n\x00  let x = 1;\x00    let y = 2;\n    let z = 3;")
+
+# jwt: raw Authorization values (first byte 0xF0 + policy index: multi, single, jwks), tokens
+# signed with the target's fixed test keys (fixtures/jwt/), valid until 2100 unless named
+# otherwise; then random inputs for the structure-aware half. Needs the `cryptography` module.
+import base64
+from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+fx = here / "fixtures" / "jwt"
+key = lambda n: serialization.load_pem_private_key((fx / n).read_bytes(), None)
+b64u = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+ISS, ISS2, AUD, EXP = "https://idp.example.test", "https://login.example.test/tenant", "https://mcp.example.test/mcp", 4102444800
+def jwt(header, claims, sign):
+    signed = b64u(json.dumps(header).encode()) + "." + b64u(json.dumps(claims).encode())
+    return signed + "." + b64u(sign(signed.encode()))
+def ed(m): return key("ed.pem").sign(m)
+def es(m):
+    r, s = utils.decode_dss_signature(key("ec.pem").sign(m, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+def rs(m): return key("rsa.pem").sign(m, padding.PKCS1v15(), hashes.SHA256())
+def hs_pem(m):
+    h = hmac.HMAC((fx / "ed.pub").read_bytes(), hashes.SHA256()); h.update(m); return h.finalize()
+c = lambda **kw: {"iss": ISS, "aud": AUD, "exp": EXP, **kw}
+for i, (pol, tok) in enumerate([
+    (0, jwt({"alg": "EdDSA", "kid": "ed"}, c(sub="alice", scope="mcp:read mcp:exec"), ed)),
+    (0, jwt({"alg": "ES256", "kid": "ec", "typ": "JWT"}, c(sub="bob@example.test", aud=[AUD, "x"], nbf=1000000000), es)),
+    (0, jwt({"alg": "RS256", "kid": "rsa"}, c(sub="alice", scp=["mcp:read"]), rs)),
+    (0, jwt({"alg": "RS256", "kid": "ps"}, c(sub="alice"), rs)),
+    (0, jwt({"alg": "HS256", "kid": "ed"}, c(sub="alice"), hs_pem)),
+    (0, jwt({"alg": "EdDSA", "kid": "ed"}, c(sub="alice", exp=1000000000), ed)),
+    (0, jwt({"alg": "EdDSA", "kid": "ed", "crit": ["exp"]}, c(sub="alice"), ed)),
+    (0, jwt({"alg": "EdDSA", "kid": "ed"}, c(sub="alice", iss=[ISS, "https://evil.example.test"]), ed)),
+    (0, b64u(b'{"alg":"none"}') + "." + b64u(json.dumps(c(sub="alice")).encode()) + "."),
+    (1, jwt({"alg": "EdDSA"}, c(email="alice@example.test", sub="nobody"), ed)),
+    (2, jwt({"alg": "ES256", "kid": "jwk-ec"}, c(iss=ISS2, sub="carol"), es)),
+    (2, jwt({"alg": "EdDSA", "kid": "jwk-gone"}, c(iss=ISS2, sub="carol"), ed)),
+]):
+    put("jwt", f"token{i:02}", bytes([0xF0 + pol]) + ("Bearer " + tok).encode())
+rng = random.Random(16)
+for t in ["jwt", "mcp_param_headers"]:
+    for i in range(3):
+        put(t, f"random{i}", bytes(rng.randrange(256) for _ in range(rng.choice([64, 256, 1024]))))

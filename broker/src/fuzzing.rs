@@ -8,7 +8,12 @@
 //! * client-carried state: [`seal`] / [`open`] (the HMAC-sealed `requestState`, keyed as at
 //!   broker start with a random key drawn on first use);
 //! * worker messages after decoding: [`result_json`], [`validate_tools`], [`change_ok`],
-//!   [`client_request_ok`].
+//!   [`client_request_ok`];
+//! * HTTP credentials: [`jwt_verifier`] (the listener's [`JwtVerifier`]: a policy with
+//!   `[auth.jwt]` loaded from TOML as at start, then `Authorization` header values through
+//!   [`JwtVerifier::authenticate`]);
+//! * stateless-era HTTP headers: [`param_header_value`] (one `Mcp-Param-*` value decoded) and
+//!   [`check_param_headers`] (a tool's `x-mcp-header` arguments against the request headers).
 #![forbid(unsafe_code)]
 
 use std::future::Future as _;
@@ -18,6 +23,7 @@ use std::task::{Context, Poll, Waker};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, ReadBuf};
 
+pub use crate::auth::Principal;
 pub use crate::mcp::jsonrpc::{classify, Id, Incoming};
 pub use crate::transport::stdio::{Line, LineReader};
 
@@ -111,4 +117,82 @@ pub fn change_ok(change: &mcpd_ipc::Change) -> bool {
 /// Whether a worker's request to the client is acceptable.
 pub fn client_request_ok(request: &mcpd_ipc::ClientRequestKind) -> bool {
     crate::worker::validate::client_request_ok(request)
+}
+
+/// The HTTP listener's bearer-token authenticator over one policy, built as `serve` builds it.
+#[derive(Debug)]
+pub struct JwtVerifier {
+    policy: crate::reload::PolicyCell,
+    auth: crate::auth::jwt::HttpAuthenticator,
+    /// `HttpAuthenticator::new` spawns its reload listener on the runtime it is made in.
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// A verifier for the policy `toml` (named `name`): loaded as the broker loads its file (paths
+/// canonicalised on the real file system, the `[auth.jwt]` key files read and checked), then
+/// the listener's `HttpAuthenticator` over it (no `[http] client`: every peer needs a token).
+/// `Err` with the loader's message if the policy or its keys are refused.
+pub fn jwt_verifier(name: &str, toml: &str) -> Result<JwtVerifier, String> {
+    let policy = mcpd_policy::Policy::from_toml(name, toml, &crate::commands::canon)
+        .map_err(|e| e.to_string())?;
+    if let Some(j) = policy.jwt() {
+        crate::auth::jwt::load_keys(j)?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let policy = crate::reload::PolicyCell::new(policy);
+    let auth = {
+        let _in = runtime.enter();
+        crate::auth::jwt::HttpAuthenticator::new(None, &policy)
+    };
+    Ok(JwtVerifier {
+        policy,
+        auth,
+        _runtime: runtime,
+    })
+}
+
+impl JwtVerifier {
+    /// The principal an HTTP request with this `Authorization` header (`None`: no header)
+    /// speaks for, or the short reason it is refused (`InvalidToken`'s reason code;
+    /// `missing_token`, `no_client` for the other refusals).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, &'static str> {
+        use crate::auth::{AuthError, Authenticator as _, Credentials};
+        let mut creds = Credentials::new("http", "192.0.2.1:40000");
+        creds.authorization = authorization;
+        self.auth
+            .authenticate(&self.policy.get(), &creds)
+            .map_err(|e| match e {
+                AuthError::InvalidToken { reason, .. } => reason,
+                AuthError::MissingToken { .. } => "missing_token",
+                AuthError::NoClient { .. } => "no_client",
+                AuthError::Certificate { .. } => "certificate",
+            })
+    }
+}
+
+/// One `Mcp-Param-*` header value decoded as the stateless transport decodes it (the
+/// `=?base64?…?=` form or a literal); `None` when the base64 form does not decode.
+pub fn param_header_value(v: &str) -> Option<String> {
+    crate::transport::http::stateless::param_header_value(v).ok()
+}
+
+/// The stateless transport's check of a tool's `x-mcp-header` arguments against the request
+/// headers, each `(name, value)` pair appended in order as hyper would deliver them (pairs
+/// that are not a valid header name or value are dropped, as hyper refuses them). `Err` with
+/// the header named in the -32020 mismatch.
+pub fn check_param_headers(
+    schema: &Value,
+    args: Option<&Map<String, Value>>,
+    headers: &[(&[u8], &[u8])],
+) -> Result<(), String> {
+    use axum::http::{HeaderMap, HeaderName, HeaderValue};
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            map.append(n, v);
+        }
+    }
+    crate::transport::http::stateless::check_param_headers(schema, args, &map)
 }

@@ -461,6 +461,11 @@ impl BearerToken {
                 ErrorKind::MissingRequiredClaim(_) => "missing_claim",
                 _ => "malformed_token",
             })?;
+        // RFC 7519 §4.1.1: `iss` is one StringOrURI. jsonwebtoken also takes an array with the
+        // issuer among its members; refuse it (found by the `jwt` fuzz target).
+        if !data.claims.get("iss").is_some_and(Value::is_string) {
+            return Err("wrong_issuer");
+        }
         let subject = match data.claims.get(&j.principal_claim) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err("missing_subject"),
@@ -615,6 +620,51 @@ mod tests {
         assert!(keys.iter().all(|k| k.alg == Algorithm::ES256));
         assert!(parse_jwks(b"{}").is_err());
         assert!(parse_jwks(b"not json").is_err());
+    }
+
+    #[test]
+    fn an_issuer_array_is_refused_even_when_it_holds_the_issuer() {
+        // Regression (fuzz target `jwt`): `"iss": [ISSUER, other]` was accepted.
+        let dir = tempfile::tempdir().unwrap();
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let pem = dir.path().join("k.pub");
+        std::fs::write(&pem, kp.public_key_pem()).unwrap();
+        let toml = format!(
+            "[auth.jwt]\nissuer = \"https://idp.example\"\naudience = \"https://mcp.example/mcp\"\n\
+             keys = [{{ kid = \"k\", alg = \"ES256\", pem = \"{}\" }}]\n\
+             [clients.alice.identity]\njwt_sub = [\"alice\"]\n",
+            pem.display()
+        );
+        let policy = Policy::from_toml("t.toml", &toml, &|p| std::fs::canonicalize(p)).unwrap();
+        let j = policy.jwt().unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some("k".into());
+        let token = |iss: Value| {
+            let exp = jsonwebtoken::get_current_timestamp() + 600;
+            let claims =
+                json!({"iss": iss, "aud": "https://mcp.example/mcp", "sub": "alice", "exp": exp});
+            jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        };
+        let b = BearerToken::new();
+        assert_eq!(
+            b.verify(j, &token(json!("https://idp.example")))
+                .unwrap()
+                .subject,
+            "alice"
+        );
+        for iss in [
+            json!(["https://idp.example", "https://evil.example"]),
+            json!(["https://idp.example"]),
+            json!("https://evil.example"),
+        ] {
+            assert_eq!(
+                b.verify(j, &token(iss.clone())).err(),
+                Some("wrong_issuer"),
+                "{iss}"
+            );
+        }
+        assert_eq!(b.verify(j, &token(json!(7))).err(), Some("missing_claim"));
     }
 
     #[test]

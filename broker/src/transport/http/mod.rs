@@ -52,7 +52,7 @@ mod post;
 mod routes;
 mod sessions;
 mod sse;
-mod stateless;
+pub(crate) mod stateless;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -154,7 +154,7 @@ pub(super) async fn post(
 
 /// Decode an `Mcp-Param-*` header value: `=?base64?<standard base64>?=` or a literal.
 /// `Err` for a base64 form that does not decode (bad padding, bad characters, not UTF-8).
-fn param_header_value(v: &str) -> Result<String, ()> {
+pub(crate) fn param_header_value(v: &str) -> Result<String, ()> {
     use base64::Engine as _;
     match v
         .strip_prefix("=?base64?")
@@ -168,28 +168,77 @@ fn param_header_value(v: &str) -> Result<String, ()> {
     }
 }
 
-/// Check the `Mcp-Param-<Name>` headers of string arguments whose schema says
-/// `"x-mcp-header": "<Name>"`: present and equal whenever the argument is. `Err(header)`.
-fn check_param_headers(
+/// Whether a (trimmed, decoded) `Mcp-Param-*` value is the argument it mirrors: a string as it
+/// is, a boolean as `true`/`false`, a number compared as a number (`42` and `42.0` are equal;
+/// exact for integers, and for floats below 2^53). Nulls, arrays and objects mirror nothing.
+fn mirrors(arg: &Value, header: &str) -> bool {
+    match arg {
+        Value::String(s) => header == s,
+        Value::Bool(b) => header == if *b { "true" } else { "false" },
+        Value::Number(n) => {
+            if let (Some(a), Ok(h)) = (n.as_i64(), header.parse::<i64>()) {
+                a == h
+            } else if let (Some(a), Ok(h)) = (n.as_u64(), header.parse::<u64>()) {
+                a == h
+            } else {
+                let exact = |f: f64| f.is_finite() && f.abs() < 9_007_199_254_740_992.0;
+                match (n.as_f64(), header.parse::<f64>()) {
+                    (Some(a), Ok(h)) => exact(a) && exact(h) && a == h,
+                    _ => false,
+                }
+            }
+        }
+        Value::Null | Value::Array(_) | Value::Object(_) => false,
+    }
+}
+
+/// Check the `Mcp-Param-<Name>` headers of the arguments whose schema says
+/// `"x-mcp-header": "<Name>"`, on a property reached from the root through `properties` only
+/// (at any depth, as the specification allows): whenever the argument at that path is a
+/// string, a number or a boolean, exactly one such header line must be sent (a repeated one
+/// may be read otherwise by a proxy) and its value must mirror the argument ([`mirrors`]).
+/// `Err(header)`.
+pub(crate) fn check_param_headers(
     schema: &Value,
     args: Option<&Map<String, Value>>,
     headers: &HeaderMap,
+) -> Result<(), String> {
+    check_param_level(schema, args, headers, 0)
+}
+
+/// [`check_param_headers`] on one object of the schema and the arguments at the same path.
+/// The depth is bounded by serde_json's own nesting limit (128) for a parsed schema.
+fn check_param_level(
+    schema: &Value,
+    args: Option<&Map<String, Value>>,
+    headers: &HeaderMap,
+    depth: usize,
 ) -> Result<(), String> {
     let Some(props) = schema.get("properties").and_then(Value::as_object) else {
         return Ok(());
     };
     for (prop, def) in props.iter().take(256) {
+        let arg = args.and_then(|a| a.get(prop));
+        if depth < 128 {
+            check_param_level(def, arg.and_then(Value::as_object), headers, depth + 1)?;
+        }
         let Some(hname) = def.get("x-mcp-header").and_then(Value::as_str) else {
             continue;
         };
-        let Some(arg) = args.and_then(|a| a.get(prop)).and_then(Value::as_str) else {
+        let Some(arg) = arg.filter(|a| a.is_string() || a.is_number() || a.is_boolean()) else {
             continue;
         };
         let header = format!("mcp-param-{}", hname.to_ascii_lowercase());
-        let got = header_str(headers, &header).map(str::trim);
-        match got.map(param_header_value) {
-            Some(Ok(v)) if v == arg => {}
-            _ => return Err(format!("Mcp-Param-{hname}")),
+        let mut lines = headers.get_all(header.as_str()).iter();
+        let got = match (lines.next(), lines.next()) {
+            (Some(v), None) => v
+                .to_str()
+                .ok()
+                .and_then(|v| param_header_value(v.trim()).ok()),
+            _ => None,
+        };
+        if !got.is_some_and(|v| mirrors(arg, &v)) {
+            return Err(format!("Mcp-Param-{hname}"));
         }
     }
     Ok(())
@@ -233,6 +282,96 @@ mod tests {
             check_param_headers(&schema, None, &HeaderMap::new()),
             Ok(())
         );
+    }
+
+    #[test]
+    fn param_headers_of_integers_and_booleans_are_checked_and_sent_once() {
+        // Regression (fuzz target `mcp_param_headers`): only string arguments were checked, so
+        // `"flag": false` passed with any `Mcp-Param-Flag`; and of a repeated header line only
+        // the first was read.
+        let schema = json!({"properties": {
+            "count": {"type": "integer", "x-mcp-header": "Count"},
+            "flag": {"type": "boolean", "x-mcp-header": "Flag"},
+            "region": {"type": "string", "x-mcp-header": "Region"}}});
+        let args = json!({"count": 42, "flag": false, "region": "eu-west"});
+        let check = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, HeaderValue::from_static(v));
+            }
+            check_param_headers(&schema, args.as_object(), &h)
+        };
+        let good = [
+            ("mcp-param-count", "42"),
+            ("mcp-param-flag", "false"),
+            ("mcp-param-region", "eu-west"),
+        ];
+        assert_eq!(check(&good), Ok(()));
+        let with = |n: &'static str, v: &'static str| {
+            let mut p: Vec<_> = good.iter().copied().filter(|(g, _)| *g != n).collect();
+            p.push((n, v));
+            check(&p)
+        };
+        assert_eq!(
+            with("mcp-param-count", "42.0"),
+            Ok(()),
+            "compared as numbers"
+        );
+        assert_eq!(with("mcp-param-count", "=?base64?NDI=?="), Ok(()));
+        assert_eq!(with("mcp-param-count", "43"), Err("Mcp-Param-Count".into()));
+        assert_eq!(
+            with("mcp-param-count", "forty-two"),
+            Err("Mcp-Param-Count".into())
+        );
+        assert_eq!(with("mcp-param-flag", "true"), Err("Mcp-Param-Flag".into()));
+        assert_eq!(
+            with("mcp-param-flag", "False"),
+            Err("Mcp-Param-Flag".into())
+        );
+        let mut twice = good.to_vec();
+        twice.push(("mcp-param-region", "us-east"));
+        assert_eq!(check(&twice), Err("Mcp-Param-Region".into()));
+        twice.pop();
+        twice.push(("mcp-param-region", "eu-west"));
+        assert_eq!(
+            check(&twice),
+            Err("Mcp-Param-Region".into()),
+            "even the same twice"
+        );
+        // A null argument mirrors nothing, so needs no header.
+        let args = json!({"count": null});
+        assert_eq!(
+            check_param_headers(&schema, args.as_object(), &HeaderMap::new()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn param_headers_of_nested_properties_are_checked() {
+        // Regression (fuzz target `mcp_param_headers`): only top-level properties were read.
+        let schema = json!({"properties": {"target": {"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"}}}}});
+        let args = json!({"target": {"region": "eu-west"}});
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            check_param_headers(&schema, args.as_object(), &h),
+            Err("Mcp-Param-Region".into())
+        );
+        h.insert("mcp-param-region", HeaderValue::from_static("us-east"));
+        assert_eq!(
+            check_param_headers(&schema, args.as_object(), &h),
+            Err("Mcp-Param-Region".into())
+        );
+        h.insert("mcp-param-region", HeaderValue::from_static("eu-west"));
+        assert_eq!(check_param_headers(&schema, args.as_object(), &h), Ok(()));
+        // No value at the path (no `target`, or not an object): no header needed.
+        for args in [json!({}), json!({"target": "eu-west"})] {
+            let none = HeaderMap::new();
+            assert_eq!(
+                check_param_headers(&schema, args.as_object(), &none),
+                Ok(())
+            );
+        }
     }
 
     #[test]

@@ -492,6 +492,23 @@ pub fn require(present: bool, feature: &str, why: &str) -> bool {
     false
 }
 
+/// The Python interpreter with the official MCP SDK `mcp==2.3.0` (`MCPD_TEST_PYTHON`, default
+/// `python3`), through [`require`]: `None` only when skipping is allowed.
+pub fn python_sdk() -> Option<String> {
+    let py = std::env::var("MCPD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args([
+            "-c",
+            "import mcp, importlib.metadata as m; assert m.version('mcp') == '2.3.0', m.version('mcp')",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    let why = format!(
+        "`{py}` cannot import it (bash tests/setup.sh installs it: pip install mcp==2.3.0)"
+    );
+    require(ok, "the Python MCP SDK mcp==2.3.0", &why).then_some(py)
+}
+
 /// Whether this process runs as root (euid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) has no arguments and cannot fail.

@@ -708,21 +708,9 @@ fn a_policy_without_jwt_identities_warns_and_the_flags_configure_tokens() {
 
 #[test]
 fn python_sdk_with_a_bearer_token() {
-    let py = std::env::var("MCPD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args([
-            "-c",
-            "import mcp, importlib.metadata as m; assert m.version('mcp') == '2.3.0'",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mcpd_e2e::require(
-        ok,
-        "the Python MCP SDK mcp==2.3.0",
-        "pip install mcp==2.3.0",
-    ) {
+    let Some(py) = mcpd_e2e::python_sdk() else {
         return;
-    }
+    };
     let k1 = Key::new("k1");
     let f = fx(&[&k1]);
     let srv = serve(&f);

@@ -12,16 +12,6 @@ use std::process::Command;
 use mcpd_e2e::http::HttpServer;
 use mcpd_e2e::mcpd_bin;
 
-fn python() -> Option<String> {
-    let py = std::env::var("MCPD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import mcp, importlib.metadata as m; assert m.version('mcp') == '2.3.0', m.version('mcp')"])
-        .status()
-        .is_ok_and(|s| s.success());
-    let why = format!("`{py}` cannot import it (.ci/run installs it: pip install mcp==2.3.0)");
-    mcpd_e2e::require(ok, "the Python MCP SDK mcp==2.3.0", &why).then_some(py)
-}
-
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_client.py")
 }
@@ -46,7 +36,9 @@ fn run(py: &str, args: &[&str]) {
 
 #[test]
 fn python_sdk_over_stdio_both_eras() {
-    let Some(py) = python() else { return };
+    let Some(py) = mcpd_e2e::python_sdk() else {
+        return;
+    };
     let (_top, root) = root();
     // auto: discover succeeds, so the SDK speaks the stateless 2026-07-28 era; legacy: initialize.
     for mode in ["auto", "legacy"] {
@@ -56,7 +48,9 @@ fn python_sdk_over_stdio_both_eras() {
 
 #[test]
 fn python_sdk_over_http_both_eras() {
-    let Some(py) = python() else { return };
+    let Some(py) = mcpd_e2e::python_sdk() else {
+        return;
+    };
     let (_top, root) = root();
     let srv = HttpServer::start(&["--allow-read", &root]);
     let url = format!("http://{}/mcp", srv.addr);
@@ -70,7 +64,9 @@ fn python_sdk_over_http_both_eras() {
 /// through its own Streamable HTTP transport on an httpx2 client with an ssl context.
 #[test]
 fn python_sdk_over_https_and_mtls() {
-    let Some(py) = python() else { return };
+    let Some(py) = mcpd_e2e::python_sdk() else {
+        return;
+    };
     let (_top, root) = root();
     let dir = tempfile::tempdir().unwrap();
     let d = std::fs::canonicalize(dir.path()).unwrap();
@@ -121,7 +117,9 @@ fn python_sdk_over_https_and_mtls() {
 /// `uds=`): the peer's uid (this test's) names the client, in both eras.
 #[test]
 fn python_sdk_over_a_unix_socket() {
-    let Some(py) = python() else { return };
+    let Some(py) = mcpd_e2e::python_sdk() else {
+        return;
+    };
     let (_top, root) = root();
     let dir = tempfile::tempdir().unwrap();
     let d = std::fs::canonicalize(dir.path()).unwrap();

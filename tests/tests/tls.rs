@@ -696,21 +696,9 @@ fn a_silent_tls_peer_is_dropped_after_the_handshake_deadline() {
 /// bearer token, both eras' client modes (HTTPS alone and mTLS: `python_sdk.rs`).
 #[test]
 fn python_sdk_over_https_with_a_bearer_token() {
-    let py = std::env::var("MCPD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args([
-            "-c",
-            "import mcp, importlib.metadata as m; assert m.version('mcp') == '2.3.0'",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mcpd_e2e::require(
-        ok,
-        "the Python MCP SDK mcp==2.3.0",
-        "pip install mcp==2.3.0",
-    ) {
+    let Some(py) = mcpd_e2e::python_sdk() else {
         return;
-    }
+    };
     let p = pki();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sdk_bearer.py");
     let file = p.root_a.join("owner.txt");

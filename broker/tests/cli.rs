@@ -369,6 +369,13 @@ fn the_shipped_samples_are_the_real_defaults() {
                 "{client}[audit]\npath = \"{}/a.jsonl\"\n{line}\n",
                 logdir.display()
             ),
+            "unix" => format!(
+                "{client}[unix]\npath = \"{}/s.sock\"\n{line}\n",
+                logdir.display()
+            ),
+            "auth.jwt" => format!(
+                "{client}[auth.jwt]\nissuer = \"https://idp.test\"\naudience = \"https://mcp.test/mcp\"\njwks = \"/etc/hostname\"\n{line}\n"
+            ),
             _ => return None,
         })
     };

@@ -152,7 +152,12 @@ fuzz_target!(|c: Case| {
                 under(&n, &perms.read) || under(&n, &perms.write)
             };
             if !ok {
-                expected = Err(DenyReason::PathOutsideScope);
+                // A write beneath a root it may only read says so; anywhere else, nothing.
+                expected = Err(if *w && under(&n, &perms.read) {
+                    DenyReason::ReadOnlyRoot
+                } else {
+                    DenyReason::PathOutsideScope
+                });
                 break;
             }
             out.push(format!("/{}", n.join("/")));

@@ -116,21 +116,41 @@ pub(super) async fn accept_loop(
     });
     let graceful = GracefulShutdown::new();
     let http = http1();
+    // The first address is accepted here; any other (`localhost:PORT`: ::1 beside 127.0.0.1)
+    // by a task of its own that hands its connections over, so one cap and one session table
+    // serve them all.
+    let mut listeners = listeners.into_iter();
+    let first = listeners
+        .next()
+        .ok_or_else(|| std::io::Error::other("no listener"))?;
+    let (more_tx, mut more) = tokio::sync::mpsc::channel(64);
+    let mut forwarders = tokio::task::JoinSet::new();
+    for l in listeners {
+        let tx = more_tx.clone();
+        forwarders.spawn(async move {
+            loop {
+                let r = l.accept().await;
+                if tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(more_tx);
     tokio::pin!(shutdown);
     loop {
-        // Every bound address (`localhost:PORT`: 127.0.0.1 and ::1), one shared cap.
-        let accept =
-            futures_util::future::select_all(listeners.iter().map(|l| Box::pin(l.accept())));
-        let (tcp, peer) = tokio::select! {
-            (r, _, _) = accept => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("http accept: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            r = first.accept() => r,
+            Some(r) = more.recv() => r,
             () = &mut shutdown => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("http accept: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let Some(slot) = counter.admit(peer.ip()) else {
             tracing::debug!(%peer, "http connection refused: connection cap reached");
@@ -181,7 +201,8 @@ pub(super) async fn accept_loop(
             }
         });
     }
-    drop(listeners);
+    drop(first);
+    forwarders.abort_all();
     drain(graceful, end_sessions).await;
     Ok(())
 }

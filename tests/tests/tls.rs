@@ -443,19 +443,32 @@ fn slow_header_flood_does_not_starve_a_well_behaved_client() {
         let _ = c.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
         flood.push(c);
     }
-    // Another client (another source address) is answered at once.
+    // Another client (another source address) is answered at once. On a machine whose CPUs
+    // are busy elsewhere, the flood can overflow the listen queue before the broker drains it,
+    // and the kernel may then reset a new connection: a client connects again, as this one
+    // does once (the time bound below covers both attempts).
     let started = Instant::now();
-    let mut ok = connect_from([127, 0, 0, 2], srv.addr);
-    ok.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = init_msg().to_string();
-    write!(
-        ok,
-        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        srv.addr,
-        body.len()
-    )
-    .unwrap();
-    let r = read_response(&mut ok);
+    let attempt = || -> std::io::Result<mcpd_e2e::http::Response> {
+        let mut ok = connect_from([127, 0, 0, 2], srv.addr);
+        ok.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            ok,
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            srv.addr,
+            body.len()
+        )?;
+        let mut peek = [0u8; 1];
+        ok.peek(&mut peek)?;
+        Ok(read_response(&mut ok))
+    };
+    let r = match attempt() {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            eprintln!("the first connection was reset ({e}); connecting again");
+            attempt().unwrap()
+        }
+        r => r.unwrap(),
+    };
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(
         started.elapsed() < Duration::from_secs(5),

@@ -49,6 +49,10 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line (timestamp, level, target, fields), for log collectors.
     Json,
+    /// The systemd journal's native protocol: one entry per event, its fields as journal
+    /// fields (PRIORITY from the level, SYSLOG_IDENTIFIER=mcpd). The default when stderr is
+    /// the journal (systemd's JOURNAL_STREAM names it).
+    Journal,
 }
 
 #[derive(Parser, Debug)]
@@ -200,9 +204,10 @@ pub struct ServeArgs {
     /// Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG.
     #[arg(long, default_value = "info")]
     pub log: String,
-    /// Log line format on stderr.
-    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log format: text lines on stderr (the default), json lines on stderr, or journal
+    /// entries (the default under systemd, when stderr is the journal).
+    #[arg(long = "log-format", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Accept OAuth bearer JWTs on the HTTP listener, verified with the keys of this JWKS file
     /// (each key pins its algorithm); needs --jwt-issuer and --jwt-audience unless the
     /// configuration has [auth.jwt]. Token subjects map to clients by
@@ -221,9 +226,15 @@ pub struct ServeArgs {
     /// `[clients.NAME.identity] unix_uid`/`unix_gid`.
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
-    /// Serve the Unix listening socket systemd passed (socket activation: LISTEN_FDS).
+    /// Serve the Unix socket systemd passed (socket activation: LISTEN_FDS, the descriptor
+    /// named mcpd-unix or the only one): a listening socket (Accept=no), or one accepted
+    /// connection (Accept=yes: mcpd serves it and exits when it closes).
     #[arg(long = "unix-systemd")]
     pub unix_systemd: bool,
+    /// Serve Streamable HTTP on the TCP listening socket(s) systemd passed (the descriptors
+    /// named mcpd-http, or the only one) instead of binding --http; [http] settings apply.
+    #[arg(long = "http-systemd", conflicts_with = "http")]
+    pub http_systemd: bool,
     /// What the Unix listener speaks: http (Streamable HTTP, the default) or lines
     /// (newline-delimited JSON-RPC as on stdio, one session per connection).
     #[arg(long = "unix-protocol", value_name = "PROTOCOL")]

@@ -133,6 +133,7 @@ async fn reload_on_sighup(source: PolicySource, cell: reload::PolicyCell, audit:
         return;
     };
     while hup.recv().await.is_some() {
+        crate::systemd::reloading();
         match source.load() {
             Ok(p) => {
                 for w in p.warnings() {
@@ -145,13 +146,20 @@ async fn reload_on_sighup(source: PolicySource, cell: reload::PolicyCell, audit:
                 f.insert("clients".into(), p.clients().count().into());
                 if let Err(e) = audit.record("config.load", f).await {
                     tracing::error!(target: LOG, "policy reload refused: the audit log cannot record it: {e}");
+                    crate::systemd::reloaded(
+                        "serving; the last policy reload was refused (audit log)",
+                    );
                     continue;
                 }
                 cell.replace(p);
                 tracing::info!(target: LOG, "policy reloaded (SIGHUP)");
+                crate::systemd::reloaded("serving; policy reloaded");
             }
             Err(e) => {
-                tracing::error!(target: LOG, "policy reload refused, the previous policy stays in force: {e}")
+                tracing::error!(target: LOG, "policy reload refused, the previous policy stays in force: {e}");
+                crate::systemd::reloaded(
+                    "serving; the last policy reload was refused (see the log)",
+                );
             }
         }
     }
@@ -176,28 +184,76 @@ async fn wait_for_termination() {
     }
 }
 
-/// The worker executable: the policy's choice, else `mcpd-worker` next to `mcpd`.
+/// The worker executable: the policy's choice, else `mcpd-worker` next to `mcpd` (a build
+/// tree), else `../libexec/mcpd/mcpd-worker` from `mcpd`'s directory (the package:
+/// `/usr/bin/mcpd`, `/usr/libexec/mcpd/mcpd-worker`).
 pub(crate) fn worker_path(policy: &Policy) -> Result<PathBuf, BrokerError> {
     if let Some(p) = policy.worker_path() {
         return Ok(p.to_path_buf());
     }
     let exe = std::env::current_exe().map_err(BrokerError::LocateSelf)?;
     let dir = exe.parent().ok_or(BrokerError::NoExeDir)?;
-    Ok(dir.join("mcpd-worker"))
+    let beside = dir.join("mcpd-worker");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    let libexec = dir.join("../libexec/mcpd/mcpd-worker");
+    match (dir.parent(), libexec.exists()) {
+        (Some(prefix), true) => Ok(prefix.join("libexec/mcpd/mcpd-worker")),
+        _ => Ok(beside),
+    }
 }
 
-fn init_logging(filter: &str, format: crate::cli::LogFormat) {
+fn init_logging(filter: &str, format: Option<crate::cli::LogFormat>) {
+    use crate::cli::LogFormat;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = std::env::var("MCPD_LOG").unwrap_or_else(|_| filter.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = format.unwrap_or(if stderr_is_journal() {
+        LogFormat::Journal
+    } else {
+        LogFormat::Text
+    });
+    if format == LogFormat::Journal {
+        match tracing_journald::layer() {
+            Ok(j) => {
+                let j = j.with_syslog_identifier("mcpd".into());
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(j)
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("mcpd: the journal cannot be reached ({e}); logging to stderr"),
+        }
+    }
     let fmt = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(filter);
     let _ = match format {
-        crate::cli::LogFormat::Text => fmt.try_init(),
-        crate::cli::LogFormat::Json => fmt.json().flatten_event(true).try_init(),
+        LogFormat::Json => fmt.json().flatten_event(true).try_init(),
+        LogFormat::Text | LogFormat::Journal => fmt.try_init(),
     };
+}
+
+/// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM=DEV:INODE` for
+/// the stream it gives a service, which must still be stderr (not redirected since).
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    match rustix::fs::fstat(std::io::stderr()) {
+        Ok(st) => {
+            dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
+        }
+        Err(_) => false,
+    }
 }
 
 /// One stdio session needs no worker threads: a current-thread runtime keeps every hop of a
@@ -242,11 +298,28 @@ fn open_audit(policy: &Policy, source: &PolicySource) -> Result<auditing::Audit,
     Ok(audit)
 }
 
-/// Serve MCP until stdin ends (stdio alone) or `SIGTERM`/`SIGINT` (with HTTP). Returns once
-/// `broker.stop` is recorded and the runtime is shut down.
+/// Serve MCP until stdin ends (stdio alone), the one connection systemd passed ends
+/// (`Accept=yes`), or `SIGTERM`/`SIGINT`. Returns once `broker.stop` is recorded and the
+/// runtime is shut down.
 pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
     init_logging(&args.log, args.log_format);
-    let source = PolicySource::new(&args);
+    // Socket activation first: the passed descriptors are taken before anything else can
+    // open descriptors of their numbers.
+    let fds = if args.unix_systemd || args.http_systemd {
+        Some(crate::systemd::ListenFds::take().map_err(BrokerError::Listen)?)
+    } else {
+        None
+    };
+    let mut source = PolicySource::new(&args);
+    let http_passed = match (&fds, args.http_systemd) {
+        (Some(f), true) => {
+            let passed = transport::http::passed_listeners(f).map_err(BrokerError::Listen)?;
+            source.overlay.http_listen = Some(passed.addr);
+            source.overlay.http_localhost = passed.localhost;
+            Some(passed.listeners)
+        }
+        _ => None,
+    };
     if let (Some(c), None) = (&source.config, &args.config) {
         tracing::info!(target: LOG, "configuration: {} (the default; --no-config ignores it)", c.display());
     }
@@ -262,7 +335,13 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
     mcp::seal::init().map_err(BrokerError::Key)?;
     let http_addr = policy.http().listen;
     // Bound before the runtime (and its threads) exist: the socket is created under a umask.
-    let unix = transport::unix::open(policy.unix()).map_err(BrokerError::Listen)?;
+    let unix = transport::unix::open(policy.unix(), fds.as_ref()).map_err(BrokerError::Listen)?;
+    if let Some(f) = &fds {
+        let left = f.left_over();
+        if !left.is_empty() {
+            tracing::warn!(target: LOG, "socket activation: descriptor(s) {} not served (FileDescriptorName= mcpd-unix for --unix-systemd, mcpd-http for --http-systemd)", left.join(", "));
+        }
+    }
     let serve_stdio = args.stdio || (http_addr.is_none() && unix.is_none());
     let rt = runtime(http_addr.is_some() || unix.is_some())?;
     let audit = open_audit(&policy, &source)?;
@@ -276,6 +355,7 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
             worker,
             cgroups,
             http_addr,
+            http_passed,
             serve_stdio,
             unix,
         },
@@ -294,54 +374,28 @@ struct Started {
     worker: PathBuf,
     cgroups: Option<worker::cgroup::Cgroups>,
     http_addr: Option<std::net::SocketAddr>,
+    /// The HTTP listening sockets systemd passed (`--http-systemd`), instead of binding.
+    http_passed: Option<Vec<std::net::TcpListener>>,
     serve_stdio: bool,
     unix: Option<transport::unix::Bound>,
 }
 
-/// The supervisor and the transports, on the runtime.
-async fn run(
-    source: PolicySource,
-    cell: reload::PolicyCell,
-    audit: auditing::Audit,
-    started: Started,
-) -> Result<(), BrokerError> {
-    let policy = cell.get();
-    tokio::spawn(reload_on_sighup(source, cell.clone(), audit.clone()));
-    let sup = worker::supervisor::Supervisor::start(
-        started.worker,
-        policy.allow_degraded_sandbox,
-        started.cgroups,
-        Duration::from_micros(policy.ipc_spin_us),
-    )
-    .map_err(BrokerError::Supervisor)?;
-    let unix = match started.unix {
-        Some(b) => Some(
-            transport::unix::start(b, cell.clone(), sup.clone(), audit.clone())
-                .map_err(BrokerError::Listen)?,
-        ),
-        None => None,
-    };
-    let Some(addr) = started.http_addr else {
-        if let Some(unix) = unix {
-            let stdio_task = started
-                .serve_stdio
-                .then(|| spawn_stdio(&cell, &sup, &audit));
-            wait_for_termination().await;
-            tracing::info!(target: LOG, "terminating: closing sessions");
-            if let Some(t) = stdio_task {
-                t.abort();
-            }
-            return unix.stop().await.map_err(BrokerError::Transport);
-        }
-        let (input, output) = transport::stdio::process_stdio();
-        return transport::stdio::serve(cell, sup, audit, input, output)
-            .await
-            .map_err(BrokerError::Transport);
-    };
-    let http = policy.http();
-    let client = http.client.clone();
-    if client.is_none() && policy.jwt().is_none() {
-        return Err(BrokerError::HttpNoClient);
+/// The HTTP listeners: the sockets systemd passed, or bound at `addr` (and `[::1]` on the same
+/// port for `localhost:PORT`).
+async fn http_listeners(
+    addr: std::net::SocketAddr,
+    localhost: bool,
+    passed: Option<Vec<std::net::TcpListener>>,
+) -> Result<Vec<tokio::net::TcpListener>, BrokerError> {
+    if let Some(passed) = passed {
+        return passed
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(BrokerError::Listen);
     }
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         let hint = match e.kind() {
@@ -357,7 +411,7 @@ async fn run(
     })?;
     let bound = listener.local_addr().map_err(BrokerError::Listen)?;
     let mut listeners = vec![listener];
-    if http.localhost {
+    if localhost {
         // `localhost:PORT`: the IPv6 loopback too, on the port the IPv4 one got.
         let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port()));
         match tokio::net::TcpListener::bind(v6).await {
@@ -373,6 +427,28 @@ async fn run(
             }
         }
     }
+    Ok(listeners)
+}
+
+/// Start the Streamable HTTP transport on `listeners`; it stops when `stop` turns true.
+fn start_http(
+    listeners: Vec<tokio::net::TcpListener>,
+    cell: &reload::PolicyCell,
+    sup: &worker::supervisor::Supervisor,
+    audit: &auditing::Audit,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, BrokerError> {
+    let policy = cell.get();
+    let http = policy.http();
+    let client = http.client.clone();
+    if client.is_none() && policy.jwt().is_none() {
+        return Err(BrokerError::HttpNoClient);
+    }
+    let bound = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .or(http.listen)
+        .ok_or_else(|| BrokerError::Listen(std::io::Error::other("no HTTP listener")))?;
     let tls = transport::http::load_tls(&policy).map_err(BrokerError::Tls)?;
     // Tests and scripts ask for port 0: say where we are, on stderr.
     for l in &listeners {
@@ -393,50 +469,120 @@ async fn run(
         max_connections: usize::try_from(http.max_connections).unwrap_or(usize::MAX),
         max_connections_per_ip: usize::try_from(http.max_connections_per_ip).unwrap_or(usize::MAX),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(transport::http::serve(
+    Ok(tokio::spawn(transport::http::serve(
         listeners,
         cfg,
         cell.clone(),
         sup.clone(),
         audit.clone(),
         async move {
-            let _ = http_stop.wait_for(|s| *s).await;
+            let _ = stop.wait_for(|s| *s).await;
         },
-    ));
-    let stdio_task = started
-        .serve_stdio
-        .then(|| spawn_stdio(&cell, &sup, &audit));
-    wait_for_termination().await;
-    tracing::info!(target: LOG, "terminating: closing sessions");
-    let _ = stop_tx.send(true);
-    if let Some(u) = unix {
-        u.stop().await.map_err(BrokerError::Transport)?;
-    }
-    let r = http_task
-        .await
-        .map_err(|e| BrokerError::Transport(std::io::Error::other(e)))?;
-    if let Some(t) = stdio_task {
-        t.abort();
-    }
-    r.map_err(BrokerError::Transport)
+    )))
 }
 
-/// Serve the process's stdin/stdout beside the listeners.
-fn spawn_stdio(
-    cell: &reload::PolicyCell,
-    sup: &worker::supervisor::Supervisor,
-    audit: &auditing::Audit,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let (input, output) = transport::stdio::process_stdio();
-    tokio::spawn(transport::stdio::serve(
-        cell.clone(),
-        sup.clone(),
-        audit.clone(),
-        input,
-        output,
-    ))
+/// The supervisor and the transports, on the runtime; `READY=1` once they serve; the stop
+/// (signal, end of stdin, end of the one passed connection) with `STOPPING=1`: in-flight calls
+/// get `server.stop_grace_secs`, then the rest are cancelled, sessions closed, workers reaped.
+async fn run(
+    source: PolicySource,
+    cell: reload::PolicyCell,
+    audit: auditing::Audit,
+    started: Started,
+) -> Result<(), BrokerError> {
+    let policy = cell.get();
+    tokio::spawn(reload_on_sighup(source, cell.clone(), audit.clone()));
+    let sup = worker::supervisor::Supervisor::start(
+        started.worker,
+        policy.allow_degraded_sandbox,
+        started.cgroups,
+        Duration::from_micros(policy.ipc_spin_us),
+    )
+    .map_err(BrokerError::Supervisor)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut serving = Vec::new();
+    let unix = match started.unix {
+        Some(b) => {
+            serving.push(b.describe().to_string());
+            Some(
+                transport::unix::start(b, cell.clone(), sup.clone(), audit.clone())
+                    .map_err(BrokerError::Listen)?,
+            )
+        }
+        None => None,
+    };
+    let http_task = match started.http_addr {
+        Some(addr) => {
+            let listeners =
+                http_listeners(addr, policy.http().localhost, started.http_passed).await?;
+            serving.push(format!("http {addr}"));
+            Some(start_http(listeners, &cell, &sup, &audit, stop_rx.clone())?)
+        }
+        None => None,
+    };
+    let mut stdio_task = started.serve_stdio.then(|| {
+        serving.push("stdio".into());
+        let (input, output) = transport::stdio::process_stdio();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(transport::stdio::serve(
+            cell.clone(),
+            sup.clone(),
+            audit.clone(),
+            input,
+            output,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    crate::systemd::ready(&format!("serving {}", serving.join(", ")));
+    if let Some(interval) = crate::systemd::watchdog_interval() {
+        tracing::info!(target: LOG, "systemd watchdog: a ping every {} ms", interval.as_millis() / 2);
+        tokio::spawn(crate::systemd::watchdog(interval));
+    }
+    // What ends the service: a signal; with stdio alone, the end of stdin; with the one
+    // connection systemd accepted (`Accept=yes`), its end.
+    let alone = http_task.is_none() && unix.is_none();
+    let mut stdio_result = None;
+    tokio::select! {
+        () = wait_for_termination() => {
+            tracing::info!(target: LOG, "terminating: finishing in-flight calls (at most {} s), then closing sessions", cell.get().stop_grace_secs);
+        }
+        r = async { match stdio_task.as_mut() { Some(t) => t.await, None => std::future::pending().await } }, if alone => {
+            stdio_result = Some(r);
+            stdio_task = None;
+        }
+        () = async { match &unix { Some(u) => u.ended().await, None => std::future::pending().await } } => {}
+    }
+    crate::systemd::stopping("stopping: finishing in-flight calls");
+    let _ = stop_tx.send(true);
+    let mut result: Result<(), BrokerError> = Ok(());
+    if let Some(u) = unix {
+        if let Err(e) = u.stop().await {
+            result = Err(BrokerError::Transport(e));
+        }
+    }
+    if let Some(t) = http_task {
+        let r = t
+            .await
+            .map_err(|e| BrokerError::Transport(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(BrokerError::Transport));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    if let Some(t) = stdio_task {
+        stdio_result = Some(t.await);
+    }
+    if let Some(r) = stdio_result {
+        let r = r
+            .map_err(|e| BrokerError::Transport(std::io::Error::other(e)))
+            .and_then(|r| r.map_err(BrokerError::Transport));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result
 }
 
 #[cfg(test)]

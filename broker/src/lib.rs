@@ -20,6 +20,7 @@ mod error;
 mod mcp;
 mod reload;
 mod sys;
+mod systemd;
 mod transport;
 mod worker;
 

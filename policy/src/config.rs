@@ -221,6 +221,9 @@ pub struct RawServer {
     /// Microseconds the broker keeps polling a worker's socket after sending it a request,
     /// before it sleeps in the reactor (default 100, at most 10000; 0 = never poll).
     pub ipc_spin_us: Option<Spanned<u64>>,
+    /// Seconds a stopping broker lets in-flight calls finish before cancelling the rest
+    /// (default 10, at most 3600).
+    pub stop_grace_secs: Option<Spanned<u64>>,
     /// `"START-END"`: the uids (and gids) a root broker's workers run as, one per client
     /// (default `"60578-61183"`).
     pub worker_uids: Option<Spanned<String>>,

@@ -664,6 +664,19 @@ call_timeout_secs = 30
     }
 
     #[test]
+    fn stop_grace_defaults_and_is_bounded() {
+        assert_eq!(policy("").stop_grace_secs, 10);
+        assert_eq!(policy("[server]\nstop_grace_secs = 0\n").stop_grace_secs, 0);
+        let e = Policy::from_toml("c.toml", "[server]\nstop_grace_secs = 3601\n", &fake_canon)
+            .unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(
+            e.message.contains("stop_grace_secs must be at most 3600"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn audit_log_must_be_out_of_every_workers_reach() {
         let ok = policy("[clients.c]\nread = [\"/srv/data\"]\n[audit]\npath = \"/var/log/mcpd/audit.jsonl\"\nmode = \"strict\"\n");
         let a = ok.audit.as_ref().unwrap();

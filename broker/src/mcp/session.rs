@@ -111,6 +111,9 @@ pub(super) struct Inner {
     /// Change reports from the worker (and from policy reloads).
     pub(super) changes: mpsc::UnboundedSender<mcpd_ipc::Change>,
     pub(super) tasks: tokio::sync::watch::Sender<usize>,
+    /// Set when the broker stops and the grace for in-flight calls has run out: every call
+    /// still running is cancelled in its worker and answered with [`STOPPING_MESSAGE`].
+    pub(super) stopping: tokio::sync::watch::Sender<bool>,
     pub(super) opened: Instant,
     /// Dropped with the session: its background tasks (reload, ping) end then, not at the
     /// next reload or ping (a task per ended session would pile up on a busy server).
@@ -118,6 +121,12 @@ pub(super) struct Inner {
     /// This session's place among its client's sessions, given back at close.
     pub(super) slot: Mutex<Option<crate::mcp::quota::SessionSlot>>,
 }
+
+/// What a call still running when the stop grace ends is answered (a tool error).
+pub const STOPPING_MESSAGE: &str =
+    "mcpd is stopping: the call was cancelled before it finished; retry once the server is back";
+/// How long cancelled calls have to be answered and recorded at a stop.
+const STOP_CANCEL_WAIT: Duration = Duration::from_secs(3);
 
 impl Inner {
     /// The policy in force now (it may be reloaded between two requests).
@@ -216,6 +225,7 @@ impl Session {
                 listeners: Mutex::default(),
                 changes,
                 tasks: tokio::sync::watch::Sender::new(0),
+                stopping: tokio::sync::watch::Sender::new(false),
                 opened: Instant::now(),
                 slot: Mutex::new(Some(slot)),
                 ended: tokio::sync::watch::Sender::new(()),
@@ -327,6 +337,20 @@ impl Session {
     pub async fn drain(&self, limit: Duration) {
         let mut rx = self.inner.tasks.subscribe();
         let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+    }
+
+    /// The broker stops: calls in progress get `grace` to answer; those still running then
+    /// are cancelled in the worker and answered with an error saying so ([`STOPPING_MESSAGE`],
+    /// audited with outcome `stopped`), given a few seconds to be written. The session is
+    /// still open afterwards ([`Session::close`] ends it).
+    pub async fn stop(&self, grace: Duration) {
+        self.drain(grace).await;
+        if *self.inner.tasks.borrow() == 0 {
+            return;
+        }
+        tracing::info!(session = %self.inner.id, calls = *self.inner.tasks.borrow(), "stop grace over: cancelling the calls still running");
+        self.inner.stopping.send_replace(true);
+        self.drain(STOP_CANCEL_WAIT).await;
     }
 
     /// The longest a call of this client may take (for draining at end of input).

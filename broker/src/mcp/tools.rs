@@ -471,9 +471,16 @@ impl Session {
         }
         let mut last_progress = f64::NEG_INFINITY;
         let mut events = handle.events.take();
+        let mut stopping = self.inner.stopping.subscribe();
         let outcome = loop {
             tokio::select! {
                 o = &mut handle.done => break o.ok(),
+                Ok(()) = async { stopping.wait_for(|s| *s).await.map(|_| ()) } => {
+                    worker.cancel(handle.id).await;
+                    self.inner.inflight.lock().ok().map(|mut m| m.remove(id));
+                    self.forget_client_requests(handle.id);
+                    return (rec.outcome("stopped"), jsonrpc::response(id, tool_error(crate::mcp::session::STOPPING_MESSAGE)));
+                }
                 Some(ev) = async { match events.as_mut() { Some(e) => e.recv().await, None => None } } => {
                     match ev {
                         CallEvent::ClientRequest { id: wreq, request } => {

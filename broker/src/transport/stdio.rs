@@ -142,13 +142,15 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 }
 
 /// Serve one session over a reader/writer pair (stdin/stdout in production), for the
-/// process that started mcpd ([`LocalProcess`]: the policy's stdio client).
+/// process that started mcpd ([`LocalProcess`]: the policy's stdio client), until end of input
+/// or `stop` (the broker stops: in-flight calls get `server.stop_grace_secs`).
 pub async fn serve<R, W>(
     cell: crate::reload::PolicyCell,
     supervisor: Supervisor,
     audit: Audit,
     input: R,
     output: W,
+    stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -166,14 +168,7 @@ where
         .authenticate(&policy, &Credentials::new(origin.transport, &origin.peer))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     serve_lines(
-        cell,
-        supervisor,
-        audit,
-        input,
-        output,
-        principal,
-        &origin,
-        std::future::pending(),
+        cell, supervisor, audit, input, output, principal, &origin, stop,
     )
     .await
 }
@@ -238,10 +233,14 @@ where
     drop(notice);
     let mut reader = LineReader::new(input, max);
     tokio::pin!(stop);
+    let mut stopped = false;
     loop {
         let next = tokio::select! {
             l = reader.next() => l,
-            () = &mut stop => break,
+            () = &mut stop => {
+                stopped = true;
+                break;
+            }
         };
         match next {
             Ok(Line::Text(t)) if t.trim().is_empty() => {}
@@ -261,14 +260,21 @@ where
             }
         }
     }
-    tracing::info!(
-        transport = origin.transport,
-        peer = %origin.peer,
-        "input closed; finishing in-flight calls"
-    );
-    session
-        .drain(session.call_timeout() + Duration::from_secs(1))
-        .await;
+    if stopped {
+        // The broker stops: in-flight calls get the stop grace, then are cancelled.
+        let grace = Duration::from_secs(policy.stop_grace_secs);
+        tracing::info!(transport = origin.transport, peer = %origin.peer, "stopping; finishing in-flight calls (at most {} s)", grace.as_secs());
+        session.stop(grace).await;
+    } else {
+        tracing::info!(
+            transport = origin.transport,
+            peer = %origin.peer,
+            "input closed; finishing in-flight calls"
+        );
+        session
+            .drain(session.call_timeout() + Duration::from_secs(1))
+            .await;
+    }
     session.close().await;
     drop(session);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;

@@ -55,7 +55,8 @@ pub const PEER_REFUSED: i64 = -32040;
 pub const TOO_MANY_CONNECTIONS: i64 = -32041;
 /// The `FileDescriptorName=` mcpd looks for when systemd passes several sockets.
 pub const SYSTEMD_FD_NAME: &str = "mcpd-unix";
-/// How long open connections may take to close at shutdown.
+/// How long open connections may take to close at shutdown beyond the stop grace
+/// (`server.stop_grace_secs`) their in-flight calls get.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// Most refusals (connections over a cap) answered at once; beyond, closed unanswered.
 pub const MAX_REFUSALS: usize = 64;
@@ -65,14 +66,28 @@ pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// the close does not reset the connection before the peer read the answer.
 const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
 
-/// A listening socket, bound or inherited, not yet served.
+/// A listening socket, bound or inherited, not yet served; or the one connection systemd
+/// accepted for this process (`Accept=yes`).
 #[derive(Debug)]
 pub struct Bound {
-    listener: StdListener,
+    socket: Socket,
     /// The path mcpd bound (removed at shutdown); `None` for a socket from systemd.
     owned_path: Option<PathBuf>,
     /// Where peers connect, for the log.
-    pub describe: String,
+    describe: String,
+}
+
+#[derive(Debug)]
+enum Socket {
+    Listening(StdListener),
+    Accepted(std::os::unix::net::UnixStream),
+}
+
+impl Bound {
+    /// Where peers connect (the socket's path), for the log.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
 }
 
 /// Why the directory holding a socket path is unsafe, or `Ok` with a description. Every
@@ -193,92 +208,92 @@ fn bind_path(path: &Path, s: &UnixSettings) -> std::io::Result<StdListener> {
     Ok(listener)
 }
 
-/// The listening socket systemd passed (`LISTEN_PID` must be this process; with several
-/// descriptors, the one named [`SYSTEMD_FD_NAME`]). The variables are removed.
-fn from_systemd() -> std::io::Result<StdListener> {
+/// The Unix socket systemd passed (named [`SYSTEMD_FD_NAME`], or the only one): a listening
+/// stream socket (`Accept=no`) or one accepted connection (`Accept=yes`).
+fn from_systemd(fds: Option<&crate::systemd::ListenFds>) -> std::io::Result<Socket> {
     let e = |m: String| std::io::Error::other(format!("unix listener from systemd: {m}"));
-    let var = |k: &str| std::env::var(k).ok();
-    let pid = var("LISTEN_PID").and_then(|v| v.parse::<u32>().ok());
-    let fds = var("LISTEN_FDS").and_then(|v| v.parse::<i32>().ok());
-    let names = var("LISTEN_FDNAMES").unwrap_or_default();
-    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(k);
-    }
-    if pid != Some(std::process::id()) {
+    let mut named = fds.map(|f| f.named(SYSTEMD_FD_NAME)).unwrap_or_default();
+    if named.len() != 1 {
         return Err(e(format!(
-            "LISTEN_PID is {pid:?}, not this process ({}): no socket was passed to mcpd",
-            std::process::id()
+            "{} descriptors named {SYSTEMD_FD_NAME} (FileDescriptorName=); exactly one is served",
+            named.len()
         )));
     }
-    let n = fds
-        .filter(|n| (1..=64).contains(n))
-        .ok_or_else(|| e("LISTEN_FDS names no descriptor".into()))?;
-    let index = if n == 1 {
-        0
-    } else {
-        let found = names.split(':').position(|x| x == SYSTEMD_FD_NAME);
-        i32::try_from(found.ok_or_else(|| {
-            e(format!(
-                "{n} descriptors and none named {SYSTEMD_FD_NAME} (FileDescriptorName=)"
-            ))
-        })?)
-        .map_err(|_| e("descriptor index".into()))?
-    };
-    let fd: OwnedFd = crate::sys::take_inherited_fd(3 + index)
-        .ok_or_else(|| e(format!("descriptor {} is not open", 3 + index)))?;
+    let fd: OwnedFd = named.remove(0);
     use rustix::net::sockopt;
     let stream = sockopt::socket_type(fd.as_fd()).ok() == Some(rustix::net::SocketType::STREAM);
     let listening = sockopt::socket_acceptconn(fd.as_fd()).unwrap_or(false);
     let unix = rustix::net::getsockname(fd.as_fd())
         .ok()
         .is_some_and(|a| a.address_family() == rustix::net::AddressFamily::UNIX);
-    if !(stream && listening && unix) {
-        return Err(e(format!(
-            "descriptor {} is not a listening Unix stream socket (ListenStream=/path)",
-            3 + index
-        )));
+    if !(stream && unix) {
+        return Err(e(
+            "the descriptor is not a Unix stream socket (ListenStream=/path)".into(),
+        ));
     }
-    rustix::io::fcntl_setfd(fd.as_fd(), rustix::io::FdFlags::CLOEXEC)
-        .map_err(|x| e(x.to_string()))?;
-    Ok(StdListener::from(fd))
+    Ok(if listening {
+        Socket::Listening(StdListener::from(fd))
+    } else {
+        Socket::Accepted(std::os::unix::net::UnixStream::from(fd))
+    })
 }
 
 /// The configured listener, bound (or taken from systemd) before the runtime starts; `None`
 /// when no Unix listener is configured.
-pub fn open(s: &UnixSettings) -> std::io::Result<Option<Bound>> {
+pub fn open(
+    s: &UnixSettings,
+    fds: Option<&crate::systemd::ListenFds>,
+) -> std::io::Result<Option<Bound>> {
     let bound = if s.systemd {
-        let l = from_systemd()?;
-        let at = l
-            .local_addr()
-            .ok()
+        let socket = from_systemd(fds)?;
+        let (at, how) = match &socket {
+            Socket::Listening(l) => (l.local_addr().ok(), "from systemd"),
+            Socket::Accepted(c) => (c.local_addr().ok(), "one connection accepted by systemd"),
+        };
+        let at = at
             .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
             .unwrap_or_else(|| "?".into());
         Bound {
-            listener: l,
+            socket,
             owned_path: None,
-            describe: format!("{at} (from systemd)"),
+            describe: format!("{at} ({how})"),
         }
     } else if let Some(path) = &s.path {
         Bound {
-            listener: bind_path(path, s)?,
+            socket: Socket::Listening(bind_path(path, s)?),
             owned_path: Some(path.clone()),
             describe: path.display().to_string(),
         }
     } else {
         return Ok(None);
     };
-    bound.listener.set_nonblocking(true)?;
+    match &bound.socket {
+        Socket::Listening(l) => l.set_nonblocking(true)?,
+        Socket::Accepted(c) => c.set_nonblocking(true)?,
+    }
     Ok(Some(bound))
 }
 
-/// A serving Unix listener.
+/// A serving Unix listener (or connection).
 #[derive(Debug)]
 pub struct Running {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Turns true when the serving task ends by itself (the one accepted connection closed).
+    done: watch::Receiver<bool>,
 }
 
 impl Running {
+    /// Completes when serving ended by itself: the one connection systemd accepted was
+    /// closed. A listener serves until [`Running::stop`].
+    pub async fn ended(&self) {
+        let mut done = self.done.clone();
+        if done.wait_for(|d| *d).await.is_err() {
+            // The serving task is gone without saying so (it panicked): that is an end too.
+            tracing::error!("unix listener: the serving task ended unexpectedly");
+        }
+    }
+
     /// Stop accepting, end every connection's session (in-flight calls drained), remove the
     /// socket file mcpd bound.
     pub async fn stop(self) -> std::io::Result<()> {
@@ -341,7 +356,6 @@ pub fn start(
     supervisor: Supervisor,
     audit: Audit,
 ) -> std::io::Result<Running> {
-    let listener = tokio::net::UnixListener::from_std(bound.listener)?;
     let protocol = cell.get().unix().protocol;
     let http = (protocol == UnixProtocol::Http).then(|| {
         UnixHttp::new(
@@ -357,16 +371,77 @@ pub fn start(
         describe_protocol(protocol)
     );
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(
-        listener,
-        bound.owned_path,
-        http,
-        cell,
-        supervisor,
-        audit,
-        stop_rx,
-    ));
-    Ok(Running { stop, task })
+    let (done_tx, done) = watch::channel(false);
+    let task = match bound.socket {
+        Socket::Listening(l) => {
+            let served = accept_loop(
+                tokio::net::UnixListener::from_std(l)?,
+                bound.owned_path,
+                http,
+                cell,
+                supervisor,
+                audit,
+                stop_rx,
+            );
+            tokio::spawn(async move {
+                let r = served.await;
+                let _ = done_tx.send(true);
+                r
+            })
+        }
+        Socket::Accepted(c) => {
+            let stream = tokio::net::UnixStream::from_std(c)?;
+            tokio::spawn(async move {
+                accepted(stream, http, cell, supervisor, audit, stop_rx).await;
+                let _ = done_tx.send(true);
+                Ok(())
+            })
+        }
+    };
+    Ok(Running { stop, task, done })
+}
+
+/// The one connection systemd accepted (`Accept=yes`, a broker per connection): served like
+/// an accepted one, without the listener's connection caps (systemd's `MaxConnections=` and
+/// `MaxConnectionsPerSource=` count them).
+async fn accepted(
+    stream: tokio::net::UnixStream,
+    http: Option<UnixHttp>,
+    cell: crate::reload::PolicyCell,
+    supervisor: Supervisor,
+    audit: Audit,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(peer) = peer_of(&stream) else {
+        return;
+    };
+    match http {
+        Some(h) => {
+            let mut stopped = stop.clone();
+            tokio::select! {
+                () = h.connection(stream, peer) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            h.shutdown().await;
+        }
+        None => connection(stream, peer, cell, supervisor, audit, stop).await,
+    }
+}
+
+/// The peer's credentials (`SO_PEERCRED`, read by the kernel at connect); `None` (logged) if
+/// they cannot be read: the connection is then closed unserved.
+fn peer_of(stream: &tokio::net::UnixStream) -> Option<UnixPeer> {
+    match rustix::net::sockopt::socket_peercred(stream.as_fd()) {
+        Ok(c) => Some(UnixPeer {
+            uid: c.uid.as_raw(),
+            gid: c.gid.as_raw(),
+            pid: c.pid.as_raw_nonzero().get(),
+        }),
+        Err(e) => {
+            tracing::warn!("unix listener: SO_PEERCRED: {e}; connection closed");
+            None
+        }
+    }
 }
 
 fn describe_protocol(p: UnixProtocol) -> String {
@@ -415,17 +490,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let cred = match rustix::net::sockopt::socket_peercred(stream.as_fd()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("unix listener: SO_PEERCRED: {e}; connection closed");
-                continue;
-            }
-        };
-        let peer = UnixPeer {
-            uid: cred.uid.as_raw(),
-            gid: cred.gid.as_raw(),
-            pid: cred.pid.as_raw_nonzero().get(),
+        let Some(peer) = peer_of(&stream) else {
+            continue;
         };
         let slots = match (
             total.clone().try_acquire_owned(),
@@ -479,10 +545,8 @@ async fn accept_loop(
     if let Some(h) = http {
         h.shutdown().await;
     }
-    let _ = tokio::time::timeout(SHUTDOWN_WAIT, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let wait = SHUTDOWN_WAIT + Duration::from_secs(cell.get().stop_grace_secs);
+    let _ = tokio::time::timeout(wait, async { while conns.join_next().await.is_some() {} }).await;
     Ok(())
 }
 

@@ -14,9 +14,9 @@ use super::http::http_settings;
 use super::merge::merge;
 use super::types::{
     AuditSettings, Canonicalize, CgroupSetting, ClientId, Policy, UidRange, DEFAULT_CLIENT,
-    DEFAULT_IPC_SPIN_US, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_WORKER_IDLE_SECS,
-    DEFAULT_WORKER_TMP_BYTES, DEFAULT_WORKER_UIDS, MAX_IPC_SPIN_US, MAX_MESSAGE_BYTES_CEILING,
-    MAX_WORKER_TMP_BYTES,
+    DEFAULT_IPC_SPIN_US, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_STOP_GRACE_SECS,
+    DEFAULT_WORKER_IDLE_SECS, DEFAULT_WORKER_TMP_BYTES, DEFAULT_WORKER_UIDS, MAX_IPC_SPIN_US,
+    MAX_MESSAGE_BYTES_CEILING, MAX_STOP_GRACE_SECS, MAX_WORKER_TMP_BYTES,
 };
 use crate::config::{self, ConfigError, RawConfig, RawGrant, Source};
 use crate::exec::{self as exec_grant};
@@ -193,6 +193,16 @@ impl Policy {
                 ));
             }
         };
+        let stop_grace_secs = match &raw.server.stop_grace_secs {
+            None => DEFAULT_STOP_GRACE_SECS,
+            Some(v) if *v.get_ref() <= MAX_STOP_GRACE_SECS => *v.get_ref(),
+            Some(v) => {
+                return Err(src.error(
+                    Some(v.span()),
+                    format!("server.stop_grace_secs must be at most {MAX_STOP_GRACE_SECS}"),
+                ));
+            }
+        };
         let worker_uids = match &raw.server.worker_uids {
             None => DEFAULT_WORKER_UIDS,
             Some(v) => UidRange::parse(v.get_ref())
@@ -256,6 +266,7 @@ impl Policy {
             operator_tools,
             cgroup,
             ipc_spin_us,
+            stop_grace_secs,
             http,
             toolsets: Vec::new(),
             prompts: BTreeMap::new(),

@@ -69,6 +69,7 @@ impl Policy {
                 "max_message_bytes": self.max_message_bytes,
                 "worker_idle_secs": self.worker_idle_secs,
                 "ipc_spin_us": self.ipc_spin_us,
+                "stop_grace_secs": self.stop_grace_secs,
                 "allow_degraded_sandbox": self.allow_degraded_sandbox,
                 "worker_uids": self.worker_uids.to_string(),
                 "worker_tmp_bytes": self.worker_tmp_bytes,

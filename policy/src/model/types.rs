@@ -40,6 +40,11 @@ pub const DEFAULT_WORKER_IDLE_SECS: u64 = 600;
 pub const DEFAULT_IPC_SPIN_US: u64 = 100;
 /// Upper bound of `server.ipc_spin_us`.
 pub const MAX_IPC_SPIN_US: u64 = 10_000;
+/// Default `server.stop_grace_secs`: how long a stopping broker lets in-flight calls finish
+/// (below systemd's default `TimeoutStopSec=` of 90 s, and the units' 30 s).
+pub const DEFAULT_STOP_GRACE_SECS: u64 = 10;
+/// Upper bound of `server.stop_grace_secs`.
+pub const MAX_STOP_GRACE_SECS: u64 = 3600;
 /// Default `server.worker_uids`: a range systemd leaves unused (between the `systemd-homed`
 /// and host-user ranges and the `DynamicUser=` range, docs "Users, Groups, UIDs and GIDs on
 /// systemd Systems"), below 65534 so 16-bit tools show it.
@@ -271,6 +276,9 @@ pub struct Policy {
     pub cgroup: CgroupSetting,
     /// How long the broker polls a worker's socket after a send before sleeping, µs (0 = never).
     pub ipc_spin_us: u64,
+    /// How long a stop (`SIGTERM`, `SIGINT`) lets in-flight calls finish before the rest are
+    /// cancelled and the workers ended, seconds.
+    pub stop_grace_secs: u64,
     /// The uids a root broker's workers run as (one per client).
     pub worker_uids: UidRange,
     /// Size of each worker's private `/tmp` and `/dev/shm`, bytes.
@@ -442,10 +450,11 @@ impl Policy {
             out.push_str(&format!("WARNING: {w}\n"));
         }
         out.push_str(&format!(
-            "server: max_message_bytes {}, worker idle {}, ipc spin {} µs, degraded sandbox {}, worker uids {}, worker tmp {}, worker {}\n",
+            "server: max_message_bytes {}, worker idle {}, ipc spin {} µs, stop grace {}, degraded sandbox {}, worker uids {}, worker tmp {}, worker {}\n",
             units::bytes(self.max_message_bytes),
             units::secs(self.worker_idle_secs),
             self.ipc_spin_us,
+            units::secs(self.stop_grace_secs),
             if self.allow_degraded_sandbox { "ALLOWED" } else { "no" },
             self.worker_uids,
             units::bytes(self.worker_tmp_bytes),

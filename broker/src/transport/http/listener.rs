@@ -38,6 +38,79 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long a shutdown waits for open connections, before and after sessions end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// The `FileDescriptorName=` of the TCP listening sockets systemd passes (`--http-systemd`).
+pub const SYSTEMD_FD_NAME: &str = "mcpd-http";
+
+/// The TCP listening sockets systemd passed for `--http-systemd`, and the address the
+/// policy's rules see (`[http] listen`: loopback unless authentication is configured, and
+/// the Host header gate).
+#[derive(Debug)]
+pub struct Passed {
+    /// The sockets (blocking; the caller makes them non-blocking on the runtime).
+    pub listeners: Vec<std::net::TcpListener>,
+    /// The first socket's address.
+    pub addr: SocketAddr,
+    /// The two sockets are `127.0.0.1:PORT` and `[::1]:PORT` (as `localhost:PORT`).
+    pub localhost: bool,
+}
+
+/// Take the sockets named [`SYSTEMD_FD_NAME`] (or the only one passed): each must be a
+/// listening TCP stream socket; one address, or localhost's two on one port.
+pub fn passed_listeners(fds: &crate::systemd::ListenFds) -> std::io::Result<Passed> {
+    use rustix::net::sockopt;
+    use std::os::fd::AsFd;
+    let e = |m: String| std::io::Error::other(format!("HTTP listener from systemd: {m}"));
+    let mut listeners = Vec::new();
+    for fd in fds.named(SYSTEMD_FD_NAME) {
+        let stream = sockopt::socket_type(fd.as_fd()).ok() == Some(rustix::net::SocketType::STREAM);
+        let listening = sockopt::socket_acceptconn(fd.as_fd()).unwrap_or(false);
+        let l = std::net::TcpListener::from(fd);
+        match l.local_addr() {
+            Ok(_) if stream && listening => listeners.push(l),
+            _ => return Err(e(
+                "a descriptor is not a listening TCP socket (ListenStream=ADDR:PORT, Accept=no)"
+                    .into(),
+            )),
+        }
+    }
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let Some(&addr) = addrs.first() else {
+        return Err(e(format!(
+            "no descriptor named {SYSTEMD_FD_NAME} (FileDescriptorName=) was passed"
+        )));
+    };
+    let localhost = addrs.len() == 2
+        && addrs
+            .iter()
+            .all(|a| a.port() == addr.port() && a.ip().is_loopback())
+        && addrs.iter().any(SocketAddr::is_ipv4)
+        && addrs.iter().any(SocketAddr::is_ipv6);
+    if addrs.len() > 1 && !localhost {
+        return Err(e(format!(
+            "{} sockets ({}): mcpd serves one address, or 127.0.0.1 and [::1] on one port",
+            addrs.len(),
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let addr = addrs
+        .iter()
+        .copied()
+        .find(SocketAddr::is_ipv4)
+        .unwrap_or(addr);
+    Ok(Passed {
+        listeners,
+        addr,
+        localhost,
+    })
+}
+
 /// The cap on open connections: `max_connections` (policy) below the descriptor limit.
 pub fn effective_cap(configured: usize) -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)

@@ -75,6 +75,7 @@ use crate::auth::{Authenticator, Both, Principal};
 use crate::mcp::backend::Workers;
 use crate::mcp::protocol::SESSION_NOT_FOUND;
 use crate::worker::supervisor::Supervisor;
+pub use listener::passed_listeners;
 pub use peer::{Peer, UnixPeer};
 use sessions::{HttpSession, SessionKey, Table};
 
@@ -299,7 +300,10 @@ async fn reload_tls(tls: Arc<tls::Tls>, policy: crate::reload::PolicyCell) {
 }
 
 impl App {
-    /// Close every session of both eras (shutdown).
+    /// Close every session of both eras (shutdown): standalone streams end at once, calls in
+    /// progress get `server.stop_grace_secs` to answer (all sessions at the same time), the
+    /// rest are cancelled and answered so ([`crate::mcp::session::Session::stop`]), then each
+    /// session is closed and its worker reaped.
     async fn end_all_sessions(self: Arc<Self>) {
         let all: Vec<Arc<HttpSession>> = self
             .sessions
@@ -307,6 +311,11 @@ impl App {
             .into_iter()
             .chain(self.stateless.drain())
             .collect();
+        let grace = Duration::from_secs(self.policy.get().stop_grace_secs);
+        for hs in &all {
+            hs.routes.close_standalone();
+        }
+        futures_util::future::join_all(all.iter().map(|hs| hs.session.stop(grace))).await;
         for hs in all {
             sessions::end_session(hs, "server shutting down").await;
         }

@@ -1,0 +1,493 @@
+//! The broker under a service manager, end to end with the real binaries: the `sd_notify`
+//! protocol as systemd speaks it (this test plays the notify socket: `READY=1`, `RELOADING=1`
+//! with `MONOTONIC_USEC=` then `READY=1` around `SIGHUP`, `WATCHDOG=1` at half `WATCHDOG_USEC`,
+//! `STOPPING=1` on `SIGTERM`); the stop itself (a call in flight at `SIGTERM` is answered, one
+//! that outlives `server.stop_grace_secs` is cancelled with an error saying so, and the audit
+//! chain verifies either way); and socket activation through systemd's own
+//! `systemd-socket-activate` (a TCP listener for `--http-systemd`, and `Accept=yes`: one broker
+//! per Unix connection, ended when the connection closes).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mcpd_e2e::{children_of, mcpd_bin, require, signal, wait_until, Server};
+use serde_json::{json, Value};
+
+/// Datagrams received on the notify socket, each split into its `KEY=VALUE` lines.
+struct Notify {
+    sock: UnixDatagram,
+    seen: Vec<Vec<String>>,
+}
+
+impl Notify {
+    fn bind(dir: &Path) -> (Self, String) {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        (
+            Self {
+                sock,
+                seen: Vec::new(),
+            },
+            path.to_str().unwrap().to_string(),
+        )
+    }
+
+    /// The next datagram holding `line` (within `t`); the ones before it are kept in `seen`.
+    fn expect(&mut self, line: &str, t: Duration) -> Vec<String> {
+        let deadline = Instant::now() + t;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg: Vec<String> = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                self.seen.push(msg.clone());
+                if msg.iter().any(|l| l == line) {
+                    return msg;
+                }
+            }
+        }
+        panic!("no {line} within {t:?}; received {:?}", self.seen);
+    }
+}
+
+fn exit_within(s: &mut Server, t: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + t;
+    loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mcpd did not exit within {t:?}; stderr:\n{}",
+            s.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_service_manager_hears_ready_reloading_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut notify, path) = Notify::bind(dir.path());
+    let cfg = dir.path().join("mcpd.toml");
+    std::fs::write(&cfg, "[clients.local]\nread = [\"/usr/share\"]\n").unwrap();
+    let mut s = Server::start_configured(&["--config", cfg.to_str().unwrap()], |c| {
+        c.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "400000");
+    });
+    let ready = notify.expect("READY=1", Duration::from_secs(20));
+    assert!(
+        ready.iter().any(|l| l == "STATUS=serving stdio"),
+        "{ready:?}"
+    );
+    // The watchdog: a ping at half of WATCHDOG_USEC (200 ms), so several within a second.
+    notify.expect("WATCHDOG=1", Duration::from_secs(2));
+    notify.expect("WATCHDOG=1", Duration::from_secs(2));
+    // The service still answers while it is being watched.
+    s.initialize();
+    // SIGHUP: RELOADING=1 with the monotonic time systemd 253+ wants, then READY=1 again.
+    signal(s.child.id() as i32, libc::SIGHUP);
+    let reloading = notify.expect("RELOADING=1", Duration::from_secs(10));
+    assert!(
+        reloading.iter().any(|l| l.starts_with("MONOTONIC_USEC=")
+            && l["MONOTONIC_USEC=".len()..].parse::<u64>().unwrap() > 0),
+        "{reloading:?}"
+    );
+    let reloaded = notify.expect("READY=1", Duration::from_secs(10));
+    assert!(
+        reloaded
+            .iter()
+            .any(|l| l == "STATUS=serving; policy reloaded"),
+        "{reloaded:?}"
+    );
+    // A broken file: refused, and the status says so.
+    std::fs::write(&cfg, "[clients.local\n").unwrap();
+    signal(s.child.id() as i32, libc::SIGHUP);
+    notify.expect("RELOADING=1", Duration::from_secs(10));
+    let refused = notify.expect("READY=1", Duration::from_secs(10));
+    assert!(
+        refused.iter().any(|l| l.contains("reload was refused")),
+        "{refused:?}"
+    );
+    // SIGTERM: STOPPING=1, then a clean exit.
+    signal(s.child.id() as i32, libc::SIGTERM);
+    notify.expect("STOPPING=1", Duration::from_secs(10));
+    let st = exit_within(&mut s, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}\n{}", s.stderr());
+    // The broker's environment never reaches a worker (cleared at spawn): nothing to check
+    // here beyond the worker tests; but the notify socket must not have been inherited as a
+    // descriptor either.
+}
+
+/// A broker with an audit log, `run_command` of `sleep`, and `stop_grace_secs = grace`.
+fn sleeper(dir: &Path, grace: u64) -> (Server, std::path::PathBuf) {
+    let log = dir.join("audit.jsonl");
+    let cfg = dir.join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nstop_grace_secs = {grace}\n[audit]\npath = \"{}\"\nmode = \"strict\"\n[clients.local]\nread = [\"/usr/share\"]\nexec = [\"sleep\"]\n[clients.local.limits]\ncall_timeout_secs = 120\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    s.initialize();
+    (s, log)
+}
+
+fn call_sleep(s: &mut Server, id: i64, secs: &str) {
+    s.send(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "run_command", "arguments": {"command": "sleep", "args": [secs]}}}));
+}
+
+/// The worker of the session has started the command (so the call is really in flight).
+fn wait_for_sleep(s: &Server) {
+    let pid = s.child.id() as i32;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            descendants(pid).iter().any(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+        }),
+        "sleep never started; stderr:\n{}",
+        s.stderr()
+    );
+}
+
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut all = vec![];
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children_of(p) {
+            all.push(c);
+            todo.push(c);
+        }
+    }
+    all
+}
+
+fn records(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn verify(log: &Path) {
+    let out = Command::new(mcpd_bin())
+        .args(["audit", "verify", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sigterm_lets_the_call_in_flight_finish_and_the_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, log) = sleeper(dir.path(), 20);
+    call_sleep(&mut s, 7, "2");
+    wait_for_sleep(&s);
+    let sent = Instant::now();
+    signal(s.child.id() as i32, libc::SIGTERM);
+    let r = s
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the call in flight is answered");
+    assert_eq!(r["id"], 7, "{r}");
+    assert_ne!(r["result"]["isError"], true, "{r}");
+    assert_eq!(r["result"]["structuredContent"]["exit_code"], 0, "{r}");
+    let st = exit_within(&mut s, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}\n{}", s.stderr());
+    assert!(
+        sent.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        sent.elapsed()
+    );
+    verify(&log);
+    let recs = records(&log);
+    let call = recs
+        .iter()
+        .find(|r| r["event"] == "request" && r["method"] == "tools/call")
+        .expect("the call's record");
+    assert_eq!(call["outcome"], "success", "{call}");
+    let stop = recs.last().unwrap();
+    assert_eq!(stop["event"], "broker.stop", "{stop}");
+    assert_eq!(stop["clean"], true, "{stop}");
+}
+
+#[test]
+fn a_call_that_outlives_the_stop_grace_is_cancelled_with_an_error_that_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, log) = sleeper(dir.path(), 1);
+    call_sleep(&mut s, 9, "60");
+    wait_for_sleep(&s);
+    let sent = Instant::now();
+    signal(s.child.id() as i32, libc::SIGTERM);
+    let r = s
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the cancelled call is answered");
+    assert_eq!(r["id"], 9, "{r}");
+    assert_eq!(r["result"]["isError"], true, "{r}");
+    let text = r["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("mcpd is stopping"), "{text}");
+    let st = exit_within(&mut s, Duration::from_secs(20));
+    assert!(st.success(), "{st:?}\n{}", s.stderr());
+    // The grace (1 s) and the cancellation, not the 60 s of the command.
+    assert!(
+        sent.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        sent.elapsed()
+    );
+    verify(&log);
+    let recs = records(&log);
+    let call = recs
+        .iter()
+        .find(|r| r["event"] == "request" && r["method"] == "tools/call")
+        .expect("the call's record");
+    assert_eq!(call["outcome"], "stopped", "{call}");
+    assert!(recs.iter().any(|r| r["event"] == "session.close"));
+    assert_eq!(recs.last().unwrap()["event"], "broker.stop");
+}
+
+fn socket_activate() -> bool {
+    require(
+        Command::new("systemd-socket-activate")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "systemd-socket-activate",
+        "socket activation is tested with systemd's own tool (Debian package systemd)",
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn http_on_a_socket_systemd_passed() {
+    if !socket_activate() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr.log");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-l", &addr, "--fdname=mcpd-http", "-E", "MCPD_LOG=debug"])
+        .arg(mcpd_bin())
+        .args([
+            "serve",
+            "--http-systemd",
+            "--no-config",
+            "--allow-read",
+            "/usr/share",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&err).unwrap_or_default();
+    // systemd-socket-activate listens first and starts mcpd at the first connection.
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
+            sock
+        )
+        .is_ok()),
+        "{}",
+        log()
+    );
+    let mut session = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let r = mcpd_e2e::http::post_at(
+                sock,
+                None,
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "0"}}}),
+            );
+            session = r.header("mcp-session-id").map(str::to_string);
+            r.status == 200
+        }),
+        "{}",
+        log()
+    );
+    assert!(session.is_some());
+    let l = log();
+    assert!(
+        l.contains(&format!("listening on http://{addr}/mcp")),
+        "{l}"
+    );
+    // The socket was passed, not bound by mcpd: no bind error, and mcpd's own socket table
+    // holds the listener systemd-socket-activate created.
+    assert!(!l.contains("HTTP listener 127.0.0.1"), "{l}");
+    signal(child.id() as i32, libc::SIGTERM);
+    let _ = child.wait();
+}
+
+#[test]
+fn accept_yes_serves_one_unix_connection_per_broker_and_ends_with_it() {
+    if !socket_activate() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("mcpd.sock");
+    let cfg = dir.path().join("mcpd.toml");
+    // Our own uid: the owner of the directory this test just created.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir.path()).unwrap());
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clients.me]\nread = [\"/usr/share\"]\n[clients.me.identity]\nunix_uid = [{uid}]\n"
+        ),
+    )
+    .unwrap();
+    let err = dir.path().join("stderr.log");
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-a", "-l", sock.to_str().unwrap(), "--fdname=mcpd-unix"])
+        .arg(mcpd_bin())
+        .args([
+            "serve",
+            "--unix-systemd",
+            "--unix-protocol",
+            "lines",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()),
+        "{}",
+        log()
+    );
+    let talk = |id: i64| {
+        let c = UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let mut r = BufReader::new(c);
+        writeln!(w, "{}", json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "0"}}})).unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}\n{}", log()));
+        (v, w, r)
+    };
+    let (a, wa, _ra) = talk(1);
+    assert_eq!(a["result"]["serverInfo"]["name"], "mcpd", "{a}");
+    let (b, wb, _rb) = talk(2);
+    assert!(b.get("result").is_some(), "{b}");
+    // Two connections: two brokers, each a child of systemd-socket-activate.
+    let brokers = children_of(child.id() as i32);
+    assert_eq!(brokers.len(), 2, "{brokers:?}\n{}", log());
+    assert!(
+        log().contains("one connection accepted by systemd"),
+        "{}",
+        log()
+    );
+    // The peer closes: that broker ends (its session closed, its worker reaped); the other stays.
+    drop(wa);
+    drop(_ra);
+    assert!(
+        wait_until(Duration::from_secs(20), || children_of(child.id() as i32)
+            .len()
+            == 1),
+        "{}",
+        log()
+    );
+    drop(wb);
+    drop(_rb);
+    assert!(
+        wait_until(Duration::from_secs(20), || children_of(child.id() as i32)
+            .is_empty()),
+        "{}",
+        log()
+    );
+    signal(child.id() as i32, libc::SIGTERM);
+    let _ = child.wait();
+}
+
+#[test]
+fn sigterm_over_http_answers_the_call_in_flight_then_closes_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let cfg = dir.path().join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nstop_grace_secs = 20\n[audit]\npath = \"{}\"\n[http]\nclient = \"local\"\n[clients.local]\nread = [\"/usr/share\"]\nexec = [\"sleep\"]\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let srv = mcpd_e2e::http::HttpServer::start(&["--config", cfg.to_str().unwrap()]);
+    let sid = srv.initialize();
+    let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": "run_command", "arguments": {"command": "sleep", "args": ["2"]}}})
+    .to_string();
+    let host = srv.addr.to_string();
+    let mut conn = srv.open(
+        "POST",
+        &[
+            ("Host", &host),
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("MCP-Protocol-Version", "2025-11-25"),
+            ("Mcp-Session-Id", &sid),
+        ],
+        body.as_bytes(),
+    );
+    let pid = srv.child.id() as i32;
+    assert!(wait_until(Duration::from_secs(20), || {
+        descendants(pid).iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+    }));
+    signal(pid, libc::SIGTERM);
+    let r = mcpd_e2e::http::read_response(&mut conn);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let answer = r.response_to(&json!(5));
+    assert_eq!(
+        answer["result"]["structuredContent"]["exit_code"], 0,
+        "{answer}"
+    );
+    let mut srv = srv;
+    assert!(
+        wait_until(Duration::from_secs(20), || srv
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "mcpd did not exit"
+    );
+    verify(&log);
+    let recs = records(&log);
+    assert!(
+        recs.iter().any(|r| r["event"] == "session.close"),
+        "{recs:?}"
+    );
+    assert_eq!(recs.last().unwrap()["event"], "broker.stop");
+}

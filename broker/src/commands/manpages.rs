@@ -337,9 +337,9 @@ mod tests {
             "{top}"
         );
         assert!(top.contains(".SH SUBCOMMANDS"), "{top}");
-        assert!(top.contains("mcpd\\-audit\\-verify(8)"), "{top}");
+        assert!(top.contains("\\fBmcpd\\-audit\\-verify\\fR(8)"), "{top}");
         assert!(top.contains("\\fBmcpd.toml\\fR(5)"), "{top}");
-        assert!(top.contains(".SH EXIT STATUS") && top.contains("\\fBMCPD_CONFIG\\fR"));
+        assert!(top.contains(".SH \"EXIT STATUS\"") && top.contains("\\fBMCPD_CONFIG\\fR"));
         assert!(
             !top.contains("manpages"),
             "the hidden subcommand is listed: {top}"

@@ -88,8 +88,10 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Print the shell completion script for SHELL on stdout, e.g.
-    /// `mcpd completions bash > /etc/bash_completion.d/mcpd`.
+    /// Print the shell completion script for SHELL on stdout.
+    ///
+    /// E.g. `mcpd completions bash > /etc/bash_completion.d/mcpd`; for zsh, a file `_mcpd` in a
+    /// directory on $fpath; for fish, ~/.config/fish/completions/mcpd.fish.
     Completions {
         /// The shell.
         #[arg(value_enum)]

@@ -30,7 +30,7 @@ complete -c mcpd -n "__fish_mcpd_needs_command" -f -a "serve" -d 'Serve MCP. Wit
 complete -c mcpd -n "__fish_mcpd_needs_command" -f -a "check-config" -d 'Validate a configuration file and print the effective policy'
 complete -c mcpd -n "__fish_mcpd_needs_command" -f -a "doctor" -d 'Print what this kernel offers for confinement, and what each client\'s worker view will hold (the embedded default, or --config)'
 complete -c mcpd -n "__fish_mcpd_needs_command" -f -a "audit" -d 'Read and verify the audit log'
-complete -c mcpd -n "__fish_mcpd_needs_command" -f -a "completions" -d 'Print the shell completion script for SHELL on stdout, e.g. `mcpd completions bash > /etc/bash_completion.d/mcpd`'
+complete -c mcpd -n "__fish_mcpd_needs_command" -f -a "completions" -d 'Print the shell completion script for SHELL on stdout'
 complete -c mcpd -n "__fish_mcpd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l http -d 'Serve Streamable HTTP on ADDR (127.0.0.1:8080, [::1]:8080, or localhost:8080 for both), endpoint /mcp. Loopback only unless --insecure-non-loopback-without-auth' -r
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l toolset -d 'Enable an extra tool set (repeatable). `conformance`: the official MCP conformance suite\'s fixtures, replacing every other tool (for testing mcpd itself; never in production). Only the test worker has them: `--worker target/debug/examples/mcpd-conformance-worker`' -r
@@ -93,7 +93,7 @@ complete -c mcpd -n "__fish_mcpd_using_subcommand help; and not __fish_seen_subc
 complete -c mcpd -n "__fish_mcpd_using_subcommand help; and not __fish_seen_subcommand_from serve check-config doctor audit completions help" -f -a "check-config" -d 'Validate a configuration file and print the effective policy'
 complete -c mcpd -n "__fish_mcpd_using_subcommand help; and not __fish_seen_subcommand_from serve check-config doctor audit completions help" -f -a "doctor" -d 'Print what this kernel offers for confinement, and what each client\'s worker view will hold (the embedded default, or --config)'
 complete -c mcpd -n "__fish_mcpd_using_subcommand help; and not __fish_seen_subcommand_from serve check-config doctor audit completions help" -f -a "audit" -d 'Read and verify the audit log'
-complete -c mcpd -n "__fish_mcpd_using_subcommand help; and not __fish_seen_subcommand_from serve check-config doctor audit completions help" -f -a "completions" -d 'Print the shell completion script for SHELL on stdout, e.g. `mcpd completions bash > /etc/bash_completion.d/mcpd`'
+complete -c mcpd -n "__fish_mcpd_using_subcommand help; and not __fish_seen_subcommand_from serve check-config doctor audit completions help" -f -a "completions" -d 'Print the shell completion script for SHELL on stdout'
 complete -c mcpd -n "__fish_mcpd_using_subcommand help; and not __fish_seen_subcommand_from serve check-config doctor audit completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c mcpd -n "__fish_mcpd_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "verify" -d 'Verify the hash chain (and signed checkpoints with --key); names the first broken record'
 complete -c mcpd -n "__fish_mcpd_using_subcommand help; and __fish_seen_subcommand_from audit" -f -a "tail" -d 'Print the last records: one aligned line each (time, event, principal, details), or the records themselves with --json'

@@ -268,11 +268,18 @@ pub fn parse(text: &str) -> Result<Vec<Section>, String> {
     Ok(sections)
 }
 
-/// A number or a boolean: the sample's commented values of these are the defaults (tested).
-fn is_checked_default(value: &str) -> bool {
-    value == "true"
-        || value == "false"
-        || (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+/// The sections whose commented numbers and booleans broker/tests/cli.rs
+/// (`the_shipped_samples_are_the_real_defaults`) checks to be the defaults; every section whose
+/// name ends in `.limits` too. Keep the two lists alike.
+const CHECKED_SECTIONS: &[&str] = &["server", "audit", "http", "unix", "auth.jwt"];
+
+/// A commented number or boolean of a checked section: the sample's value is the default.
+fn is_checked_default(section: &str, value: &str) -> bool {
+    let checked = CHECKED_SECTIONS.contains(&section) || section.ends_with(".limits");
+    checked
+        && (value == "true"
+            || value == "false"
+            || (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// Comment lines as one sentence: joined, with a final full stop unless it has one.
@@ -307,7 +314,7 @@ fn blocks(r: &mut Roff, blocks: &[Block]) {
 }
 
 /// A key's tagged paragraph.
-fn key(r: &mut Roff, k: &Key) {
+fn key(r: &mut Roff, section: &str, k: &Key) {
     r.control("TP", []);
     let mut tag = vec![bold(k.name.as_str()), roman(" =")];
     if !k.value.is_empty() {
@@ -323,7 +330,7 @@ fn key(r: &mut Roff, k: &Key) {
         }
     }
     let text = sentence(&k.text);
-    let note = if k.commented && is_checked_default(&k.value) {
+    let note = if k.commented && is_checked_default(section, &k.value) {
         vec![roman("Default: "), italic(k.value.as_str()), roman(".")]
     } else if !k.commented {
         vec![roman("Set in the shipped file.")]
@@ -352,10 +359,11 @@ fn key(r: &mut Roff, k: &Key) {
 fn keys(r: &mut Roff, sections: &[Section]) {
     r.control("SH", ["KEYS"]);
     r.text([roman(
-        "The sections and keys in the order of the shipped file. A key set there is marked so; \
-         the value of a commented-out number or boolean is its default; other commented-out \
-         values are defaults or examples, as their text says. The names dev, local, reader, \
-         agent, disk_usage and review are the sample's: any name may stand in their place.",
+        "The sections and keys in the order of the shipped file, each key with the value the \
+         file shows. A key the file sets is marked so; a default is marked as such (the test \
+         suite checks those); other commented-out values are defaults or examples, as their \
+         text says. The names dev, local, reader, agent, disk_usage and review are the \
+         sample's: any name may stand in their place.",
     )]);
     for s in sections {
         let Some(name) = &s.name else { continue };
@@ -374,7 +382,7 @@ fn keys(r: &mut Roff, sections: &[Section]) {
         for item in &s.items {
             match item {
                 Item::Prose(b) => blocks(r, b),
-                Item::Key(k) => key(r, k),
+                Item::Key(k) => key(r, name, k),
             }
         }
     }
@@ -570,5 +578,11 @@ mod tests {
         );
         assert!(p.contains("\n.br\nSet in the shipped file.\n"), "{p}");
         assert!(p.is_ascii());
+        // An operator tool's timeout defaults to the client's command timeout, not the
+        // sample's 10: a section the defaults test does not check gets no "Default".
+        let tool = &p[p.find(".SS [tools.disk_usage]").unwrap()..];
+        let tool = &tool[..tool[1..].find(".SS").unwrap()];
+        assert!(tool.contains("\\fBtimeout_secs\\fR = 10\n"), "{tool}");
+        assert!(!tool.contains("Default"), "{tool}");
     }
 }

@@ -80,7 +80,8 @@ pub struct Section {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Section,
-    LastKey,
+    /// The key at this index of the section's items.
+    Key(usize),
 }
 
 /// The comment blocks read but not yet attached to a key or a section.
@@ -203,7 +204,7 @@ pub fn parse(text: &str) -> Result<Vec<Section>, String> {
             let more = more.trim().to_string();
             match target {
                 Some(Target::Section) => current.text.push(more),
-                Some(Target::LastKey) => match current.items.last_mut() {
+                Some(Target::Key(i)) => match current.items.get_mut(i) {
                     Some(Item::Key(k)) => k.text.push(more),
                     _ => return Err(at("a continued comment follows no key")),
                 },
@@ -232,7 +233,7 @@ pub fn parse(text: &str) -> Result<Vec<Section>, String> {
                 // Indented: the description of what came before goes on.
                 Some(c) if c.starts_with("  ") => match target {
                     Some(Target::Section) => current.text.push(c.trim().to_string()),
-                    Some(Target::LastKey) => match current.items.last_mut() {
+                    Some(Target::Key(i)) => match current.items.get_mut(i) {
                         Some(Item::Key(k)) => k.text.push(c.trim().to_string()),
                         _ => return Err(at("an indented comment follows no key")),
                     },
@@ -240,9 +241,9 @@ pub fn parse(text: &str) -> Result<Vec<Section>, String> {
                 },
                 Some(c) => {
                     text.push(c.trim().to_string());
-                    target = Some(Target::LastKey);
+                    target = Some(Target::Key(current.items.len()));
                 }
-                None => target = Some(Target::LastKey),
+                None => target = Some(Target::Key(current.items.len())),
             }
             current.items.push(Item::Key(Key {
                 name,
@@ -537,6 +538,18 @@ mod tests {
         );
         let Item::Key(k) = &t.items[0] else { panic!() };
         assert!(k.text.is_empty());
+
+        let s =
+            parse("[a]\n# x = 1   # about x\n# y = 2   #   more about x\n#         # and more\n")
+                .unwrap();
+        let Item::Key(x) = &s[1].items[0] else {
+            panic!()
+        };
+        let Item::Key(y) = &s[1].items[1] else {
+            panic!()
+        };
+        assert_eq!(x.text, ["about x", "more about x", "and more"]);
+        assert!(y.text.is_empty());
     }
 
     #[test]

@@ -3,11 +3,21 @@
 #   the official Python MCP SDK mcp==2.3.0 (a real client: tests/tests/python_sdk.rs, jwt.rs,
 #     tls.rs) — into the interpreter MCPD_TEST_PYTHON names (default python3), e.g. a venv's;
 #   Node 22 and the official conformance suites 0.1.16 and 0.2.0-alpha.12 in target/conformance
-#     (tests/conformance/install.sh; MCPD_CONFORMANCE_DIR to put them elsewhere).
+#     (tests/conformance/install.sh; MCPD_CONFORMANCE_DIR to put them elsewhere);
+#   groff (Debian: groff-base), which renders the man pages in broker/tests/manpages.rs.
 # The kernel features (Landlock, seccomp, namespaces, cgroups) and root for the sandbox tests
 # come from the machine; `mcpd doctor` says what it offers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v groff >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq groff-base
+  else
+    echo "groff is missing: install groff-base (as root: apt-get install groff-base)" >&2
+  fi
+fi
+if command -v groff >/dev/null 2>&1; then groff --version | head -n 1; fi
 py="${MCPD_TEST_PYTHON:-python3}"
 if [ -n "${VIRTUAL_ENV:-}" ] || [ "$(id -u)" -ne 0 ]; then
   "$py" -m pip install --quiet --disable-pip-version-check "mcp==2.3.0"

@@ -92,6 +92,33 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the shell completion script for SHELL on stdout.
+    ///
+    /// E.g. `mcpd completions bash > /etc/bash_completion.d/mcpd`; for zsh, a file `_mcpd` in a
+    /// directory on $fpath; for fish, ~/.config/fish/completions/mcpd.fish.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write the man pages (mcpd.8, one mcpd-COMMAND.8 per subcommand, mcpd.toml.5) into DIR:
+    /// how packaging/man/ is made (`cargo run -p mcpd -- manpages packaging/man`).
+    #[command(hide = true)]
+    Manpages {
+        /// The directory (created if missing); existing pages of the same names are replaced.
+        dir: PathBuf,
+    },
+}
+
+/// The shells `mcpd completions` writes a script for (the ones packaging/completions/ ships).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// bash (bash-completion).
+    Bash,
+    /// zsh (a `_mcpd` file on $fpath).
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]

@@ -108,12 +108,23 @@ pub enum BrokerError {
     /// `mcpd audit ...`: a named log file does not exist (nor rotated files of it).
     #[error("mcpd audit: {}: no such audit log", .0.display())]
     NoAuditLog(PathBuf),
+    /// `mcpd completions`, `mcpd manpages`: the output (stdout, a directory, a page) cannot be
+    /// written.
+    #[error("mcpd: writing {what}: {source}")]
+    Output {
+        /// What was being written: `stdout`, or a path.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl BrokerError {
     /// Configuration error (also what clap uses for a malformed command line).
     pub const CONFIG: u8 = 2;
-    /// Runtime: the async runtime, or no CSPRNG for the `requestState` key.
+    /// Runtime: the async runtime, no CSPRNG for the `requestState` key, or the output of
+    /// `completions`/`manpages` cannot be written.
     pub const RUNTIME: u8 = 3;
     /// Transport: a listener, a transport, or the worker supervisor failed.
     pub const TRANSPORT: u8 = 4;
@@ -132,7 +143,7 @@ impl BrokerError {
             | Self::Worker(_)
             | Self::Cgroup(_)
             | Self::Tls(_) => Self::CONFIG,
-            Self::Key(_) | Self::Runtime(_) => Self::RUNTIME,
+            Self::Key(_) | Self::Runtime(_) | Self::Output { .. } => Self::RUNTIME,
             Self::Supervisor(_) | Self::HttpNoClient | Self::Listen(_) | Self::Transport(_) => {
                 Self::TRANSPORT
             }
@@ -240,6 +251,14 @@ mod tests {
                 5,
             ),
             (BrokerError::Supervisor(io("spawner")), "mcpd: spawner", 4),
+            (
+                BrokerError::Output {
+                    what: "stdout".into(),
+                    source: io("Broken pipe"),
+                },
+                "mcpd: writing stdout: Broken pipe",
+                3,
+            ),
             (
                 BrokerError::HttpNoClient,
                 "mcpd: the policy names no client for HTTP ([http] client = ...): HTTP is refused",

@@ -45,6 +45,8 @@ pub fn main() -> ExitCode {
             commands::doctor(config.or_else(cli::default_config).as_deref())
         }
         Command::Audit(cmd) => commands::audit::run(cmd),
+        Command::Completions { shell } => commands::completions::run(shell),
+        Command::Manpages { dir } => commands::manpages::run(&dir),
     };
     result.unwrap_or_else(|e| {
         eprintln!("{e}");

@@ -357,6 +357,8 @@ fn the_shipped_samples_are_the_real_defaults() {
     let d = tempfile::tempdir().unwrap();
     let logdir = d.path().join("log");
     std::fs::create_dir(&logdir).unwrap();
+    // The sections checked here are CHECKED_SECTIONS in broker/src/commands/config_manpage.rs:
+    // mcpd.toml(5) calls their commented numbers and booleans defaults. Keep the two alike.
     let base = |section: &str, line: &str| -> Option<String> {
         let client = "[clients.c]\nread = [\"/usr/share\"]\n";
         Some(match section {

@@ -1,11 +1,15 @@
-//! The one-shot subcommands (`check-config`, `doctor`, `audit`): they read, print and exit;
+//! The one-shot subcommands (`check-config`, `doctor`, `audit`, `completions`, the hidden
+//! `manpages`): they read, print (or write) and exit;
 //! none of them serves a client. Also the reading of a configuration file that they share with
 //! `serve` ([`read_config`], [`canon`]).
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod check_config;
+pub mod completions;
+pub mod config_manpage;
 pub mod doctor;
+pub mod manpages;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

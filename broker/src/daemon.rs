@@ -61,6 +61,7 @@ impl PolicySource {
                 unix: args.unix.clone(),
                 unix_systemd: args.unix_systemd,
                 unix_protocol: args.unix_protocol.clone(),
+                metrics: args.metrics.clone(),
                 tls: mcpd_policy::TlsOverlay {
                     cert: args.tls_cert.clone(),
                     key: args.tls_key.clone(),
@@ -474,6 +475,7 @@ mod tests {
             "--tls-cert=s.pem",
             "--tls-key=s.key",
             "--tls-client-ca=ca.pem",
+            "--metrics=127.0.0.1:0",
         ]));
         assert_eq!(s.config, Some(PathBuf::from("c.toml")));
         assert_eq!(s.describe(), "c.toml");
@@ -497,6 +499,7 @@ mod tests {
                 unix: Some("/run/m.sock".into()),
                 unix_systemd: true,
                 unix_protocol: Some("lines".into()),
+                metrics: Some("127.0.0.1:0".into()),
                 tls: mcpd_policy::TlsOverlay {
                     cert: Some("s.pem".into()),
                     key: Some("s.key".into()),

@@ -315,6 +315,9 @@ async fn run(
         Duration::from_micros(policy.ipc_spin_us),
     )
     .map_err(BrokerError::Supervisor)?;
+    let _metrics = crate::metrics::start(policy.metrics(), &audit)
+        .await
+        .map_err(BrokerError::Listen)?;
     let unix = match started.unix {
         Some(b) => Some(
             transport::unix::start(b, cell.clone(), sup.clone(), audit.clone())

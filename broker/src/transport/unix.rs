@@ -135,6 +135,12 @@ fn err(path: &Path, msg: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("unix listener {}: {msg}", path.display()))
 }
 
+/// [`bind_path`] for another listener of the broker (the metrics socket): the same directory
+/// checks, stale-socket rule and owner-only creation.
+pub(crate) fn bind_socket(path: &Path, s: &UnixSettings) -> std::io::Result<StdListener> {
+    bind_path(path, s)
+}
+
 /// Bind `path` with the configured mode and group (see the module documentation).
 fn bind_path(path: &Path, s: &UnixSettings) -> std::io::Result<StdListener> {
     check_dir(path).map_err(|m| err(path, m))?;

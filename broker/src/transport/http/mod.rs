@@ -75,6 +75,7 @@ use crate::auth::{Authenticator, Both, Principal};
 use crate::mcp::backend::Workers;
 use crate::mcp::protocol::SESSION_NOT_FOUND;
 use crate::worker::supervisor::Supervisor;
+pub use listener::HEADER_READ_TIMEOUT;
 pub use peer::{Peer, UnixPeer};
 use sessions::{HttpSession, SessionKey, Table};
 

@@ -495,4 +495,16 @@ fn check_config_json_is_the_effective_policy() {
     );
     assert_eq!(v["server"]["max_message_bytes"], 4_194_304u64);
     assert_eq!(v["audit"], serde_json::Value::Null);
+    assert_eq!(
+        v["metrics"],
+        serde_json::json!({"listen": null, "allow_non_loopback": false}),
+        "off by default"
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[metrics]\nlisten = \"unix:/run/mcpd/metrics.sock\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = mcpd(&["check-config", "--json", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["metrics"]["listen"], "unix:/run/mcpd/metrics.sock");
 }

@@ -372,6 +372,40 @@ fn the_counters_move_by_exactly_the_calls_made() {
     );
     assert_eq!(status, 405);
     assert_eq!(header(&headers, "allow"), Some("GET, HEAD"));
+
+    // At most 8 connections: a 9th is closed before it is read; once they go, scrapes work.
+    let idle: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(at).unwrap())
+        .collect();
+    // The accept loop takes them in order: once one more idle connection was accepted after
+    // them, the 8 places are taken.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ninth = std::net::TcpStream::connect(at).unwrap();
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = write!(ninth, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut buf = Vec::new();
+    let n = ninth.read_to_end(&mut buf);
+    assert!(
+        matches!(n, Ok(0))
+            || matches!(&n, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the 9th connection was served: {n:?} {}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(idle);
+    // Until the broker has seen them close, a new connection may still be over the cap.
+    let status = || -> std::io::Result<bool> {
+        let mut c = std::net::TcpStream::connect(at)?;
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        c.read_to_end(&mut raw)?;
+        Ok(raw.starts_with(b"HTTP/1.1 200 "))
+    };
+    assert!(wait_until(Duration::from_secs(5), || status().unwrap_or(false)));
 }
 
 #[test]

@@ -255,6 +255,8 @@ impl Supervisor {
                 return Err(SpawnError::Ipc("worker start-up timed out".into()));
             }
         };
+        // The worker's start time for the metrics: spawn request to `Ready`.
+        let ready_after = spawned.elapsed();
         if let Err(e) = check_enforcement(&enforcement, self.allow_degraded) {
             let _ = child.kill().await;
             return Err(e);
@@ -320,7 +322,7 @@ impl Supervisor {
         tx.spin_after_send(self.ipc_spin);
         let (worker, life) = Worker::start(pid, tx, rx, tools, enforcement, ctx.changes.clone());
         // Counted as running until it is reaped (the guard lives in the lifecycle task).
-        let running = crate::metrics::worker_started(ctx.transport, spawned.elapsed());
+        let running = crate::metrics::worker_started(ctx.transport, ready_after);
         // Lifecycle: wait for exit, or kill on request / reader failure; always reap.
         let exit_ctx = ctx.clone();
         tokio::spawn(async move {

@@ -547,3 +547,52 @@ fn metrics_on_a_unix_socket() {
     );
     assert_eq!(value(&m, "mcpd_sessions_open{transport=\"http\"}"), 1.0);
 }
+
+/// `[metrics]` from the file, and a limit: a call over `calls_per_minute` counts as a limit hit
+/// and as a `rate_limited` call of its tool.
+#[test]
+fn rate_limit_refusals_are_counted() {
+    let Some(py) = mcpd_e2e::python_prometheus() else {
+        return;
+    };
+    let d = dirs();
+    let cfg = d.top.join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clients.c]\nread = [\"{}\"]\n[clients.c.limits]\ncalls_per_minute = 1\n[stdio]\nclient = \"c\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            s(&d.root)
+        ),
+    )
+    .unwrap();
+    let srv = HttpServer::start(&["--config", s(&cfg)]);
+    let at = metrics_addr(&srv);
+    let sid = srv.initialize();
+    let hello = s(&d.root.join("hello.txt")).to_string();
+    let r = call(&srv, &sid, 2, "read_text_file", json!({"path": hello}));
+    assert_eq!(r["result"]["content"][0]["text"], "hello metrics\n", "{r}");
+    let r = call(&srv, &sid, 3, "read_text_file", json!({"path": hello}));
+    assert!(r.to_string().contains("Rate limit reached"), "{r}");
+    let (m, text) = scrape(&py, at);
+    assert_eq!(
+        value(&m, "mcpd_limit_hits_total{limit=\"calls_per_minute\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "mcpd_tool_calls_total{outcome=\"rate_limited\",tool=\"read_text_file\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "mcpd_tool_calls_total{outcome=\"success\",tool=\"read_text_file\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+}

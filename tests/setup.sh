@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what the test suite needs beyond Rust (idempotent; `.ci/run` calls it too):
 #   the official Python MCP SDK mcp==2.3.0 (a real client: tests/tests/python_sdk.rs, jwt.rs,
-#     tls.rs) — into the interpreter MCPD_TEST_PYTHON names (default python3), e.g. a venv's;
+#     tls.rs) and the Prometheus client prometheus-client==0.26.0 (its OpenMetrics parser reads
+#     /metrics: tests/tests/metrics.rs) — into the interpreter MCPD_TEST_PYTHON names (default
+#     python3), e.g. a venv's;
 #   Node 22 and the official conformance suites 0.1.16 and 0.2.0-alpha.12 in target/conformance
 #     (tests/conformance/install.sh; MCPD_CONFORMANCE_DIR to put them elsewhere);
 #   groff (Debian: groff-base), which renders the man pages in broker/tests/manpages.rs.
@@ -20,9 +22,10 @@ fi
 if command -v groff >/dev/null 2>&1; then groff --version | head -n 1; fi
 py="${MCPD_TEST_PYTHON:-python3}"
 if [ -n "${VIRTUAL_ENV:-}" ] || [ "$(id -u)" -ne 0 ]; then
-  "$py" -m pip install --quiet --disable-pip-version-check "mcp==2.3.0"
+  "$py" -m pip install --quiet --disable-pip-version-check "mcp==2.3.0" "prometheus-client==0.26.0"
 else
-  "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "mcp==2.3.0"
+  "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "mcp==2.3.0" "prometheus-client==0.26.0"
 fi
 "$py" -c "import importlib.metadata as m; print('python mcp SDK', m.version('mcp'))"
+"$py" -c "import importlib.metadata as m; print('python prometheus-client', m.version('prometheus-client'))"
 bash tests/conformance/install.sh

@@ -254,9 +254,14 @@ impl AuditLog {
             fields,
             ack,
         });
+        // Counted before the send, so the writer's decrement never comes first.
+        st.queued.fetch_add(1, Ordering::Relaxed);
         match self.inner.tx.send(msg) {
             Ok(()) => Submitted::Queued(rx),
-            Err(_) => Submitted::Done(Err(closed_error())),
+            Err(_) => {
+                st.queued.fetch_sub(1, Ordering::Relaxed);
+                Submitted::Done(Err(closed_error()))
+            }
         }
     }
 
@@ -304,6 +309,18 @@ impl AuditLog {
     /// Number of fdatasync calls on the log file so far (for tests and metrics).
     pub fn sync_count(&self) -> u64 {
         self.inner.state.sync_count.load(Ordering::Relaxed)
+    }
+
+    /// Appends waiting for the writer thread (queued, not yet written): for metrics.
+    pub fn queued(&self) -> u64 {
+        self.inner.state.queued.load(Ordering::Relaxed)
+    }
+
+    /// Have `observe` told the duration of every fdatasync of the log file from now on (for
+    /// metrics; called on the writer thread, so it must be quick). Only the first observer
+    /// set on a log is kept; `false` if one was already set.
+    pub fn on_sync(&self, observe: fn(std::time::Duration)) -> bool {
+        self.inner.state.on_sync.set(observe).is_ok()
     }
 
     /// Number of records dropped because the log failed under `fail_open`.

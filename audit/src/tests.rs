@@ -165,6 +165,49 @@ fn group_commit_one_sync_for_a_burst() {
     assert_eq!(r.records, 33);
 }
 
+/// The metrics hook: the queue depth counts appends the writer has not processed (and is back to
+/// zero once they are written), and the observer hears of every fdatasync.
+#[test]
+fn the_queue_depth_and_every_sync_are_reported() {
+    static SYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn observe(_: Duration) {
+        SYNCS.fetch_add(1, Ordering::Relaxed);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path());
+    c.mode = SyncMode::Strict;
+    let log = AuditLog::open(c).unwrap();
+    assert!(log.on_sync(observe));
+    assert!(!log.on_sync(observe), "set once");
+    assert_eq!(log.queued(), 0);
+    let before = log.sync_count();
+    let gate = log.inner.state.gate.lock().unwrap();
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            let log = log.clone();
+            std::thread::spawn(move || log.append_blocking("test.event", fields(i)).unwrap())
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.queued() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queued {}",
+            log.queued()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(log.queued(), 5, "held back by the writer");
+    drop(gate);
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(log.queued(), 0);
+    let syncs = log.sync_count() - before;
+    assert!(syncs >= 1);
+    assert_eq!(SYNCS.load(Ordering::Relaxed), syncs, "every sync observed");
+}
+
 #[test]
 fn short_write_is_rolled_back_and_fails_closed() {
     let d = tempfile::tempdir().unwrap();

@@ -24,6 +24,10 @@ pub(crate) struct State {
     pub healthy: AtomicBool,
     pub sync_count: AtomicU64,
     pub dropped: AtomicU64,
+    /// Appends handed to the writer and not yet processed (the metrics' queue depth).
+    pub queued: AtomicU64,
+    /// Told how long each fdatasync of the log took (the metrics' histogram); set once.
+    pub on_sync: std::sync::OnceLock<fn(std::time::Duration)>,
     pub failure: Mutex<Option<String>>,
     pub fail_open: bool,
     /// Test hook: the writer holds this lock while it processes a batch.
@@ -40,6 +44,8 @@ impl State {
             healthy: AtomicBool::new(true),
             sync_count: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            on_sync: std::sync::OnceLock::new(),
             failure: Mutex::new(None),
             fail_open,
             #[cfg(test)]
@@ -317,7 +323,11 @@ impl Writer {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        let started = Instant::now();
         self.file.sync_data()?;
+        if let Some(f) = self.state.on_sync.get() {
+            f(started.elapsed());
+        }
         self.state.sync_count.fetch_add(1, Ordering::Relaxed);
         self.dirty = false;
         self.last_sync = Instant::now();
@@ -743,7 +753,9 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
+                let n = batch.len() as u64;
                 self.process(batch);
+                self.state.queued.fetch_sub(n, Ordering::Relaxed);
             }
             if close {
                 self.shutdown();

@@ -54,6 +54,16 @@ impl Audit {
         self.log.is_some()
     }
 
+    /// The log, when one is configured (the metrics listener observes its fdatasyncs).
+    pub fn log(&self) -> Option<&AuditLog> {
+        self.log.as_ref()
+    }
+
+    /// Records waiting for the writer thread (0 without a log): the metrics' queue depth.
+    pub fn queued(&self) -> u64 {
+        self.log.as_ref().map_or(0, AuditLog::queued)
+    }
+
     /// Whether argument previews are recorded.
     pub fn preview_args(&self) -> bool {
         self.preview

@@ -266,6 +266,10 @@ pub struct ServeArgs {
     /// (newline-delimited JSON-RPC as on stdio, one session per connection).
     #[arg(long = "unix-protocol", value_name = "PROTOCOL")]
     pub unix_protocol: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) at ADDR: 127.0.0.1:PORT, [::1]:PORT,
+    /// localhost:PORT or unix:PATH; replaces `[metrics] listen`. Loopback or a Unix socket only.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Serve HTTPS: the PEM certificate chain of the listener (with --tls-key). TLS 1.3 only
     /// unless [http.tls] min_version = "1.2". Reloaded on SIGHUP.
     #[arg(long = "tls-cert", value_name = "FILE")]

@@ -61,6 +61,7 @@ impl PolicySource {
                 unix: args.unix.clone(),
                 unix_systemd: args.unix_systemd,
                 unix_protocol: args.unix_protocol.clone(),
+                metrics: args.metrics.clone(),
                 tls: mcpd_policy::TlsOverlay {
                     cert: args.tls_cert.clone(),
                     key: args.tls_key.clone(),
@@ -499,6 +500,9 @@ async fn run(
         Duration::from_micros(policy.ipc_spin_us),
     )
     .map_err(BrokerError::Supervisor)?;
+    let _metrics = crate::metrics::start(policy.metrics(), &audit)
+        .await
+        .map_err(BrokerError::Listen)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut serving = Vec::new();
     let unix = match started.unix {
@@ -620,6 +624,7 @@ mod tests {
             "--tls-cert=s.pem",
             "--tls-key=s.key",
             "--tls-client-ca=ca.pem",
+            "--metrics=127.0.0.1:0",
         ]));
         assert_eq!(s.config, Some(PathBuf::from("c.toml")));
         assert_eq!(s.describe(), "c.toml");
@@ -643,6 +648,7 @@ mod tests {
                 unix: Some("/run/m.sock".into()),
                 unix_systemd: true,
                 unix_protocol: Some("lines".into()),
+                metrics: Some("127.0.0.1:0".into()),
                 tls: mcpd_policy::TlsOverlay {
                     cert: Some("s.pem".into()),
                     key: Some("s.key".into()),

@@ -18,6 +18,7 @@ mod commands;
 mod daemon;
 mod error;
 mod mcp;
+mod metrics;
 mod reload;
 mod sys;
 mod systemd;

@@ -375,6 +375,7 @@ fn the_shipped_samples_are_the_real_defaults() {
                 "{client}[unix]\npath = \"{}/s.sock\"\n{line}\n",
                 logdir.display()
             ),
+            "metrics" => format!("{client}[metrics]\nlisten = \"127.0.0.1:9464\"\n{line}\n"),
             "auth.jwt" => format!(
                 "{client}[auth.jwt]\nissuer = \"https://idp.test\"\naudience = \"https://mcp.test/mcp\"\njwks = \"/etc/hostname\"\n{line}\n"
             ),
@@ -496,4 +497,16 @@ fn check_config_json_is_the_effective_policy() {
     );
     assert_eq!(v["server"]["max_message_bytes"], 4_194_304u64);
     assert_eq!(v["audit"], serde_json::Value::Null);
+    assert_eq!(
+        v["metrics"],
+        serde_json::json!({"listen": null, "allow_non_loopback": false}),
+        "off by default"
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[metrics]\nlisten = \"unix:/run/mcpd/metrics.sock\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, out, err) = mcpd(&["check-config", "--json", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["metrics"]["listen"], "unix:/run/mcpd/metrics.sock");
 }

@@ -43,20 +43,23 @@ complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -s c -l config -d 'Conf
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l worker -d 'Path of the mcpd-worker executable (default: next to mcpd)' -r -F
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l audit-log -d 'Write the tamper-evident audit log to this file (outside every client\'s roots)' -r -F
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l log -d 'Log filter for stderr (tracing syntax, e.g. info, mcpd=debug). Also: MCPD_LOG' -r
-complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l log-format -d 'Log line format on stderr' -r -f -a "text\t'One human-readable line per event'
-json\t'One JSON object per line (timestamp, level, target, fields), for log collectors'"
+complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l log-format -d 'Log format: text lines on stderr (the default), json lines on stderr, or journal entries (the default under systemd, when stderr is the journal)' -r -f -a "text\t'One human-readable line per event'
+json\t'One JSON object per line (timestamp, level, target, fields), for log collectors'
+journal\t'The systemd journal\'s native protocol: one entry per event, its fields as journal fields (PRIORITY from the level, SYSLOG_IDENTIFIER=mcpd). The default when stderr is the journal (systemd\'s JOURNAL_STREAM names it)'"
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l jwt-jwks -d 'Accept OAuth bearer JWTs on the HTTP listener, verified with the keys of this JWKS file (each key pins its algorithm); needs --jwt-issuer and --jwt-audience unless the configuration has [auth.jwt]. Token subjects map to clients by [clients.NAME.identity] jwt_sub' -r -F
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l jwt-issuer -d 'The one accepted token issuer (`iss`)' -r
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l jwt-audience -d 'The one accepted token audience (`aud`): this server\'s canonical URL, e.g. https://mcp.example.org/mcp (RFC 8707)' -r
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l unix -d 'Serve MCP on a Unix socket at PATH: Streamable HTTP (endpoint /mcp) unless --unix-protocol lines. Each peer\'s client comes from its uid/gid (SO_PEERCRED): `[clients.NAME.identity] unix_uid`/`unix_gid`' -r -F
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l unix-protocol -d 'What the Unix listener speaks: http (Streamable HTTP, the default) or lines (newline-delimited JSON-RPC as on stdio, one session per connection)' -r
+complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l metrics -d 'Serve Prometheus metrics (GET /metrics) at ADDR: 127.0.0.1:PORT, [::1]:PORT, localhost:PORT or unix:PATH; replaces `[metrics] listen`. Loopback or a Unix socket only' -r
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l tls-cert -d 'Serve HTTPS: the PEM certificate chain of the listener (with --tls-key). TLS 1.3 only unless [http.tls] min_version = "1.2". Reloaded on SIGHUP' -r -F
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l tls-key -d 'The PEM private key of --tls-cert (mode 600: a key others may read is refused)' -r -F
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l tls-client-ca -d 'Require client certificates chaining to this PEM CA bundle (mTLS); each certificate\'s SAN/CN names a client through [clients.NAME.identity]' -r -F
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l stdio -d 'Serve on stdin/stdout (the default transport when no HTTP listener is asked for)'
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l insecure-non-loopback-without-auth -d 'Allow the HTTP listener on a non-loopback address although mcpd has no HTTP authentication yet: anyone who can reach it acts as the HTTP client. Dangerous'
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l no-config -d 'Ignore the default configuration file: serve the embedded default plus these flags'
-complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l unix-systemd -d 'Serve the Unix listening socket systemd passed (socket activation: LISTEN_FDS)'
+complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l unix-systemd -d 'Serve the Unix socket systemd passed (socket activation: LISTEN_FDS, the descriptor named mcpd-unix or the only one): a listening socket (Accept=no), or one accepted connection (Accept=yes: mcpd serves it and exits when it closes)'
+complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -l http-systemd -d 'Serve Streamable HTTP on the TCP listening socket(s) systemd passed (the descriptors named mcpd-http, or the only one) instead of binding --http; [http] settings apply'
 complete -c mcpd -n "__fish_mcpd_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mcpd -n "__fish_mcpd_using_subcommand check-config" -s c -l config -d 'The configuration file (default: $MCPD_CONFIG, else /etc/mcpd/mcpd.toml)' -r -F
 complete -c mcpd -n "__fish_mcpd_using_subcommand check-config" -l json -d 'Print the effective policy as one JSON document instead'

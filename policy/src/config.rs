@@ -111,6 +111,8 @@ pub struct RawConfig {
     pub auth: Option<crate::model::RawAuth>,
     /// The Unix-socket listener.
     pub unix: Option<crate::model::RawUnix>,
+    /// `[metrics]`: the Prometheus metrics listener (off by default).
+    pub metrics: Option<crate::model::RawMetrics>,
 }
 
 /// `[http]`: the Streamable HTTP transport.

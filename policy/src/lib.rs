@@ -42,5 +42,8 @@ pub use model::{
     Overlay, Permissions, Policy, PolicyError, QuickStart, ToolSet, DEFAULT_CLIENT,
     DEFAULT_MAX_OUTPUT_BYTES, KNOWN_TOOLSETS, MAX_RESULT_BYTES_CEILING,
 };
+pub use model::{
+    parse_metrics_listen, MetricsListen, MetricsSettings, RawMetrics, METRICS_UNIX_PREFIX,
+};
 pub use model::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};
 pub use prompts::Prompt;

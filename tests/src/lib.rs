@@ -509,6 +509,21 @@ pub fn python_sdk() -> Option<String> {
     require(ok, "the Python MCP SDK mcp==2.3.0", &why).then_some(py)
 }
 
+/// The Python interpreter (`MCPD_TEST_PYTHON`, default `python3`) with the official Prometheus
+/// client `prometheus_client` (its OpenMetrics parser reads the broker's `/metrics`), through
+/// [`require`]: `None` only when skipping is allowed.
+pub fn python_prometheus() -> Option<String> {
+    let py = std::env::var("MCPD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py)
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let why = format!(
+        "`{py}` cannot import it (bash tests/setup.sh installs it: pip install prometheus-client==0.26.0)"
+    );
+    require(ok, "the Python Prometheus client prometheus_client", &why).then_some(py)
+}
+
 /// Whether this process runs as root (euid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) has no arguments and cannot fail.

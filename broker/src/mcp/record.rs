@@ -29,6 +29,9 @@ pub(super) struct Rec {
     pub(super) paths: Vec<String>,
     pub(super) command: Option<String>,
     pub(super) limit: Option<&'static str>,
+    /// `tool` names a tool the worker or the policy defines (the metrics label it by name;
+    /// any other name is `other`).
+    pub(super) tool_known: bool,
 }
 
 impl Rec {
@@ -69,6 +72,7 @@ impl Session {
             f.insert("tool".into(), json!(t));
         }
         let _ = self.inner.audit.record("limit.hit", f).await;
+        crate::metrics::limit_hit(limit);
     }
 
     /// Write the request's audit record, then queue the response (fail closed).
@@ -79,6 +83,23 @@ impl Session {
         rec: Rec,
         response: Value,
     ) {
+        if let Some(m) = crate::metrics::get() {
+            if let Some(("deny", reason)) = rec.decision.as_ref().map(|(d, r)| (*d, r.as_str())) {
+                m.denied(reason);
+            }
+            if rec.method == "tools/call" {
+                let outcome = match response.get("error") {
+                    Some(_) if rec.outcome == "success" => "error",
+                    _ => rec.outcome,
+                };
+                m.tool_call(
+                    rec.tool.as_deref(),
+                    rec.tool_known,
+                    outcome,
+                    started.elapsed(),
+                );
+            }
+        }
         if !self.inner.audit.enabled() {
             if let Ok(mut s) = self.inner.state.lock() {
                 s.requests += 1;

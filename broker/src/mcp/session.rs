@@ -120,6 +120,10 @@ pub(super) struct Inner {
     pub(super) ended: tokio::sync::watch::Sender<()>,
     /// This session's place among its client's sessions, given back at close.
     pub(super) slot: Mutex<Option<crate::mcp::quota::SessionSlot>>,
+    /// The transport the session came in on (`Origin::transport`), for its workers' metrics.
+    pub(super) transport: &'static str,
+    /// Counts the session as open in the metrics while it lives (`None`: metrics off).
+    pub(super) _open: Option<crate::metrics::Running>,
 }
 
 /// What a call still running when the stop grace ends is answered (a tool error).
@@ -182,11 +186,12 @@ impl Session {
             .permissions(&client)
             .map(|p| p.limits.clone())
             .unwrap_or_default();
-        let slot = crate::mcp::quota::open_session(&client.tenant(), &limits).ok_or(
+        let slot = crate::mcp::quota::open_session(&client.tenant(), &limits).ok_or_else(|| {
+            crate::metrics::limit_hit("max_sessions");
             OpenError::TooManySessions {
                 max: limits.max_sessions,
-            },
-        )?;
+            }
+        })?;
         let id = crate::auditing::random_id();
         let (changes, mut changes_rx) = mpsc::unbounded_channel::<mcpd_ipc::Change>();
         let mut f = Map::new();
@@ -229,6 +234,8 @@ impl Session {
                 opened: Instant::now(),
                 slot: Mutex::new(Some(slot)),
                 ended: tokio::sync::watch::Sender::new(()),
+                transport: origin.transport,
+                _open: crate::metrics::session_opened(origin.transport),
             }),
         };
         // Change reports (worker, policy reload) become notifications, rate-limited. The task
@@ -506,6 +513,7 @@ impl Session {
             session: self.inner.id.clone(),
             principal: self.inner.client.to_string(),
             changes: Some(self.inner.changes.clone()),
+            transport: self.inner.transport,
         };
         match self
             .inner

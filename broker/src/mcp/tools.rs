@@ -229,6 +229,7 @@ impl Session {
         // A tool the client may not see is reported exactly like a tool that does not exist.
         let Some(desc) = self.visible_tool(policy, worker.as_ref(), name).cloned() else {
             let known = worker.tools().iter().any(|t| t.name == name);
+            rec.tool_known = known;
             let rec = if known {
                 rec.deny(DenyReason::ToolNotAllowed.code())
             } else {
@@ -236,6 +237,7 @@ impl Session {
             };
             return (rec, unknown());
         };
+        rec.tool_known = true;
         if let Some(scope) = self.missing_scope(policy, desc.access) {
             tracing::info!(client = %self.inner.client, tool = %desc.name, %scope, "denied: insufficient token scope");
             let e = RpcError::new(

@@ -150,6 +150,14 @@ fn err(path: &Path, msg: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("unix listener {}: {msg}", path.display()))
 }
 
+/// [`bind_path`] for another listener of the broker (the metrics socket): the same directory
+/// checks, stale-socket rule and owner-only creation. Called once the runtime runs (before any
+/// transport): a file another thread created during the short umask 0177 window would only be
+/// more restricted than asked, never less.
+pub(crate) fn bind_socket(path: &Path, s: &UnixSettings) -> std::io::Result<StdListener> {
+    bind_path(path, s)
+}
+
 /// Bind `path` with the configured mode and group (see the module documentation).
 fn bind_path(path: &Path, s: &UnixSettings) -> std::io::Result<StdListener> {
     check_dir(path).map_err(|m| err(path, m))?;

@@ -89,6 +89,8 @@ pub struct WorkerContext {
     pub principal: String,
     /// Where the worker's change reports go (the session), if anywhere.
     pub changes: Option<mpsc::UnboundedSender<mcpd_ipc::Change>>,
+    /// The session's transport (`Origin::transport`), for the metrics.
+    pub transport: &'static str,
 }
 
 impl WorkerContext {
@@ -193,6 +195,7 @@ impl Supervisor {
         limits: crate::worker::cgroup::Limits,
         ctx: &WorkerContext,
     ) -> Result<Arc<Worker>, SpawnError> {
+        let spawned = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(SpawnRequest {
@@ -252,6 +255,8 @@ impl Supervisor {
                 return Err(SpawnError::Ipc("worker start-up timed out".into()));
             }
         };
+        // The worker's start time for the metrics: spawn request to `Ready`.
+        let ready_after = spawned.elapsed();
         if let Err(e) = check_enforcement(&enforcement, self.allow_degraded) {
             let _ = child.kill().await;
             return Err(e);
@@ -316,6 +321,8 @@ impl Supervisor {
         // the answer that long instead of sleeping (bounded; `server.ipc_spin_us`).
         tx.spin_after_send(self.ipc_spin);
         let (worker, life) = Worker::start(pid, tx, rx, tools, enforcement, ctx.changes.clone());
+        // Counted as running until it is reaped (the guard lives in the lifecycle task).
+        let running = crate::metrics::worker_started(ctx.transport, ready_after);
         // Lifecycle: wait for exit, or kill on request / reader failure; always reap.
         let exit_ctx = ctx.clone();
         tokio::spawn(async move {
@@ -380,6 +387,7 @@ impl Supervisor {
                 f.insert("clean".into(), st.success().into());
             }
             let _ = exit_ctx.audit.record("worker.exit", f).await;
+            drop(running);
             let _ = life.exited.send(());
         });
         Ok(worker)

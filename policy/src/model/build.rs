@@ -164,6 +164,7 @@ impl Policy {
             &mut warnings,
         )?;
         let unix = super::unix::unix_settings(src, raw.unix.as_ref(), &mut warnings)?;
+        let metrics = super::metrics::metrics_settings(src, raw.metrics.as_ref(), &mut warnings)?;
         let cgroup = match raw
             .server
             .cgroup
@@ -274,6 +275,7 @@ impl Policy {
             identities,
             jwt,
             unix,
+            metrics,
         };
         let jwt_warnings = super::jwt::jwt_warnings(&policy);
         policy.warnings.extend(jwt_warnings);

@@ -106,6 +106,10 @@ impl Policy {
                 "max_connections": self.unix.max_connections,
                 "max_connections_per_uid": self.unix.max_connections_per_uid,
             },
+            "metrics": {
+                "listen": self.metrics.listen.as_ref().map(ToString::to_string),
+                "allow_non_loopback": self.metrics.allow_non_loopback,
+            },
             "audit": self.audit.as_ref().map(|a| json!({
                 "path": a.path.display().to_string(),
                 "strict": a.strict,

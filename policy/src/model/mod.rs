@@ -6,7 +6,7 @@
 //! One file per part: `types` (the model, defaults, read-only views), `build` (validation and
 //! canonicalisation), `merge` (grants and limits of a client and its roles), `role_views` (a client narrowed
 //! to some of its roles by a token), `overlay`,
-//! `quick_start`, `http`, `sandbox`. Does no I/O (paths go through the caller's
+//! `quick_start`, `http`, `metrics`, `sandbox`. Does no I/O (paths go through the caller's
 //! `Canonicalize`); decisions are in `crate::decide`. Trusts the operator's configuration and
 //! flags only after `build`'s and `overlay`'s checks. Fields that configuration or flags set are
 //! not public: outside this crate a `Policy` is read through accessors, never patched.
@@ -16,6 +16,7 @@ mod describe_json;
 mod http;
 mod jwt;
 mod merge;
+mod metrics;
 mod overlay;
 mod quick_start;
 mod role_views;
@@ -29,6 +30,9 @@ pub use http::{parse_listen, HttpSettings};
 pub use jwt::{
     access_key, JwtKey, JwtSettings, RawAuth, RawJwt, RawJwtKey, RawJwtScopes,
     DEFAULT_JWT_LEEWAY_SECS, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
+};
+pub use metrics::{
+    parse_metrics_listen, MetricsListen, MetricsSettings, RawMetrics, METRICS_UNIX_PREFIX,
 };
 pub use overlay::{Overlay, PolicyError, KNOWN_TOOLSETS};
 pub use role_views::MAX_ROLES_PER_CLIENT_WITH_ROLES_CLAIM;

@@ -63,6 +63,10 @@ pub struct Overlay {
     pub unix_protocol: Option<String>,
     /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (relative to `cwd`).
     pub tls: super::tls::TlsOverlay,
+    /// `--metrics ADDR`: the metrics listener (`IP:PORT`, `localhost:PORT` or `unix:PATH`,
+    /// relative to `cwd`), replacing `metrics.listen`; loopback or a Unix socket only, unless
+    /// the file's `[metrics] allow_non_loopback` allows more.
+    pub metrics: Option<String>,
 }
 
 /// Why a policy could not be loaded from a configuration and an [`Overlay`].
@@ -195,6 +199,9 @@ impl Policy {
             o.unix_protocol.as_deref(),
             cwd,
         )?;
+        if let Some(m) = &o.metrics {
+            self.apply_metrics_flag(m, cwd)?;
+        }
         Ok(())
     }
 }

@@ -76,6 +76,7 @@ use crate::mcp::backend::Workers;
 use crate::mcp::protocol::SESSION_NOT_FOUND;
 use crate::worker::supervisor::Supervisor;
 pub use listener::passed_listeners;
+pub use listener::HEADER_READ_TIMEOUT;
 pub use peer::{Peer, UnixPeer};
 use sessions::{HttpSession, SessionKey, Table};
 

@@ -178,9 +178,17 @@ pub fn parse_time(s: &str) -> Result<String, String> {
 /// (exit code 1), not an error.
 pub fn run(cmd: AuditCommand) -> Result<ExitCode, BrokerError> {
     match cmd {
-        AuditCommand::Verify { key, files } => {
+        AuditCommand::Verify {
+            key,
+            head,
+            no_head,
+            files,
+        } => {
             let files = audit_files(&files)?;
-            let report = mcpd_audit::verify(&files, key.as_deref());
+            let report = match (key.as_deref(), no_head) {
+                (Some(k), true) => mcpd_audit::verify_without_head(&files, k),
+                (k, _) => mcpd_audit::verify_with_head(&files, k, head.as_deref()),
+            };
             print!("{report}");
             Ok(if report.is_ok() {
                 ExitCode::SUCCESS

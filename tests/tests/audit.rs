@@ -632,6 +632,13 @@ fn with_a_key_verify_fails_when_the_head_is_deleted_or_rolled_back() {
     let (code, out, err) = verify(&[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("head checked"), "{out}");
+    // `audit.jsonl*` also names the head file: it is not taken for a log file.
+    let (code, out, err) = mcpd(&["audit", "verify", "--key", key, log, head.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("in 1 file(s)") && out.contains("head checked"),
+        "{out}"
+    );
     // Head deleted: a failure, saying what that means.
     std::fs::remove_file(&head).unwrap();
     let (code, out, err) = verify(&[]);

@@ -135,10 +135,14 @@ impl fmt::Display for VerifyReport {
             )?,
             Some(x) => writeln!(
                 f,
-                "audit log BROKEN: {} at {}:{}{}: {}\n  {} good records before it in {} file(s){range}",
+                "audit log BROKEN: {} at {}{}{}: {}\n  {} good records before it in {} file(s){range}",
                 x.kind,
                 x.file.display(),
-                x.line,
+                if x.line > 0 {
+                    format!(":{}", x.line)
+                } else {
+                    String::new()
+                },
                 x.seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
                 x.detail,
                 self.records,

@@ -62,7 +62,9 @@
 //! partial record remains, the chain stays intact), the appends of that batch fail,
 //! `mcpd: AUDIT LOG FAILURE: ...` is printed on stderr once, [`AuditLog::is_healthy`] turns false
 //! and every later append fails too (the log does not retry; restart the broker once the cause is
-//! fixed). With `fail_open` (an explicit operator choice), appends instead return `Ok` with
+//! fixed). The same happens when records are cut off the log while it is open (the file ends
+//! before the last record this writer wrote): the chain is never continued, nor a checkpoint
+//! signed, over such a cut. With `fail_open` (an explicit operator choice), appends instead return `Ok` with
 //! `seq == DROPPED_SEQ` and the records are dropped (counted by [`AuditLog::dropped_count`]).
 //!
 //! # Verification

@@ -491,7 +491,29 @@ impl Writer {
 
     /// Locks the file currently at `self.path` (reopening it if another process rotated it
     /// away) and brings `len`, `next_seq` and `prev` up to date with what is on disk.
+    ///
+    /// The chain never goes back: if what is on disk now ends before the last record this
+    /// writer knows of (something other than mcpd cut records off the log while it was open),
+    /// this fails instead of continuing the chain — and signing checkpoints — over the cut.
     fn lock_current(&mut self) -> io::Result<()> {
+        let known_next = self.next_seq;
+        let r = self.lock_current_inner();
+        if r.is_err() {
+            let _ = self.file.unlock();
+        } else if self.next_seq < known_next {
+            let _ = self.file.unlock();
+            return Err(io::Error::other(format!(
+                "the log now ends at seq {}, but seq {} was written: records were cut off it \
+                 while it was open; not continuing the chain over the cut (verify the log and \
+                 move it aside)",
+                self.next_seq.saturating_sub(1),
+                known_next - 1
+            )));
+        }
+        r
+    }
+
+    fn lock_current_inner(&mut self) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
         loop {
             self.file.lock()?;

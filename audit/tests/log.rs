@@ -1064,3 +1064,29 @@ fn symlinks_at_the_log_path_or_its_directory_are_refused() {
     log.close();
     assert!(!tmp_target.exists());
 }
+
+#[test]
+fn records_cut_off_the_open_log_are_not_chained_over() {
+    let d = tempfile::tempdir().unwrap();
+    let p = log_path(d.path());
+    let log = AuditLog::open(AuditConfig::new(&p)).unwrap();
+    for i in 0..6 {
+        log.append_blocking("tool.call", fields(json!({"i": i})))
+            .unwrap();
+    }
+    let before = lines(&p);
+    // Something else cuts the last three records while the broker runs.
+    write_lines(&p, &before[..before.len() - 3]);
+    let e = log
+        .append_blocking("tool.call", fields(json!({"i": 6})))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("records were cut off it while it was open") && e.contains("seq 6 was written"),
+        "{e}"
+    );
+    assert!(!log.is_healthy());
+    log.close();
+    // Nothing was appended over the cut.
+    assert_eq!(lines(&p).len(), before.len() - 3);
+}

@@ -30,7 +30,8 @@
 //!   is the last hash of the previous file, so the chain continues.
 //! * `log.checkpoint` `{covers_seq, covers_hash, sig}` — whenever a checkpoint key is set:
 //!   right after the opening records of every [`AuditLog::open`] (so a keyed log has a head file
-//!   from its first start on), every `checkpoint_every` records and on [`AuditLog::close`]; `sig` is the hex Ed25519 signature of
+//!   from its first start on), every `checkpoint_every` records, at the latest
+//!   `checkpoint_interval` after an uncovered record, and on [`AuditLog::close`]; `sig` is the hex Ed25519 signature of
 //!   `"mcpd-audit-checkpoint-v1\n{covers_seq}\n{covers_hash}"`, and it always covers the record
 //!   just before it.
 //!
@@ -64,7 +65,8 @@
 //! and every later append fails too (the log does not retry; restart the broker once the cause is
 //! fixed). The same happens when records are cut off the log while it is open (the file ends
 //! before the last record this writer wrote): the chain is never continued, nor a checkpoint
-//! signed, over such a cut. With `fail_open` (an explicit operator choice), appends instead return `Ok` with
+//! signed, over such a cut. With `fail_open` (an explicit operator choice), appends instead
+//! return `Ok` with
 //! `seq == DROPPED_SEQ` and the records are dropped (counted by [`AuditLog::dropped_count`]).
 //!
 //! # Verification
@@ -135,6 +137,9 @@ pub struct AuditConfig {
     pub checkpoint_key: Option<PathBuf>,
     /// Write a signed checkpoint every this many records (with a key; 0 = only on close).
     pub checkpoint_every: u64,
+    /// With a key: also write one at the latest this long after a record that no checkpoint
+    /// covers yet (bounds how much of the tail a crash leaves unsigned; None = by count only).
+    pub checkpoint_interval: Option<Duration>,
     /// Keep serving when the log cannot be written (explicit operator choice; default false).
     /// Appends then return `Ok` with `seq == DROPPED_SEQ` and the records are lost.
     pub fail_open: bool,
@@ -151,6 +156,7 @@ impl AuditConfig {
             rotate_bytes: None,
             checkpoint_key: None,
             checkpoint_every: 1000,
+            checkpoint_interval: None,
             fail_open: false,
             journald_socket: None,
         }

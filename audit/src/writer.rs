@@ -286,7 +286,9 @@ pub(crate) struct Writer {
     rotate_bytes: Option<u64>,
     key: Option<SigningKey>,
     checkpoint_every: u64,
+    checkpoint_interval: Option<std::time::Duration>,
     since_checkpoint: u64,
+    last_checkpoint: Instant,
     dirty: bool,
     last_sync: Instant,
     journald: Option<Journald>,
@@ -371,7 +373,9 @@ impl Writer {
             rotate_bytes: cfg.rotate_bytes,
             key,
             checkpoint_every: cfg.checkpoint_every,
+            checkpoint_interval: cfg.checkpoint_interval,
             since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
             dirty: false,
             last_sync: Instant::now(),
             journald: cfg.journald_socket.clone().map(Journald::new),
@@ -650,6 +654,9 @@ impl Writer {
         self.next_seq = seq;
         self.prev = prev;
         self.since_checkpoint = since;
+        if head.is_some() {
+            self.last_checkpoint = Instant::now();
+        }
         if let Some(Head(h)) = head {
             if let Err(e) = self.write_head(&h) {
                 if !self.head_warned {
@@ -778,23 +785,53 @@ impl Writer {
         Ok(true)
     }
 
+    /// When the batch-mode sync is due (records written, not yet synced).
+    fn sync_due(&self) -> Option<Instant> {
+        match self.mode {
+            SyncMode::Batch { interval } if self.dirty && !self.failed => {
+                Some(self.last_sync + interval)
+            }
+            _ => None,
+        }
+    }
+
+    /// When the timed checkpoint is due (with a key, records no checkpoint covers yet).
+    fn checkpoint_due(&self) -> Option<Instant> {
+        let every = self.checkpoint_interval?;
+        (self.key.is_some() && !self.failed && self.since_checkpoint > 0)
+            .then(|| self.last_checkpoint + every)
+    }
+
+    fn timed_checkpoint(&mut self) {
+        if let Err(e) = self.write_batch(Vec::new(), true, true) {
+            self.fail(&e);
+        }
+    }
+
     fn next_msg(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {
         loop {
-            match self.mode {
-                SyncMode::Batch { interval } if self.dirty && !self.failed => {
-                    let deadline = self.last_sync + interval;
-                    let now = Instant::now();
-                    if now >= deadline {
-                        self.periodic_sync();
-                        continue;
-                    }
-                    match rx.recv_timeout(deadline - now) {
-                        Ok(m) => return Some(m),
-                        Err(RecvTimeoutError::Timeout) => self.periodic_sync(),
-                        Err(RecvTimeoutError::Disconnected) => return None,
-                    }
+            let Some(deadline) = [self.sync_due(), self.checkpoint_due()]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                return rx.recv().ok();
+            };
+            let now = Instant::now();
+            if now < deadline {
+                match rx.recv_timeout(deadline - now) {
+                    Ok(m) => return Some(m),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return None,
                 }
-                _ => return rx.recv().ok(),
+            }
+            let now = Instant::now();
+            if self.checkpoint_due().is_some_and(|t| t <= now) {
+                // Syncs the log too.
+                self.timed_checkpoint();
+            }
+            if self.sync_due().is_some_and(|t| t <= now) {
+                self.periodic_sync();
             }
         }
     }

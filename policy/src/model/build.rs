@@ -486,6 +486,7 @@ pub(super) fn audit_settings(
         rotate_bytes: a.rotate_bytes.unwrap_or(d.rotate_bytes),
         checkpoint_key,
         checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every).max(1),
+        checkpoint_secs: a.checkpoint_secs.unwrap_or(d.checkpoint_secs),
         preview_args: a.preview_args,
         fail_open: a.fail_open,
         journald: a.journald,

@@ -419,7 +419,8 @@ impl Writer {
         };
         let empty = self.len == 0 && self.next_seq == 0;
         let cut = empty || seq >= self.next_seq;
-        let replaced = seq + 1 == self.next_seq && hash.as_deref().is_some_and(|h| h != self.prev);
+        let replaced = seq.checked_add(1) == Some(self.next_seq)
+            && hash.as_deref().is_some_and(|h| h != self.prev);
         if !(cut || replaced) {
             return Ok(());
         }

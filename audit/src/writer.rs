@@ -159,6 +159,15 @@ pub(crate) fn open_log(path: &Path) -> io::Result<File> {
         .map_err(|e| no_symlink_error(path, "audit log", e))
 }
 
+/// Opens a rotated file to read the chain's end from it, refusing a symlink there.
+fn open_rotated(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| no_symlink_error(path, "rotated audit file", e))
+}
+
 /// The log's directory (`path`'s parent), checked to be a directory and not a symlink to one
 /// (opened `O_DIRECTORY|O_NOFOLLOW`). The policy resolved every symlink of the configured path
 /// before checking it against the clients' roots; this refuses a directory swapped for a link
@@ -340,7 +349,7 @@ impl Writer {
             // A crash right after a rotation leaves an empty live file: continue the chain
             // from the newest rotated file.
             if let Some((_, sib)) = rotated_siblings(&cfg.path).map_err(ctx)?.pop() {
-                let f = File::open(&sib).map_err(ctx)?;
+                let f = open_rotated(&sib).map_err(ctx)?;
                 let slen = f.metadata().map_err(ctx)?.len();
                 let (_, line) = scan_tail(&f, slen).map_err(ctx)?;
                 let parsed = line.as_deref().map(seq_and_hash);
@@ -553,7 +562,7 @@ impl Writer {
             None => {
                 // An empty live file: the chain continues from the newest rotated file.
                 if let Some((_, sib)) = rotated_siblings(&self.path)?.pop() {
-                    let f = File::open(&sib)?;
+                    let f = open_rotated(&sib)?;
                     let slen = f.metadata()?.len();
                     if let (_, Some(l)) = scan_tail(&f, slen)? {
                         let (s, h) = seq_and_hash(&l).map_err(io::Error::other)?;

@@ -372,8 +372,8 @@ impl Policy {
 /// The warning for an audit log without a checkpoint key (`check-config` and `serve` print it).
 pub(crate) const NO_CHECKPOINT_KEY: &str = "audit.checkpoint_key is not set: anyone who can \
      write the audit log can rewrite it (re-hashing the chain) or cut records off its end \
-     undetected; create a key with `mcpd audit keygen --private /etc/mcpd/audit-signing.key \
-     --public /etc/mcpd/audit-signing.pub`, set audit.checkpoint_key to the private one and keep \
+     undetected; create a key with `mcpd audit keygen --private /etc/mcpd/audit.key \
+     --public /etc/mcpd/audit.pub`, set audit.checkpoint_key to the private one and keep \
      the public one for `mcpd audit verify --key`";
 
 /// Canonicalise a log file path: absolute, its directory must exist (the file may not). Every

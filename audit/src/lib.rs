@@ -28,20 +28,27 @@
 //!   incomplete line (crash during a write), which was cut off.
 //! * `log.rotated` `{previous_file}` — the first record of every file after the first; its `prev`
 //!   is the last hash of the previous file, so the chain continues.
-//! * `log.checkpoint` `{covers_seq, covers_hash, sig}` — with a checkpoint key: every
-//!   `checkpoint_every` records and on [`AuditLog::close`]; `sig` is the hex Ed25519 signature of
+//! * `log.checkpoint` `{covers_seq, covers_hash, sig}` — whenever a checkpoint key is set:
+//!   right after the opening records of every [`AuditLog::open`] (so a keyed log has a head file
+//!   from its first start on), every `checkpoint_every` records, at the latest
+//!   `checkpoint_interval` after an uncovered record, and on [`AuditLog::close`]; `sig` is the hex Ed25519 signature of
 //!   `"mcpd-audit-checkpoint-v1\n{covers_seq}\n{covers_hash}"`, and it always covers the record
 //!   just before it.
 //!
 //! # Files
 //!
-//! * `<path>` — the live log (mode 0600, opened `O_APPEND|O_CREAT|O_CLOEXEC`).
+//! * `<path>` — the live log (mode 0600, opened `O_APPEND|O_CREAT|O_CLOEXEC|O_NOFOLLOW`: a
+//!   symlink at the path is refused, as is a symlink in place of its directory, checked with
+//!   `O_DIRECTORY|O_NOFOLLOW` at open). The caller resolves the configured path first (the
+//!   broker's policy does, before checking it against every client's roots).
 //! * `<path>.<last seq, 20 digits>` — rotated files (when the live file exceeds `rotate_bytes`).
 //! * `<path>.head` — the latest checkpoint (only with a key), replaced atomically (temp file +
 //!   rename): `{"schema_version":1,"covers_seq":N,"covers_hash":"..","sig":"..",
 //!   "checkpoint_seq":N+1,"checkpoint_hash":"..","ts":".."}`. It is written only after the log
-//!   was synced, so it never claims more than is on disk. Keep a copy elsewhere (or forward the
-//!   journal) if the attacker can also roll the head file back to an older valid one.
+//!   was synced, so it never claims more than is on disk. With a key, [`AuditLog::open`] refuses
+//!   to continue a log that ends before (or differently from) the checkpoint its head names:
+//!   signing on top would bless the cut. Keep a copy elsewhere (or forward the journal) if the
+//!   attacker can also roll the log and the head file back together to an older valid pair.
 //! * key files — see [`generate_key`]: PKCS#8 / SPKI PEM (or 64 hex digits).
 //!
 //! # Durability, group commit, failure
@@ -56,14 +63,20 @@
 //! partial record remains, the chain stays intact), the appends of that batch fail,
 //! `mcpd: AUDIT LOG FAILURE: ...` is printed on stderr once, [`AuditLog::is_healthy`] turns false
 //! and every later append fails too (the log does not retry; restart the broker once the cause is
-//! fixed). With `fail_open` (an explicit operator choice), appends instead return `Ok` with
+//! fixed). The same happens when records are cut off the log while it is open (the file ends
+//! before the last record this writer wrote): the chain is never continued, nor a checkpoint
+//! signed, over such a cut. With `fail_open` (an explicit operator choice), appends instead
+//! return `Ok` with
 //! `seq == DROPPED_SEQ` and the records are dropped (counted by [`AuditLog::dropped_count`]).
 //!
 //! # Verification
 //!
 //! [`verify`] reports the first broken record and its [`FailureKind`]. Without checkpoints and a
 //! public key, **cutting records off the end of the log cannot be detected**: the remaining
-//! prefix is a valid chain.
+//! prefix is a valid chain. With a public key, a missing head file
+//! ([`FailureKind::HeadMissing`]) and a head older than the log's last checkpoint record
+//! ([`FailureKind::HeadStale`]) are failures, not warnings; [`verify_without_head`] is the
+//! explicit way to check a log whose head is knowingly gone.
 #![forbid(unsafe_code)]
 
 mod journald;
@@ -86,7 +99,9 @@ use tokio::sync::oneshot;
 pub use keys::generate_key;
 pub use read::{discover_files, query, read_records, Query};
 pub use record::now_rfc3339;
-pub use verify::{verify, verify_with_head, FailureKind, VerifyFailure, VerifyReport};
+pub use verify::{
+    verify, verify_with_head, verify_without_head, FailureKind, VerifyFailure, VerifyReport,
+};
 
 use writer::{Msg, Pending, State, Writer};
 
@@ -122,6 +137,9 @@ pub struct AuditConfig {
     pub checkpoint_key: Option<PathBuf>,
     /// Write a signed checkpoint every this many records (with a key; 0 = only on close).
     pub checkpoint_every: u64,
+    /// With a key: also write one at the latest this long after a record that no checkpoint
+    /// covers yet (bounds how much of the tail a crash leaves unsigned; None = by count only).
+    pub checkpoint_interval: Option<Duration>,
     /// Keep serving when the log cannot be written (explicit operator choice; default false).
     /// Appends then return `Ok` with `seq == DROPPED_SEQ` and the records are lost.
     pub fail_open: bool,
@@ -138,6 +156,7 @@ impl AuditConfig {
             rotate_bytes: None,
             checkpoint_key: None,
             checkpoint_every: 1000,
+            checkpoint_interval: None,
             fail_open: false,
             journald_socket: None,
         }

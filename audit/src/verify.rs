@@ -37,6 +37,14 @@ pub enum FailureKind {
     BadSignature,
     /// A file could not be read.
     Unreadable,
+    /// With a public key: the signed head file (`<log>.head`) does not exist. A log written with a
+    /// checkpoint key always has one (the broker writes it at every start), so its absence means
+    /// it was deleted, and records cut off the end of the log would go unnoticed.
+    HeadMissing,
+    /// With a public key: the head file names an older checkpoint than the last one in the log.
+    /// The head was rolled back to an older copy (which hides a tail cut at a later checkpoint),
+    /// or the broker died between syncing a checkpoint and replacing the head file.
+    HeadStale,
 }
 
 impl fmt::Display for FailureKind {
@@ -50,6 +58,8 @@ impl fmt::Display for FailureKind {
             Self::Truncated => "truncated",
             Self::BadSignature => "bad signature",
             Self::Unreadable => "unreadable",
+            Self::HeadMissing => "head file missing",
+            Self::HeadStale => "head file stale",
         };
         f.write_str(s)
     }
@@ -87,6 +97,8 @@ pub struct VerifyReport {
     pub last_hash: Option<String>,
     /// Whether a signed head file was checked against the end of the log.
     pub head_checked: bool,
+    /// Whether the head check was skipped on request ([`verify_without_head`]).
+    pub head_skipped: bool,
     /// Non-fatal findings (trailing incomplete line after a crash, missing head file, ...).
     pub warnings: Vec<String>,
     /// The first broken record; `None` when the log verified.
@@ -113,14 +125,24 @@ impl fmt::Display for VerifyReport {
                 self.records,
                 self.files,
                 self.checkpoints_verified,
-                if self.head_checked { ", head checked" } else { "" }
+                if self.head_checked {
+                    ", head checked"
+                } else if self.head_skipped {
+                    ", HEAD FILE NOT CHECKED (--no-head)"
+                } else {
+                    ""
+                }
             )?,
             Some(x) => writeln!(
                 f,
-                "audit log BROKEN: {} at {}:{}{}: {}\n  {} good records before it in {} file(s){range}",
+                "audit log BROKEN: {} at {}{}{}: {}\n  {} good records before it in {} file(s){range}",
                 x.kind,
                 x.file.display(),
-                x.line,
+                if x.line > 0 {
+                    format!(":{}", x.line)
+                } else {
+                    String::new()
+                },
                 x.seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
                 x.detail,
                 self.records,
@@ -363,7 +385,9 @@ struct Last {
 /// and [`FailureKind`]. With `public_key` (SPKI PEM or hex, see [`generate_key`]) every
 /// `log.checkpoint` record's signature is checked, and the signed head file `<log>.head` next to
 /// the live file is compared with the end of the log, which detects a cut-off tail
-/// ([`FailureKind::Truncated`]). **Without a key, removing records from the end of the log is
+/// ([`FailureKind::Truncated`]); with a key, a missing head file ([`FailureKind::HeadMissing`])
+/// or one naming an older checkpoint than the log's last ([`FailureKind::HeadStale`]) fails
+/// verification too. **Without a key, removing records from the end of the log is
 /// not detectable** (the remaining prefix is a valid chain). A trailing incomplete line (a crash
 /// during a write) is reported as a warning, not a failure.
 ///
@@ -372,12 +396,33 @@ pub fn verify(files: &[PathBuf], public_key: Option<&Path>) -> VerifyReport {
     verify_with_head(files, public_key, None)
 }
 
-/// Like [`verify`], with an explicit head file (default: `<live log>.head`).
+/// Like [`verify`], with an explicit head file (default: `<live log>.head`), e.g. a copy kept
+/// where whoever can write the log cannot.
 pub fn verify_with_head(
     files: &[PathBuf],
     public_key: Option<&Path>,
     head_file: Option<&Path>,
 ) -> VerifyReport {
+    run(files, public_key, HeadSel::Check(head_file))
+}
+
+/// Like [`verify`] with a public key, but without any head file: for a log that deliberately
+/// has none (its head was lost and the operator knows it). The chain and every checkpoint
+/// signature are checked; **records cut off the end of the log are not detected** and the
+/// report says so (a warning, and [`VerifyReport::head_skipped`]).
+pub fn verify_without_head(files: &[PathBuf], public_key: &Path) -> VerifyReport {
+    run(files, Some(public_key), HeadSel::Skip)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum HeadSel<'a> {
+    /// The given head file, or `<live log>.head`.
+    Check(Option<&'a Path>),
+    /// No head file at all (explicit operator choice).
+    Skip,
+}
+
+fn run(files: &[PathBuf], public_key: Option<&Path>, sel: HeadSel<'_>) -> VerifyReport {
     let mut report = VerifyReport {
         files: files.len(),
         ..VerifyReport::default()
@@ -395,17 +440,27 @@ pub fn verify_with_head(
             return report;
         }
     };
-    let head_path = head_file
-        .map(Path::to_path_buf)
-        .or_else(|| default_head(files));
+    let head_path = match sel {
+        HeadSel::Check(h) => h.map(Path::to_path_buf).or_else(|| default_head(files)),
+        HeadSel::Skip => None,
+    };
     let mut head = None;
+    // With a key, a head file that should be there and is not: reported after the walk (a
+    // broken record comes first).
+    let mut head_missing: Option<PathBuf> = None;
     match (&key, &head_path) {
+        (Some(_), None) if matches!(sel, HeadSel::Skip) => {
+            report.head_skipped = true;
+            report.warnings.push(
+                "--no-head: the signed head file was NOT checked: records cut off the end of the \
+                 log (after its last checkpoint, or together with later checkpoints) cannot be \
+                 detected"
+                    .into(),
+            );
+        }
         (Some(k), Some(hp)) => match load_head(hp, k) {
             Ok(Some(h)) => head = Some(h),
-            Ok(None) => report.warnings.push(format!(
-                "no head file {}: a cut-off tail cannot be detected",
-                hp.display()
-            )),
+            Ok(None) => head_missing = Some(hp.clone()),
             Err(e) => {
                 report.failure = Some(VerifyFailure {
                     file: hp.clone(),
@@ -417,7 +472,7 @@ pub fn verify_with_head(
                 return report;
             }
         },
-        (Some(_), None) => {}
+        (Some(_), None) => head_missing = Some(PathBuf::new()),
         (None, _) => report.warnings.push(
             "no public key: checkpoint signatures not checked; a cut-off tail cannot be detected"
                 .into(),
@@ -425,6 +480,8 @@ pub fn verify_with_head(
     }
     let mut last: Option<Last> = None;
     let mut last_file: Option<(PathBuf, u64)> = None;
+    // The last checkpoint record seen: (seq, file, line).
+    let mut last_ckpt: Option<(u64, PathBuf, u64)> = None;
     for path in sort_files(files) {
         let data = match std::fs::read(&path) {
             Ok(d) => d,
@@ -493,6 +550,9 @@ pub fn verify_with_head(
                 }
                 report.checkpoints_verified += 1;
             }
+            if r.ckpt.is_some() {
+                last_ckpt = Some((r.seq, path.clone(), lineno));
+            }
             if let Some(h) = &head {
                 if h.covers_seq == r.seq && h.covers_hash != r.hash {
                     report.failure = Some(fail(
@@ -521,6 +581,32 @@ pub fn verify_with_head(
             });
         }
     }
+    if let Some(hp) = head_missing {
+        let (file, lines) = last_file.unwrap_or_else(|| (hp.clone(), 0));
+        report.failure = Some(VerifyFailure {
+            file: if hp.as_os_str().is_empty() {
+                file
+            } else {
+                hp.clone()
+            },
+            line: if hp.as_os_str().is_empty() { lines } else { 0 },
+            seq: None,
+            kind: FailureKind::HeadMissing,
+            detail: format!(
+                "the signed head file {} does not exist. A log written with a checkpoint key \
+                 always has one (the broker writes it at every start and checkpoint), so it was \
+                 removed: records cut off the end of the log cannot be detected without it. \
+                 Verify against a copy kept elsewhere (--head FILE), or knowingly without one \
+                 (--no-head)",
+                if hp.as_os_str().is_empty() {
+                    "<log>.head".to_owned()
+                } else {
+                    hp.display().to_string()
+                }
+            ),
+        });
+        return report;
+    }
     if let Some(h) = head {
         if let Some(bad) = h.bad {
             report.failure = Some(VerifyFailure {
@@ -548,6 +634,22 @@ pub fn verify_with_head(
                     h.covers_seq,
                     needed,
                     end.map_or_else(|| "no record".to_owned(), |e| format!("seq {e}"))
+                ),
+            });
+            return report;
+        }
+        if let Some((cseq, cfile, cline)) = last_ckpt.filter(|(s, _, _)| *s > needed) {
+            report.failure = Some(VerifyFailure {
+                file: h.path.clone(),
+                line: 1,
+                seq: Some(needed),
+                kind: FailureKind::HeadStale,
+                detail: format!(
+                    "the head file names checkpoint seq {needed}, but the log holds a later \
+                     checkpoint (seq {cseq}, {}:{cline}): the head was rolled back to an older \
+                     copy, which is how a log cut at a later checkpoint is disguised (or the \
+                     broker died between syncing that checkpoint and replacing its head file)",
+                    cfile.display()
                 ),
             });
             return report;

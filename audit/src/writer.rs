@@ -134,14 +134,101 @@ pub(crate) fn rotated_siblings(path: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-fn open_log(path: &Path) -> io::Result<File> {
+/// `e`, explained when it is the refusal of a symlink (`ELOOP` from `O_NOFOLLOW`).
+fn no_symlink_error(path: &Path, what: &str, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{what} {} is a symbolic link: refused (the audit log, its directory and its head \
+                 file are opened without following symlinks; configure the real path)",
+                path.display()
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+/// Opens (creating it 0600) the log file at `path` without following a symlink there: a link
+/// planted at the log's path after the configuration was checked is refused (`ELOOP`), never
+/// written through.
+pub(crate) fn open_log(path: &Path) -> io::Result<File> {
     // std opens with O_CLOEXEC; append(true) gives O_APPEND.
     OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
+        .map_err(|e| no_symlink_error(path, "audit log", e))
+}
+
+/// Opens a rotated file to read the chain's end from it, refusing a symlink there.
+fn open_rotated(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| no_symlink_error(path, "rotated audit file", e))
+}
+
+/// The log's directory (`path`'s parent), checked to be a directory and not a symlink to one
+/// (opened `O_DIRECTORY|O_NOFOLLOW`). The policy resolved every symlink of the configured path
+/// before checking it against the clients' roots; this refuses a directory swapped for a link
+/// since then.
+fn check_log_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map(drop)
+        .map_err(|e| {
+            // O_DIRECTORY|O_NOFOLLOW on a link gives ENOTDIR (or ELOOP).
+            let link = fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
+            no_symlink_error(
+                dir,
+                "audit directory",
+                if link {
+                    io::Error::from_raw_os_error(libc::ELOOP)
+                } else {
+                    e
+                },
+            )
+        })
+}
+
+/// What the head file next to the log claims: (checkpoint seq, checkpoint hash). `None` when
+/// there is no head file or it is not a head (verification reports that).
+fn read_head_claim(path: &Path) -> Option<(u64, Option<String>)> {
+    use std::io::Read as _;
+    let hp = with_suffix(path, ".head");
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(hp)
+        .ok()?;
+    let mut text = String::new();
+    f.take(64 * 1024).read_to_string(&mut text).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    match (
+        v.get("checkpoint_seq").and_then(Value::as_u64),
+        v.get("covers_seq").and_then(Value::as_u64),
+    ) {
+        (Some(s), _) => Some((
+            s,
+            v.get("checkpoint_hash")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        )),
+        (None, Some(c)) => Some((c, None)),
+        (None, None) => None,
+    }
 }
 
 fn sync_dir(path: &Path) {
@@ -214,7 +301,9 @@ pub(crate) struct Writer {
     rotate_bytes: Option<u64>,
     key: Option<SigningKey>,
     checkpoint_every: u64,
+    checkpoint_interval: Option<std::time::Duration>,
     since_checkpoint: u64,
+    last_checkpoint: Instant,
     dirty: bool,
     last_sync: Instant,
     journald: Option<Journald>,
@@ -238,6 +327,7 @@ impl Writer {
             .as_deref()
             .map(keys::load_signing_key)
             .transpose()?;
+        check_log_dir(&cfg.path).map_err(ctx)?;
         let file = open_log(&cfg.path).map_err(ctx)?;
         let mut len = file.metadata().map_err(ctx)?.len();
         let mut truncated = 0;
@@ -265,7 +355,7 @@ impl Writer {
             // A crash right after a rotation leaves an empty live file: continue the chain
             // from the newest rotated file.
             if let Some((_, sib)) = rotated_siblings(&cfg.path).map_err(ctx)?.pop() {
-                let f = File::open(&sib).map_err(ctx)?;
+                let f = open_rotated(&sib).map_err(ctx)?;
                 let slen = f.metadata().map_err(ctx)?.len();
                 let (_, line) = scan_tail(&f, slen).map_err(ctx)?;
                 let parsed = line.as_deref().map(seq_and_hash);
@@ -298,7 +388,9 @@ impl Writer {
             rotate_bytes: cfg.rotate_bytes,
             key,
             checkpoint_every: cfg.checkpoint_every,
+            checkpoint_interval: cfg.checkpoint_interval,
             since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
             dirty: false,
             last_sync: Instant::now(),
             journald: cfg.journald_socket.clone().map(Journald::new),
@@ -307,6 +399,14 @@ impl Writer {
             head_warned: false,
         };
         let _ = from_sibling; // `write_batch` starts an empty file with `log.rotated`
+        if w.key.is_some() {
+            // Under the lock, so that another broker sharing the log is not caught between its
+            // checkpoint and its head file.
+            w.lock_current().map_err(ctx)?;
+            let r = w.check_head_claim();
+            let _ = w.file.unlock();
+            r?;
+        }
         let mut items = Vec::new();
         if truncated > 0 {
             items.push((
@@ -318,8 +418,41 @@ impl Writer {
             "log.opened".to_owned(),
             obj(json!({ "resumed": resumed, "pid": std::process::id() })),
         ));
-        w.write_batch(items, true, false).map_err(ctx)?;
+        // With a key, the opening records end with a signed checkpoint (and the head file is
+        // written): every keyed log has a head from its first start on, so a missing head file
+        // is always a finding for `audit verify --key`.
+        let checkpoint = w.key.is_some();
+        w.write_batch(items, true, checkpoint).map_err(ctx)?;
         Ok(w)
+    }
+
+    /// Signing on top of a log whose end no longer matches its signed head would bless the cut
+    /// (the next head would cover the shortened log): refuses to continue such a log.
+    fn check_head_claim(&self) -> Result<(), AuditError> {
+        let Some((seq, hash)) = read_head_claim(&self.path) else {
+            return Ok(());
+        };
+        let empty = self.len == 0 && self.next_seq == 0;
+        let cut = empty || seq >= self.next_seq;
+        let replaced = seq.checked_add(1) == Some(self.next_seq)
+            && hash.as_deref().is_some_and(|h| h != self.prev);
+        if !(cut || replaced) {
+            return Ok(());
+        }
+        let end = if empty {
+            "is empty".to_owned()
+        } else if cut {
+            format!("ends at seq {}", self.next_seq - 1)
+        } else {
+            format!("ends with a different record at seq {seq}")
+        };
+        Err(AuditError::Unavailable(format!(
+            "{}: the signed head file {} names checkpoint seq {seq}, but the log {end}: records \
+             were cut off or replaced since that checkpoint; run `mcpd audit verify --key` on it \
+             and move the log and its head file aside",
+            self.path.display(),
+            with_suffix(&self.path, ".head").display(),
+        )))
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -382,7 +515,29 @@ impl Writer {
 
     /// Locks the file currently at `self.path` (reopening it if another process rotated it
     /// away) and brings `len`, `next_seq` and `prev` up to date with what is on disk.
+    ///
+    /// The chain never goes back: if what is on disk now ends before the last record this
+    /// writer knows of (something other than mcpd cut records off the log while it was open),
+    /// this fails instead of continuing the chain — and signing checkpoints — over the cut.
     fn lock_current(&mut self) -> io::Result<()> {
+        let known_next = self.next_seq;
+        let r = self.lock_current_inner();
+        if r.is_err() {
+            let _ = self.file.unlock();
+        } else if self.next_seq < known_next {
+            let _ = self.file.unlock();
+            return Err(io::Error::other(format!(
+                "the log now ends at seq {}, but seq {} was written: records were cut off it \
+                 while it was open; not continuing the chain over the cut (verify the log and \
+                 move it aside)",
+                self.next_seq.saturating_sub(1),
+                known_next - 1
+            )));
+        }
+        r
+    }
+
+    fn lock_current_inner(&mut self) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
         loop {
             self.file.lock()?;
@@ -417,7 +572,7 @@ impl Writer {
             None => {
                 // An empty live file: the chain continues from the newest rotated file.
                 if let Some((_, sib)) = rotated_siblings(&self.path)?.pop() {
-                    let f = File::open(&sib)?;
+                    let f = open_rotated(&sib)?;
                     let slen = f.metadata()?.len();
                     if let (_, Some(l)) = scan_tail(&f, slen)? {
                         let (s, h) = seq_and_hash(&l).map_err(io::Error::other)?;
@@ -519,6 +674,9 @@ impl Writer {
         self.next_seq = seq;
         self.prev = prev;
         self.since_checkpoint = since;
+        if head.is_some() {
+            self.last_checkpoint = Instant::now();
+        }
         if let Some(Head(h)) = head {
             if let Err(e) = self.write_head(&h) {
                 if !self.head_warned {
@@ -565,7 +723,9 @@ impl Writer {
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&tmp)?;
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| no_symlink_error(&tmp, "audit head file", e))?;
         let mut text = serde_json::to_string(head).map_err(io::Error::other)?;
         text.push('\n');
         f.write_all(text.as_bytes())?;
@@ -645,23 +805,53 @@ impl Writer {
         Ok(true)
     }
 
+    /// When the batch-mode sync is due (records written, not yet synced).
+    fn sync_due(&self) -> Option<Instant> {
+        match self.mode {
+            SyncMode::Batch { interval } if self.dirty && !self.failed => {
+                Some(self.last_sync + interval)
+            }
+            _ => None,
+        }
+    }
+
+    /// When the timed checkpoint is due (with a key, records no checkpoint covers yet).
+    fn checkpoint_due(&self) -> Option<Instant> {
+        let every = self.checkpoint_interval?;
+        (self.key.is_some() && !self.failed && self.since_checkpoint > 0)
+            .then(|| self.last_checkpoint + every)
+    }
+
+    fn timed_checkpoint(&mut self) {
+        if let Err(e) = self.write_batch(Vec::new(), true, true) {
+            self.fail(&e);
+        }
+    }
+
     fn next_msg(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {
         loop {
-            match self.mode {
-                SyncMode::Batch { interval } if self.dirty && !self.failed => {
-                    let deadline = self.last_sync + interval;
-                    let now = Instant::now();
-                    if now >= deadline {
-                        self.periodic_sync();
-                        continue;
-                    }
-                    match rx.recv_timeout(deadline - now) {
-                        Ok(m) => return Some(m),
-                        Err(RecvTimeoutError::Timeout) => self.periodic_sync(),
-                        Err(RecvTimeoutError::Disconnected) => return None,
-                    }
+            let Some(deadline) = [self.sync_due(), self.checkpoint_due()]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                return rx.recv().ok();
+            };
+            let now = Instant::now();
+            if now < deadline {
+                match rx.recv_timeout(deadline - now) {
+                    Ok(m) => return Some(m),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return None,
                 }
-                _ => return rx.recv().ok(),
+            }
+            let now = Instant::now();
+            if self.checkpoint_due().is_some_and(|t| t <= now) {
+                // Syncs the log too.
+                self.timed_checkpoint();
+            }
+            if self.sync_due().is_some_and(|t| t <= now) {
+                self.periodic_sync();
             }
         }
     }

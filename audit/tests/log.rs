@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mcpd_audit::{
-    discover_files, generate_key, query, read_records, record_hash, verify, AuditConfig, AuditLog,
-    FailureKind, Query, SyncMode, VerifyReport,
+    discover_files, generate_key, query, read_records, record_hash, verify, verify_with_head,
+    verify_without_head, AuditConfig, AuditLog, FailureKind, Query, SyncMode, VerifyReport,
 };
 use serde_json::{json, Map, Value};
 
@@ -273,8 +273,9 @@ fn checkpoints_verify_and_head_file() {
         .iter()
         .filter(|r| r["event"] == "log.checkpoint")
         .collect();
-    // 23 non-checkpoint records: checkpoints after 5, 10, 15, 20 of them, + one on close.
-    assert_eq!(cps.len(), 5);
+    // One after `log.opened`, then (22 calls) after 5, 10, 15, 20 of them, + one on close.
+    assert_eq!(cps.len(), 6);
+    assert_eq!(recs[1]["event"], "log.checkpoint");
     let last = recs.last().unwrap();
     assert_eq!(last["event"], "log.checkpoint");
     let head: Value =
@@ -286,7 +287,7 @@ fn checkpoints_verify_and_head_file() {
     let r = verify(std::slice::from_ref(&p), Some(&pk));
     assert!(r.is_ok(), "{r}");
     assert!(r.head_checked);
-    assert_eq!(r.checkpoints_verified, 6); // 5 records + head
+    assert_eq!(r.checkpoints_verified, 7); // 6 records + head
                                            // Without the key it still verifies, with a warning.
     let r = verify(&[p], None);
     assert!(r.is_ok() && !r.warnings.is_empty(), "{r}");
@@ -851,4 +852,283 @@ fn several_writers_share_one_chain_across_rotations() {
         let first: Value = serde_json::from_str(lines(f).first().unwrap()).unwrap();
         assert_eq!(first["event"], "log.rotated", "{}", f.display());
     }
+}
+
+/// A signed log opened twice: the head file as it was after the first session, and the log.
+fn signed_log_two_sessions(d: &Path) -> (PathBuf, PathBuf, String) {
+    let (p, pk) = make_signed_log(d, 7);
+    let hp = d.join("audit.log.head");
+    let old_head = std::fs::read_to_string(&hp).unwrap();
+    let mut c = AuditConfig::new(&p);
+    c.checkpoint_key = Some(d.join("ck.pem"));
+    c.checkpoint_every = 5;
+    let log = AuditLog::open(c).unwrap();
+    for i in 0..12 {
+        log.append_blocking("tool.call", fields(json!({"principal": "bob", "i": i})))
+            .unwrap();
+    }
+    log.close();
+    assert_ne!(std::fs::read_to_string(&hp).unwrap(), old_head);
+    (p, pk, old_head)
+}
+
+#[test]
+fn with_a_key_a_missing_head_file_fails_verification() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, pk) = make_signed_log(d.path(), 9);
+    assert!(verify(std::slice::from_ref(&p), Some(&pk)).is_ok());
+    let hp = d.path().join("audit.log.head");
+    std::fs::remove_file(&hp).unwrap();
+    let r = verify(std::slice::from_ref(&p), Some(&pk));
+    let f = r.failure.as_ref().unwrap_or_else(|| panic!("passed: {r}"));
+    assert_eq!(f.kind, FailureKind::HeadMissing, "{r}");
+    assert_eq!(f.file, hp);
+    let text = r.to_string();
+    assert!(
+        text.contains("BROKEN: head file missing") && text.contains("cannot be detected"),
+        "{text}"
+    );
+    // The chain itself was walked first: its records are counted.
+    assert_eq!(r.records, lines(&p).len() as u64);
+    // Removing the head *and* cutting the tail at a checkpoint is the attack this catches.
+    let mut l = lines(&p);
+    let cut = l
+        .iter()
+        .rposition(|x| x.contains("\"log.checkpoint\""))
+        .unwrap();
+    l.truncate(cut - 1);
+    let last_ck = l
+        .iter()
+        .rposition(|x| x.contains("\"log.checkpoint\""))
+        .unwrap();
+    l.truncate(last_ck + 1);
+    write_lines(&p, &l);
+    assert_eq!(
+        verify(std::slice::from_ref(&p), Some(&pk))
+            .failure
+            .unwrap()
+            .kind,
+        FailureKind::HeadMissing
+    );
+    // Knowingly without a head: the chain and signatures pass, loudly incomplete.
+    let r = verify_without_head(std::slice::from_ref(&p), &pk);
+    assert!(r.is_ok() && r.head_skipped && !r.head_checked, "{r}");
+    assert!(r.to_string().contains("HEAD FILE NOT CHECKED"), "{r}");
+    assert!(r.warnings.iter().any(|w| w.contains("NOT checked")), "{r}");
+    // Without a key nothing can be said about the head: a warning, as before.
+    let r = verify(&[p], None);
+    assert!(r.is_ok() && !r.warnings.is_empty(), "{r}");
+}
+
+#[test]
+fn a_head_file_older_than_the_last_checkpoint_fails_verification() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, pk, old_head) = signed_log_two_sessions(d.path());
+    let hp = d.path().join("audit.log.head");
+    let r = verify(std::slice::from_ref(&p), Some(&pk));
+    assert!(r.is_ok() && r.head_checked, "{r}");
+    // The log cut at a later checkpoint than the old head's, the old head restored.
+    let full = lines(&p);
+    let old: Value = serde_json::from_str(&old_head).unwrap();
+    let old_seq = old["checkpoint_seq"].as_u64().unwrap();
+    let cut = full
+        .iter()
+        .position(|x| {
+            let m = parse(x);
+            m["event"] == "log.checkpoint" && m["seq"].as_u64().unwrap() > old_seq
+        })
+        .unwrap();
+    assert!(cut + 3 < full.len(), "a real tail is cut");
+    write_lines(&p, &full[..=cut]);
+    std::fs::write(&hp, &old_head).unwrap();
+    let r = verify(std::slice::from_ref(&p), Some(&pk));
+    let f = r.failure.as_ref().unwrap_or_else(|| panic!("passed: {r}"));
+    assert_eq!(
+        (f.kind, f.seq, &f.file),
+        (FailureKind::HeadStale, Some(old_seq), &hp),
+        "{r}"
+    );
+    assert!(r.to_string().contains("BROKEN: head file stale"), "{r}");
+    // The whole log with the old head is stale too (the head was rolled back).
+    write_lines(&p, &full);
+    assert_eq!(
+        verify(std::slice::from_ref(&p), Some(&pk))
+            .failure
+            .unwrap()
+            .kind,
+        FailureKind::HeadStale
+    );
+    // A copy of the current head kept elsewhere verifies the log (--head FILE).
+    let copy = d.path().join("elsewhere.head");
+    let r = verify_with_head(std::slice::from_ref(&p), Some(&pk), Some(&copy));
+    assert_eq!(r.failure.unwrap().kind, FailureKind::HeadMissing);
+    std::fs::write(&copy, &old_head).unwrap();
+    let r = verify_with_head(std::slice::from_ref(&p), Some(&pk), Some(&copy));
+    assert_eq!(r.failure.unwrap().kind, FailureKind::HeadStale);
+}
+
+#[test]
+fn a_keyed_log_has_a_signed_head_from_its_first_start() {
+    let d = tempfile::tempdir().unwrap();
+    let (sk, pk) = keys(d.path());
+    let p = log_path(d.path());
+    let mut c = AuditConfig::new(&p);
+    c.checkpoint_key = Some(sk);
+    let log = AuditLog::open(c).unwrap();
+    // Not closed: a broker killed right after its start still leaves a head that verifies.
+    let hp = d.path().join("audit.log.head");
+    let head: Value = serde_json::from_str(&std::fs::read_to_string(&hp).unwrap()).unwrap();
+    assert_eq!(
+        (head["covers_seq"].as_u64(), head["checkpoint_seq"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let r = verify(std::slice::from_ref(&p), Some(&pk));
+    assert!(r.is_ok() && r.head_checked, "{r}");
+    drop(log);
+}
+
+#[test]
+fn a_keyed_log_cut_below_its_head_is_not_continued() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, _pk) = make_signed_log(d.path(), 9);
+    let mut c = AuditConfig::new(&p);
+    c.checkpoint_key = Some(d.path().join("ck.pem"));
+    let before = lines(&p);
+    // Cut the final checkpoint: the head names a record that is gone.
+    write_lines(&p, &before[..before.len() - 3]);
+    let e = AuditLog::open(c.clone()).unwrap_err().to_string();
+    assert!(
+        e.contains("head file") && e.contains("cut off or replaced") && e.contains("ends at seq"),
+        "{e}"
+    );
+    assert_eq!(lines(&p).len(), before.len() - 3, "nothing was appended");
+    // Replace the last record (same seq, re-hashed content): refused too.
+    let mut l = before.clone();
+    let mut m = parse(l.last().unwrap());
+    m.insert("covers_seq".into(), json!(0));
+    l.pop();
+    l.push(rehash(m));
+    write_lines(&p, &l);
+    let e = AuditLog::open(c.clone()).unwrap_err().to_string();
+    assert!(e.contains("different record"), "{e}");
+    // An emptied log next to its head: refused.
+    write_lines(&p, &[]);
+    std::fs::write(&p, "").unwrap();
+    let e = AuditLog::open(c.clone()).unwrap_err().to_string();
+    assert!(e.contains("is empty"), "{e}");
+    // The intact log continues.
+    write_lines(&p, &before);
+    AuditLog::open(c).unwrap().close();
+}
+
+#[test]
+fn symlinks_at_the_log_path_or_its_directory_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let elsewhere = d.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    // A link at the log path (dangling: the log would be created through it).
+    let target = elsewhere.join("stolen.log");
+    let p = log_path(d.path());
+    std::os::unix::fs::symlink(&target, &p).unwrap();
+    let e = AuditLog::open(AuditConfig::new(&p))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is a symbolic link: refused"), "{e}");
+    assert!(!target.exists());
+    // A link to an existing file.
+    std::fs::write(&target, "").unwrap();
+    let e = AuditLog::open(AuditConfig::new(&p))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is a symbolic link: refused"), "{e}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "");
+    // A link in place of the log's directory.
+    let dirlink = d.path().join("logdir");
+    std::os::unix::fs::symlink(&elsewhere, &dirlink).unwrap();
+    let e = AuditLog::open(AuditConfig::new(dirlink.join("audit.log")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("audit directory") && e.contains("symbolic link"),
+        "{e}"
+    );
+    assert!(!elsewhere.join("audit.log").exists());
+    // A link at the head file's temporary name is not written through either.
+    let (sk, _) = keys(d.path());
+    let real = d.path().join("real.log");
+    let tmp_target = elsewhere.join("head-stolen");
+    std::os::unix::fs::symlink(&tmp_target, d.path().join("real.log.head.tmp")).unwrap();
+    let mut c = AuditConfig::new(&real);
+    c.checkpoint_key = Some(sk);
+    let log = AuditLog::open(c).unwrap();
+    log.close();
+    assert!(!tmp_target.exists());
+}
+
+#[test]
+fn records_cut_off_the_open_log_are_not_chained_over() {
+    let d = tempfile::tempdir().unwrap();
+    let p = log_path(d.path());
+    let log = AuditLog::open(AuditConfig::new(&p)).unwrap();
+    for i in 0..6 {
+        log.append_blocking("tool.call", fields(json!({"i": i})))
+            .unwrap();
+    }
+    let before = lines(&p);
+    // Something else cuts the last three records while the broker runs.
+    write_lines(&p, &before[..before.len() - 3]);
+    let e = log
+        .append_blocking("tool.call", fields(json!({"i": 6})))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("records were cut off it while it was open") && e.contains("seq 6 was written"),
+        "{e}"
+    );
+    assert!(!log.is_healthy());
+    log.close();
+    // Nothing was appended over the cut.
+    assert_eq!(lines(&p).len(), before.len() - 3);
+}
+
+#[test]
+fn a_timed_checkpoint_covers_a_quiet_tail() {
+    let d = tempfile::tempdir().unwrap();
+    let (sk, pk) = keys(d.path());
+    let p = log_path(d.path());
+    let mut c = AuditConfig::new(&p);
+    c.checkpoint_key = Some(sk);
+    c.checkpoint_every = 1000;
+    c.checkpoint_interval = Some(Duration::from_millis(150));
+    c.mode = SyncMode::Batch {
+        interval: Duration::from_secs(3600),
+    };
+    let log = AuditLog::open(c).unwrap();
+    let seq = log
+        .append_blocking("tool.call", fields(json!({"i": 0})))
+        .unwrap()
+        .seq;
+    let hp = d.path().join("audit.log.head");
+    let covered = || {
+        std::fs::read_to_string(&hp)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|h| h["covers_seq"].as_u64())
+    };
+    let t0 = std::time::Instant::now();
+    while covered() != Some(seq) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no timed checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Not closed (as after a crash): the head covers the quiet tail and the log verifies.
+    let r = verify(std::slice::from_ref(&p), Some(&pk));
+    assert!(r.is_ok() && r.head_checked, "{r}");
+    // Nothing new, no new checkpoint.
+    let n = lines(&p).len();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(lines(&p).len(), n);
+    log.close();
 }

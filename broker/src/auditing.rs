@@ -40,6 +40,8 @@ impl Audit {
             rotate_bytes: (s.rotate_bytes > 0).then_some(s.rotate_bytes),
             checkpoint_key: s.checkpoint_key.clone(),
             checkpoint_every: s.checkpoint_every,
+            checkpoint_interval: (s.checkpoint_secs > 0)
+                .then(|| Duration::from_secs(s.checkpoint_secs)),
             fail_open: s.fail_open,
             journald_socket: s.journald.then(|| Path::new(JOURNALD_SOCKET).to_path_buf()),
         };

@@ -125,9 +125,18 @@ pub enum CompletionShell {
 pub enum AuditCommand {
     /// Verify the hash chain (and signed checkpoints with --key); names the first broken record.
     Verify {
-        /// Ed25519 public key of the checkpoint signer (enables tail-truncation detection).
+        /// Ed25519 public key of the checkpoint signer (enables tail-truncation detection:
+        /// the signed head file `<log>.head` must then exist and name the log's last checkpoint).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// The signed head file to check against (default `<log>.head`), e.g. a copy kept where
+        /// whoever can write the log cannot.
+        #[arg(long, requires = "key", conflicts_with = "no_head")]
+        head: Option<PathBuf>,
+        /// Verify with --key but without any head file, for a log whose head is knowingly lost:
+        /// records cut off the end of the log are then NOT detected (the report says so).
+        #[arg(long, requires = "key")]
+        no_head: bool,
         /// Log files (a base path also brings in its rotated files).
         #[arg(required = true)]
         files: Vec<PathBuf>,

@@ -188,6 +188,9 @@ pub struct RawAudit {
     pub checkpoint_key: Option<Spanned<String>>,
     /// A signed checkpoint every this many records (default 1000).
     pub checkpoint_every: Option<u64>,
+    /// And at the latest this many seconds after a record no checkpoint covers yet (default 60;
+    /// 0 = by count only).
+    pub checkpoint_secs: Option<u64>,
     /// Record a redacted preview of tool arguments (default false: only their digest).
     #[serde(default)]
     pub preview_args: bool,

@@ -727,6 +727,105 @@ call_timeout_secs = 30
     }
 
     #[test]
+    fn the_audit_path_is_judged_after_resolving_its_symlinks() {
+        // /var/log/mcpd/link.jsonl -> /srv/data/stolen.jsonl; /var/log/dirlink -> /srv/data.
+        let links = |p: &Path| -> std::io::Result<PathBuf> {
+            if p == Path::new("/var/log/mcpd/link.jsonl") {
+                Ok(PathBuf::from("/srv/data/stolen.jsonl"))
+            } else if let Ok(rest) = p.strip_prefix("/var/log/dirlink") {
+                Ok(Path::new("/srv/data").join(rest))
+            } else if p == Path::new("/var/log/mcpd/new.jsonl") {
+                Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+            } else {
+                fake_canon(p)
+            }
+        };
+        let cfg = |path: &str| {
+            format!("[clients.c]\nwrite = [\"/srv/data\"]\n[audit]\npath = \"{path}\"\n")
+        };
+        for path in ["/var/log/mcpd/link.jsonl", "/var/log/dirlink/audit.jsonl"] {
+            let e = Policy::from_toml("c.toml", &cfg(path), &links).unwrap_err();
+            assert_eq!(e.line, Some(4), "{path}: {e}");
+            assert!(
+                e.message.contains("audit log /srv/data/")
+                    && e.message
+                        .contains("lies inside /srv/data which client 'c' may access"),
+                "{path}: {e}"
+            );
+        }
+        // A file that does not exist yet is created at the resolved directory.
+        let p = Policy::from_toml("c.toml", &cfg("/var/log/mcpd/new.jsonl"), &links).unwrap();
+        assert_eq!(
+            p.audit.as_ref().unwrap().path,
+            PathBuf::from("/var/log/mcpd/new.jsonl")
+        );
+        // A link to somewhere out of reach is followed, loudly.
+        let elsewhere = |p: &Path| -> std::io::Result<PathBuf> {
+            if p == Path::new("/var/log/mcpd/link.jsonl") {
+                Ok(PathBuf::from("/srv/logs/real.jsonl"))
+            } else {
+                fake_canon(p)
+            }
+        };
+        let p = Policy::from_toml("c.toml", &cfg("/var/log/mcpd/link.jsonl"), &elsewhere).unwrap();
+        assert_eq!(
+            p.audit.as_ref().unwrap().path,
+            PathBuf::from("/srv/logs/real.jsonl")
+        );
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("resolves to /srv/logs/real.jsonl")),
+            "{:?}",
+            p.warnings
+        );
+        // A client root that is one of the log's sibling files (head, rotated) is refused too.
+        for sib in [
+            "/var/log/mcpd/a.jsonl.head",
+            "/var/log/mcpd/a.jsonl.00000000000000000041",
+        ] {
+            let e = Policy::from_toml(
+                "c.toml",
+                &format!(
+                    "[clients.c]\nread = [\"{sib}\"]\n[audit]\npath = \"/var/log/mcpd/a.jsonl\"\n"
+                ),
+                &fake_canon,
+            )
+            .unwrap_err();
+            assert!(
+                e.message.contains("which client 'c' may access"),
+                "{sib}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_audit_log_without_a_checkpoint_key_is_loud() {
+        let p = policy("[audit]\npath = \"/var/log/mcpd/a.jsonl\"\n");
+        assert!(p.describe().contains(
+            "WARNING: audit.checkpoint_key is not set: anyone who can write the audit log can rewrite it"
+        ));
+        assert!(p.describe().contains("mcpd audit keygen"));
+        let p = policy(
+            "[audit]\npath = \"/var/log/mcpd/a.jsonl\"\ncheckpoint_key = \"/etc/mcpd/k.pem\"\n",
+        );
+        assert!(
+            !p.describe().contains("checkpoint_key is not set"),
+            "{}",
+            p.describe()
+        );
+        // --audit-log without a configured [audit]: loud as well.
+        let mut q =
+            Policy::quick_start(&QuickStart::default(), Path::new("/work"), &fake_canon).unwrap();
+        q.set_audit_path(Path::new("/logs/audit.jsonl"), &fake_canon)
+            .unwrap();
+        assert!(q
+            .warnings
+            .iter()
+            .any(|w| w.contains("checkpoint_key is not set")));
+    }
+
+    #[test]
     fn global_write_is_explicit_and_loud() {
         let p = policy("[clients.root]\nglobal_write = true\n");
         let perms = p.permissions(&id("root")).unwrap();

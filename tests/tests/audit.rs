@@ -564,3 +564,230 @@ fn http_transport_rejects_are_audited() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A keyed configuration: client `c` reads `data`, the log at `log` signed with `sk`.
+fn keyed_config(f: &Fx, sk: &Path, every: u64) -> PathBuf {
+    let cfg = f.logdir.parent().unwrap().join("keyed.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[stdio]\nclient = \"c\"\n[clients.c]\nread = [\"{}\"]\n[audit]\npath = \"{}\"\ncheckpoint_key = \"{}\"\ncheckpoint_every = {every}\n",
+            f.data.display(),
+            f.log.display(),
+            sk.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn keys(f: &Fx) -> (PathBuf, PathBuf) {
+    let dir = f.logdir.parent().unwrap().join("keys");
+    std::fs::create_dir(&dir).unwrap();
+    let (sk, pk) = (dir.join("audit.key"), dir.join("audit.pub"));
+    let (code, out, err) = mcpd(&[
+        "audit",
+        "keygen",
+        "--private",
+        sk.to_str().unwrap(),
+        "--public",
+        pk.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    (sk, pk)
+}
+
+fn session(cfg: &Path, f: &Fx, calls: usize) {
+    let mut s = Server::start(&["--config", cfg.to_str().unwrap()]);
+    s.initialize();
+    for _ in 0..calls {
+        let r = s.call("read_text_file", json!({"path": f.data.join("a.txt")}));
+        assert_eq!(r["content"][0]["text"], "alpha", "{r}");
+    }
+    assert!(s.finish().success());
+}
+
+#[test]
+fn with_a_key_verify_fails_when_the_head_is_deleted_or_rolled_back() {
+    let f = fx();
+    let (sk, pk) = keys(&f);
+    let cfg = keyed_config(&f, &sk, 4);
+    let (code, out, err) = mcpd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("checkpoint_key is not set"), "{out}");
+    let head = f.logdir.join("audit.jsonl.head");
+    session(&cfg, &f, 3);
+    let old_head = std::fs::read_to_string(&head).unwrap();
+    session(&cfg, &f, 6);
+    let new_head = std::fs::read_to_string(&head).unwrap();
+    assert_ne!(old_head, new_head);
+    let (log, key) = (f.log.to_str().unwrap(), pk.to_str().unwrap());
+    let verify = |extra: &[&str]| {
+        let mut a = vec!["audit", "verify", "--key", key];
+        a.extend_from_slice(extra);
+        a.push(log);
+        mcpd(&a)
+    };
+    // Intact: passes, head checked.
+    let (code, out, err) = verify(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("head checked"), "{out}");
+    // `audit.jsonl*` also names the head file: it is not taken for a log file.
+    let (code, out, err) = mcpd(&["audit", "verify", "--key", key, log, head.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("in 1 file(s)") && out.contains("head checked"),
+        "{out}"
+    );
+    // Head deleted: a failure, saying what that means.
+    std::fs::remove_file(&head).unwrap();
+    let (code, out, err) = verify(&[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("BROKEN: head file missing")
+            && out.contains(head.to_str().unwrap())
+            && out.contains("records cut off the end of the log cannot be detected"),
+        "{out}"
+    );
+    // ... unless the operator knowingly verifies without one, which the report says loudly.
+    let (code, out, err) = verify(&["--no-head"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("HEAD FILE NOT CHECKED"), "{out}");
+    let (code, _, err) = mcpd(&["audit", "verify", "--no-head", log]);
+    assert_eq!(code, 2, "--no-head needs --key: {err}");
+    // The log cut at a later checkpoint than the old head names, the old head put back.
+    let full = std::fs::read_to_string(&f.log).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    let old: Value = serde_json::from_str(&old_head).unwrap();
+    let old_seq = old["checkpoint_seq"].as_u64().unwrap();
+    let cut = lines
+        .iter()
+        .position(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            r["event"] == "log.checkpoint" && r["seq"].as_u64().unwrap() > old_seq
+        })
+        .unwrap();
+    assert!(cut + 4 < lines.len(), "a real tail is cut");
+    std::fs::write(&f.log, lines[..=cut].join("\n") + "\n").unwrap();
+    std::fs::write(&head, &old_head).unwrap();
+    let (code, out, err) = verify(&[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("BROKEN: head file stale") && out.contains("rolled back"),
+        "{out}"
+    );
+    // A copy of the real head kept elsewhere names the cut (--head FILE).
+    let copy = f.logdir.parent().unwrap().join("head-copy");
+    std::fs::write(&copy, &new_head).unwrap();
+    let (code, out, err) = verify(&["--head", copy.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("BROKEN: truncated"), "{out}");
+    // The broker does not sign on top of a log cut below its head.
+    std::fs::write(&head, &new_head).unwrap();
+    let (code, _, err) = mcpd(&["serve", "--stdio", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("cut off or replaced"), "{err}");
+    // The whole log and its head restored: passes again, and the broker continues it.
+    std::fs::write(&f.log, &full).unwrap();
+    let (code, out, err) = verify(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    session(&cfg, &f, 1);
+    let (code, out, err) = verify(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn an_audit_path_through_a_symlink_into_a_client_root_is_refused() {
+    let f = fx();
+    let data = f.data.to_str().unwrap();
+    // The log path itself a link to a file in the client's write root.
+    std::fs::write(f.data.join("stolen.jsonl"), "").unwrap();
+    let link = f.logdir.join("audit.jsonl");
+    std::os::unix::fs::symlink(f.data.join("stolen.jsonl"), &link).unwrap();
+    let (code, _, err) = mcpd(&[
+        "serve",
+        "--stdio",
+        "--allow-write",
+        data,
+        "--audit-log",
+        link.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "audit log {} lies inside {data}",
+            f.data.join("stolen.jsonl").display()
+        )),
+        "{err}"
+    );
+    // The same in a configuration file: check-config refuses it.
+    let cfg = f.logdir.parent().unwrap().join("link.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[stdio]\nclient = \"c\"\n[clients.c]\nwrite = [\"{data}\"]\n[audit]\npath = \"{}\"\n",
+            link.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = mcpd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("lies inside"), "{err}");
+    // The log's directory a link into the write root.
+    let dirlink = f.logdir.join("dir");
+    std::os::unix::fs::symlink(&f.data, &dirlink).unwrap();
+    let (code, _, err) = mcpd(&[
+        "serve",
+        "--stdio",
+        "--allow-write",
+        data,
+        "--audit-log",
+        dirlink.join("audit.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("lies inside"), "{err}");
+    assert!(!f.data.join("audit.jsonl").exists());
+    // A link planted at the log path to a file that does not exist yet (nothing to resolve at
+    // load): refused when the log is opened, never created through.
+    let dangling = f.logdir.join("planted.jsonl");
+    std::os::unix::fs::symlink(f.data.join("created.jsonl"), &dangling).unwrap();
+    let (code, _, err) = mcpd(&[
+        "serve",
+        "--stdio",
+        "--allow-write",
+        data,
+        "--audit-log",
+        dangling.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("is a symbolic link: refused"), "{err}");
+    assert!(!f.data.join("created.jsonl").exists());
+    assert_eq!(
+        std::fs::read_to_string(f.data.join("stolen.jsonl")).unwrap(),
+        ""
+    );
+}
+
+#[test]
+fn check_config_is_loud_about_an_audit_log_without_a_checkpoint_key() {
+    let f = fx();
+    let cfg = f.logdir.parent().unwrap().join("nokey.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[stdio]\nclient = \"c\"\n[clients.c]\nread = [\"{}\"]\n[audit]\npath = \"{}\"\n",
+            f.data.display(),
+            f.log.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = mcpd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("WARNING: audit.checkpoint_key is not set: anyone who can write the audit log can rewrite it")
+            && first.contains("mcpd audit keygen"),
+        "{out}"
+    );
+    assert!(out.contains("configuration OK"), "{out}");
+}

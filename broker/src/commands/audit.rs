@@ -15,10 +15,22 @@ use std::process::ExitCode;
 use crate::cli::AuditCommand;
 use crate::error::BrokerError;
 
-/// Every log file `args` names, in order, without duplicates.
+/// Whether `p` is the head file (or its temporary file) of a log that exists next to it, as
+/// `audit.jsonl*` brings in: not a log file (verification finds and checks it by itself).
+fn is_head_of_a_log(p: &std::path::Path) -> bool {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    [".head", ".head.tmp"].iter().any(|suffix| {
+        name.strip_suffix(suffix)
+            .is_some_and(|stem| !stem.is_empty() && p.with_file_name(stem).is_file())
+    })
+}
+
+/// Every log file `args` names, in order, without duplicates (and without the logs' head files).
 fn audit_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, BrokerError> {
     let mut out: Vec<PathBuf> = Vec::new();
-    for a in args {
+    for a in args.iter().filter(|a| !is_head_of_a_log(a)) {
         let found = mcpd_audit::discover_files(a).map_err(BrokerError::AuditTool)?;
         if found.is_empty() {
             return Err(BrokerError::NoAuditLog(a.clone()));
@@ -178,9 +190,17 @@ pub fn parse_time(s: &str) -> Result<String, String> {
 /// (exit code 1), not an error.
 pub fn run(cmd: AuditCommand) -> Result<ExitCode, BrokerError> {
     match cmd {
-        AuditCommand::Verify { key, files } => {
+        AuditCommand::Verify {
+            key,
+            head,
+            no_head,
+            files,
+        } => {
             let files = audit_files(&files)?;
-            let report = mcpd_audit::verify(&files, key.as_deref());
+            let report = match (key.as_deref(), no_head) {
+                (Some(k), true) => mcpd_audit::verify_without_head(&files, k),
+                (k, _) => mcpd_audit::verify_with_head(&files, k, head.as_deref()),
+            };
             print!("{report}");
             Ok(if report.is_ok() {
                 ExitCode::SUCCESS

@@ -336,9 +336,13 @@ impl Policy {
         canon: Canonicalize<'_>,
     ) -> Result<(), ConfigError> {
         let src = Source::new("<flags>", "");
-        let path = canonical_log_path(&src, None, path, canon)?;
+        let path = canonical_log_path(&src, None, path, canon, &mut self.warnings)?;
         self.check_audit_reach(&path)
             .map_err(|m| src.error(None, m))?;
+        if self.audit.is_none() {
+            // (A configured [audit] without a key has warned already.)
+            self.warnings.push(NO_CHECKPOINT_KEY.into());
+        }
         let mut a = self
             .audit
             .take()
@@ -349,15 +353,24 @@ impl Policy {
     }
 
     /// The audit log must be out of every worker's reach: not inside any client's read or write
-    /// roots (Landlock rules are derived from those roots).
+    /// roots (Landlock rules are derived from those roots), and no root may be one of the log's
+    /// sibling files (`<log>.head`, its temporary file, rotated `<log>.<seq>` files). `log` is
+    /// the resolved path ([`canonical_log_path`]), as the roots are.
     pub(super) fn check_audit_reach(&self, log: &Path) -> Result<(), String> {
+        let sibling_prefix = log
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| format!("{n}."));
+        let ours = |r: &Path| {
+            log.starts_with(r)
+                || (r.parent() == log.parent()
+                    && r.file_name()
+                        .and_then(|n| n.to_str())
+                        .zip(sibling_prefix.as_deref())
+                        .is_some_and(|(rn, pre)| rn.starts_with(pre)))
+        };
         for (id, p) in &self.clients {
-            if let Some(root) = p
-                .read
-                .iter()
-                .chain(p.write.iter())
-                .find(|r| log.starts_with(r))
-            {
+            if let Some(root) = p.read.iter().chain(p.write.iter()).find(|r| ours(r)) {
                 return Err(format!(
                     "audit log {} lies inside {} which client '{id}' may access: move the log out of every client's roots",
                     log.display(),
@@ -369,12 +382,25 @@ impl Policy {
     }
 }
 
-/// Canonicalise a log file path: absolute, its directory must exist (the file may not).
+/// The warning for an audit log without a checkpoint key (`check-config` and `serve` print it).
+pub(crate) const NO_CHECKPOINT_KEY: &str = "audit.checkpoint_key is not set: anyone who can \
+     write the audit log can rewrite it (re-hashing the chain) or cut records off its end \
+     undetected; create a key with `mcpd audit keygen --private /etc/mcpd/audit.key \
+     --public /etc/mcpd/audit.pub`, set audit.checkpoint_key to the private one and keep \
+     the public one for `mcpd audit verify --key`";
+
+/// Canonicalise a log file path: absolute, its directory must exist (the file may not). Every
+/// symlink is resolved, the directory's and — when the file exists — the file's own, so that
+/// [`Policy::check_audit_reach`] judges the file that will really be written (a log path that
+/// is a link into a client's root is refused, not written through). The broker then opens the
+/// resolved path without following symlinks (`O_NOFOLLOW`, and the directory
+/// `O_DIRECTORY|O_NOFOLLOW`), so a link planted there after this check is refused at open.
 pub(super) fn canonical_log_path(
     src: &Source,
     span: Option<std::ops::Range<usize>>,
     p: &Path,
     canon: Canonicalize<'_>,
+    warnings: &mut Vec<String>,
 ) -> Result<PathBuf, ConfigError> {
     if !p.is_absolute() {
         return Err(src.error(
@@ -396,7 +422,25 @@ pub(super) fn canonical_log_path(
         };
         src.error(span.clone(), msg)
     })?;
-    Ok(dir.join(name))
+    let joined = dir.join(name);
+    let resolved = match canon(&joined) {
+        Ok(r) => r,
+        // No file yet (or a dangling link, which the open refuses): the log is created there.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => joined.clone(),
+        Err(e) => {
+            return Err(src.error(span, format!("audit path '{}': {e}", p.display())));
+        }
+    };
+    if resolved != p {
+        warnings.push(format!(
+            "audit path {} resolves to {} (a symbolic link): the log, its head file and rotated \
+             files are written at {}; configure that path instead",
+            p.display(),
+            resolved.display(),
+            resolved.display()
+        ));
+    }
+    Ok(resolved)
 }
 
 pub(super) fn audit_settings(
@@ -405,7 +449,13 @@ pub(super) fn audit_settings(
     canon: Canonicalize<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<AuditSettings, ConfigError> {
-    let path = canonical_log_path(src, Some(a.path.span()), Path::new(a.path.get_ref()), canon)?;
+    let path = canonical_log_path(
+        src,
+        Some(a.path.span()),
+        Path::new(a.path.get_ref()),
+        canon,
+        warnings,
+    )?;
     let strict = match a.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
         None | Some(("batch", _)) => false,
         Some(("strict", _)) => true,
@@ -432,6 +482,9 @@ pub(super) fn audit_settings(
             )
         }
     };
+    if checkpoint_key.is_none() {
+        warnings.push(NO_CHECKPOINT_KEY.into());
+    }
     if a.fail_open {
         warnings.push(
             "audit.fail_open = true: requests are served even when the audit log cannot be written"
@@ -446,6 +499,7 @@ pub(super) fn audit_settings(
         rotate_bytes: a.rotate_bytes.unwrap_or(d.rotate_bytes),
         checkpoint_key,
         checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every).max(1),
+        checkpoint_secs: a.checkpoint_secs.unwrap_or(d.checkpoint_secs),
         preview_args: a.preview_args,
         fail_open: a.fail_open,
         journald: a.journald,

@@ -319,6 +319,8 @@ pub struct AuditSettings {
     pub checkpoint_key: Option<PathBuf>,
     /// Checkpoint interval in records.
     pub checkpoint_every: u64,
+    /// Longest time a record stays without a checkpoint, seconds (0 = by count only).
+    pub checkpoint_secs: u64,
     /// Record redacted argument previews.
     pub preview_args: bool,
     /// Keep serving when the log cannot be written.
@@ -337,6 +339,7 @@ impl AuditSettings {
             rotate_bytes: 64 * 1024 * 1024,
             checkpoint_key: None,
             checkpoint_every: 1000,
+            checkpoint_secs: 60,
             preview_args: false,
             fail_open: false,
             journald: false,
@@ -480,7 +483,7 @@ impl Policy {
                 a.path.display(),
                 if a.strict { "strict" } else { "batch" },
                 a.rotate_bytes,
-                a.checkpoint_key.as_ref().map_or("off".to_string(), |k| format!("every {} records, key {}", a.checkpoint_every, k.display())),
+                a.checkpoint_key.as_ref().map_or("OFF (no checkpoint_key)".to_string(), |k| format!("every {} records{}, key {}", a.checkpoint_every, if a.checkpoint_secs > 0 { format!(" or {}s", a.checkpoint_secs) } else { String::new() }, k.display())),
                 a.preview_args,
                 a.fail_open,
                 a.journald

@@ -452,12 +452,24 @@ fn the_shipped_configuration_passes_once_its_directories_exist() {
             "{err}"
         );
     }
-    // With the package's directories in place (here: the log directory elsewhere).
+    // With the package's directories and key in place (here: elsewhere; the key made as the
+    // package's postinst makes it).
     let d = tempfile::tempdir().unwrap();
+    let key = d.path().join("audit.key");
+    let (code, _, err) = mcpd(&[
+        "audit",
+        "keygen",
+        "--private",
+        key.to_str().unwrap(),
+        "--public",
+        d.path().join("audit.pub").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
     let cfg = d.path().join("mcpd.toml");
     std::fs::write(
         &cfg,
-        text.replace("/var/log/mcpd", d.path().to_str().unwrap()),
+        text.replace("/var/log/mcpd", d.path().to_str().unwrap())
+            .replace("/etc/mcpd/audit.key", key.to_str().unwrap()),
     )
     .unwrap();
     let (code, out, err) = mcpd(&["check-config", "-c", cfg.to_str().unwrap()]);
@@ -467,6 +479,9 @@ fn the_shipped_configuration_passes_once_its_directories_exist() {
         "{out}"
     );
     assert!(out.trim_end().ends_with("configuration OK"), "{out}");
+    // The package signs its audit log: no warning about a missing checkpoint key.
+    assert!(!out.contains("checkpoint_key is not set"), "{out}");
+    assert!(out.contains(&format!("key {}", key.display())), "{out}");
 }
 
 #[test]

@@ -283,13 +283,17 @@ _mcpd() {
             return 0
             ;;
         mcpd__subcmd__audit__subcmd__verify)
-            opts="-h --key --help"
+            opts="-h --key --head --no-head --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --head)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -72,7 +72,9 @@ complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and not __fish_seen_sub
 complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and not __fish_seen_subcommand_from verify tail query keygen help" -f -a "query" -d 'Print the records of one client, one event and/or a time window: one aligned line each, or the records themselves with --json'
 complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and not __fish_seen_subcommand_from verify tail query keygen help" -f -a "keygen" -d 'Generate an Ed25519 key pair for signed checkpoints'
 complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and not __fish_seen_subcommand_from verify tail query keygen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and __fish_seen_subcommand_from verify" -l key -d 'Ed25519 public key of the checkpoint signer (enables tail-truncation detection)' -r -F
+complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and __fish_seen_subcommand_from verify" -l key -d 'Ed25519 public key of the checkpoint signer (enables tail-truncation detection: the signed head file `<log>.head` must then exist and name the log\'s last checkpoint)' -r -F
+complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and __fish_seen_subcommand_from verify" -l head -d 'The signed head file to check against (default `<log>.head`), e.g. a copy kept where whoever can write the log cannot' -r -F
+complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and __fish_seen_subcommand_from verify" -l no-head -d 'Verify with --key but without any head file, for a log whose head is knowingly lost: records cut off the end of the log are then NOT detected (the report says so)'
 complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help'
 complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and __fish_seen_subcommand_from tail" -s n -d 'How many records' -r
 complete -c mcpd -n "__fish_mcpd_using_subcommand audit; and __fish_seen_subcommand_from tail" -l json -d 'One JSON record per line, as logged'

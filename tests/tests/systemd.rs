@@ -491,3 +491,117 @@ fn sigterm_over_http_answers_the_call_in_flight_then_closes_the_session() {
     );
     assert_eq!(recs.last().unwrap()["event"], "broker.stop");
 }
+
+/// Under systemd, stderr is the journal (`JOURNAL_STREAM` names it): the broker then logs
+/// native journal entries, with the event's fields, to journald's socket. A private mount
+/// namespace puts this test's datagram socket where journald's would be.
+#[test]
+fn under_systemd_the_log_goes_to_the_journal_as_structured_entries() {
+    if !require(
+        mcpd_e2e::is_root(),
+        "root",
+        "a private mount namespace puts the test's socket at /run/systemd/journal/socket",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let jdir = dir.path().join("journal");
+    std::fs::create_dir(&jdir).unwrap();
+    let journal = UnixDatagram::bind(jdir.join("socket")).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let err = dir.path().join("stderr.log");
+    let errf = std::fs::File::create(&err).unwrap();
+    let st = std::fs::metadata(&err).unwrap();
+    let stream = format!(
+        "{}:{}",
+        std::os::unix::fs::MetadataExt::dev(&st),
+        std::os::unix::fs::MetadataExt::ino(&st)
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/journal && mount --bind \"$1\" /run/systemd/journal && exec \"$0\" serve --stdio --no-config --allow-read /usr/share")
+        .arg(mcpd_bin())
+        .arg(&jdir)
+        .env("JOURNAL_STREAM", &stream)
+        .env("MCPD_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(errf)
+        .spawn()
+        .unwrap();
+    let mut entries: Vec<Vec<(String, String)>> = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let field = |e: &[(String, String)], k: &str| {
+        e.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+    };
+    while Instant::now() < deadline
+        && !entries
+            .iter()
+            .any(|e| field(e, "MESSAGE").as_deref() == Some("session open"))
+    {
+        if let Ok(n) = journal.recv(&mut buf) {
+            entries.push(journal_fields(&buf[..n]));
+        }
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let e = entries
+        .iter()
+        .find(|e| field(e, "MESSAGE").as_deref() == Some("session open"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no 'session open' journal entry; entries {entries:?}; stderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            )
+        });
+    // A native entry: the identifier, the level as a syslog PRIORITY, the target, and the
+    // event's own fields as journal fields.
+    assert_eq!(
+        field(e, "SYSLOG_IDENTIFIER").as_deref(),
+        Some("mcpd"),
+        "{e:?}"
+    );
+    assert!(
+        field(e, "PRIORITY").is_some_and(|p| ["5", "6"].contains(&p.as_str())),
+        "{e:?}"
+    );
+    assert_eq!(
+        field(e, "TARGET").as_deref(),
+        Some("mcpd::transport::stdio"),
+        "{e:?}"
+    );
+    assert_eq!(field(e, "F_CLIENT").as_deref(), Some("local"), "{e:?}");
+    assert_eq!(field(e, "F_TRANSPORT").as_deref(), Some("stdio"), "{e:?}");
+    // Nothing went to stderr as text lines meanwhile (the journal replaced them).
+    let text = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(!text.contains(" INFO "), "{text}");
+}
+
+/// The fields of one journal native-protocol datagram: `KEY=value\n`, or `KEY\n` followed by
+/// a little-endian u64 length, the value and `\n`.
+fn journal_fields(mut b: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let Some(nl) = b.iter().position(|&c| c == b'\n') else {
+            break;
+        };
+        let line = &b[..nl];
+        if let Some(eq) = line.iter().position(|&c| c == b'=') {
+            out.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            b = &b[nl + 1..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &b[nl + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            out.push((key, String::from_utf8_lossy(&rest[8..8 + len]).into_owned()));
+            b = &rest[8 + len + 1..];
+        }
+    }
+    out
+}

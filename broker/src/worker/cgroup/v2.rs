@@ -5,8 +5,9 @@
 //! `memory.swap.max` 0, `memory.events`, and ending a group at once with `cgroup.kill` (5.14+)
 //! or, without it, `cgroup.freeze` while the common kill loop (`group.rs`) runs.
 //!
-//! Never moves a process (the broker stays where its service manager put it) and creates no
-//! directory but the constant `mcpd-workers`. Trusts the kernel (`/proc/self/cgroup`,
+//! Moves no process but the broker itself, and that only into the constant leaf `broker` of
+//! a cgroup delegated to it that holds nothing else (systemd `Delegate=yes` before
+//! `DelegateSubgroup=` existed); creates no directory but that leaf and `mcpd-workers`. Trusts the kernel (`/proc/self/cgroup`,
 //! `/proc/self/mountinfo`, `statfs`) and the operator's configuration for where the subtree
 //! is; does not trust a directory merely because it is writable: as root only systemd's
 //! delegate attribute counts as delegation (see [`is_delegated`]).
@@ -154,6 +155,15 @@ pub(super) fn detect(
         ));
     }
 
+    // Layout 0 (systemd < 254: `Delegate=yes` without `DelegateSubgroup=`): our own cgroup is
+    // delegated to us and holds this process alone; move it into a `broker` leaf, which makes
+    // the delegated cgroup a parent without processes (layout 1 below).
+    let (own_dir, path) = match move_into_leaf(&own_dir, path, mount, notes) {
+        Some(moved) => moved,
+        None => (own_dir, path.clone()),
+    };
+    let path = &path;
+
     // Layout 1: the parent is delegated to us and holds no processes (DelegateSubgroup=).
     if own_dir != mount.mount_point {
         if let (Some(parent), Some(parent_rel)) = (own_dir.parent(), parent_rel(path)) {
@@ -206,6 +216,71 @@ pub(super) fn detect(
         join_rel(path, WORKERS_DIR),
         enabled,
     ))
+}
+
+/// The leaf the broker moves itself into when its own cgroup is delegated to it (layout 0).
+const LEAF_DIR: &str = "broker";
+
+/// Layout 0: when the broker's own v2 cgroup is delegated to it (the systemd attribute, or
+/// owned by the non-root broker) and holds this process and nothing else, create `broker`
+/// below it and move this process there (writing our pid to its `cgroup.procs` moves every
+/// thread). Returns the new own directory and cgroup path; `None` (with a note when it was
+/// tried) leaves everything as it was. Any other process in the cgroup, a directory that is
+/// not delegated, or the cgroup root: nothing is moved.
+fn move_into_leaf(
+    own_dir: &Path,
+    path: &str,
+    mount: &Mount,
+    notes: &mut Vec<String>,
+) -> Option<(PathBuf, String)> {
+    if own_dir == mount.mount_point || !is_delegated(own_dir) {
+        return None;
+    }
+    let me = std::process::id().to_string();
+    let procs = match read_bounded(&own_dir.join("cgroup.procs"), SMALL_FILE_MAX) {
+        Ok(t) => t,
+        Err(e) => {
+            notes.push(format!(
+                "cgroup v2: {}: cgroup.procs: {e}",
+                own_dir.display()
+            ));
+            return None;
+        }
+    };
+    let pids: Vec<&str> = procs.split_whitespace().collect();
+    if pids != [me.as_str()] {
+        notes.push(format!(
+            "cgroup v2: {} is delegated but holds {} process(es) besides the broker: not moving into a leaf",
+            own_dir.display(),
+            pids.iter().filter(|p| **p != me).count()
+        ));
+        return None;
+    }
+    let leaf = own_dir.join(LEAF_DIR);
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            notes.push(format!("cgroup v2: mkdir {}: {e}", leaf.display()));
+            return None;
+        }
+    }
+    if !fs::symlink_metadata(&leaf).is_ok_and(|m| m.is_dir()) {
+        notes.push(format!("cgroup v2: {} is not a directory", leaf.display()));
+        return None;
+    }
+    if let Err(e) = write_file(&leaf.join("cgroup.procs"), &me) {
+        notes.push(format!(
+            "cgroup v2: moving the broker into {}: {e}",
+            leaf.display()
+        ));
+        return None;
+    }
+    tracing::info!(
+        "cgroup v2: moved the broker into {} (its delegated cgroup now holds only groups)",
+        leaf.display()
+    );
+    Some((leaf, join_rel(path, LEAF_DIR)))
 }
 
 /// Use the parent of the broker's v2 cgroup if it is delegated to the broker, holds no
@@ -376,6 +451,62 @@ mod tests {
     use crate::worker::cgroup::parse::parse_proc_cgroup;
     use crate::worker::cgroup::testutil::{assert_gone, must_not_skip_v2, start_daemon_in, unique};
     use crate::worker::cgroup::{Limits, Mode};
+
+    /// Layout 0's decision on a stand-in tree (this host's v2 hierarchy has no pids/memory, so
+    /// the real migration is not reachable here): nothing moves unless the cgroup is
+    /// delegated and holds this process alone; then the pid goes to `broker/cgroup.procs`.
+    #[test]
+    fn the_broker_moves_into_a_leaf_only_of_a_delegated_cgroup_it_alone_occupies() {
+        let root = tempfile::tempdir().unwrap();
+        let mount = Mount {
+            root: "/".into(),
+            mount_point: root.path().to_path_buf(),
+            fstype: "cgroup2".into(),
+            super_opts: String::new(),
+        };
+        let own = root.path().join("mcpd.service");
+        fs::create_dir(&own).unwrap();
+        let me = std::process::id().to_string();
+        fs::write(own.join("cgroup.procs"), format!("{me}\n")).unwrap();
+        let mut notes = Vec::new();
+        // Not delegated (root broker, no attribute): untouched.
+        if rustix::process::geteuid().is_root() {
+            assert!(move_into_leaf(&own, "/mcpd.service", &mount, &mut notes).is_none());
+            assert!(!own.join(LEAF_DIR).exists());
+        }
+        // Delegated: systemd's attribute (root may set trusted.*; others get ownership).
+        let delegated = rustix::fs::setxattr(
+            &own,
+            "trusted.delegate",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_ok()
+            || !rustix::process::geteuid().is_root();
+        assert!(delegated, "cannot mark the stand-in cgroup delegated");
+        // Another process in it: untouched, and said why.
+        fs::write(own.join("cgroup.procs"), format!("{me}\n1\n")).unwrap();
+        assert!(move_into_leaf(&own, "/mcpd.service", &mount, &mut notes).is_none());
+        assert!(
+            notes
+                .last()
+                .unwrap()
+                .contains("holds 1 process(es) besides"),
+            "{notes:?}"
+        );
+        assert!(!own.join(LEAF_DIR).exists());
+        // Alone in it: the leaf is made and our pid written to its cgroup.procs (the kernel's
+        // file exists in a real leaf; the stand-in needs it created).
+        fs::write(own.join("cgroup.procs"), format!("{me}\n")).unwrap();
+        fs::create_dir(own.join(LEAF_DIR)).unwrap();
+        fs::write(own.join(LEAF_DIR).join("cgroup.procs"), "").unwrap();
+        let (dir, rel) = move_into_leaf(&own, "/mcpd.service", &mount, &mut notes).unwrap();
+        assert_eq!(dir, own.join(LEAF_DIR));
+        assert_eq!(rel, "/mcpd.service/broker");
+        assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), me);
+        // The cgroup root itself: never.
+        assert!(move_into_leaf(root.path(), "/", &mount, &mut notes).is_none());
+    }
 
     /// The broker's own v2 cgroup directory and path, when writable.
     fn own_v2_dir() -> Option<(PathBuf, String)> {

@@ -196,71 +196,57 @@ fn verify(log: &Path) {
     );
 }
 
-#[test]
-fn sigterm_lets_the_call_in_flight_finish_and_the_chain_verifies() {
+/// A `sleep SECS` call in flight when the broker (`stop_grace_secs = grace`) gets `SIGTERM`:
+/// its answer, how long the stop took, and the call's audit record, once the broker exited
+/// cleanly, the chain verified and ended with `session.close` … `broker.stop`.
+fn stop_with_call_in_flight(grace: u64, secs: &str) -> (Value, Duration, Value) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, log) = sleeper(dir.path(), 20);
-    call_sleep(&mut s, 7, "2");
+    let (mut s, log) = sleeper(dir.path(), grace);
+    call_sleep(&mut s, 7, secs);
     wait_for_sleep(&s);
     let sent = Instant::now();
     signal(s.child.id() as i32, libc::SIGTERM);
     let r = s
-        .recv_timeout(Duration::from_secs(20))
+        .recv_timeout(Duration::from_secs(30))
         .expect("the call in flight is answered");
     assert_eq!(r["id"], 7, "{r}");
-    assert_ne!(r["result"]["isError"], true, "{r}");
-    assert_eq!(r["result"]["structuredContent"]["exit_code"], 0, "{r}");
-    let st = exit_within(&mut s, Duration::from_secs(20));
+    let st = exit_within(&mut s, Duration::from_secs(30));
     assert!(st.success(), "{st:?}\n{}", s.stderr());
-    assert!(
-        sent.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        sent.elapsed()
-    );
+    let took = sent.elapsed();
     verify(&log);
     let recs = records(&log);
     let call = recs
         .iter()
         .find(|r| r["event"] == "request" && r["method"] == "tools/call")
-        .expect("the call's record");
-    assert_eq!(call["outcome"], "success", "{call}");
+        .expect("the call's record")
+        .clone();
+    assert!(
+        recs.iter().any(|r| r["event"] == "session.close"),
+        "{recs:?}"
+    );
     let stop = recs.last().unwrap();
     assert_eq!(stop["event"], "broker.stop", "{stop}");
     assert_eq!(stop["clean"], true, "{stop}");
+    (r, took, call)
+}
+
+#[test]
+fn sigterm_lets_the_call_in_flight_finish_and_the_chain_verifies() {
+    let (r, _, call) = stop_with_call_in_flight(20, "2");
+    assert_ne!(r["result"]["isError"], true, "{r}");
+    assert_eq!(r["result"]["structuredContent"]["exit_code"], 0, "{r}");
+    assert_eq!(call["outcome"], "success", "{call}");
 }
 
 #[test]
 fn a_call_that_outlives_the_stop_grace_is_cancelled_with_an_error_that_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut s, log) = sleeper(dir.path(), 1);
-    call_sleep(&mut s, 9, "60");
-    wait_for_sleep(&s);
-    let sent = Instant::now();
-    signal(s.child.id() as i32, libc::SIGTERM);
-    let r = s
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the cancelled call is answered");
-    assert_eq!(r["id"], 9, "{r}");
+    let (r, took, call) = stop_with_call_in_flight(1, "60");
     assert_eq!(r["result"]["isError"], true, "{r}");
     let text = r["result"]["content"][0]["text"].as_str().unwrap();
     assert!(text.contains("mcpd is stopping"), "{text}");
-    let st = exit_within(&mut s, Duration::from_secs(20));
-    assert!(st.success(), "{st:?}\n{}", s.stderr());
-    // The grace (1 s) and the cancellation, not the 60 s of the command.
-    assert!(
-        sent.elapsed() < Duration::from_secs(12),
-        "{:?}",
-        sent.elapsed()
-    );
-    verify(&log);
-    let recs = records(&log);
-    let call = recs
-        .iter()
-        .find(|r| r["event"] == "request" && r["method"] == "tools/call")
-        .expect("the call's record");
+    // Cut short by the grace (1 s) and the cancellation, not left to the command's 60 s.
+    assert!(took < Duration::from_secs(40), "{took:?}");
     assert_eq!(call["outcome"], "stopped", "{call}");
-    assert!(recs.iter().any(|r| r["event"] == "session.close"));
-    assert_eq!(recs.last().unwrap()["event"], "broker.stop");
 }
 
 fn socket_activate() -> bool {

@@ -84,6 +84,7 @@ impl PolicySource {
         if let Some(j) = policy.jwt() {
             crate::auth::jwt::load_keys(j).map_err(LoadError::JwtKeys)?;
         }
+        mcp::seal::prepare(policy.http()).map_err(|e| LoadError::StateKey(e.to_string()))?;
         Ok(policy)
     }
 
@@ -145,6 +146,16 @@ async fn reload_on_sighup(source: PolicySource, cell: reload::PolicyCell, audit:
                 f.insert("policy_digest".into(), digest.into());
                 f.insert("reload".into(), true.into());
                 f.insert("clients".into(), p.clients().count().into());
+                let keys = match mcp::seal::prepare(p.http()) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::error!(target: LOG, "policy reload refused, the previous policy stays in force: {e}");
+                        crate::systemd::reloaded(
+                            "serving; the last policy reload was refused (see the log)",
+                        );
+                        continue;
+                    }
+                };
                 if let Err(e) = audit.record("config.load", f).await {
                     tracing::error!(target: LOG, "policy reload refused: the audit log cannot record it: {e}");
                     crate::systemd::reloaded(
@@ -153,6 +164,11 @@ async fn reload_on_sighup(source: PolicySource, cell: reload::PolicyCell, audit:
                     continue;
                 }
                 cell.replace(p);
+                // The requestState keys follow the policy: a new key file seals from now on,
+                // the key it replaces still verifies for the state ttl.
+                if let Err(e) = keys.apply() {
+                    tracing::error!(target: LOG, "requestState keys not replaced: {e}");
+                }
                 tracing::info!(target: LOG, "policy reloaded (SIGHUP)");
                 crate::systemd::reloaded("serving; policy reloaded");
             }
@@ -333,7 +349,7 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
     let about = worker::probe::check(&worker).map_err(BrokerError::Worker)?;
     tracing::debug!(target: LOG, worker = %worker.display(), "{about}");
     // The requestState key, before any request can need it: a CSPRNG failure ends the start.
-    mcp::seal::init().map_err(BrokerError::Key)?;
+    mcp::seal::init(policy.http()).map_err(BrokerError::Key)?;
     let http_addr = policy.http().listen;
     // Bound before the runtime (and its threads) exist: the socket is created under a umask.
     let unix = transport::unix::open(policy.unix(), fds.as_ref()).map_err(BrokerError::Listen)?;

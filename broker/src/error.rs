@@ -37,6 +37,9 @@ pub enum LoadError {
     /// A key file of `[auth.jwt]` cannot be read or holds no usable key.
     #[error("auth.jwt keys: {0}")]
     JwtKeys(String),
+    /// The `requestState` key file(s) of `[http]` cannot be used.
+    #[error("{0}")]
+    StateKey(String),
 }
 
 /// A start-up, serve or subcommand failure of the broker. `Display` is the whole stderr line.
@@ -69,7 +72,7 @@ pub enum BrokerError {
     /// `server.cgroup` names a cgroup that cannot be used.
     #[error("mcpd: server.cgroup: {0}")]
     Cgroup(#[source] crate::worker::cgroup::CgroupError),
-    /// The `requestState` key cannot be created (no CSPRNG).
+    /// The `requestState` key cannot be created (no CSPRNG) or put in force.
     #[error("mcpd: {0}")]
     Key(#[source] crate::mcp::seal::KeyError),
     /// The async runtime cannot be built.

@@ -88,14 +88,14 @@ pub fn read_lines(data: &[u8], max: usize, chunk: usize) -> Vec<Line> {
 
 /// Seal `payload` for `principal` and `scope`, as the broker does (the key is drawn once).
 pub fn seal(principal: &str, scope: &str, payload: &[u8]) -> Option<String> {
-    crate::mcp::seal::init().ok()?;
+    crate::mcp::seal::ensure().ok()?;
     crate::mcp::seal::seal(principal, scope, payload)
 }
 
 /// Open a sealed `requestState`, as the broker does; `None` for anything it did not seal for
 /// this principal and scope.
 pub fn open(principal: &str, scope: &str, token: &str) -> Option<Vec<u8>> {
-    crate::mcp::seal::init().ok()?;
+    crate::mcp::seal::ensure().ok()?;
     crate::mcp::seal::open(principal, scope, token)
 }
 

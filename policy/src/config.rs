@@ -139,6 +139,14 @@ pub struct RawHttp {
     pub max_connections: Option<u64>,
     /// Most open connections per source IP address.
     pub max_connections_per_ip: Option<u64>,
+    /// The `requestState` sealing key file (32 bytes, or 64 hex digits), shared by every
+    /// instance of a deployment; mode 0600 or stricter.
+    pub state_key_file: Option<Spanned<String>>,
+    /// The previous sealing key, accepted (verification only) for `state_ttl_secs` after a
+    /// start or reload: a key rotation.
+    pub state_key_previous_file: Option<Spanned<String>>,
+    /// A sealed `requestState` older than this many seconds is refused (default 600).
+    pub state_ttl_secs: Option<Spanned<u64>>,
 }
 
 /// `[tools.NAME]`: an operator-defined tool, a fixed command template.

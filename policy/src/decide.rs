@@ -664,6 +664,32 @@ call_timeout_secs = 30
     }
 
     #[test]
+    fn request_state_keys_are_absolute_paired_and_the_ttl_bounded() {
+        let h = policy("[http]\nstate_key_file = \"/etc/mcpd/state.key\"\n");
+        assert_eq!(
+            h.http().state_key_file.as_deref(),
+            Some(std::path::Path::new("/etc/mcpd/state.key"))
+        );
+        assert_eq!(h.http().state_ttl_secs, 600);
+        for (text, want) in [
+            (
+                "[http]\nstate_key_file = \"state.key\"\n",
+                "must be an absolute path",
+            ),
+            (
+                "[http]\nstate_key_previous_file = \"/etc/mcpd/old.key\"\n",
+                "needs http.state_key_file",
+            ),
+            ("[http]\nstate_ttl_secs = 0\n", "between 1 and 86400"),
+            ("[http]\nstate_ttl_secs = 86401\n", "between 1 and 86400"),
+        ] {
+            let e = Policy::from_toml("c.toml", text, &fake_canon).unwrap_err();
+            assert!(e.message.contains(want), "{text}: {e}");
+            assert_eq!(e.line, Some(2), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn stop_grace_defaults_and_is_bounded() {
         assert_eq!(policy("").stop_grace_secs, 10);
         assert_eq!(policy("[server]\nstop_grace_secs = 0\n").stop_grace_secs, 0);

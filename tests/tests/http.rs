@@ -487,6 +487,82 @@ fn a_tampered_request_state_is_rejected() {
     }
 }
 
+/// Two instances behind a load balancer: with one `[http] state_key_file`, an input-required
+/// round started on one is finished on the other; with another deployment's key, or with no
+/// key file (a random key per instance), the other instance refuses the state.
+#[test]
+fn a_request_state_verifies_on_every_instance_sharing_the_key_file() {
+    let d = dirs();
+    let base = d.root.parent().unwrap();
+    let key = |name: &str, byte: u8| {
+        let p = base.join(name);
+        std::fs::write(&p, [byte; 32]).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        p
+    };
+    let config = |name: &str, key: Option<&Path>| {
+        let p = base.join(name);
+        let http = key.map_or(String::new(), |k| {
+            format!("[http]\nstate_key_file = \"{}\"\n", k.display())
+        });
+        std::fs::write(&p, format!("{http}[clients.local]\n")).unwrap();
+        p
+    };
+    let shared = key("shared.key", 1);
+    let foreign = key("foreign.key", 2);
+    let a = HttpServer::conformance(&["--config", s(&config("a.toml", Some(&shared)))]);
+    let b = HttpServer::conformance(&["--config", s(&config("b.toml", Some(&shared)))]);
+    let c = HttpServer::conformance(&["--config", s(&config("c.toml", Some(&foreign)))]);
+    let r = HttpServer::conformance(&["--config", s(&config("r.toml", None))]);
+    let tool = "test_input_required_result_request_state";
+    let call = |srv: &HttpServer, extra: Value| {
+        let mut params =
+            json!({"name": tool, "arguments": {}, "_meta": meta(json!({"elicitation": {}}))});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params});
+        srv.request(
+            "POST",
+            &stateless_headers("tools/call", Some(tool)),
+            body.to_string().as_bytes(),
+        )
+        .response_to(&json!(1))
+    };
+    let first = call(&a, json!({}));
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    let state = first["result"]["requestState"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answer = json!({"confirm": {"action": "accept", "content": {"ok": true}}});
+    let retry = json!({"inputResponses": answer, "requestState": state});
+    let on_b = call(&b, retry.clone());
+    assert!(
+        on_b["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("state-ok"),
+        "{on_b}"
+    );
+    for other in [&c, &r] {
+        let refused = call(other, retry.clone());
+        assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    }
+    // A key file others may read is refused at start (a configuration error).
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(mcpd_e2e::mcpd_bin())
+        .args(["check-config", "--config", s(&base.join("a.toml"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("state_key_file") && err.contains("mode 0644"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_elicitation_the_client_never_answers_times_out() {
     let d = dirs();

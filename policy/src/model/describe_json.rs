@@ -84,6 +84,9 @@ impl Policy {
                 "max_connections": h.max_connections,
                 "max_connections_per_ip": h.max_connections_per_ip,
                 "allowed_hosts": h.allowed_hosts,
+                "state_key_file": h.state_key_file.as_ref().map(|p| p.display().to_string()),
+                "state_key_previous_file": h.state_key_previous_file.as_ref().map(|p| p.display().to_string()),
+                "state_ttl_secs": h.state_ttl_secs,
                 "tls": h.tls.as_ref().map(|t| json!({
                     "cert": t.cert.display().to_string(),
                     "min_version": t.min_version.as_str(),

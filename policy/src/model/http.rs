@@ -31,7 +31,20 @@ pub struct HttpSettings {
     pub max_connections: u64,
     /// Most open connections per source IP address.
     pub max_connections_per_ip: u64,
+    /// The `requestState` sealing key (`state_key_file`): shared by every instance of a
+    /// deployment, so a state sealed by one verifies on all. `None`: a random key per start.
+    pub state_key_file: Option<std::path::PathBuf>,
+    /// The previous key (`state_key_previous_file`), accepted for verification only, for
+    /// `state_ttl_secs` after the broker started or reloaded with it (a key rotation).
+    pub state_key_previous_file: Option<std::path::PathBuf>,
+    /// A sealed `requestState` older than this is refused, seconds.
+    pub state_ttl_secs: u64,
 }
+
+/// Default of `[http] state_ttl_secs`: an input-required round is answered within minutes.
+pub const DEFAULT_STATE_TTL_SECS: u64 = 600;
+/// Upper bound of `[http] state_ttl_secs`.
+pub const MAX_STATE_TTL_SECS: u64 = 86_400;
 
 /// Default of `[http] max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
@@ -51,6 +64,9 @@ impl Default for HttpSettings {
             tls: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            state_key_file: None,
+            state_key_previous_file: None,
+            state_ttl_secs: DEFAULT_STATE_TTL_SECS,
         }
     }
 }
@@ -103,7 +119,39 @@ pub(super) fn http_settings(
         }
         allowed_hosts.push(v);
     }
+    let key_path = |v: &Option<toml::Spanned<String>>, key: &str| match v {
+        None => Ok(None),
+        Some(p) if std::path::Path::new(p.get_ref()).is_absolute() => {
+            Ok(Some(std::path::PathBuf::from(p.get_ref())))
+        }
+        Some(p) => Err(src.error(
+            Some(p.span()),
+            format!("http.{key} must be an absolute path"),
+        )),
+    };
+    let state_key_file = key_path(&raw.state_key_file, "state_key_file")?;
+    let state_key_previous_file =
+        key_path(&raw.state_key_previous_file, "state_key_previous_file")?;
+    if state_key_previous_file.is_some() && state_key_file.is_none() {
+        return Err(src.error(
+            raw.state_key_previous_file.as_ref().map(|p| p.span()),
+            "http.state_key_previous_file needs http.state_key_file (the key that seals)",
+        ));
+    }
+    let state_ttl_secs = match &raw.state_ttl_secs {
+        None => DEFAULT_STATE_TTL_SECS,
+        Some(v) if (1..=MAX_STATE_TTL_SECS).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            return Err(src.error(
+                Some(v.span()),
+                format!("http.state_ttl_secs must be between 1 and {MAX_STATE_TTL_SECS}"),
+            ))
+        }
+    };
     Ok(HttpSettings {
+        state_key_file,
+        state_key_previous_file,
+        state_ttl_secs,
         listen,
         localhost,
         client,

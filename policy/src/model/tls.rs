@@ -241,6 +241,14 @@ impl Policy {
                 } else {
                     format!(", extra hosts {}", h.allowed_hosts.join(" "))
                 }
+            ) + &format!(
+                "http.state: {}, valid {}\n",
+                match (&h.state_key_file, &h.state_key_previous_file) {
+                    (None, _) => "random key per start (a state verifies only on this instance, until it restarts)".to_string(),
+                    (Some(k), None) => format!("key {}", k.display()),
+                    (Some(k), Some(p)) => format!("key {}, previous key {} (verification only, for the ttl after each load)", k.display(), p.display()),
+                },
+                super::types::units::secs(h.state_ttl_secs)
             ),
             None => String::new(),
         };

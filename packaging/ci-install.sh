@@ -8,7 +8,6 @@
 #   it wrote verified with the installed key; finally dpkg --purge, and nothing left behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threshold=1.5
 fail() { echo "package check FAILED: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || fail "needs root (dpkg -i)"
@@ -49,17 +48,7 @@ dpkg -i "$deb" >/dev/null
 [ "$(sha256sum /etc/mcpd/audit.key)" = "$sum" ] || fail "reinstalling changed the audit key"
 
 echo "== systemd-analyze on the installed units"
-for u in /usr/lib/systemd/system/mcpd*.socket /usr/lib/systemd/system/mcpd*.service; do
-  problems=$(systemd-analyze verify --man=no "$u" 2>&1 || true)
-  [ -z "$problems" ] || fail "systemd-analyze verify $u: $problems"
-  echo "verify $(basename "$u"): ok"
-done
-for u in /usr/lib/systemd/system/mcpd*.service; do
-  score=$(systemd-analyze security --offline=yes --no-pager "$u" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
-  echo "security $(basename "$u"): exposure $score (threshold $threshold)"
-  awk -v s="$score" -v t="$threshold" 'BEGIN { exit !(s != "" && s + 0 <= t + 0) }' ||
-    fail "$(basename "$u") exposure $score > $threshold"
-done
+bash packaging/unit-check.sh /usr/lib/systemd/system --installed
 
 echo "== installed mcpd check-config on the installed configuration"
 out=$(/usr/bin/mcpd check-config)

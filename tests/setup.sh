@@ -6,17 +6,22 @@
 #     python3), e.g. a venv's;
 #   Node 22 and the official conformance suites 0.1.16 and 0.2.0-alpha.12 in target/conformance
 #     (tests/conformance/install.sh; MCPD_CONFORMANCE_DIR to put them elsewhere);
-#   groff (Debian: groff-base), which renders the man pages in broker/tests/manpages.rs.
+#   groff (Debian: groff-base), which renders the man pages in broker/tests/manpages.rs, and
+#     nginx (nginx-light), the load balancer in front of two instances in tests/tests/balancer.rs.
 # The kernel features (Landlock, seccomp, namespaces, cgroups) and root for the sandbox tests
 # come from the machine; `mcpd doctor` says what it offers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v groff >/dev/null 2>&1; then
+# Debian packages: groff (the man pages), nginx (the load balancer of tests/tests/balancer.rs).
+missing=()
+command -v groff >/dev/null 2>&1 || missing+=(groff-base)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq groff-base
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   else
-    echo "groff is missing: install groff-base (as root: apt-get install groff-base)" >&2
+    echo "missing: ${missing[*]} (as root: apt-get install ${missing[*]})" >&2
   fi
 fi
 if command -v groff >/dev/null 2>&1; then groff --version | head -n 1; fi

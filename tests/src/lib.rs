@@ -492,6 +492,24 @@ pub fn require(present: bool, feature: &str, why: &str) -> bool {
     false
 }
 
+/// [`require`] a program that answers `program arg` successfully (e.g. `nginx -v`).
+pub fn require_program(program: &str, arg: &str, why: &str) -> bool {
+    let present = Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    require(present, program, why)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound, then released), for a server
+/// the test does not start itself (nginx, systemd-socket-activate).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
 /// The Python interpreter with the official MCP SDK `mcp==2.3.0` (`MCPD_TEST_PYTHON`, default
 /// `python3`), through [`require`]: `None` only when skipping is allowed.
 pub fn python_sdk() -> Option<String> {

@@ -13,26 +13,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mcpd_e2e::http::{request_at, HttpServer};
-use mcpd_e2e::{mcpd_bin, require, signal, wait_until};
+use mcpd_e2e::{free_port, mcpd_bin, signal, wait_until};
 use serde_json::{json, Value};
 
 fn nginx() -> bool {
-    require(
-        Command::new("nginx")
-            .arg("-v")
-            .output()
-            .is_ok_and(|o| o.status.success()),
+    mcpd_e2e::require_program(
         "nginx",
+        "-v",
         "the load-balancer test runs the deployment's nginx configuration (Debian nginx-light)",
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// nginx with the shipped site configuration in `dir`, in front of `a` and `b`.
@@ -141,6 +130,18 @@ fn calls(log: &Path, tool: &str) -> usize {
         .count()
 }
 
+/// A plain tool call through `at` that must succeed.
+fn simple_call(at: SocketAddr, id: i64) {
+    let r = stateless(
+        at,
+        id,
+        "tools/call",
+        Some("test_simple_text"),
+        json!({"name": "test_simple_text", "arguments": {}, "_meta": meta(json!({}))}),
+    );
+    assert!(r["result"]["content"].is_array(), "{r}");
+}
+
 #[test]
 fn two_instances_behind_nginx_share_the_state_key_and_survive_one_dying() {
     if !nginx() {
@@ -186,14 +187,7 @@ fn two_instances_behind_nginx_share_the_state_key_and_survive_one_dying() {
     );
     assert!(d["result"]["capabilities"].is_object(), "{d}");
     for id in 2..6 {
-        let r = stateless(
-            lb.addr,
-            id,
-            "tools/call",
-            Some("test_simple_text"),
-            json!({"name": "test_simple_text", "arguments": {}, "_meta": meta(json!({}))}),
-        );
-        assert!(r["result"]["content"].is_array(), "{r}");
+        simple_call(lb.addr, id);
     }
     assert!(
         wait_until(Duration::from_secs(10), || calls(
@@ -254,14 +248,7 @@ fn two_instances_behind_nginx_share_the_state_key_and_survive_one_dying() {
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     for id in 20..26 {
-        let r = stateless(
-            lb.addr,
-            id,
-            "tools/call",
-            Some("test_simple_text"),
-            json!({"name": "test_simple_text", "arguments": {}, "_meta": meta(json!({}))}),
-        );
-        assert!(r["result"]["content"].is_array(), "{r}");
+        simple_call(lb.addr, id);
     }
     assert!(wait_until(Duration::from_secs(10), || calls(
         &log_b,

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcpd_e2e::{children_of, mcpd_bin, require, signal, wait_until, Server};
+use mcpd_e2e::{children_of, free_port, mcpd_bin, require, signal, wait_until, Server};
 use serde_json::{json, Value};
 
 /// Datagrams received on the notify socket, each split into its `KEY=VALUE` lines.
@@ -250,22 +250,11 @@ fn a_call_that_outlives_the_stop_grace_is_cancelled_with_an_error_that_says_so()
 }
 
 fn socket_activate() -> bool {
-    require(
-        Command::new("systemd-socket-activate")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success()),
+    mcpd_e2e::require_program(
         "systemd-socket-activate",
+        "--version",
         "socket activation is tested with systemd's own tool (Debian package systemd)",
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

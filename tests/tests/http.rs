@@ -728,3 +728,44 @@ fn localhost_listens_on_both_loopback_addresses_with_one_set_of_sessions() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["id"], 9);
 }
+
+/// `GET path` on a fresh connection with `host`: the status line's code and the body.
+fn get_path(addr: std::net::SocketAddr, path: &str, method: &str, host: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The balancer's probes: liveness and readiness, through the Host gate, without a token.
+#[test]
+fn health_and_readiness_answer_a_balancer() {
+    let d = dirs();
+    let srv = HttpServer::start(&["--allow-read", s(&d.root)]);
+    let host = srv.addr.to_string();
+    assert_eq!(
+        get_path(srv.addr, "/healthz", "GET", &host),
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(
+        get_path(srv.addr, "/readyz", "GET", &host),
+        (200, "ready\n".to_string())
+    );
+    // Another Host: the gate's 403, as for /mcp (DNS-rebinding protection).
+    assert_eq!(get_path(srv.addr, "/healthz", "GET", "evil.example").0, 403);
+    // Only GET (and HEAD).
+    assert_eq!(get_path(srv.addr, "/readyz", "POST", &host).0, 405);
+}

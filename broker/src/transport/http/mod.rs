@@ -45,6 +45,7 @@
 #![allow(clippy::result_large_err)]
 
 mod gate;
+mod health;
 mod listener;
 mod metadata;
 mod peer;
@@ -176,6 +177,8 @@ struct App {
     stateless: Table<sessions::StatelessKey, HttpSession>,
     /// Held while a stateless session is opened, so that one principal gets one.
     stateless_open: tokio::sync::Mutex<()>,
+    /// A stop has begun: `/readyz` answers 503.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 async fn mcp(
@@ -249,6 +252,7 @@ impl App {
             sessions: Table::new(cfg.max_sessions),
             stateless: Table::new(cfg.max_sessions),
             stateless_open: tokio::sync::Mutex::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             cfg,
         })
     }
@@ -270,7 +274,9 @@ fn router(app: &Arc<App>) -> Router {
         ));
     // Tokens are not accepted on a Unix socket: no resource metadata there.
     let routes = match app.cfg.listen {
-        Listen::Tcp(_) => endpoint.merge(metadata::router(app)),
+        Listen::Tcp(_) => endpoint
+            .merge(metadata::router(app))
+            .merge(health::router(app)),
         Listen::Unix(_) => endpoint,
     };
     routes
@@ -306,6 +312,8 @@ impl App {
     /// rest are cancelled and answered so ([`crate::mcp::session::Session::stop`]), then each
     /// session is closed and its worker reaped.
     async fn end_all_sessions(self: Arc<Self>) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let all: Vec<Arc<HttpSession>> = self
             .sessions
             .drain()

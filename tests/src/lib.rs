@@ -492,6 +492,43 @@ pub fn require(present: bool, feature: &str, why: &str) -> bool {
     false
 }
 
+/// The records of an audit log the broker has finished writing (none if there is no file):
+/// every line must be a JSON record.
+pub fn audit_records(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record ({e}): {l}")))
+        .collect()
+}
+
+/// The records so far of an audit log a running broker is writing: a line still being
+/// written (not yet JSON) is left out.
+pub fn audit_records_so_far(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// `mcpd audit verify LOG` must pass (the chain, and no record cut short).
+pub fn audit_verify(log: &Path) {
+    let out = Command::new(mcpd_bin())
+        .arg("audit")
+        .arg("verify")
+        .arg(log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "audit verify failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// [`require`] a program that answers `program arg` successfully (e.g. `nginx -v`).
 pub fn require_program(program: &str, arg: &str, why: &str) -> bool {
     let present = Command::new(program)

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mcpd_e2e::http::{request_at, HttpServer};
-use mcpd_e2e::{free_port, mcpd_bin, signal, wait_until};
+use mcpd_e2e::{audit_records_so_far, audit_verify, free_port, signal, wait_until};
 use serde_json::{json, Value};
 
 fn nginx() -> bool {
@@ -114,17 +114,9 @@ fn stateless(at: SocketAddr, id: i64, method: &str, name: Option<&str>, params: 
     r.response_to(&json!(id))
 }
 
-fn records(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// The calls of `tool` an instance recorded.
 fn calls(log: &Path, tool: &str) -> usize {
-    records(log)
+    audit_records_so_far(log)
         .iter()
         .filter(|r| r["event"] == "request" && r["tool"] == tool)
         .count()
@@ -257,15 +249,6 @@ fn two_instances_behind_nginx_share_the_state_key_and_survive_one_dying() {
     // Nothing the killed instance answered is missing from its log (strict mode: each record
     // was on disk before its answer left), and the log verifies.
     assert_eq!(calls(&log_a, "test_simple_text"), answered_by_a);
-    let out = Command::new(mcpd_bin())
-        .args(["audit", "verify", log_a.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    audit_verify(&log_a);
     drop(b);
 }

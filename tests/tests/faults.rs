@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use mcpd_e2e::http::{open_at, HttpServer};
 use mcpd_e2e::{
-    alive, bin_dir, children_of, mcpd_bin, require, serving_pid, signal, wait_until, Server,
+    alive, audit_records, audit_verify, bin_dir, children_of, mcpd_bin, require, serving_pid,
+    signal, wait_until, Server,
 };
 use serde_json::{json, Value};
 
@@ -183,28 +184,6 @@ fn fd_count(pid: i32) -> usize {
         .count()
 }
 
-fn records(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn verify(log: &Path) {
-    let out = Command::new(mcpd_bin())
-        .args(["audit", "verify", s(log)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "audit verify failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn call_msg(id: i64, name: &str, args: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
            "params": {"name": name, "arguments": args, "_meta": {"progressToken": id}}})
@@ -256,8 +235,8 @@ fn worker_killed_mid_call(mode: Mode) {
     assert_ne!(w2[0], w);
     let st = srv.finish();
     assert!(st.success(), "{st:?}");
-    verify(&fx.log);
-    let recs = records(&fx.log);
+    audit_verify(&fx.log);
+    let recs = audit_records(&fx.log);
     let r100 = recs
         .iter()
         .find(|r| r["event"] == "request" && r["request_id"] == 100)
@@ -476,7 +455,7 @@ fn broker_killed_mid_stream_leaves_a_verifiable_log_and_nothing_behind() {
         }),
         "outer, init, worker, sleep, python3: {procs:?}"
     );
-    let before = records(&fx.log);
+    let before = audit_records(&fx.log);
     let groups: Vec<String> = before
         .iter()
         .filter(|r| r["event"] == "worker.spawn")
@@ -490,8 +469,8 @@ fn broker_killed_mid_stream_leaves_a_verifiable_log_and_nothing_behind() {
     srv.child.kill().unwrap();
     srv.child.wait().unwrap();
     // The log verifies, and every answer the client got has its record.
-    verify(&fx.log);
-    let recs = records(&fx.log);
+    audit_verify(&fx.log);
+    let recs = audit_records(&fx.log);
     for id in &answered {
         assert!(
             recs.iter()
@@ -512,7 +491,7 @@ fn broker_killed_mid_stream_leaves_a_verifiable_log_and_nothing_behind() {
     // It appends to the same chain, which still verifies.
     let sid = next.initialize();
     reads_alpha(&next, &sid, 2);
-    verify(&fx.log);
+    audit_verify(&fx.log);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -732,7 +711,7 @@ fn a_full_audit_disk_refuses_requests_and_dispatches_nothing() {
         srv.stderr()
     );
     drop(srv);
-    verify(&log);
+    audit_verify(&log);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -789,7 +768,7 @@ fn a_stdio_client_that_vanishes_mid_call_leaves_nothing_behind() {
         "mcpd ended by a signal: {status:?}"
     );
     all_gone(&procs);
-    verify(&fx.log);
+    audit_verify(&fx.log);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use mcpd_e2e::http::{read_response, request_at, HttpServer, Response};
 use mcpd_e2e::jwt::{b64, Key};
-use mcpd_e2e::{signal, wait_until};
+use mcpd_e2e::{audit_records_so_far, signal, wait_until};
 use serde_json::{json, Value};
 
 const ISS: &str = "https://idp.example.test";
@@ -203,18 +203,11 @@ fn tool_names(srv: &HttpServer, token: &str, sid: &str) -> Vec<String> {
     v
 }
 
-fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// Wait until the audit log holds a record matching `f`.
 fn audited(path: &Path, f: impl Fn(&Value) -> bool) -> bool {
-    wait_until(Duration::from_secs(5), || records(path).iter().any(&f))
+    wait_until(Duration::from_secs(5), || {
+        audit_records_so_far(path).iter().any(&f)
+    })
 }
 
 #[test]
@@ -402,7 +395,9 @@ fn the_attack_table_is_refused_with_a_challenge_and_audited() {
         && rec["reason"] == "token_in_query"));
     secrets.push(good);
     // No session was opened by any of them.
-    assert!(!records(&f.log).iter().any(|r| r["event"] == "session.open"));
+    assert!(!audit_records_so_far(&f.log)
+        .iter()
+        .any(|r| r["event"] == "session.open"));
     // The tokens are in neither the audit log nor stderr.
     let log = std::fs::read_to_string(&f.log).unwrap();
     let stderr = srv.stderr();
@@ -543,7 +538,7 @@ fn two_principals_at_once_insufficient_scope_and_session_replay() {
     );
     assert_eq!(r.status, 404);
     // auth.success names the principal, issuer, key id and a token digest, never the token.
-    let recs = records(&f.log);
+    let recs = audit_records_so_far(&f.log);
     let success: Vec<&Value> = recs
         .iter()
         .filter(|r| r["event"] == "auth.success")
@@ -780,7 +775,7 @@ fn stateless_era_calls_get_the_same_scope_checks() {
     );
     // One stateless session per (principal, token scopes).
     assert_eq!(
-        records(&f.log)
+        audit_records_so_far(&f.log)
             .iter()
             .filter(|r| r["event"] == "session.open" && r["transport"] == "http-stateless")
             .count(),

@@ -14,7 +14,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcpd_e2e::{children_of, free_port, mcpd_bin, require, signal, wait_until, Server};
+use mcpd_e2e::{
+    audit_records, audit_verify, children_of, free_port, mcpd_bin, require, signal, wait_until,
+    Server,
+};
 use serde_json::{json, Value};
 
 /// Datagrams received on the notify socket, each split into its `KEY=VALUE` lines.
@@ -175,27 +178,6 @@ fn descendants(pid: i32) -> Vec<i32> {
     all
 }
 
-fn records(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn verify(log: &Path) {
-    let out = Command::new(mcpd_bin())
-        .args(["audit", "verify", log.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A `sleep SECS` call in flight when the broker (`stop_grace_secs = grace`) gets `SIGTERM`:
 /// its answer, how long the stop took, and the call's audit record, once the broker exited
 /// cleanly, the chain verified and ended with `session.close` … `broker.stop`.
@@ -213,8 +195,8 @@ fn stop_with_call_in_flight(grace: u64, secs: &str) -> (Value, Duration, Value) 
     let st = exit_within(&mut s, Duration::from_secs(30));
     assert!(st.success(), "{st:?}\n{}", s.stderr());
     let took = sent.elapsed();
-    verify(&log);
-    let recs = records(&log);
+    audit_verify(&log);
+    let recs = audit_records(&log);
     let call = recs
         .iter()
         .find(|r| r["event"] == "request" && r["method"] == "tools/call")
@@ -458,8 +440,8 @@ fn sigterm_over_http_answers_the_call_in_flight_then_closes_the_session() {
             .is_some()),
         "mcpd did not exit"
     );
-    verify(&log);
-    let recs = records(&log);
+    audit_verify(&log);
+    let recs = audit_records(&log);
     assert!(
         recs.iter().any(|r| r["event"] == "session.close"),
         "{recs:?}"

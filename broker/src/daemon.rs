@@ -2,7 +2,7 @@
 //!
 //! What it does, in order: logging; the policy (configuration file plus the command-line
 //! [`Overlay`], validated by the policy crate); the worker path; the `requestState` key
-//! (`seal::init`); the async runtime (current-thread for stdio alone, multi-threaded with
+//! (`seal`, read with the policy); the async runtime (current-thread for stdio alone, multi-threaded with
 //! HTTP); the audit log and its `broker.start` / `config.load` records; cgroup detection; the
 //! worker supervisor; the transports (stdio, HTTP); `SIGHUP` reload; `SIGTERM`/`SIGINT`; the
 //! `broker.stop` record. Every start-up failure is a [`BrokerError`] returned to `main`,
@@ -71,9 +71,10 @@ impl PolicySource {
         }
     }
 
-    /// Read the file (if any) and load the policy; relative flag paths resolve against the
-    /// current directory at the time of the call.
-    fn load(&self) -> Result<Policy, LoadError> {
+    /// Read the file (if any) and load the policy, with the `requestState` keys it names read
+    /// and checked (put in force by the caller, once the policy is); relative flag paths
+    /// resolve against the current directory at the time of the call.
+    fn load(&self) -> Result<(Policy, mcp::seal::Prepared), LoadError> {
         let cwd = std::env::current_dir().map_err(LoadError::CurrentDir)?;
         let text = match &self.config {
             Some(path) => Some((path.display().to_string(), commands::read_config(path)?)),
@@ -84,8 +85,9 @@ impl PolicySource {
         if let Some(j) = policy.jwt() {
             crate::auth::jwt::load_keys(j).map_err(LoadError::JwtKeys)?;
         }
-        mcp::seal::prepare(policy.http()).map_err(|e| LoadError::StateKey(e.to_string()))?;
-        Ok(policy)
+        let keys =
+            mcp::seal::prepare(policy.http()).map_err(|e| LoadError::StateKey(e.to_string()))?;
+        Ok((policy, keys))
     }
 
     /// How the audit log names the policy's source.
@@ -137,7 +139,7 @@ async fn reload_on_sighup(source: PolicySource, cell: reload::PolicyCell, audit:
     while hup.recv().await.is_some() {
         crate::systemd::reloading();
         match source.load() {
-            Ok(p) => {
+            Ok((p, keys)) => {
                 for w in p.warnings() {
                     tracing::warn!(target: LOG, "{w}");
                 }
@@ -146,16 +148,6 @@ async fn reload_on_sighup(source: PolicySource, cell: reload::PolicyCell, audit:
                 f.insert("policy_digest".into(), digest.into());
                 f.insert("reload".into(), true.into());
                 f.insert("clients".into(), p.clients().count().into());
-                let keys = match mcp::seal::prepare(p.http()) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        tracing::error!(target: LOG, "policy reload refused, the previous policy stays in force: {e}");
-                        crate::systemd::reloaded(
-                            "serving; the last policy reload was refused (see the log)",
-                        );
-                        continue;
-                    }
-                };
                 if let Err(e) = audit.record("config.load", f).await {
                     tracing::error!(target: LOG, "policy reload refused: the audit log cannot record it: {e}");
                     crate::systemd::reloaded(
@@ -340,7 +332,7 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
     if let (Some(c), None) = (&source.config, &args.config) {
         tracing::info!(target: LOG, "configuration: {} (the default; --no-config ignores it)", c.display());
     }
-    let policy = source.load().map_err(BrokerError::Config)?;
+    let (policy, state_keys) = source.load().map_err(BrokerError::Config)?;
     for w in policy.warnings() {
         tracing::warn!(target: LOG, "{w}");
     }
@@ -349,7 +341,7 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
     let about = worker::probe::check(&worker).map_err(BrokerError::Worker)?;
     tracing::debug!(target: LOG, worker = %worker.display(), "{about}");
     // The requestState key, before any request can need it: a CSPRNG failure ends the start.
-    mcp::seal::init(policy.http()).map_err(BrokerError::Key)?;
+    state_keys.apply().map_err(BrokerError::Key)?;
     let http_addr = policy.http().listen;
     // Bound before the runtime (and its threads) exist: the socket is created under a umask.
     let unix = transport::unix::open(policy.unix(), fds.as_ref()).map_err(BrokerError::Listen)?;

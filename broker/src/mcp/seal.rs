@@ -41,7 +41,7 @@ struct Keys {
     ttl: Duration,
 }
 
-/// Set by [`init`] at broker start (and [`Prepared::apply`] on reload); every seal/open reads
+/// Set by [`Prepared::apply`] at broker start (and again on reload); every seal/open reads
 /// it.
 static KEYS: RwLock<Option<Keys>> = RwLock::new(None);
 
@@ -195,18 +195,14 @@ impl Prepared {
     }
 }
 
-/// The keys of `http`, in force. Called once at broker start, before any request is read, so
+/// A random key, unless keys are in force already (the fuzz targets and tests). The broker
+/// puts its keys in force at start with [`Prepared::apply`], before any request is read, so
 /// that a failure is a start-up error and no request path can fail or panic for it.
-pub fn init(http: &mcpd_policy::HttpSettings) -> Result<(), KeyError> {
-    prepare(http)?.apply()
-}
-
-/// A random key, unless keys are in force already (the fuzz targets and tests).
 pub fn ensure() -> Result<(), KeyError> {
     if KEYS.read().is_ok_and(|k| k.is_some()) {
         return Ok(());
     }
-    init(&mcpd_policy::HttpSettings::default())
+    prepare(&mcpd_policy::HttpSettings::default())?.apply()
 }
 
 fn now_secs() -> u64 {
@@ -230,7 +226,7 @@ fn mac(key: &Hmac<Sha256>, principal: &str, scope: &str, sealed: &[u8]) -> Hmac<
 }
 
 /// Seal `payload` for `principal` and `scope` (e.g. `tool:NAME`); `None` without a key
-/// ([`init`] not called: sealing fails closed).
+/// (none put in force: sealing fails closed).
 pub fn seal(principal: &str, scope: &str, payload: &[u8]) -> Option<String> {
     let guard = KEYS.read().ok()?;
     Some(seal_with(

@@ -158,7 +158,7 @@ impl Session {
             v["_inTask"] = json!(true);
         }
         if let Some(state) = &ir.state {
-            // `None` only without a key (seal::init runs at broker start): fail closed.
+            // `None` only without a key (the keys are put in force at broker start): fail closed.
             v["requestState"] = json!(crate::mcp::seal::seal(
                 self.inner.client.as_str(),
                 scope,

@@ -7,15 +7,17 @@
 #   Node 22 and the official conformance suites 0.1.16 and 0.2.0-alpha.12 in target/conformance
 #     (tests/conformance/install.sh; MCPD_CONFORMANCE_DIR to put them elsewhere);
 #   groff (Debian: groff-base), which renders the man pages in broker/tests/manpages.rs, and
-#     nginx (nginx-light), the load balancer in front of two instances in tests/tests/balancer.rs.
+#     nginx (nginx-light) and HAProxy (haproxy), the load balancers in front of two instances in
+#     tests/tests/balancer.rs.
 # The kernel features (Landlock, seccomp, namespaces, cgroups) and root for the sandbox tests
 # come from the machine; `mcpd doctor` says what it offers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian packages: groff (the man pages), nginx (the load balancer of tests/tests/balancer.rs).
+# Debian packages: groff (the man pages), nginx and HAProxy (the balancers of tests/tests/balancer.rs).
 missing=()
 command -v groff >/dev/null 2>&1 || missing+=(groff-base)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq

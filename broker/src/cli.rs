@@ -279,6 +279,11 @@ pub struct ServeArgs {
     /// localhost:PORT or unix:PATH; replaces `[metrics] listen`. Loopback or a Unix socket only.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// This instance's name among identical ones behind a balancer (replaces
+    /// `server.instance`): session ids start with NAME and a dot, so the balancer can send a
+    /// session's requests to the instance that holds it. 1 to 32 of a-z, 0-9 and '-'.
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
     /// Serve HTTPS: the PEM certificate chain of the listener (with --tls-key). TLS 1.3 only
     /// unless [http.tls] min_version = "1.2". Reloaded on SIGHUP.
     #[arg(long = "tls-cert", value_name = "FILE")]

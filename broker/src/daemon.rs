@@ -62,6 +62,7 @@ impl PolicySource {
                 unix_systemd: args.unix_systemd,
                 unix_protocol: args.unix_protocol.clone(),
                 metrics: args.metrics.clone(),
+                instance: args.instance.clone(),
                 tls: mcpd_policy::TlsOverlay {
                     cert: args.tls_cert.clone(),
                     key: args.tls_key.clone(),
@@ -477,6 +478,8 @@ fn start_http(
         tls,
         max_connections: usize::try_from(http.max_connections).unwrap_or(usize::MAX),
         max_connections_per_ip: usize::try_from(http.max_connections_per_ip).unwrap_or(usize::MAX),
+        trusted_proxies: http.trusted_proxies.clone(),
+        forwarded_header: http.forwarded_header,
     };
     Ok(tokio::spawn(transport::http::serve(
         listeners,
@@ -633,6 +636,7 @@ mod tests {
             "--tls-key=s.key",
             "--tls-client-ca=ca.pem",
             "--metrics=127.0.0.1:0",
+            "--instance=a-1",
         ]));
         assert_eq!(s.config, Some(PathBuf::from("c.toml")));
         assert_eq!(s.describe(), "c.toml");
@@ -657,6 +661,7 @@ mod tests {
                 unix_systemd: true,
                 unix_protocol: Some("lines".into()),
                 metrics: Some("127.0.0.1:0".into()),
+                instance: Some("a-1".into()),
                 tls: mcpd_policy::TlsOverlay {
                     cert: Some("s.pem".into()),
                     key: Some("s.key".into()),

@@ -147,6 +147,12 @@ pub struct RawHttp {
     pub state_key_previous_file: Option<Spanned<String>>,
     /// A sealed `requestState` older than this many seconds is refused (default 600).
     pub state_ttl_secs: Option<Spanned<u64>>,
+    /// Proxies (IP addresses or CIDR networks) whose `forwarded_header` names the client's
+    /// address; empty (the default): no header is ever believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// The header trusted proxies set: `x-forwarded-for` (default) or `forwarded` (RFC 7239).
+    pub forwarded_header: Option<Spanned<String>>,
 }
 
 /// `[tools.NAME]`: an operator-defined tool, a fixed command template.
@@ -214,6 +220,9 @@ pub struct RawAudit {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
+    /// This instance's name among identical ones behind a balancer: session ids start with
+    /// it (`NAME.…`), so a balancer can route a session to the instance that holds it.
+    pub instance: Option<Spanned<String>>,
     /// Path of the `mcpd-worker` executable (default: next to `mcpd`).
     pub worker: Option<String>,
     /// Accept workers whose Landlock is not fully enforced (loud, off by default).

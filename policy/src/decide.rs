@@ -690,6 +690,37 @@ call_timeout_secs = 30
     }
 
     #[test]
+    fn an_instance_name_is_a_plain_token() {
+        assert_eq!(policy("").instance, None);
+        assert_eq!(
+            policy("[server]\ninstance = \"edge-2\"\n")
+                .instance
+                .as_deref(),
+            Some("edge-2")
+        );
+        for bad in ["", "-a", "A", "a.b", "a b", &"x".repeat(33)] {
+            let text = format!("[server]\ninstance = \"{bad}\"\n");
+            let e = Policy::from_toml("c.toml", &text, &fake_canon).unwrap_err();
+            assert_eq!(e.line, Some(2), "{bad}: {e}");
+            assert!(e.message.contains("server.instance"), "{bad}: {e}");
+        }
+        // The flag, checked the same way.
+        let cwd = std::path::Path::new("/");
+        let o = |name: &str| crate::Overlay {
+            instance: Some(name.into()),
+            ..Default::default()
+        };
+        let p = Policy::load(Some(("c.toml", "")), &o("b"), cwd, &fake_canon).unwrap();
+        assert_eq!(p.instance.as_deref(), Some("b"));
+        assert!(
+            Policy::load(Some(("c.toml", "")), &o("B.1"), cwd, &fake_canon)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--instance 'B.1' must be")
+        );
+    }
+
+    #[test]
     fn stop_grace_defaults_and_is_bounded() {
         assert_eq!(policy("").stop_grace_secs, 10);
         assert_eq!(policy("[server]\nstop_grace_secs = 0\n").stop_grace_secs, 0);

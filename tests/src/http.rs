@@ -4,7 +4,7 @@
 //! `mcpd serve --http 127.0.0.1:0`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -224,7 +224,53 @@ pub fn raw_request(method: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u
 /// before the response. `headers` are added to `Host`, `Content-Length` and
 /// `Connection: close` (a `Host` in `headers` replaces the default).
 pub fn open_at(addr: SocketAddr, method: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
+    send(
+        TcpStream::connect(addr).unwrap(),
+        addr,
+        method,
+        headers,
+        body,
+    )
+}
+
+/// [`open_at`] from the local address `src` (another loopback address, e.g. 127.0.0.2: another
+/// client, as far as the server or a proxy can tell).
+pub fn open_from(
+    src: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> TcpStream {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    sock.bind(&SocketAddr::new(src, 0).into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    send(sock.into(), addr, method, headers, body)
+}
+
+/// [`request_at`] from the local address `src`.
+pub fn request_from(
+    src: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    read_response(&mut open_from(src, addr, method, headers, body))
+}
+
+fn send(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!("{method} /mcp HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {

@@ -192,7 +192,12 @@ impl Session {
                 max: limits.max_sessions,
             }
         })?;
-        let id = crate::auditing::random_id();
+        // `NAME.` first when the instance has a name (`server.instance`): a balancer routes the
+        // session's later requests to this instance by it.
+        let id = match &policy.instance {
+            Some(name) => format!("{name}.{}", crate::auditing::random_id()),
+            None => crate::auditing::random_id(),
+        };
         let (changes, mut changes_rx) = mpsc::unbounded_channel::<mcpd_ipc::Change>();
         let mut f = Map::new();
         f.insert("session".into(), json!(id));
@@ -370,7 +375,8 @@ impl Session {
         )
     }
 
-    /// The session's id (also the HTTP `Mcp-Session-Id`): 128 random bits, hex.
+    /// The session's id (also the HTTP `Mcp-Session-Id`): 128 random bits, hex, after the
+    /// instance's name and a dot when `server.instance` is set.
     pub fn id(&self) -> &str {
         &self.inner.id
     }

@@ -354,6 +354,9 @@ fn http_config(describe: &str, policy: &mcpd_policy::Policy) -> HttpConfig {
         tls: None,
         max_connections: usize::try_from(u.max_connections).unwrap_or(64),
         max_connections_per_ip: usize::try_from(u.max_connections_per_uid).unwrap_or(8),
+        // A Unix peer is who SO_PEERCRED says: no header names it.
+        trusted_proxies: Vec::new(),
+        forwarded_header: mcpd_policy::ForwardedHeader::XForwardedFor,
     }
 }
 

@@ -204,6 +204,13 @@ impl Policy {
                 ));
             }
         };
+        let instance = match &raw.server.instance {
+            None => None,
+            Some(v) => Some(
+                check_instance_name(v.get_ref())
+                    .map_err(|m| src.error(Some(v.span()), format!("server.instance: {m}")))?,
+            ),
+        };
         let worker_uids = match &raw.server.worker_uids {
             None => DEFAULT_WORKER_UIDS,
             Some(v) => UidRange::parse(v.get_ref())
@@ -268,6 +275,7 @@ impl Policy {
             cgroup,
             ipc_spin_us,
             stop_grace_secs,
+            instance,
             http,
             toolsets: Vec::new(),
             prompts: BTreeMap::new(),
@@ -395,6 +403,24 @@ pub(crate) const NO_CHECKPOINT_KEY: &str = "audit.checkpoint_key is not set: any
 /// is a link into a client's root is refused, not written through). The broker then opens the
 /// resolved path without following symlinks (`O_NOFOLLOW`, and the directory
 /// `O_DIRECTORY|O_NOFOLLOW`), so a link planted there after this check is refused at open.
+/// An instance name (`server.instance`, `--instance`): 1 to 32 of `a-z`, `0-9` and `-`,
+/// starting with a letter or digit. It starts every session id, so it stays a plain token
+/// that balancers can match (`^NAME\.`).
+pub fn check_instance_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' must be 1 to 32 characters of a-z, 0-9 and '-', not starting with '-'"
+        ))
+    }
+}
+
 pub(super) fn canonical_log_path(
     src: &Source,
     span: Option<std::ops::Range<usize>>,

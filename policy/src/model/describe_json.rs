@@ -70,6 +70,7 @@ impl Policy {
                 "worker_idle_secs": self.worker_idle_secs,
                 "ipc_spin_us": self.ipc_spin_us,
                 "stop_grace_secs": self.stop_grace_secs,
+                "instance": self.instance,
                 "allow_degraded_sandbox": self.allow_degraded_sandbox,
                 "worker_uids": self.worker_uids.to_string(),
                 "worker_tmp_bytes": self.worker_tmp_bytes,
@@ -87,6 +88,8 @@ impl Policy {
                 "state_key_file": h.state_key_file.as_ref().map(|p| p.display().to_string()),
                 "state_key_previous_file": h.state_key_previous_file.as_ref().map(|p| p.display().to_string()),
                 "state_ttl_secs": h.state_ttl_secs,
+                "trusted_proxies": h.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "forwarded_header": h.forwarded_header.name(),
                 "tls": h.tls.as_ref().map(|t| json!({
                     "cert": t.cert.display().to_string(),
                     "min_version": t.min_version.as_str(),

@@ -39,6 +39,115 @@ pub struct HttpSettings {
     pub state_key_previous_file: Option<std::path::PathBuf>,
     /// A sealed `requestState` older than this is refused, seconds.
     pub state_ttl_secs: u64,
+    /// Proxies whose [`Self::forwarded_header`] names the client (`trusted_proxies`).
+    pub trusted_proxies: Vec<ProxyNet>,
+    /// The header trusted proxies set.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// Most entries of `[http] trusted_proxies`.
+pub const MAX_TRUSTED_PROXIES: usize = 64;
+
+/// One entry of `[http] trusted_proxies`: an address, or a network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl ProxyNet {
+    /// `192.0.2.7`, `10.0.0.0/8`, `::1` or `fd00::/8`. Host bits set below the prefix are
+    /// refused (`10.1.2.3/8` is probably a typo for something narrower).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR network"))?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': the prefix length must be 0..={max}"))?,
+        };
+        let net = Self { addr, prefix };
+        if net.network() != addr {
+            return Err(format!(
+                "'{s}' has host bits set below /{prefix} (the network is {}/{prefix})",
+                net.network()
+            ));
+        }
+        Ok(net)
+    }
+
+    fn mask(&self, bits: u32) -> u128 {
+        let p = u32::from(self.prefix);
+        if p == 0 {
+            0
+        } else {
+            (!0u128 << (bits - p)) & (!0u128 >> (128 - bits))
+        }
+    }
+
+    fn network(&self) -> std::net::IpAddr {
+        match self.addr {
+            std::net::IpAddr::V4(v) => {
+                let m = self.mask(32) as u32;
+                std::net::IpAddr::V4((u32::from(v) & m).into())
+            }
+            std::net::IpAddr::V6(v) => {
+                std::net::IpAddr::V6((u128::from(v) & self.mask(128)).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                let m = self.mask(32) as u32;
+                u32::from(n) & m == u32::from(a) & m
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                let m = self.mask(128);
+                u128::from(n) & m == u128::from(a) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for ProxyNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The header a trusted proxy names the client in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx `$proxy_add_x_forwarded_for`, HAProxy
+    /// `option forwardfor`).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
+    }
 }
 
 /// Default of `[http] state_ttl_secs`: an input-required round is answered within minutes.
@@ -67,6 +176,8 @@ impl Default for HttpSettings {
             state_key_file: None,
             state_key_previous_file: None,
             state_ttl_secs: DEFAULT_STATE_TTL_SECS,
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -148,7 +259,47 @@ pub(super) fn http_settings(
             ))
         }
     };
+    if raw.trusted_proxies.len() > MAX_TRUSTED_PROXIES {
+        return Err(src.error(
+            raw.trusted_proxies
+                .get(MAX_TRUSTED_PROXIES)
+                .map(|p| p.span()),
+            format!("http.trusted_proxies: at most {MAX_TRUSTED_PROXIES} entries"),
+        ));
+    }
+    let mut trusted_proxies = Vec::new();
+    for p in &raw.trusted_proxies {
+        let net = ProxyNet::parse(p.get_ref().trim())
+            .map_err(|m| src.error(Some(p.span()), format!("http.trusted_proxies: {m}")))?;
+        if net.prefix == 0 {
+            return Err(src.error(
+                Some(p.span()),
+                "http.trusted_proxies: a /0 network would let every peer name its own address",
+            ));
+        }
+        trusted_proxies.push(net);
+    }
+    let forwarded_header = match &raw.forwarded_header {
+        None => ForwardedHeader::default(),
+        Some(h) => match h.get_ref().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+            "forwarded" => ForwardedHeader::Forwarded,
+            _ => {
+                return Err(src.error(
+                    Some(h.span()),
+                    "http.forwarded_header must be \"x-forwarded-for\" or \"forwarded\"",
+                ))
+            }
+        },
+    };
+    if raw.forwarded_header.is_some() && trusted_proxies.is_empty() {
+        warnings.push(
+            "http.forwarded_header is set but http.trusted_proxies is empty: no forwarded address is used".into(),
+        );
+    }
     Ok(HttpSettings {
+        trusted_proxies,
+        forwarded_header,
         state_key_file,
         state_key_previous_file,
         state_ttl_secs,
@@ -198,6 +349,47 @@ pub fn parse_listen(s: &str) -> Result<(std::net::SocketAddr, bool), String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let n = ProxyNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains(ip("10.255.1.2")));
+        assert!(!n.contains(ip("11.0.0.1")));
+        // An IPv4-mapped IPv6 peer (a dual-stack socket) is the IPv4 address.
+        assert!(n.contains(ip("::ffff:10.1.2.3")));
+        let one = ProxyNet::parse("127.0.0.1").unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        let v6 = ProxyNet::parse("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        assert!(!v6.contains(ip("10.0.0.1")));
+        assert!(ProxyNet::parse("::1").unwrap().contains(ip("::1")));
+        assert!(ProxyNet::parse("10.1.2.3/8")
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(ProxyNet::parse("10.0.0.0/33").is_err());
+        assert!(ProxyNet::parse("proxy.internal").is_err());
+        let canon = |p: &std::path::Path| Ok(p.to_path_buf());
+        let p = crate::Policy::from_toml(
+            "t.toml",
+            "[http]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\nforwarded_header = \"Forwarded\"\n",
+            &canon,
+        )
+        .unwrap();
+        assert_eq!(p.http().trusted_proxies.len(), 2);
+        assert_eq!(p.http().forwarded_header, ForwardedHeader::Forwarded);
+        for bad in [
+            "trusted_proxies = [\"0.0.0.0/0\"]",
+            "trusted_proxies = [\"10.0.0.1/8\"]",
+            "forwarded_header = \"x-real-ip\"",
+        ] {
+            let e = crate::Policy::from_toml("t.toml", &format!("[http]\n{bad}\n"), &canon)
+                .unwrap_err();
+            assert!(e.to_string().contains("t.toml:2:"), "{bad}: {e}");
+        }
+        let d = crate::Policy::from_toml("t.toml", "", &canon).unwrap();
+        assert!(d.http().trusted_proxies.is_empty());
+    }
 
     #[test]
     fn listen_addresses_are_ips_or_localhost() {

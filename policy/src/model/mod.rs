@@ -26,7 +26,7 @@ mod types;
 mod unix;
 
 pub(crate) use build::canonical;
-pub use http::{parse_listen, HttpSettings};
+pub use http::{parse_listen, ForwardedHeader, HttpSettings, ProxyNet, MAX_TRUSTED_PROXIES};
 pub use jwt::{
     access_key, JwtKey, JwtSettings, RawAuth, RawJwt, RawJwtKey, RawJwtScopes,
     DEFAULT_JWT_LEEWAY_SECS, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,

@@ -67,6 +67,8 @@ pub struct Overlay {
     /// relative to `cwd`), replacing `metrics.listen`; loopback or a Unix socket only, unless
     /// the file's `[metrics] allow_non_loopback` allows more.
     pub metrics: Option<String>,
+    /// `--instance NAME`: this instance's name, replacing `server.instance`.
+    pub instance: Option<String>,
 }
 
 /// Why a policy could not be loaded from a configuration and an [`Overlay`].
@@ -82,6 +84,9 @@ pub enum PolicyError {
     /// `--tls-*` flags that do not make a TLS configuration.
     #[error("{0}")]
     Tls(String),
+    /// `--instance` with a name [`super::build::check_instance_name`] refuses.
+    #[error("--instance {0}")]
+    Instance(String),
     /// `--toolset` with a name not in [`KNOWN_TOOLSETS`].
     #[error("--toolset {0}: unknown tool set (known: {known})", known = KNOWN_TOOLSETS.join(", "))]
     UnknownToolset(String),
@@ -142,6 +147,10 @@ impl Policy {
     ) -> Result<(), PolicyError> {
         if let Some(w) = &o.worker {
             self.worker_path = Some(w.clone());
+        }
+        if let Some(i) = &o.instance {
+            self.instance =
+                Some(super::build::check_instance_name(i).map_err(PolicyError::Instance)?);
         }
         self.http.tls = super::tls::apply_tls_overlay(self.http.tls.take(), &o.tls, cwd)
             .map_err(PolicyError::Tls)?;

@@ -249,7 +249,15 @@ impl Policy {
                     (Some(k), Some(p)) => format!("key {}, previous key {} (verification only, for the ttl after each load)", k.display(), p.display()),
                 },
                 super::types::units::secs(h.state_ttl_secs)
-            ),
+            ) + &if h.trusted_proxies.is_empty() {
+                "http.proxies: none trusted (the source address is the TCP peer's)\n".to_string()
+            } else {
+                format!(
+                    "http.proxies: {} name the client in {} (their connections are not capped per source address; their clients' requests are)\n",
+                    h.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                    h.forwarded_header.name()
+                )
+            },
             None => String::new(),
         };
         let Some(t) = self.http_tls() else {

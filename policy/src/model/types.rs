@@ -279,6 +279,9 @@ pub struct Policy {
     /// How long a stop (`SIGTERM`, `SIGINT`) lets in-flight calls finish before the rest are
     /// cancelled and the workers ended, seconds.
     pub stop_grace_secs: u64,
+    /// This instance's name among identical ones (`server.instance`, `--instance`): session
+    /// ids are `NAME.` followed by 128 random bits, so a balancer can route by it.
+    pub instance: Option<String>,
     /// The uids a root broker's workers run as (one per client).
     pub worker_uids: UidRange,
     /// Size of each worker's private `/tmp` and `/dev/shm`, bytes.
@@ -455,7 +458,8 @@ impl Policy {
             out.push_str(&format!("WARNING: {w}\n"));
         }
         out.push_str(&format!(
-            "server: max_message_bytes {}, worker idle {}, ipc spin {} µs, stop grace {}, degraded sandbox {}, worker uids {}, worker tmp {}, worker {}\n",
+            "server: {}max_message_bytes {}, worker idle {}, ipc spin {} µs, stop grace {}, degraded sandbox {}, worker uids {}, worker tmp {}, worker {}\n",
+            self.instance.as_ref().map_or(String::new(), |i| format!("instance {i}, ")),
             units::bytes(self.max_message_bytes),
             units::secs(self.worker_idle_secs),
             self.ipc_spin_us,

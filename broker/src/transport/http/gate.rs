@@ -102,14 +102,21 @@ pub(super) fn quota_refused(response: &Value) -> Option<Response> {
 /// but a 500).
 pub(super) async fn audit_rejects(
     State(app): State<Arc<App>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
+    // A trusted proxy's request speaks for the client it names, first of all (its record
+    // and its limits are the client's).
+    let relayed = super::forwarded::relay(&app, &mut req);
     let http_method = req.method().to_string();
     let peer_ext = req.extensions().get::<Peer>().cloned();
     let peer = peer_ext.as_ref().map(|p| p.describe().to_string());
     let session = header_str(req.headers(), SESSION_HEADER).is_some();
-    let response = next.run(req).await;
+    let response = match relayed {
+        Ok(None) => next.run(req).await,
+        Ok(Some(slot)) => super::forwarded::hold_until_sent(next.run(req).await, slot),
+        Err(refused) => refused,
+    };
     if !response.status().is_client_error()
         || response.extensions().get::<EngineAnswer>().is_some()
         || !app.audit.enabled()
@@ -510,6 +517,8 @@ mod tests {
             tls: None,
             max_connections: 8,
             max_connections_per_ip: 8,
+            trusted_proxies: Vec::new(),
+            forwarded_header: mcpd_policy::ForwardedHeader::XForwardedFor,
         };
         let h = allowed_hosts(&cfg);
         for want in [

@@ -121,27 +121,38 @@ pub fn effective_cap(configured: usize) -> usize {
     configured.min(room)
 }
 
-/// Open connections, in total and per source address.
+/// Open connections (or a trusted proxy's requests in flight), in total and per source
+/// address.
 #[derive(Debug)]
-struct Counter {
+pub(super) struct Counter {
     cap: usize,
     per_ip: usize,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
-/// One admitted connection; dropping it frees its place.
+/// One admitted connection (or relayed request); dropping it frees its place.
 #[derive(Debug)]
-struct Slot {
+pub(super) struct Slot {
     counter: Arc<Counter>,
     ip: IpAddr,
 }
 
 impl Counter {
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    pub(super) fn new(cap: usize, per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap,
+            per_ip,
+            open: Mutex::default(),
+        })
+    }
+
+    /// A place for `ip`, if the total and its own count are below the caps (`per_source`:
+    /// false for a trusted proxy, whose connections carry many clients: only the total).
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr, per_source: bool) -> Option<Slot> {
         let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let (total, by_ip) = &mut *g;
         let here = by_ip.get(&ip).copied().unwrap_or(0);
-        if *total >= self.cap || here >= self.per_ip {
+        if *total >= self.cap || (per_source && here >= self.per_ip) {
             return None;
         }
         *total += 1;
@@ -182,11 +193,7 @@ pub(super) async fn accept_loop(
             app.cfg.max_connections
         );
     }
-    let counter = Arc::new(Counter {
-        cap,
-        per_ip: app.cfg.max_connections_per_ip.min(cap),
-        open: Mutex::default(),
-    });
+    let counter = Counter::new(cap, app.cfg.max_connections_per_ip.min(cap));
     let graceful = GracefulShutdown::new();
     let http = http1();
     // The first address is accepted here; any other (`localhost:PORT`: ::1 beside 127.0.0.1)
@@ -225,7 +232,8 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = counter.admit(peer.ip()) else {
+        let proxy = super::forwarded::is_trusted(&app.cfg.trusted_proxies, peer.ip());
+        let Some(slot) = counter.admit(peer.ip(), !proxy) else {
             tracing::debug!(%peer, "http connection refused: connection cap reached");
             drop(tcp);
             continue;
@@ -407,22 +415,23 @@ mod tests {
 
     #[test]
     fn the_counter_caps_in_total_and_per_address() {
-        let c = Arc::new(Counter {
-            cap: 3,
-            per_ip: 2,
-            open: Mutex::default(),
-        });
+        let c = Counter::new(3, 2);
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
-        let s1 = c.admit(a);
-        let s2 = c.admit(a);
+        let s1 = c.admit(a, true);
+        let s2 = c.admit(a, true);
         assert!(s1.is_some() && s2.is_some());
-        assert!(c.admit(a).is_none(), "per address");
-        let s3 = c.admit(b);
+        assert!(c.admit(a, true).is_none(), "per address");
+        let s3 = c.admit(b, true);
         assert!(s3.is_some());
-        assert!(c.admit(b).is_none(), "in total");
+        assert!(c.admit(b, true).is_none(), "in total");
         drop(s1);
-        assert!(c.admit(b).is_some());
+        assert!(c.admit(b, true).is_some());
         assert!(effective_cap(usize::MAX) < usize::MAX);
+        // A trusted proxy: past the per-address cap, never past the total.
+        let p = Counter::new(3, 1);
+        let held: Vec<_> = (0..3).map(|_| p.admit(a, false)).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(p.admit(a, false).is_none(), "in total");
     }
 }

@@ -44,6 +44,7 @@
 // is moved once per request, so boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
+mod forwarded;
 mod gate;
 mod health;
 mod listener;
@@ -147,8 +148,13 @@ pub struct HttpConfig {
     /// Most open connections (TCP: further capped below the descriptor limit; the Unix
     /// listener counts its own, `[unix] max_connections`).
     pub max_connections: usize,
-    /// Most open connections per source IP address (TCP).
+    /// Most open connections per source IP address (TCP); for a trusted proxy's clients,
+    /// most requests in flight per client address.
     pub max_connections_per_ip: usize,
+    /// Proxies whose forwarded header names the client (TCP; empty: none).
+    pub trusted_proxies: Vec<mcpd_policy::ProxyNet>,
+    /// The header they name it in.
+    pub forwarded_header: mcpd_policy::ForwardedHeader,
 }
 
 /// The TLS state of the policy's `[http.tls]`, its files read (start-up: an error refuses it).
@@ -179,6 +185,8 @@ struct App {
     stateless_open: tokio::sync::Mutex<()>,
     /// A stop has begun: `/readyz` answers 503.
     draining: std::sync::atomic::AtomicBool,
+    /// Requests in flight per client address of a trusted proxy.
+    relayed: Arc<listener::Counter>,
 }
 
 async fn mcp(
@@ -253,6 +261,7 @@ impl App {
             stateless: Table::new(cfg.max_sessions),
             stateless_open: tokio::sync::Mutex::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            relayed: listener::Counter::new(usize::MAX, cfg.max_connections_per_ip),
             cfg,
         })
     }

@@ -5,8 +5,9 @@
 //! its uid, gid and pid, as the line protocol records its refusals.
 //!
 //! Does not authenticate (the listener's [`crate::auth::Authenticator`] does, from the
-//! [`Credentials`] built here) and reads nothing the peer sends: no header can change a peer.
-//! Trusts the kernel's view of the socket.
+//! [`Credentials`] built here) and reads nothing the peer sends. Trusts the kernel's view of
+//! the socket; the one header that can name a peer is a trusted proxy's forwarded header
+//! (`[http] trusted_proxies`, read by `forwarded`), and then the proxy stays on record.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -40,6 +41,10 @@ pub struct Peer {
     describe: Arc<str>,
     /// A Unix-socket peer's credentials.
     pub(super) unix: Option<UnixPeer>,
+    /// A TCP peer's source address, as the kernel says.
+    pub(super) addr: Option<SocketAddr>,
+    /// The client a trusted proxy (`addr`) relays for: its address from the forwarded header.
+    pub(super) forwarded: Option<std::net::IpAddr>,
 }
 
 impl Peer {
@@ -48,6 +53,18 @@ impl Peer {
         Self {
             describe: addr.to_string().into(),
             unix: None,
+            addr: Some(addr),
+            forwarded: None,
+        }
+    }
+
+    /// A client a trusted proxy relays for: described as `CLIENT via PROXY:PORT`.
+    pub(super) fn forwarded_by(proxy: SocketAddr, client: std::net::IpAddr) -> Self {
+        Self {
+            describe: format!("{client} via {proxy}").into(),
+            unix: None,
+            addr: Some(proxy),
+            forwarded: Some(client),
         }
     }
 
@@ -56,6 +73,8 @@ impl Peer {
         Self {
             describe: p.describe().into(),
             unix: Some(p),
+            addr: None,
+            forwarded: None,
         }
     }
 
@@ -100,5 +119,11 @@ mod tests {
         let t = Peer::tcp("127.0.0.1:4000".parse().unwrap_or_else(|_| unreachable!()));
         assert_eq!(t.describe(), "127.0.0.1:4000");
         assert_eq!(t.credentials("http").unix_peer, None);
+        let f = Peer::forwarded_by(
+            "127.0.0.1:4000".parse().unwrap_or_else(|_| unreachable!()),
+            "203.0.113.7".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(f.describe(), "203.0.113.7 via 127.0.0.1:4000");
+        assert_eq!(f.credentials("http").peer, "203.0.113.7 via 127.0.0.1:4000");
     }
 }

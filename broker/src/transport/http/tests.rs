@@ -125,6 +125,8 @@ async fn listen(
         tls: None,
         max_connections: 64,
         max_connections_per_ip: 64,
+        trusted_proxies: Vec::new(),
+        forwarded_header: mcpd_policy::ForwardedHeader::XForwardedFor,
     };
     let app = App::new(
         cfg,
@@ -617,6 +619,8 @@ async fn over_a_unix_socket_the_principal_is_the_peer_uid_for_every_request() {
         tls: None,
         max_connections: 8,
         max_connections_per_ip: 8,
+        trusted_proxies: Vec::new(),
+        forwarded_header: mcpd_policy::ForwardedHeader::XForwardedFor,
     };
     let app = App::new(
         cfg,

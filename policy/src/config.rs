@@ -147,6 +147,8 @@ pub struct RawHttp {
     pub state_key_previous_file: Option<Spanned<String>>,
     /// A sealed `requestState` older than this many seconds is refused (default 600).
     pub state_ttl_secs: Option<Spanned<u64>>,
+    /// WebSocket (`GET /mcp/ws`) keep-alive: seconds between Pings (default 30, 1 to 3600).
+    pub ws_ping_secs: Option<u64>,
 }
 
 /// `[tools.NAME]`: an operator-defined tool, a fixed command template.

@@ -39,7 +39,15 @@ pub struct HttpSettings {
     pub state_key_previous_file: Option<std::path::PathBuf>,
     /// A sealed `requestState` older than this is refused, seconds.
     pub state_ttl_secs: u64,
+    /// WebSocket keep-alive (`GET /mcp/ws`): a Ping every this many seconds; a socket whose
+    /// peer has not answered the previous one by then is closed.
+    pub ws_ping_secs: u64,
 }
+
+/// Default of `[http] ws_ping_secs`.
+pub const DEFAULT_WS_PING_SECS: u64 = 30;
+/// Upper bound of `[http] ws_ping_secs`.
+pub const MAX_WS_PING_SECS: u64 = 3600;
 
 /// Default of `[http] state_ttl_secs`: an input-required round is answered within minutes.
 pub const DEFAULT_STATE_TTL_SECS: u64 = 600;
@@ -67,6 +75,7 @@ impl Default for HttpSettings {
             state_key_file: None,
             state_key_previous_file: None,
             state_ttl_secs: DEFAULT_STATE_TTL_SECS,
+            ws_ping_secs: DEFAULT_WS_PING_SECS,
         }
     }
 }
@@ -168,6 +177,10 @@ pub(super) fn http_settings(
             .max_connections_per_ip
             .unwrap_or(d.max_connections_per_ip)
             .clamp(1, 1_000_000),
+        ws_ping_secs: raw
+            .ws_ping_secs
+            .unwrap_or(d.ws_ping_secs)
+            .clamp(1, MAX_WS_PING_SECS),
     })
 }
 

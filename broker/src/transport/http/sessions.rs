@@ -545,6 +545,31 @@ mod tests {
     }
 
     #[test]
+    fn places_outside_the_map_count_against_the_same_limit() {
+        let t: Table<ClientId, Fake> = Table::new(2);
+        let idle = fake(5);
+        t.insert(principal("a").client, idle.clone());
+        // Room left: no eviction.
+        let (one, evicted) = t.take_outside().unwrap();
+        assert!(evicted.is_none());
+        // Full (one entry, one place): the idle entry makes room.
+        let (two, evicted) = t.take_outside().unwrap();
+        assert!(Arc::ptr_eq(&evicted.unwrap(), &idle));
+        // Both places outside: nothing more, not even an entry.
+        assert!(t.take_outside().is_err());
+        assert_eq!(t.make_room().map(|_| ()), Err(Full));
+        drop(one);
+        assert_eq!(t.make_room().map(|e| e.is_none()), Ok(true));
+        // A busy entry is never evicted for a place.
+        let busy = fake(9);
+        busy.busy.store(true, Ordering::SeqCst);
+        t.insert(principal("b").client, busy);
+        assert!(t.take_outside().is_err());
+        drop(two);
+        assert!(t.take_outside().is_ok());
+    }
+
+    #[test]
     fn the_reaper_takes_only_idle_sessions_with_nothing_in_flight() {
         let t: Table<ClientId, Fake> = Table::new(8);
         let busy = fake(100);

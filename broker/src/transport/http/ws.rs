@@ -15,13 +15,14 @@
 //! transport `websocket`; the client's own `limits.max_sessions` → 429). The connection keeps
 //! its place under the listener's connection caps until the socket closes.
 //!
-//! Bounds: a frame or a message longer than `server.max_message_bytes` is refused from its
-//! header, before its payload is read (close 1009); binary frames close with 1003, text that is
+//! Bounds: a frame longer than `server.max_message_bytes` is refused from its header, before
+//! its payload is read, a fragmented message once its fragments exceed it (close 1009); binary frames close with 1003, text that is
 //! not UTF-8 with 1007, framing errors with 1002. Invalid JSON in a text frame is a JSON-RPC
 //! parse error reply, like a bad line; policy and protocol errors stay JSON-RPC errors. A Ping
 //! goes out every `[http] ws_ping_secs`; no Pong by the next one closes the socket (1001); no
-//! message for `[http] session_idle_secs` with nothing in flight closes it (1000); a write the
-//! peer does not take within the ping interval ends it. When the broker stops, in-flight calls
+//! message for `[http] session_idle_secs` with nothing in flight closes it (1000); after a
+//! write the peer does not take within the ping interval nothing more is written (the missing
+//! Pong then closes it). When the broker stops, in-flight calls
 //! get `server.stop_grace_secs`, then the socket closes with 1001. However it ends, the
 //! session is closed (`session.close`) and its worker reaped.
 //!

@@ -216,7 +216,10 @@ fn the_session_era_runs_over_ws_and_closing_the_socket_reaps_the_worker() {
         denied.get("error").is_some() || denied["result"]["isError"] == true,
         "{denied}"
     );
-    assert!(!denied.to_string().contains("not for the client"), "{denied}");
+    assert!(
+        !denied.to_string().contains("not for the client"),
+        "{denied}"
+    );
     // Invalid JSON in a text frame: a parse error reply, and the socket stays open.
     ws.0.send(Message::text("{not json")).unwrap();
     let e = ws.recv();
@@ -229,7 +232,9 @@ fn the_session_era_runs_over_ws_and_closing_the_socket_reaps_the_worker() {
     // Read until the server answers the Close (or the connection ends).
     while ws.0.read().is_ok() {}
     assert!(
-        wait_until(Duration::from_secs(10), || workers.iter().all(|w| !alive(*w))),
+        wait_until(Duration::from_secs(10), || workers
+            .iter()
+            .all(|w| !alive(*w))),
         "the socket's worker was not reaped"
     );
     let records = audit_records_so_far(&d.log);
@@ -248,11 +253,12 @@ fn the_session_era_runs_over_ws_and_closing_the_socket_reaps_the_worker() {
             && r["method"].is_string()),
         "no auth.success with the method"
     );
-    assert!(records.iter().any(|r| r["event"] == "request"
-        && r["session"] == sid
-        && r["principal"] == principal));
+    assert!(records
+        .iter()
+        .any(|r| r["event"] == "request" && r["session"] == sid && r["principal"] == principal));
     assert!(
-        audited(&d.log, |r| r["event"] == "session.close" && r["session"] == sid),
+        audited(&d.log, |r| r["event"] == "session.close"
+            && r["session"] == sid),
         "no session.close for the socket's session"
     );
     mcpd_e2e::audit_verify(&d.log);
@@ -344,7 +350,8 @@ key = "{key}"
         && r["method"] == "jwt-bearer"
         && r["reason"] == "missing_token"
         && r["http_status"] == 401));
-    let token = k.sign(&json!({"iss": ISS, "aud": AUD, "sub": "alice", "iat": now(), "exp": now() + 600}));
+    let token =
+        k.sign(&json!({"iss": ISS, "aud": AUD, "sub": "alice", "iat": now(), "exp": now() + 600}));
     let (mut ws, resp) = handshake(
         tls_stream(),
         &url,

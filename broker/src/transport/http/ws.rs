@@ -403,9 +403,15 @@ mod tests {
     fn the_mcp_subprotocol_must_be_offered() {
         let mut h = HeaderMap::new();
         assert!(!offers_mcp(&h));
-        h.insert("sec-websocket-protocol", HeaderValue::from_static("chat, mcp"));
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("chat, mcp"),
+        );
         assert!(offers_mcp(&h));
-        h.insert("sec-websocket-protocol", HeaderValue::from_static("MCP, mcp2"));
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("MCP, mcp2"),
+        );
         assert!(!offers_mcp(&h), "tokens compare exactly");
         h.append("sec-websocket-protocol", HeaderValue::from_static("mcp"));
         assert!(offers_mcp(&h));

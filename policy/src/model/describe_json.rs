@@ -87,6 +87,7 @@ impl Policy {
                 "state_key_file": h.state_key_file.as_ref().map(|p| p.display().to_string()),
                 "state_key_previous_file": h.state_key_previous_file.as_ref().map(|p| p.display().to_string()),
                 "state_ttl_secs": h.state_ttl_secs,
+                "ws_ping_secs": h.ws_ping_secs,
                 "tls": h.tls.as_ref().map(|t| json!({
                     "cert": t.cert.display().to_string(),
                     "min_version": t.min_version.as_str(),

@@ -248,4 +248,23 @@ mod tests {
                 .unwrap_err();
         assert!(e.to_string().contains("t.toml:2:"), "{e}");
     }
+
+    #[test]
+    fn the_websocket_ping_interval_has_a_default_and_bounds() {
+        let canon = |p: &std::path::Path| Ok(p.to_path_buf());
+        let ping = |http: &str| {
+            crate::Policy::from_toml(
+                "t.toml",
+                &format!("[clients.local]\nread = [\"/x\"]\n[http]\n{http}"),
+                &canon,
+            )
+            .unwrap()
+            .http()
+            .ws_ping_secs
+        };
+        assert_eq!(ping(""), DEFAULT_WS_PING_SECS);
+        assert_eq!(ping("ws_ping_secs = 5\n"), 5);
+        assert_eq!(ping("ws_ping_secs = 0\n"), 1);
+        assert_eq!(ping("ws_ping_secs = 99999\n"), MAX_WS_PING_SECS);
+    }
 }

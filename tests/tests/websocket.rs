@@ -512,3 +512,40 @@ fn pings_keep_an_answering_socket_open_and_close_a_silent_one() {
     assert_eq!(code, CloseCode::Away, "{reason}");
     assert!(reason.contains("Pong"), "{reason}");
 }
+
+#[test]
+fn sockets_count_against_the_listeners_session_limit() {
+    let d = dirs();
+    let cfg = d.root.parent().unwrap().join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clients.local]\nread = [\"{}\"]\n[clients.local.limits]\nmax_sessions = 8\n[http]\nlisten = \"127.0.0.1:0\"\nclient = \"local\"\nmax_sessions = 1\n",
+            s(&d.root)
+        ),
+    )
+    .unwrap();
+    let srv = HttpServer::start_with(&["--config", s(&cfg)], &[]);
+    let mut first = connect(&srv);
+    first.initialize(json!({}));
+    // The one place is the socket's: another socket and an HTTP session are refused (429).
+    assert_eq!(
+        handshake(tcp(&srv), &ws_url(&srv), &Opts::default()).err(),
+        Some(429)
+    );
+    let r = srv.post(
+        None,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "0"}}}),
+    );
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    // Closing the socket gives the place back.
+    first.0.close(None).unwrap();
+    while first.0.read().is_ok() {}
+    assert!(wait_until(Duration::from_secs(10), || handshake(
+        tcp(&srv),
+        &ws_url(&srv),
+        &Opts::default()
+    )
+    .is_ok()));
+}

@@ -476,7 +476,7 @@ fn pings_keep_an_answering_socket_open_and_close_a_silent_one() {
     std::fs::write(
         &cfg,
         format!(
-            "[clients.local]\nread = [\"{}\"]\n[http]\nlisten = \"127.0.0.1:0\"\nclient = \"local\"\nws_ping_secs = 1\n",
+            "[clients.local]\nread = [\"{}\"]\n[http]\nlisten = \"127.0.0.1:0\"\nclient = \"local\"\nws_ping_secs = 2\n",
             s(&d.root)
         ),
     )
@@ -486,8 +486,8 @@ fn pings_keep_an_answering_socket_open_and_close_a_silent_one() {
     let mut ws = connect(&srv);
     ws.initialize(json!({}));
     let mut pinged = 0;
-    for id in 10..16 {
-        std::thread::sleep(Duration::from_millis(500));
+    for id in 10..20 {
+        std::thread::sleep(Duration::from_millis(300));
         ws.send(&json!({"jsonrpc": "2.0", "id": id, "method": "ping"}));
         loop {
             match ws.0.read().unwrap() {
@@ -507,7 +507,7 @@ fn pings_keep_an_answering_socket_open_and_close_a_silent_one() {
     // A client that reads nothing sends no Pong: closed with 1001.
     let mut silent = connect(&srv);
     silent.initialize(json!({}));
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(5000));
     let (code, reason) = silent.closed();
     assert_eq!(code, CloseCode::Away, "{reason}");
     assert!(reason.contains("Pong"), "{reason}");

@@ -4,8 +4,9 @@
 //! then HTTP/1.1 by hyper with a header-read deadline that also bounds an idle keep-alive
 //! connection, and a graceful shutdown. Connections may be upgraded (WebSocket, `GET
 //! /mcp/ws`): an upgraded connection keeps its place under the caps ([`ConnHold`]) until its
-//! socket ends, and is stopped by its session's shutdown, not by the HTTP one. [`Connections`] is the same HTTP/1.1 and shutdown for
-//! connections accepted elsewhere (the Unix-socket listener, which counts its own).
+//! socket ends, and is stopped by its session's shutdown, not by the HTTP one.
+//! [`Connections`] is the same HTTP/1.1 and shutdown for connections accepted elsewhere (the
+//! Unix-socket listener, which counts its own).
 //!
 //! A peer over a cap is closed at once, before a byte is read. Every request of a connection
 //! carries the kernel's view of the peer ([`Peer`]: its address, or a Unix peer's

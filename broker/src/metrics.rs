@@ -44,13 +44,14 @@ pub const OTHER: &str = "other";
 /// Most open connections on the metrics listener; one more is closed before it is read.
 pub const MAX_CONNECTIONS: usize = 8;
 /// The transports (`Origin::transport`), whose series exist from the start at zero.
-pub const TRANSPORTS: [&str; 6] = [
+pub const TRANSPORTS: [&str; 7] = [
     "stdio",
     "http",
     "http-stateless",
     "unix",
     "unix-http",
     "unix-http-stateless",
+    "websocket",
 ];
 /// Longest label value taken from a reason or limit name (they are fixed identifiers).
 const MAX_NAME_LABEL: usize = 64;

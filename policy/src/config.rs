@@ -153,6 +153,8 @@ pub struct RawHttp {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// The header trusted proxies set: `x-forwarded-for` (default) or `forwarded` (RFC 7239).
     pub forwarded_header: Option<Spanned<String>>,
+    /// WebSocket (`GET /mcp/ws`) keep-alive: seconds between Pings (default 30, 1 to 3600).
+    pub ws_ping_secs: Option<u64>,
 }
 
 /// `[tools.NAME]`: an operator-defined tool, a fixed command template.

@@ -49,7 +49,7 @@ impl Principal {
 #[derive(Debug, Clone)]
 pub struct Origin {
     /// Transport name (`stdio`, `http`, `http-stateless`, `unix`, `unix-http`,
-    /// `unix-http-stateless`).
+    /// `unix-http-stateless`, `websocket`).
     pub transport: &'static str,
     /// Peer description (stdio: the parent process; HTTP: the socket address; a Unix
     /// socket: `uid=… gid=… pid=…`).

@@ -351,6 +351,11 @@ impl Session {
         let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
     }
 
+    /// Requests being answered now (a session with none may be closed as idle).
+    pub fn in_flight(&self) -> usize {
+        *self.inner.tasks.borrow()
+    }
+
     /// The broker stops: calls in progress get `grace` to answer; those still running then
     /// are cancelled in the worker and answered with an error saying so ([`STOPPING_MESSAGE`],
     /// audited with outcome `stopped`), given a few seconds to be written. The session is

@@ -90,6 +90,7 @@ impl Policy {
                 "state_ttl_secs": h.state_ttl_secs,
                 "trusted_proxies": h.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "forwarded_header": h.forwarded_header.name(),
+                "ws_ping_secs": h.ws_ping_secs,
                 "tls": h.tls.as_ref().map(|t| json!({
                     "cert": t.cert.display().to_string(),
                     "min_version": t.min_version.as_str(),

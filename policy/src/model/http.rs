@@ -43,6 +43,9 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<ProxyNet>,
     /// The header trusted proxies set.
     pub forwarded_header: ForwardedHeader,
+    /// WebSocket keep-alive (`GET /mcp/ws`): a Ping every this many seconds; a socket whose
+    /// peer has not answered the previous one by then is closed.
+    pub ws_ping_secs: u64,
 }
 
 /// Most entries of `[http] trusted_proxies`.
@@ -150,6 +153,11 @@ impl ForwardedHeader {
     }
 }
 
+/// Default of `[http] ws_ping_secs`.
+pub const DEFAULT_WS_PING_SECS: u64 = 30;
+/// Upper bound of `[http] ws_ping_secs`.
+pub const MAX_WS_PING_SECS: u64 = 3600;
+
 /// Default of `[http] state_ttl_secs`: an input-required round is answered within minutes.
 pub const DEFAULT_STATE_TTL_SECS: u64 = 600;
 /// Upper bound of `[http] state_ttl_secs`.
@@ -178,6 +186,7 @@ impl Default for HttpSettings {
             state_ttl_secs: DEFAULT_STATE_TTL_SECS,
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),
+            ws_ping_secs: DEFAULT_WS_PING_SECS,
         }
     }
 }
@@ -319,6 +328,10 @@ pub(super) fn http_settings(
             .max_connections_per_ip
             .unwrap_or(d.max_connections_per_ip)
             .clamp(1, 1_000_000),
+        ws_ping_secs: raw
+            .ws_ping_secs
+            .unwrap_or(d.ws_ping_secs)
+            .clamp(1, MAX_WS_PING_SECS),
     })
 }
 
@@ -426,5 +439,24 @@ mod tests {
             crate::Policy::from_toml("t.toml", "[http]\nlisten = \"db.internal:9000\"\n", &canon)
                 .unwrap_err();
         assert!(e.to_string().contains("t.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn the_websocket_ping_interval_has_a_default_and_bounds() {
+        let canon = |p: &std::path::Path| Ok(p.to_path_buf());
+        let ping = |http: &str| {
+            crate::Policy::from_toml(
+                "t.toml",
+                &format!("[clients.local]\nread = [\"/x\"]\n[http]\n{http}"),
+                &canon,
+            )
+            .unwrap()
+            .http()
+            .ws_ping_secs
+        };
+        assert_eq!(ping(""), DEFAULT_WS_PING_SECS);
+        assert_eq!(ping("ws_ping_secs = 5\n"), 5);
+        assert_eq!(ping("ws_ping_secs = 0\n"), 1);
+        assert_eq!(ping("ws_ping_secs = 99999\n"), MAX_WS_PING_SECS);
     }
 }

@@ -230,12 +230,13 @@ impl Policy {
         let h = &self.http;
         let mut s = match h.listen {
             Some(addr) => format!(
-                "http: listen {addr}, client {}, session idle {}, max sessions {}, connections at most {} in total, {} per source address{}\n",
+                "http: listen {addr}, client {}, session idle {}, max sessions {}, connections at most {} in total, {} per source address, WebSocket ping every {}{}\n",
                 h.client.as_ref().map_or("none (tokens only)".into(), |c| c.to_string()),
                 super::types::units::secs(h.session_idle_secs),
                 h.max_sessions,
                 h.max_connections,
                 h.max_connections_per_ip,
+                super::types::units::secs(h.ws_ping_secs),
                 if h.allowed_hosts.is_empty() {
                     String::new()
                 } else {

@@ -2,8 +2,11 @@
 //! kept below the descriptor limit so the broker keeps descriptors for its workers, audit log
 //! and reloads), the TLS handshake under a deadline (its failures audited as `auth.failure`),
 //! then HTTP/1.1 by hyper with a header-read deadline that also bounds an idle keep-alive
-//! connection, and a graceful shutdown. [`Connections`] is the same HTTP/1.1 and shutdown for
-//! connections accepted elsewhere (the Unix-socket listener, which counts its own).
+//! connection, and a graceful shutdown. Connections may be upgraded (WebSocket, `GET
+//! /mcp/ws`): an upgraded connection keeps its place under the caps ([`ConnHold`]) until its
+//! socket ends, and is stopped by its session's shutdown, not by the HTTP one.
+//! [`Connections`] is the same HTTP/1.1 and shutdown for connections accepted elsewhere (the
+//! Unix-socket listener, which counts its own).
 //!
 //! A peer over a cap is closed at once, before a byte is read. Every request of a connection
 //! carries the kernel's view of the peer ([`Peer`]: its address, or a Unix peer's
@@ -18,7 +21,6 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 
 use super::tls::{self, PeerCertificate};
@@ -194,7 +196,7 @@ pub(super) async fn accept_loop(
         );
     }
     let counter = Counter::new(cap, app.cfg.max_connections_per_ip.min(cap));
-    let graceful = GracefulShutdown::new();
+    let graceful = Graceful::new();
     let http = http1();
     // The first address is accepted here; any other (`localhost:PORT`: ::1 beside 127.0.0.1)
     // by a task of its own that hands its connections over, so one cap and one session table
@@ -247,10 +249,15 @@ pub(super) async fn accept_loop(
         let http = http.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _slot = slot;
+            // Held by the connection, and by its WebSocket if it is upgraded to one.
+            let hold = ConnHold(Arc::new(slot));
             let Some(tls) = app.cfg.tls.clone() else {
                 let conn = http
-                    .serve_connection(TokioIo::new(tcp), service(router, Peer::tcp(peer), None));
+                    .serve_connection(
+                        TokioIo::new(tcp),
+                        service(router, Peer::tcp(peer), None, Some(hold)),
+                    )
+                    .with_upgrades();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, "http connection: {e}");
                 }
@@ -275,8 +282,12 @@ pub(super) async fn accept_loop(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| PeerCertificate(Arc::new(c.to_vec())));
-            let conn =
-                http.serve_connection(TokioIo::new(stream), service(router, Peer::tcp(peer), cert));
+            let conn = http
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service(router, Peer::tcp(peer), cert, Some(hold)),
+                )
+                .with_upgrades();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, "https connection: {e}");
             }
@@ -301,7 +312,7 @@ fn http1() -> hyper::server::conn::http1::Builder {
 /// The shutdown of open connections: each is told to finish (hyper's graceful shutdown,
 /// bounded by [`SHUTDOWN_GRACE`]); open streams (SSE) end with their sessions, so if
 /// connections remain, the sessions are ended first, then they get the grace again.
-async fn drain(graceful: GracefulShutdown, end_sessions: impl std::future::Future<Output = ()>) {
+async fn drain(graceful: Graceful, end_sessions: impl std::future::Future<Output = ()>) {
     let done = graceful.shutdown();
     tokio::pin!(done);
     if tokio::time::timeout(SHUTDOWN_GRACE, &mut done)
@@ -321,7 +332,7 @@ async fn drain(graceful: GracefulShutdown, end_sessions: impl std::future::Futur
 pub(super) struct Connections {
     router: Router,
     http: hyper::server::conn::http1::Builder,
-    graceful: GracefulShutdown,
+    graceful: Graceful,
 }
 
 impl Connections {
@@ -329,7 +340,7 @@ impl Connections {
         Self {
             router,
             http: http1(),
-            graceful: GracefulShutdown::new(),
+            graceful: Graceful::new(),
         }
     }
 
@@ -345,7 +356,11 @@ impl Connections {
         let described = peer.describe().to_string();
         let conn = self
             .http
-            .serve_connection(TokioIo::new(io), service(self.router.clone(), peer, None));
+            .serve_connection(
+                TokioIo::new(io),
+                service(self.router.clone(), peer, None, None),
+            )
+            .with_upgrades();
         let watched = self.graceful.watcher().watch(conn);
         async move {
             if let Err(e) = watched.await {
@@ -360,17 +375,100 @@ impl Connections {
     }
 }
 
-/// The router for one connection's requests, each tagged with the peer and the verified
-/// client certificate.
+/// The graceful shutdown of HTTP/1.1 connections that may be upgraded (hyper-util's
+/// `GracefulShutdown` does not take them): each connection watches a stop signal and is
+/// told to finish when it comes; [`Graceful::shutdown`] waits until every watched
+/// connection has ended (an upgraded one ends, as HTTP, at its upgrade).
+struct Graceful {
+    stop: tokio::sync::watch::Sender<bool>,
+    live_tx: tokio::sync::mpsc::Sender<()>,
+    live_rx: tokio::sync::mpsc::Receiver<()>,
+}
+
+/// One connection's view of [`Graceful`].
+struct Watcher {
+    stop: tokio::sync::watch::Receiver<bool>,
+    _live: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Graceful {
+    fn new() -> Self {
+        let (live_tx, live_rx) = tokio::sync::mpsc::channel(1);
+        Self {
+            stop: tokio::sync::watch::Sender::new(false),
+            live_tx,
+            live_rx,
+        }
+    }
+
+    fn watcher(&self) -> Watcher {
+        Watcher {
+            stop: self.stop.subscribe(),
+            _live: self.live_tx.clone(),
+        }
+    }
+
+    /// Tell every connection to finish; resolves once all have ended.
+    async fn shutdown(self) {
+        let Self {
+            stop,
+            live_tx,
+            mut live_rx,
+        } = self;
+        stop.send_replace(true);
+        drop(live_tx);
+        // `None` once every watcher (each holds a sender) is gone.
+        let _ = live_rx.recv().await;
+    }
+}
+
+type Upgradeable<I> = hyper::server::conn::http1::UpgradeableConnection<TokioIo<I>, ConnService>;
+
+impl Watcher {
+    /// Serve `conn` until it ends, telling it to finish (keep-alive off, the request in
+    /// progress answered) once the stop signal comes.
+    async fn watch<I>(mut self, conn: Upgradeable<I>) -> Result<(), hyper::Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = self.stop.wait_for(|s| *s) => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        conn.await
+    }
+}
+
+/// Keeps an accepted connection's place under the listener's caps while alive: the
+/// connection holds one, and a WebSocket its connection was upgraded to holds a clone (a
+/// request extension) until the socket closes.
 #[derive(Clone)]
-struct ConnService {
+pub(super) struct ConnHold(#[allow(dead_code)] Arc<Slot>);
+
+/// The router for one connection's requests, each tagged with the peer, the verified
+/// client certificate, and the connection's place under the caps.
+#[derive(Clone)]
+pub(super) struct ConnService {
     router: Router,
     peer: Peer,
     cert: Option<PeerCertificate>,
+    hold: Option<ConnHold>,
 }
 
-fn service(router: Router, peer: Peer, cert: Option<PeerCertificate>) -> ConnService {
-    ConnService { router, peer, cert }
+fn service(
+    router: Router,
+    peer: Peer,
+    cert: Option<PeerCertificate>,
+    hold: Option<ConnHold>,
+) -> ConnService {
+    ConnService {
+        router,
+        peer,
+        cert,
+        hold,
+    }
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
@@ -382,6 +480,9 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnServ
         req.extensions_mut().insert(self.peer.clone());
         if let Some(c) = &self.cert {
             req.extensions_mut().insert(c.clone());
+        }
+        if let Some(h) = &self.hold {
+            req.extensions_mut().insert(h.clone());
         }
         let mut r = self.router.clone();
         tower_service::Service::call(&mut r, req)

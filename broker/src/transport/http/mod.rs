@@ -13,6 +13,9 @@
 //!   request's stream.
 //! * `DELETE`: ends the session (its worker is shut down and reaped).
 //!
+//! On TCP, `GET /mcp/ws` is the WebSocket transport ([`ws`]): behind the same layers, one
+//! session per socket, one message per text frame.
+//!
 //! Every request passes, in this order: the reject auditor ([`gate::audit_rejects`]), the
 //! authenticator (a [`Principal`] for every request, before anything touches a session), the
 //! Host/Origin gate (DNS-rebinding protection), then the method's handler, which checks media
@@ -56,6 +59,7 @@ mod sessions;
 mod sse;
 pub(crate) mod stateless;
 pub mod tls;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -187,6 +191,8 @@ struct App {
     draining: std::sync::atomic::AtomicBool,
     /// Requests in flight per client address of a trusted proxy.
     relayed: Arc<listener::Counter>,
+    /// The open WebSockets (TCP only).
+    sockets: ws::Sockets,
 }
 
 async fn mcp(
@@ -262,6 +268,7 @@ impl App {
             stateless_open: tokio::sync::Mutex::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             relayed: listener::Counter::new(usize::MAX, cfg.max_connections_per_ip),
+            sockets: ws::Sockets::new(),
             cfg,
         })
     }
@@ -281,9 +288,11 @@ fn router(app: &Arc<App>) -> Router {
             app.clone(),
             gate::authenticate,
         ));
-    // Tokens are not accepted on a Unix socket: no resource metadata there.
+    // Tokens are not accepted on a Unix socket: no resource metadata there. WebSockets are
+    // served on TCP only (an upgraded connection keeps its place under the TCP caps).
     let routes = match app.cfg.listen {
         Listen::Tcp(_) => endpoint
+            .merge(websocket(app))
             .merge(metadata::router(app))
             .merge(health::router(app)),
         Listen::Unix(_) => endpoint,
@@ -294,6 +303,20 @@ fn router(app: &Arc<App>) -> Router {
             gate::audit_rejects,
         ))
         .with_state(app.clone())
+}
+
+/// `GET /mcp/ws` behind the same layers as the endpoint (authenticate, then the gate).
+fn websocket(app: &Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route(ws::WS_ENDPOINT, axum::routing::get(ws::upgrade))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            gate::gate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            gate::authenticate,
+        ))
 }
 
 /// On every policy reload, the TLS files again: new connections get the new certificate,
@@ -333,7 +356,10 @@ impl App {
         for hs in &all {
             hs.routes.close_standalone();
         }
-        futures_util::future::join_all(all.iter().map(|hs| hs.session.stop(grace))).await;
+        // WebSockets stop likewise, each closing its own session (1001).
+        let sockets = self.sockets.stop_all(grace + Duration::from_secs(10));
+        let http = futures_util::future::join_all(all.iter().map(|hs| hs.session.stop(grace)));
+        futures_util::future::join(sockets, http).await;
         for hs in all {
             sessions::end_session(hs, "server shutting down").await;
         }

@@ -107,6 +107,19 @@ pub(super) struct Full;
 pub(super) struct Table<K, V> {
     map: Mutex<HashMap<K, Arc<V>>>,
     cap: usize,
+    /// Sessions counted against `cap` that live outside the map (WebSocket sessions: each is
+    /// its socket's own, found by no key).
+    outside: Arc<AtomicUsize>,
+}
+
+/// A place in a [`Table`] taken by a session outside its map ([`Table::take_outside`]); given
+/// back when dropped.
+pub(super) struct OutsidePlace(Arc<AtomicUsize>);
+
+impl Drop for OutsidePlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<K: Eq + Hash + Clone, V: Entry> Table<K, V> {
@@ -114,6 +127,7 @@ impl<K: Eq + Hash + Clone, V: Entry> Table<K, V> {
         Self {
             map: Mutex::default(),
             cap,
+            outside: Arc::default(),
         }
     }
     pub(super) fn get(&self, k: &K) -> Option<Arc<V>> {
@@ -129,7 +143,7 @@ impl<K: Eq + Hash + Clone, V: Entry> Table<K, V> {
     /// is removed (returned: the caller closes it); `Err` if every entry is in use.
     pub(super) fn make_room(&self) -> Result<Option<Arc<V>>, Full> {
         let mut m = lock(&self.map);
-        if m.len() < self.cap {
+        if m.len() + self.outside.load(Ordering::SeqCst) < self.cap {
             return Ok(None);
         }
         let lru = m
@@ -161,6 +175,29 @@ impl<K: Eq + Hash + Clone, V: Entry> Table<K, V> {
             }
         }
         self.make_room()
+    }
+    /// A place for a session that lives outside the map (a WebSocket's), made like
+    /// [`Table::make_room`]'s (an evicted entry is returned: the caller closes it). `Err` if
+    /// every entry is in use, or if the places outside the map fill the table.
+    pub(super) fn take_outside(&self) -> Result<(OutsidePlace, Option<Arc<V>>), Full> {
+        let mut m = lock(&self.map);
+        let outside = self.outside.load(Ordering::SeqCst);
+        if outside >= self.cap {
+            return Err(Full);
+        }
+        let evicted = if m.len() + outside < self.cap {
+            None
+        } else {
+            let lru = m
+                .iter()
+                .filter(|(_, s)| !s.in_use())
+                .max_by_key(|(_, s)| s.idle_for())
+                .map(|(k, _)| k.clone());
+            Some(lru.and_then(|k| m.remove(&k)).ok_or(Full)?)
+        };
+        // Taken under the map's lock: two sockets cannot both take the last place.
+        self.outside.fetch_add(1, Ordering::SeqCst);
+        Ok((OutsidePlace(self.outside.clone()), evicted))
     }
     /// Remove and return the entries idle for `idle` or longer with nothing in flight.
     pub(super) fn take_idle(&self, idle: Duration) -> Vec<Arc<V>> {
@@ -234,7 +271,7 @@ fn not_found(message: &str) -> Response {
 }
 
 /// Every session that could make room is busy: 429, try again shortly.
-fn too_many() -> Response {
+pub(super) fn too_many() -> Response {
     let mut r = rpc_error(
         StatusCode::TOO_MANY_REQUESTS,
         Value::Null,
@@ -304,6 +341,20 @@ impl App {
             .await
     }
 
+    /// The [`OpenError`] of a session as the HTTP answer (429 at a limit, 503 without audit).
+    pub(super) fn refusal(transport: &str, e: OpenError) -> Response {
+        tracing::error!("{transport} session refused: {e}");
+        match e {
+            OpenError::TooManySessions { .. } => too_many(),
+            OpenError::Audit(_) => rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Value::Null,
+                INTERNAL_ERROR,
+                "The audit log cannot be written; the session was refused",
+            ),
+        }
+    }
+
     /// Open a `Session` for `principal` (audited: `auth.success`, `session.open`) and start
     /// routing its output.
     async fn open_session(
@@ -326,18 +377,7 @@ impl App {
             tx,
         )
         .await
-        .map_err(|e| {
-            tracing::error!("{transport} session refused: {e}");
-            match e {
-                OpenError::TooManySessions { .. } => too_many(),
-                OpenError::Audit(_) => rpc_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Value::Null,
-                    INTERNAL_ERROR,
-                    "The audit log cannot be written; the session was refused",
-                ),
-            }
-        })?;
+        .map_err(|e| Self::refusal(transport, e))?;
         let routes = Arc::new(Routes::new(session.id()));
         tokio::spawn(routes::dispatch(rx, Arc::downgrade(&routes)));
         Ok(Arc::new(HttpSession {
@@ -502,6 +542,31 @@ mod tests {
         let all_busy: Table<ClientId, Fake> = Table::new(1);
         all_busy.insert(p.client.clone(), young);
         assert_eq!(all_busy.make_room().map(|_| ()), Err(Full));
+    }
+
+    #[test]
+    fn places_outside_the_map_count_against_the_same_limit() {
+        let t: Table<ClientId, Fake> = Table::new(2);
+        let idle = fake(5);
+        t.insert(principal("a").client, idle.clone());
+        // Room left: no eviction.
+        let (one, evicted) = t.take_outside().unwrap();
+        assert!(evicted.is_none());
+        // Full (one entry, one place): the idle entry makes room.
+        let (two, evicted) = t.take_outside().unwrap();
+        assert!(Arc::ptr_eq(&evicted.unwrap(), &idle));
+        // Both places outside: nothing more, not even an entry.
+        assert!(t.take_outside().is_err());
+        assert_eq!(t.make_room().map(|_| ()), Err(Full));
+        drop(one);
+        assert_eq!(t.make_room().map(|e| e.is_none()), Ok(true));
+        // A busy entry is never evicted for a place.
+        let busy = fake(9);
+        busy.busy.store(true, Ordering::SeqCst);
+        t.insert(principal("b").client, busy);
+        assert!(t.take_outside().is_err());
+        drop(two);
+        assert!(t.take_outside().is_ok());
     }
 
     #[test]

@@ -769,3 +769,52 @@ fn health_and_readiness_answer_a_balancer() {
     // Only GET (and HEAD).
     assert_eq!(get_path(srv.addr, "/readyz", "POST", &host).0, 405);
 }
+
+/// A client may reuse a request id once it has the response. On one keep-alive connection,
+/// each call is sent the moment the previous SSE response has ended: the id must already be
+/// free (the route of a request closes before its response leaves, not after).
+#[test]
+fn an_id_is_free_again_as_soon_as_its_response_has_arrived() {
+    use std::io::{Read, Write};
+    let d = dirs();
+    let srv = HttpServer::start(&["--allow-read", s(&d.root)]);
+    let sid = srv.initialize();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "read_text_file", "arguments": {"path": d.root.join("hello.txt")}}})
+    .to_string();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\nMcp-Session-Id: {sid}\r\nContent-Length: {}\r\n\r\n{body}",
+        srv.host(),
+        body.len()
+    );
+    let mut w = std::net::TcpStream::connect(srv.addr).unwrap();
+    w.set_nodelay(true).unwrap();
+    w.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = BufReader::new(w.try_clone().unwrap());
+    for n in 0..2000 {
+        w.write_all(req.as_bytes()).unwrap();
+        let (status, headers) = read_head(&mut r);
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v == "chunked"),
+            "{headers:?}"
+        );
+        // The chunked SSE body, to its end.
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            text.extend_from_slice(&chunk[..size]);
+        }
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(status, 200, "call {n}: {text}");
+        assert!(text.contains("hello over http"), "call {n}: {text}");
+    }
+}

@@ -204,7 +204,7 @@ pub(super) async fn answer(
                 None => break None,
             }
         };
-        pending.answered = true;
+        pending.answer();
         drop(pending);
         let Some(response) = response else {
             // Cancelled: no JSON-RPC response exists.

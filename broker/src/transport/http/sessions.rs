@@ -239,6 +239,8 @@ pub(super) struct PendingRequest {
     hs: Arc<HttpSession>,
     id: Id,
     pub(super) answered: bool,
+    /// The route was closed already ([`Self::answer`]): the id may belong to a new request.
+    closed: bool,
 }
 
 impl PendingRequest {
@@ -247,13 +249,26 @@ impl PendingRequest {
             hs: hs.clone(),
             id,
             answered: false,
+            closed: false,
+        }
+    }
+
+    /// The response is about to leave: the request is answered and its id free again, before
+    /// the client can read the response and send its next request (it may reuse the id).
+    pub(super) fn answer(&mut self) {
+        self.answered = true;
+        if !self.closed {
+            self.closed = true;
+            self.hs.routes.close(&self.id);
         }
     }
 }
 
 impl Drop for PendingRequest {
     fn drop(&mut self) {
-        self.hs.routes.close(&self.id);
+        if !self.closed {
+            self.hs.routes.close(&self.id);
+        }
         if !self.answered {
             tracing::info!(session = %self.hs.session.id(), "client went away during a request; cancelling it");
             self.hs.session.cancel(&self.id);

@@ -154,7 +154,7 @@ pub(super) fn request_stream(
         done = is_response(&m);
         first.extend_from_slice(&event(&hs, &m));
         if done {
-            pending.answered = true;
+            pending.answer();
         }
     }
     let stream = futures_util::stream::unfold(
@@ -179,7 +179,7 @@ pub(super) fn request_stream(
                 };
                 let last = is_response(&m);
                 if last {
-                    pending.answered = true;
+                    pending.answer();
                 }
                 Some((Ok(event(&hs, &m)), (None, rx, pending, busy, last)))
             }
@@ -218,6 +218,11 @@ pub(super) fn resumable_stream(
             match tokio::time::timeout(RELAY_TICK, rx.recv()).await {
                 Ok(Some(m)) => {
                     let last = is_response(&m);
+                    if last {
+                        // Before the response can reach the client (its next request may
+                        // reuse the id).
+                        pending.answer();
+                    }
                     let eid = hs.next_event.fetch_add(1, Ordering::Relaxed);
                     let b = Bytes::from(format!("id: {eid}\ndata: {m}\n\n"));
                     // Recorded and offered to the attached stream under one lock, under which
@@ -244,7 +249,6 @@ pub(super) fn resumable_stream(
                         }
                     }
                     if last {
-                        pending.answered = true;
                         break;
                     }
                 }

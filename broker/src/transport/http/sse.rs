@@ -86,6 +86,20 @@ impl Replay {
             .map(|(_, _, b)| b.clone())
             .collect()
     }
+    /// `stream` was delivered to its end, its response included: nothing of it is kept for
+    /// a resumption (the client has it all). Without this every finished call's events stayed
+    /// until [`REPLAY_EVENTS`]/[`REPLAY_BYTES`] pushed them out: up to 4 MiB per idle session.
+    fn forget(&mut self, stream: u64) {
+        let mut bytes = self.bytes;
+        self.events.retain(|(_, s, b)| {
+            let keep = *s != stream;
+            if !keep {
+                bytes -= b.len();
+            }
+            keep
+        });
+        self.bytes = bytes;
+    }
     /// Events and bytes held.
     #[cfg(test)]
     pub(super) fn held(&self) -> (usize, usize) {
@@ -204,6 +218,16 @@ pub(super) fn resumable_stream(
         SSE_RETRY.as_millis()
     ));
     let (btx, brx) = mpsc::channel::<Bytes>(RELAY_QUEUE);
+    // The response went into this (the first) stream's queue: once the body has been sent to
+    // its end, the client has every event and none is kept (`Delivered`).
+    let first = btx.downgrade();
+    let delivered = Delivered {
+        hs: hs.clone(),
+        stream: stream_id,
+        final_queued: Arc::default(),
+        ended: false,
+    };
+    let final_queued = delivered.final_queued.clone();
     {
         let mut r = lock(&hs.replay);
         r.push(stream_id, stream_id, priming.clone());
@@ -213,6 +237,8 @@ pub(super) fn resumable_stream(
     tokio::spawn(async move {
         let hs = relay_hs;
         let _busy = busy;
+        let to_first =
+            |tx: &mpsc::Sender<Bytes>| first.upgrade().is_some_and(|f| f.same_channel(tx));
         let mut detached_since: Option<Instant> = None;
         loop {
             match tokio::time::timeout(RELAY_TICK, rx.recv()).await {
@@ -233,13 +259,22 @@ pub(super) fn resumable_stream(
                         r.attached(stream_id).map(|tx| (tx.try_send(b), tx))
                     };
                     match offered {
-                        None | Some((Ok(()), _)) => {}
+                        None => {}
+                        Some((Ok(()), tx)) => {
+                            if last && to_first(&tx) {
+                                final_queued.store(true, Ordering::Relaxed);
+                            }
+                        }
                         Some((Err(TrySendError::Closed(_)), tx)) => {
                             lock(&hs.replay).detach(stream_id, &tx);
                         }
                         Some((Err(TrySendError::Full(_)), _)) if !last => hs.routes.count_drop(),
                         Some((Err(TrySendError::Full(b)), tx)) => {
-                            if tokio::time::timeout(ROUTE_WAIT, tx.send(b)).await.is_err() {
+                            let sent = tokio::time::timeout(ROUTE_WAIT, tx.send(b)).await;
+                            if matches!(sent, Ok(Ok(()))) && to_first(&tx) {
+                                final_queued.store(true, Ordering::Relaxed);
+                            }
+                            if sent.is_err() {
                                 tracing::warn!(
                                     session = %hs.session.id(),
                                     "a client left its response unread for {ROUTE_WAIT:?}: its stream is detached (the response waits for a Last-Event-ID resumption)"
@@ -281,19 +316,51 @@ pub(super) fn resumable_stream(
         lock(&hs.replay).live.remove(&stream_id);
         drop(pending);
     });
-    sse_bytes(vec![priming], brx, ())
+    sse_bytes(vec![priming], brx, delivered)
 }
+
+/// Held by a request stream's body. Its [`Held::ended`] is called when the body has been sent to
+/// its end; if the response was queued to it (`final_queued`), the stream's events are
+/// dropped from the replay buffer then. A body dropped early (the client went away) keeps
+/// them for a `Last-Event-ID` resumption.
+struct Delivered {
+    hs: Arc<HttpSession>,
+    stream: u64,
+    final_queued: Arc<std::sync::atomic::AtomicBool>,
+    ended: bool,
+}
+
+impl Drop for Delivered {
+    fn drop(&mut self) {
+        if self.ended && self.final_queued.load(Ordering::Relaxed) {
+            lock(&self.hs.replay).forget(self.stream);
+        }
+    }
+}
+
+/// What a stream body holds while the client reads it, told when the body has ended.
+trait Held: Send + 'static {
+    /// Every byte of the body has been handed on.
+    fn ended(&mut self) {}
+}
+
+impl Held for Delivered {
+    fn ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Held for Busy {}
 
 /// An SSE response of ready-made event bytes: `initial`, then what arrives on `rx` until its
 /// sender is gone, holding `keep` (a guard) for as long as the client reads.
-fn sse_bytes<G: Send + 'static>(
-    initial: Vec<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
-    keep: G,
-) -> Response {
+fn sse_bytes<G: Held>(initial: Vec<Bytes>, rx: mpsc::Receiver<Bytes>, keep: G) -> Response {
     let head = futures_util::stream::iter(initial.into_iter().map(Ok::<Bytes, Infallible>));
-    let tail = futures_util::stream::unfold((rx, keep), |(mut rx, keep)| async move {
-        let b = rx.recv().await?;
+    let tail = futures_util::stream::unfold((rx, keep), |(mut rx, mut keep)| async move {
+        let Some(b) = rx.recv().await else {
+            keep.ended();
+            return None;
+        };
         Some((Ok::<Bytes, Infallible>(b), (rx, keep)))
     });
     sse(head.chain(tail))

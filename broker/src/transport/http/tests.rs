@@ -701,3 +701,47 @@ async fn over_a_unix_socket_the_principal_is_the_peer_uid_for_every_request() {
         && r["peer"].as_str().is_some_and(|p| p.starts_with(&me))));
     conns.shutdown(app.clone().end_all_sessions()).await;
 }
+
+/// A call answered on an SSE stream that the client read to its end is not kept for a
+/// resumption: after many calls the session's replay buffer is empty (it held every finished
+/// call's events, up to 4 MiB per session, before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_read_to_their_end_leave_nothing_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let policy = Policy::from_toml(
+        "test.toml",
+        &format!("[clients.alice]\nread = [\"{}\"]\n", root.display()),
+        &|p: &Path| Ok(p.to_path_buf()),
+    )
+    .unwrap();
+    let auth = Arc::new(crate::auth::ListenerClient::new(
+        ClientId::parse("alice").unwrap(),
+    ));
+    let l = listen(policy, auth, Arc::new(chatty(2, 1000))).await;
+    let sid = initialize(&l, ALICE).await;
+    for id in 2..50 {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                          "params": {"name": "chatty", "arguments": {}, "_meta": {"progressToken": id}}});
+        let r = post(&l, ALICE, Some(&sid), &call).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("content-type"), Some("text/event-stream"));
+        assert!(r.body.contains("chatty done"), "{:?}", r.body);
+    }
+    let principal = Principal::new(ClientId::parse("alice").unwrap(), "test");
+    let hs = l
+        .app
+        .sessions
+        .get(&SessionKey::new(&principal, &sid))
+        .unwrap();
+    let mut held = (usize::MAX, usize::MAX);
+    for _ in 0..100 {
+        held = lock(&hs.replay).held();
+        if held == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(held, (0, 0), "events and bytes still held");
+    l.stop().await;
+}

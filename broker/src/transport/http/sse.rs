@@ -259,12 +259,10 @@ pub(super) fn resumable_stream(
                         r.attached(stream_id).map(|tx| (tx.try_send(b), tx))
                     };
                     match offered {
-                        None => {}
-                        Some((Ok(()), tx)) => {
-                            if last && to_first(&tx) {
-                                final_queued.store(true, Ordering::Relaxed);
-                            }
+                        Some((Ok(()), tx)) if last && to_first(&tx) => {
+                            final_queued.store(true, Ordering::Relaxed);
                         }
+                        None | Some((Ok(()), _)) => {}
                         Some((Err(TrySendError::Closed(_)), tx)) => {
                             lock(&hs.replay).detach(stream_id, &tx);
                         }

@@ -33,7 +33,7 @@ const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
 #[test]
 fn session_lifecycle_json_and_sse() {
     let d = dirs();
-    let srv = HttpServer::start(&["--allow-read", s(&d.root)]);
+    let srv = HttpServer::start(&["--allow-read", s(&d.root), "--allow-exec", "python3"]);
     let sid = srv.initialize();
     assert_eq!(sid.len(), 32);
     assert!(sid.bytes().all(|b| b.is_ascii_hexdigit()), "{sid}");
@@ -55,11 +55,22 @@ fn session_lifecycle_json_and_sse() {
         srv.rpc(&sid, 3, "ping", json!({})),
         json!({"jsonrpc": "2.0", "id": 3, "result": {}})
     );
-    // tools/call answers on an SSE stream: priming event (id, retry, empty data) first.
+    // A call answered at once: one JSON body.
     let r = srv.post(
         Some(&sid),
         &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
             "name": "read_text_file", "arguments": {"path": s(&d.root.join("hello.txt"))}}}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["id"], 4);
+    assert_eq!(r.json()["result"]["content"][0]["text"], "hello over http\n");
+    // A call still running after the JSON window answers on an SSE stream: the priming event
+    // (id, retry, empty data) first.
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {
+            "name": "run_command", "arguments": {"command": "python3", "args": ["-c", "import time; time.sleep(0.4); print('slow')"]}}}),
     );
     assert_eq!(r.status, 200);
     assert!(r
@@ -72,8 +83,8 @@ fn session_lifecycle_json_and_sse() {
     let data = r.sse_data();
     assert_eq!(data[0], "");
     let resp: Value = serde_json::from_str(&data[1]).unwrap();
-    assert_eq!(resp["id"], 4);
-    assert_eq!(resp["result"]["content"][0]["text"], "hello over http\n");
+    assert_eq!(resp["id"], 6);
+    assert_eq!(resp["result"]["structuredContent"]["stdout"], "slow\n");
     // DELETE ends the session and its worker; the id is then unknown.
     let worker = *children_of(srv.child.id() as i32).first().expect("worker");
     let del = srv.request("DELETE", &[("Mcp-Session-Id", &sid)], b"");
@@ -771,8 +782,9 @@ fn health_and_readiness_answer_a_balancer() {
 }
 
 /// A client may reuse a request id once it has the response. On one keep-alive connection,
-/// each call is sent the moment the previous SSE response has ended: the id must already be
-/// free (the route of a request closes before its response leaves, not after).
+/// each call is sent the moment the previous response has ended: the id must already be free
+/// (the route of a request closes before its response leaves, not after). The broker unit
+/// test `streams_read_to_their_end_leave_nothing_to_replay` does the same over SSE streams.
 #[test]
 fn an_id_is_free_again_as_soon_as_its_response_has_arrived() {
     use std::io::{Read, Write};
@@ -794,24 +806,30 @@ fn an_id_is_free_again_as_soon_as_its_response_has_arrived() {
     for n in 0..2000 {
         w.write_all(req.as_bytes()).unwrap();
         let (status, headers) = read_head(&mut r);
-        assert!(
+        let header = |name: &str| {
             headers
                 .iter()
-                .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v == "chunked"),
-            "{headers:?}"
-        );
-        // The chunked SSE body, to its end.
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        // A JSON body (the call answered at once), or a chunked SSE body to its end.
         let mut text = Vec::new();
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            let size = usize::from_str_radix(line.trim(), 16).unwrap();
-            let mut chunk = vec![0; size + 2];
-            r.read_exact(&mut chunk).unwrap();
-            if size == 0 {
-                break;
+        if let Some(len) = header("content-length") {
+            text.resize(len.parse().unwrap(), 0);
+            r.read_exact(&mut text).unwrap();
+        } else {
+            assert_eq!(header("transfer-encoding").as_deref(), Some("chunked"), "{headers:?}");
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                let size = usize::from_str_radix(line.trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                r.read_exact(&mut chunk).unwrap();
+                if size == 0 {
+                    break;
+                }
+                text.extend_from_slice(&chunk[..size]);
             }
-            text.extend_from_slice(&chunk[..size]);
         }
         let text = String::from_utf8(text).unwrap();
         assert_eq!(status, 200, "call {n}: {text}");

@@ -571,8 +571,19 @@ fn rate_limit_refusals_are_counted() {
     let hello = s(&d.root.join("hello.txt")).to_string();
     let r = call(&srv, &sid, 2, "read_text_file", json!({"path": hello}));
     assert_eq!(r["result"]["content"][0]["text"], "hello metrics\n", "{r}");
-    let r = call(&srv, &sid, 3, "read_text_file", json!({"path": hello}));
-    assert!(r.to_string().contains("Rate limit reached"), "{r}");
+    // A spent rate: 429 with Retry-After (a call refused at once is a JSON answer).
+    let r = srv.post(
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "read_text_file", "arguments": {"path": hello}}}),
+    );
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("Rate limit reached"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let (m, text) = scrape(&py, at);
     assert_eq!(
         value(&m, "mcpd_limit_hits_total{limit=\"calls_per_minute\"}"),

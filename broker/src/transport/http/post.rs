@@ -51,6 +51,10 @@ pub(super) enum Era {
 }
 
 /// Methods answered on an SSE stream when the client accepts one.
+/// How long a session-era call that may stream waits for its first message before it opens
+/// its SSE stream: a response within it is sent as plain JSON.
+pub(super) const JSON_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub(super) fn streams(method: &str) -> bool {
     matches!(method, "tools/call" | "subscriptions/listen")
 }
@@ -240,7 +244,27 @@ pub(super) async fn answer(
         return r;
     }
     if !matches!(era, Era::Stateless) {
-        return resumable_stream(hs, rx, pending, busy);
+        // A call answered at once needs no stream: its response goes as one JSON body (no
+        // relay task, no replay, no SSE framing). One that reports progress, asks the client
+        // something, or takes longer than [`JSON_WINDOW`] gets its SSE stream (resumable
+        // from then on).
+        return match tokio::time::timeout(JSON_WINDOW, rx.recv()).await {
+            Ok(Some(m)) if is_response(&m) => {
+                pending.answer();
+                drop(pending);
+                drop(busy);
+                scope_denied(&app.policy.get(), &m)
+                    .or_else(|| quota_refused(&m))
+                    .unwrap_or_else(|| json_response(StatusCode::OK, &m))
+            }
+            Ok(Some(m)) => resumable_stream(hs, rx, pending, busy, Some(m)),
+            Ok(None) => {
+                // Cancelled: no JSON-RPC response exists.
+                pending.answered = true;
+                StatusCode::ACCEPTED.into_response()
+            }
+            Err(_) => resumable_stream(hs, rx, pending, busy, None),
+        };
     }
     // Stateless era: an error decided before any notification (missing capability, bad
     // arguments) is a plain JSON answer with its HTTP status, not a 200 stream.

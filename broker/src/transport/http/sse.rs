@@ -205,12 +205,14 @@ pub(super) fn request_stream(
 /// Session era: the request's messages go through a relay that records every event for
 /// resumption and forwards it to whichever HTTP stream is attached: first this POST's
 /// response, after a disconnect a `GET` with `Last-Event-ID`. With nobody attached for
-/// [`RESUME_GRACE`], the request is cancelled.
+/// [`RESUME_GRACE`], the request is cancelled. `early`: a message of the request received
+/// already (the first one), relayed first.
 pub(super) fn resumable_stream(
     hs: Arc<HttpSession>,
     mut rx: mpsc::Receiver<Value>,
     mut pending: PendingRequest,
     busy: Busy,
+    mut early: Option<Value>,
 ) -> Response {
     let stream_id = hs.next_event.fetch_add(1, Ordering::Relaxed);
     let priming = Bytes::from(format!(
@@ -241,7 +243,11 @@ pub(super) fn resumable_stream(
             |tx: &mpsc::Sender<Bytes>| first.upgrade().is_some_and(|f| f.same_channel(tx));
         let mut detached_since: Option<Instant> = None;
         loop {
-            match tokio::time::timeout(RELAY_TICK, rx.recv()).await {
+            let got = match early.take() {
+                Some(m) => Ok(Some(m)),
+                None => tokio::time::timeout(RELAY_TICK, rx.recv()).await,
+            };
+            match got {
                 Ok(Some(m)) => {
                     let last = is_response(&m);
                     if last {

@@ -720,9 +720,10 @@ async fn streams_read_to_their_end_leave_nothing_to_replay() {
     ));
     let l = listen(policy, auth, Arc::new(chatty(2, 1000))).await;
     let sid = initialize(&l, ALICE).await;
-    for id in 2..50 {
-        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                          "params": {"name": "chatty", "arguments": {}, "_meta": {"progressToken": id}}});
+    // Every call reuses id 2 as soon as the previous one's stream has ended (a client may).
+    for n in 0..48 {
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                          "params": {"name": "chatty", "arguments": {}, "_meta": {"progressToken": n}}});
         let r = post(&l, ALICE, Some(&sid), &call).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.header("content-type"), Some("text/event-stream"));

@@ -64,7 +64,10 @@ fn session_lifecycle_json_and_sse() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.json()["id"], 4);
-    assert_eq!(r.json()["result"]["content"][0]["text"], "hello over http\n");
+    assert_eq!(
+        r.json()["result"]["content"][0]["text"],
+        "hello over http\n"
+    );
     // A call still running after the JSON window answers on an SSE stream: the priming event
     // (id, retry, empty data) first.
     let r = srv.post(
@@ -818,7 +821,11 @@ fn an_id_is_free_again_as_soon_as_its_response_has_arrived() {
             text.resize(len.parse().unwrap(), 0);
             r.read_exact(&mut text).unwrap();
         } else {
-            assert_eq!(header("transfer-encoding").as_deref(), Some("chunked"), "{headers:?}");
+            assert_eq!(
+                header("transfer-encoding").as_deref(),
+                Some("chunked"),
+                "{headers:?}"
+            );
             loop {
                 let mut line = String::new();
                 r.read_line(&mut line).unwrap();

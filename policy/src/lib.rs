@@ -45,5 +45,6 @@ pub use model::{
 pub use model::{
     parse_metrics_listen, MetricsListen, MetricsSettings, RawMetrics, METRICS_UNIX_PREFIX,
 };
+pub use model::{DbusBus, DbusSettings, RawDbus};
 pub use model::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};
 pub use prompts::Prompt;

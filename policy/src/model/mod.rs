@@ -12,6 +12,7 @@
 //! not public: outside this crate a `Policy` is read through accessors, never patched.
 
 mod build;
+mod dbus;
 mod describe_json;
 mod http;
 mod jwt;
@@ -26,6 +27,7 @@ mod types;
 mod unix;
 
 pub(crate) use build::canonical;
+pub use dbus::*;
 pub use http::{parse_listen, HttpSettings};
 pub use jwt::{
     access_key, JwtKey, JwtSettings, RawAuth, RawJwt, RawJwtKey, RawJwtScopes,

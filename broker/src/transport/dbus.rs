@@ -56,6 +56,10 @@ pub const OBJECT_PATH: &str = "/org/mcpd/Server1";
 pub const INTERFACE: &str = "org.mcpd.Server1";
 /// Calls of one caller waiting for their responses at once.
 pub const MAX_PENDING_PER_CALLER: usize = 64;
+/// How long connecting to the bus and owning the name may take at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long mcpd's own calls to the bus daemon (credentials, name owner) may take.
+const BUS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `Call` waits beyond the client's call timeout for its response.
 const RESPONSE_SLACK: Duration = Duration::from_secs(10);
 
@@ -588,6 +592,7 @@ pub async fn start(
         stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let conn = builder
+        .method_timeout(BUS_CALL_TIMEOUT)
         .serve_at(
             OBJECT_PATH,
             Server {
@@ -596,8 +601,15 @@ pub async fn start(
         )
         .and_then(|b| b.name(s.name.as_str()))
         .map_err(|x| e(x.to_string()))?
-        .build()
+        .build();
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, conn)
         .await
+        .map_err(|_| {
+            e(format!(
+                "no answer from the bus in {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|x| e(format!("cannot connect or own the name: {x}")))?;
     let proxy = zbus::fdo::DBusProxy::new(&conn)
         .await

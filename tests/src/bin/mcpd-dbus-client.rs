@@ -5,7 +5,8 @@
 //! Prints JSON lines on stdout: first `{"unique_name": ":1.N"}`; then, for each line read on
 //! stdin (a JSON-RPC message), a response (no `method`) goes out with `Reply` and any other
 //! message with `Call`, one after the other (a line starting with `&` goes out without waiting
-//! for the calls before it to be answered), and the outcome is
+//! for the calls before it to be answered; one starting with `!` goes out with `Reply`
+//! whatever it is), and the outcome is
 //! printed as `{"call": MESSAGE, "response": TEXT}` or `{"call": MESSAGE, "error": "NAME: TEXT"}`
 //! (`"reply"` instead of `"call"` for `Reply`); every `Message` signal received is printed as
 //! `{"signal": TEXT, "destination": NAME}`. On stdin EOF the connection is closed and the
@@ -59,7 +60,10 @@ async fn main() {
         }
     };
     let out: Out = Arc::new(Mutex::new(tokio::io::stdout()));
-    let me = conn.unique_name().map(ToString::to_string).unwrap_or_default();
+    let me = conn
+        .unique_name()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let mut stream = zbus::MessageStream::from(&conn);
     let signals = {
         let out = out.clone();
@@ -90,9 +94,14 @@ async fn main() {
             Some(l) => (l.to_string(), true),
             None => (line, false),
         };
+        let (line, force_reply) = match line.strip_prefix('!') {
+            Some(l) => (l.to_string(), true),
+            None => (line, false),
+        };
         let msg: Value = serde_json::from_str(&line).unwrap_or(Value::String(line.clone()));
-        let is_reply = msg.get("method").is_none()
-            && (msg.get("result").is_some() || msg.get("error").is_some());
+        let is_reply = force_reply
+            || (msg.get("method").is_none()
+                && (msg.get("result").is_some() || msg.get("error").is_some()));
         let (conn, out, dest) = (conn.clone(), out.clone(), dest.clone());
         calls.spawn(async move {
             let method = if is_reply { "Reply" } else { "Call" };

@@ -683,3 +683,82 @@ fn oversized_messages_and_unmapped_callers_are_refused() {
         .iter()
         .any(|r| r["event"] == "auth.success" && r["uid"] == UID_UNMAPPED.to_string()));
 }
+
+/// The shipped bus policy (packaging/dbus/org.mcpd.Server1.conf) is one the bus daemon loads,
+/// and it lets no one but user `mcpd` own the name: mcpd as root is refused the name and does
+/// not start.
+#[test]
+fn the_shipped_bus_policy_loads_and_only_mcpd_may_own_the_name() {
+    if !preconditions() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/dbus/org.mcpd.Server1.conf"
+    );
+    let sock = dir.path().join("bus");
+    let conf = dir.path().join("bus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+    <allow own="*"/>
+  </policy>
+  <include>{shipped}</include>
+</busconfig>
+"#,
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut bus = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", conf.display()))
+        .args(["--nofork", "--print-address"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dbus-daemon");
+    let mut line = String::new();
+    BufReader::new(bus.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line.trim().to_string();
+    assert!(
+        address.starts_with("unix:path="),
+        "the bus did not start with the shipped policy: {address}"
+    );
+    let cfg = dir.path().join("mcpd.toml");
+    std::fs::write(
+        &cfg,
+        "[clients.root]\n[clients.root.identity]\nunix_uid = [0]\n",
+    )
+    .unwrap();
+    let out = Command::new(mcpd_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--dbus", "system", "--dbus-address", &address])
+        .arg("--audit-log")
+        .arg(dir.path().join("audit.jsonl"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = bus.kill();
+    let _ = bus.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mcpd owned the name as root: {err}");
+    assert!(
+        err.contains("cannot connect or own the name") && err.contains("not allowed to own"),
+        "{err}"
+    );
+}

@@ -575,7 +575,7 @@ fn callers_of_two_uids_get_their_own_clients_and_workers_and_leaving_ends_the_wo
     assert_eq!((sa.len(), sb.len()), (1, 1), "{records:?}");
     assert!(records.iter().any(|r| r["event"] == "auth.success"
         && r["principal"] == "b"
-        && r["uid"] == UID_B.to_string()
+        && r["uid"] == json!(UID_B.to_string())
         && r["bus_name"] == json!(b.name)
         && r["method"] == "dbus-credentials"
         && r["transport"] == "dbus"));
@@ -681,7 +681,7 @@ fn oversized_messages_and_unmapped_callers_are_refused() {
     let records = s.audit();
     assert!(!records
         .iter()
-        .any(|r| r["event"] == "auth.success" && r["uid"] == UID_UNMAPPED.to_string()));
+        .any(|r| r["event"] == "auth.success" && r["uid"] == json!(UID_UNMAPPED.to_string())));
 }
 
 /// The shipped bus policy (packaging/dbus/org.mcpd.Server1.conf) is one the bus daemon loads,

@@ -68,7 +68,8 @@ max_message_bytes = MCPD_MAX
 
 [clients.root]
 read = ["ROOT/root"]
-tools = ["list_allowed_directories", "read_text_file"]
+exec = ["sleep"]
+tools = ["list_allowed_directories", "read_text_file", "run_command"]
 [clients.root.identity]
 unix_uid = [0]
 
@@ -303,6 +304,13 @@ struct Client {
 }
 
 impl Client {
+    /// Write one raw line to the helper (`&`: do not wait for the calls before it).
+    fn send_line(&mut self, line: &str) {
+        let s = self.stdin.as_mut().unwrap();
+        writeln!(s, "{line}").unwrap();
+        s.flush().unwrap();
+    }
+
     fn send(&mut self, v: &Value) {
         let s = self.stdin.as_mut().unwrap();
         writeln!(s, "{v}").unwrap();
@@ -530,14 +538,10 @@ fn a_zbus_client_gets_server_requests_as_unicast_signals_and_answers_with_reply(
     assert!(!err, "{t}");
     assert_eq!(t, "inner of root");
     // Reply takes only responses.
-    let s_ = c.stdin.as_mut().unwrap();
-    writeln!(
-        s_,
+    c.send_line(&format!(
         "!{}",
         json!({"jsonrpc": "2.0", "id": 99, "method": "ping"})
-    )
-    .unwrap();
-    s_.flush().unwrap();
+    ));
     let v = c.next(|v| v.get("reply").is_some_and(|m| m["id"] == 99));
     assert!(
         v["error"]
@@ -682,6 +686,35 @@ fn oversized_messages_and_unmapped_callers_are_refused() {
     assert!(!records
         .iter()
         .any(|r| r["event"] == "auth.success" && r["uid"] == json!(UID_UNMAPPED.to_string())));
+}
+
+#[test]
+fn calls_run_concurrently_and_a_cancelled_call_ends() {
+    if !preconditions() {
+        return;
+    }
+    let s = Setup::start();
+    let mut c = s.client(0);
+    c.initialize(json!({}));
+    // A call that runs until cancelled, sent without waiting for it...
+    let long = json!({"jsonrpc": "2.0", "id": "long", "method": "tools/call", "params": {
+        "name": "run_command", "arguments": {"command": "sleep", "args": ["300"]}}});
+    c.send_line(&format!("&{long}"));
+    // ...does not hold up the caller's other calls (nor the bus connection).
+    let (t, err) = c.read(&format!("{}/f.txt", s.root("root")));
+    assert!(!err, "{t}");
+    assert_eq!(t, "secret of root");
+    // Cancelled: no response comes, the Call ends with an error now.
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "long"}});
+    c.send_line(&format!("&{cancel}"));
+    let v = c.next(|v| v["call"]["id"] == "long");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("org.mcpd.Error.Failed") && e.contains("cancelled")),
+        "{v}"
+    );
+    c.leave();
 }
 
 /// The shipped bus policy (packaging/dbus/org.mcpd.Server1.conf) is one the bus daemon loads,

@@ -17,7 +17,11 @@
 //! unique name gone (`NameOwnerChanged`): in-flight calls are cancelled, the worker reaped,
 //! `session.close` recorded.
 //!
-//! Bounds: `[dbus] max_message_bytes` per `Call`/`Reply` string (`org.mcpd.Error.TooLarge`;
+//! A request the caller cancels (`notifications/cancelled`) ends its `Call` with
+//! `org.mcpd.Error.Failed` (MCP sends no response to a cancelled request).
+//!
+//! Bounds: `[dbus] max_message_bytes` (or `server.max_message_bytes`, if smaller) per
+//! `Call`/`Reply` string (`org.mcpd.Error.TooLarge`;
 //! the bus daemon's `max_message_size` bounds what is read at all), `[dbus] max_callers`
 //! callers at once (`org.mcpd.Error.LimitsExceeded`), [`MAX_PENDING_PER_CALLER`] calls waiting
 //! per caller; the session's outbox and limits as on every transport. Errors name no path.
@@ -95,9 +99,10 @@ struct Caller {
     session: tokio::sync::Mutex<Option<Session>>,
     /// The caller left the bus: no more sessions.
     gone: std::sync::atomic::AtomicBool,
-    pending: Mutex<HashMap<Id, oneshot::Sender<Value>>>,
+    /// `None` sent: the caller cancelled the request (`notifications/cancelled`): no response.
+    pending: Mutex<HashMap<Id, oneshot::Sender<Option<Value>>>>,
     /// Calls whose message had no usable id (their error response comes with a null id).
-    unkeyed: Mutex<VecDeque<oneshot::Sender<Value>>>,
+    unkeyed: Mutex<VecDeque<oneshot::Sender<Option<Value>>>>,
 }
 
 struct Shared {
@@ -170,8 +175,14 @@ impl Shared {
         self.cell.get().dbus().clone()
     }
 
+    /// `[dbus] max_message_bytes`, or `server.max_message_bytes` if that is smaller.
     fn check_size(&self, message: &str) -> Result<(), DbusError> {
-        let max = usize::try_from(self.settings().max_message_bytes).unwrap_or(usize::MAX);
+        let policy = self.cell.get();
+        let limit = policy
+            .dbus()
+            .max_message_bytes
+            .min(policy.max_message_bytes);
+        let max = usize::try_from(limit).unwrap_or(usize::MAX);
         if message.len() > max {
             tracing::warn!(
                 "dbus: a message of {} bytes refused (limit {max})",
@@ -349,6 +360,19 @@ impl Shared {
                 Some(rx)
             }
         };
+        if let Incoming::Notification { method, params } = &incoming {
+            // A cancelled request gets no response: its Call ends now, with an error.
+            if method == "notifications/cancelled" {
+                let id = match params.get("requestId") {
+                    Some(Value::String(s)) => Some(Id::Str(s.clone())),
+                    Some(Value::Number(n)) => n.as_i64().map(Id::Num),
+                    _ => None,
+                };
+                if let Some(w) = id.and_then(|id| lock(&caller.pending).remove(&id)) {
+                    let _ = w.send(None);
+                }
+            }
+        }
         session.handle(incoming);
         drop(slot);
         let Some(rx) = rx else {
@@ -357,7 +381,8 @@ impl Shared {
         let limit = session.call_timeout() + RESPONSE_SLACK;
         drop(session);
         match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(v)) => Ok(v.to_string()),
+            Ok(Ok(Some(v))) => Ok(v.to_string()),
+            Ok(Ok(None)) => Err(DbusError::Failed("the request was cancelled".into())),
             Ok(Err(_)) => Err(DbusError::Failed(
                 "the session ended before the request was answered".into(),
             )),
@@ -440,7 +465,7 @@ impl Shared {
                         None => lock(&caller.unkeyed).pop_front(),
                     };
                     if let Some(w) = waiter {
-                        let _ = w.send(o.msg);
+                        let _ = w.send(Some(o.msg));
                     }
                     continue;
                 }

@@ -5,7 +5,7 @@
 //! Prints JSON lines on stdout: first `{"unique_name": ":1.N"}`; then, for each line read on
 //! stdin (a JSON-RPC message), a response (no `method`) goes out with `Reply` and any other
 //! message with `Call`, one after the other (a line starting with `&` goes out without waiting
-//! for the calls before it to be answered; one starting with `!` goes out with `Reply`
+//! for its own answer: the next line is read at once; one starting with `!` goes out with `Reply`
 //! whatever it is), and the outcome is
 //! printed as `{"call": MESSAGE, "response": TEXT}` or `{"call": MESSAGE, "error": "NAME: TEXT"}`
 //! (`"reply"` instead of `"call"` for `Reply`); every `Message` signal received is printed as
@@ -103,21 +103,31 @@ async fn main() {
             || (msg.get("method").is_none()
                 && (msg.get("result").is_some() || msg.get("error").is_some()));
         let (conn, out, dest) = (conn.clone(), out.clone(), dest.clone());
-        calls.spawn(async move {
+        let call = async move {
             let method = if is_reply { "Reply" } else { "Call" };
             let key = if is_reply { "reply" } else { "call" };
             let r = conn
-                .call_method(Some(dest.as_str()), PATH, Some(IFACE), method, &(line.as_str(),))
+                .call_method(
+                    Some(dest.as_str()),
+                    PATH,
+                    Some(IFACE),
+                    method,
+                    &(line.as_str(),),
+                )
                 .await;
             let v = match r {
                 Ok(_) if is_reply => json!({key: msg, "response": ""}),
-                Ok(m) => json!({key: msg, "response": m.body().deserialize::<String>().unwrap_or_default()}),
+                Ok(m) => {
+                    json!({key: msg, "response": m.body().deserialize::<String>().unwrap_or_default()})
+                }
                 Err(e) => json!({key: msg, "error": describe(&e)}),
             };
             print(&out, v).await;
-        });
-        if !overlap {
-            while calls.join_next().await.is_some() {}
+        };
+        if overlap {
+            calls.spawn(call);
+        } else {
+            call.await;
         }
     }
     while calls.join_next().await.is_some() {}

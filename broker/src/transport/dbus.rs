@@ -675,3 +675,39 @@ pub async fn start(
     });
     Ok(Some(Running { stop, task, done }))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn responses_go_to_calls_and_the_rest_out_as_signals() {
+        assert!(is_response(
+            &json!({"jsonrpc": "2.0", "id": 1, "result": {}})
+        ));
+        assert!(is_response(
+            &json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700}})
+        ));
+        // A server->client request and a notification are signals.
+        assert!(!is_response(
+            &json!({"jsonrpc": "2.0", "id": "mcpd-roots-1", "method": "roots/list"})
+        ));
+        assert!(!is_response(
+            &json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}})
+        ));
+        let d = DbusSettings {
+            bus: Some(DbusBus::Session),
+            address: Some("unix:path=/b".into()),
+            ..DbusSettings::default()
+        };
+        assert_eq!(
+            describe(&d),
+            "dbus session bus at unix:path=/b name org.mcpd.Server1"
+        );
+        assert_eq!(
+            too_large(10, 5).to_string(),
+            "org.mcpd.Error.TooLarge: the message has 10 bytes; the limit is 5 bytes ([dbus] max_message_bytes)"
+        );
+    }
+}

@@ -264,6 +264,7 @@ impl Setup {
             stdin: child.stdin.take(),
             child,
             lines: rx,
+            kept: Vec::new(),
             name,
             next_id: 1,
         }
@@ -299,6 +300,8 @@ struct Client {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<Value>,
+    /// Lines read but not yet asked for.
+    kept: Vec<Value>,
     name: String,
     next_id: i64,
 }
@@ -317,18 +320,25 @@ impl Client {
         s.flush().unwrap();
     }
 
-    /// The next line the helper prints that satisfies `f` (others are kept out of the way).
+    /// The next line the helper prints that satisfies `f`; the others are kept, in order, for
+    /// later calls (a signal may come before the answer to the call that caused it).
     fn next(&mut self, mut f: impl FnMut(&Value) -> bool) -> Value {
+        if let Some(i) = self.kept.iter().position(&mut f) {
+            return self.kept.remove(i);
+        }
         let deadline = Instant::now() + RESPONSE_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let v = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no matching line from the client {}", self.name));
+            let v = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no matching line from the client {}; kept: {:?}",
+                    self.name, self.kept
+                )
+            });
             if f(&v) {
                 return v;
             }
+            self.kept.push(v);
         }
     }
 

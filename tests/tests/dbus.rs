@@ -82,6 +82,11 @@ unix_uid = [65534]
 
 impl Setup {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// With `dbus_extra` added to the policy's `[dbus]` section.
+    fn start_with(dbus_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         for c in ["root", "b"] {
@@ -137,15 +142,18 @@ impl Setup {
             mcpd: None,
             address,
         };
-        s.start_mcpd();
+        s.start_mcpd(dbus_extra);
         s
     }
 
-    fn start_mcpd(&mut self) {
+    fn start_mcpd(&mut self, dbus_extra: &str) {
         let cfg = self.dir.path().join("mcpd.toml");
         let text = POLICY
             .replace("ROOT", self.dir.path().to_str().unwrap())
-            .replace("MCPD_MAX", &MCPD_MAX.to_string());
+            .replace(
+                "max_message_bytes = MCPD_MAX",
+                &format!("max_message_bytes = {MCPD_MAX}\n{dbus_extra}"),
+            );
         std::fs::write(&cfg, text).unwrap();
         let err = self.dir.path().join("stderr.log");
         let mut child = Command::new(mcpd_bin())
@@ -725,6 +733,49 @@ fn calls_run_concurrently_and_a_cancelled_call_ends() {
         "{v}"
     );
     c.leave();
+}
+
+#[test]
+fn callers_are_bounded_and_a_stop_closes_every_session() {
+    if !preconditions() {
+        return;
+    }
+    let mut s = Setup::start_with("max_callers = 1");
+    let mut a = s.client(0);
+    a.initialize(json!({}));
+    // A second caller is over [dbus] max_callers: refused by name, no session.
+    let out = s.gdbus(
+        None,
+        "Call",
+        &stateless("tools/list", json!({})).to_string(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("org.mcpd.Error.LimitsExceeded"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sessions_of(&s.audit(), "root").len(), 1);
+    // The broker stops (SIGTERM) with the caller still connected: its session is closed, its
+    // worker reaped, and the stop is clean.
+    let (t, _) = a.read(&format!("{}/f.txt", s.root("root")));
+    assert_eq!(t, "secret of root");
+    let records = s.audit();
+    let sa = sessions_of(&records, "root");
+    let wa = worker_pid(&records, &sa[0]).expect("a worker");
+    let mut m = s.mcpd.take().unwrap();
+    signal(m.id() as i32, libc::SIGTERM);
+    let st = m.wait().unwrap();
+    assert!(st.success(), "{st}: {}", s.stderr());
+    let records = mcpd_e2e::audit_records(&s.dir.path().join("audit.jsonl"));
+    assert!(records
+        .iter()
+        .any(|r| r["event"] == "session.close" && r["session"] == sa[0].as_str()));
+    assert!(records
+        .iter()
+        .any(|r| r["event"] == "broker.stop" && r["clean"] == true));
+    assert!(!alive(wa), "the worker {wa} outlived the broker");
+    a.leave();
 }
 
 /// The shipped bus policy (packaging/dbus/org.mcpd.Server1.conf) is one the bus daemon loads,

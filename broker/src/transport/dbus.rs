@@ -209,12 +209,19 @@ impl Shared {
                 "too many callers ([dbus] max_callers = {max}); retry later"
             ))
         };
+        // A place among the callers while the bus is asked (given back however this ends).
+        struct Opening<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Opening<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let opening = Opening(&self.opening);
         if lock(&self.callers).len() + self.opening.fetch_add(1, Ordering::Relaxed) >= max {
-            self.opening.fetch_sub(1, Ordering::Relaxed);
             return Err(over());
         }
         let peer = credentials(conn, name).await;
-        self.opening.fetch_sub(1, Ordering::Relaxed);
+        drop(opening);
         let peer = peer?;
         let origin = Origin {
             transport: TRANSPORT,

@@ -31,7 +31,10 @@ echo "== installed files, user, directories, key"
 for f in /usr/bin/mcpd /usr/libexec/mcpd/mcpd-worker; do [ -x "$f" ] || fail "$f missing"; done
 for f in /etc/mcpd/mcpd.toml /usr/lib/sysusers.d/mcpd.conf /usr/lib/tmpfiles.d/mcpd.conf \
   /usr/share/man/man8/mcpd.8.gz /usr/share/man/man5/mcpd.toml.5.gz \
-  /usr/share/bash-completion/completions/mcpd; do
+  /usr/share/bash-completion/completions/mcpd /usr/lib/systemd/system/mcpd-dbus.service \
+  /usr/share/dbus-1/system.d/org.mcpd.Server1.conf \
+  /usr/share/dbus-1/system-services/org.mcpd.Server1.service \
+  /usr/share/dbus-1/interfaces/org.mcpd.Server1.xml /usr/share/doc/mcpd/dbus.md; do
   [ -e "$f" ] || [ -e "${f%.gz}" ] || fail "$f missing"
 done
 dpkg-query -W -f='${Conffiles}\n' mcpd | grep -q '/etc/mcpd/mcpd.toml' || fail "mcpd.toml is not a conffile"
@@ -67,7 +70,8 @@ echo "== dpkg --purge"
 trap - EXIT
 dpkg --purge mcpd
 for f in /usr/bin/mcpd /usr/libexec/mcpd /etc/mcpd /var/log/mcpd /var/lib/mcpd \
-  /usr/lib/systemd/system/mcpd-http.service; do
+  /usr/lib/systemd/system/mcpd-http.service /usr/lib/systemd/system/mcpd-dbus.service \
+  /usr/share/dbus-1/system.d/org.mcpd.Server1.conf; do
   [ ! -e "$f" ] || fail "$f left behind after purge"
 done
 echo "package: install, checks and purge OK"

@@ -6,9 +6,10 @@
 #     python3), e.g. a venv's;
 #   Node 22 and the official conformance suites 0.1.16 and 0.2.0-alpha.12 in target/conformance
 #     (tests/conformance/install.sh; MCPD_CONFORMANCE_DIR to put them elsewhere);
-#   groff (Debian: groff-base), which renders the man pages in broker/tests/manpages.rs, and
+#   groff (Debian: groff-base), which renders the man pages in broker/tests/manpages.rs,
 #     nginx (nginx-light) and HAProxy (haproxy), the load balancers in front of two instances in
-#     tests/tests/balancer.rs.
+#     tests/tests/balancer.rs, and for tests/tests/dbus.rs a private bus (dbus-daemon), busctl
+#     (systemd) and gdbus (libglib2.0-bin).
 # The kernel features (Landlock, seccomp, namespaces, cgroups) and root for the sandbox tests
 # come from the machine; `mcpd doctor` says what it offers.
 set -euo pipefail
@@ -18,6 +19,10 @@ missing=()
 command -v groff >/dev/null 2>&1 || missing+=(groff-base)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# The D-Bus transport's tests (tests/tests/dbus.rs): a private bus and two command-line callers.
+command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus-daemon)
+command -v busctl >/dev/null 2>&1 || missing+=(systemd)
+command -v gdbus >/dev/null 2>&1 || missing+=(libglib2.0-bin)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq

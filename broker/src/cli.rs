@@ -275,6 +275,16 @@ pub struct ServeArgs {
     /// (newline-delimited JSON-RPC as on stdio, one session per connection).
     #[arg(long = "unix-protocol", value_name = "PROTOCOL")]
     pub unix_protocol: Option<String>,
+    /// Serve MCP on D-Bus: own the well-known name of [dbus] name (org.mcpd.Server1) on the
+    /// system or session bus; interface org.mcpd.Server1 (docs/dbus.md). Each caller's client
+    /// comes from the bus's credentials of its unique name (uid, groups):
+    /// `[clients.NAME.identity] unix_uid`/`unix_gid`.
+    #[arg(long, value_name = "BUS", value_parser = ["system", "session"])]
+    pub dbus: Option<String>,
+    /// Connect to the bus at this D-Bus address (e.g. unix:path=/run/test/bus) instead of the
+    /// bus's usual one; needs --dbus or [dbus] bus.
+    #[arg(long = "dbus-address", value_name = "ADDR")]
+    pub dbus_address: Option<String>,
     /// Serve Prometheus metrics (GET /metrics) at ADDR: 127.0.0.1:PORT, [::1]:PORT,
     /// localhost:PORT or unix:PATH; replaces `[metrics] listen`. Loopback or a Unix socket only.
     #[arg(long, value_name = "ADDR")]

@@ -61,6 +61,8 @@ impl PolicySource {
                 unix: args.unix.clone(),
                 unix_systemd: args.unix_systemd,
                 unix_protocol: args.unix_protocol.clone(),
+                dbus: args.dbus.clone(),
+                dbus_address: args.dbus_address.clone(),
                 metrics: args.metrics.clone(),
                 instance: args.instance.clone(),
                 tls: mcpd_policy::TlsOverlay {
@@ -352,8 +354,9 @@ pub fn serve(args: ServeArgs) -> Result<(), BrokerError> {
             tracing::warn!(target: LOG, "socket activation: descriptor(s) {} not served (FileDescriptorName= mcpd-unix for --unix-systemd, mcpd-http for --http-systemd)", left.join(", "));
         }
     }
-    let serve_stdio = args.stdio || (http_addr.is_none() && unix.is_none());
-    let rt = runtime(http_addr.is_some() || unix.is_some())?;
+    let dbus = policy.dbus().enabled();
+    let serve_stdio = args.stdio || (http_addr.is_none() && unix.is_none() && !dbus);
+    let rt = runtime(http_addr.is_some() || unix.is_some() || dbus)?;
     let audit = open_audit(&policy, &source)?;
     let cgroups = detect_cgroups(&policy.cgroup)?;
     let cell = reload::PolicyCell::new(policy);
@@ -526,6 +529,12 @@ async fn run(
         }
         None => None,
     };
+    let dbus = transport::dbus::start(cell.clone(), sup.clone(), audit.clone())
+        .await
+        .map_err(BrokerError::Listen)?;
+    if dbus.is_some() {
+        serving.push(transport::dbus::describe(policy.dbus()));
+    }
     let http_task = match started.http_addr {
         Some(addr) => {
             let listeners =
@@ -557,7 +566,7 @@ async fn run(
     }
     // What ends the service: a signal; with stdio alone, the end of stdin; with the one
     // connection systemd accepted (`Accept=yes`), its end.
-    let alone = http_task.is_none() && unix.is_none();
+    let alone = http_task.is_none() && unix.is_none() && dbus.is_none();
     let mut stdio_result = None;
     tokio::select! {
         () = wait_for_termination() => {
@@ -568,12 +577,18 @@ async fn run(
             stdio_task = None;
         }
         () = async { match &unix { Some(u) => u.ended().await, None => std::future::pending().await } } => {}
+        () = async { match &dbus { Some(d) => d.ended().await, None => std::future::pending().await } } => {}
     }
     crate::systemd::stopping("stopping: finishing in-flight calls");
     let _ = stop_tx.send(true);
     let mut result: Result<(), BrokerError> = Ok(());
     if let Some(u) = unix {
         if let Err(e) = u.stop().await {
+            result = Err(BrokerError::Transport(e));
+        }
+    }
+    if let Some(d) = dbus {
+        if let Err(e) = d.stop().await {
             result = Err(BrokerError::Transport(e));
         }
     }
@@ -632,6 +647,8 @@ mod tests {
             "--unix=/run/m.sock",
             "--unix-systemd",
             "--unix-protocol=lines",
+            "--dbus=session",
+            "--dbus-address=unix:path=/b",
             "--tls-cert=s.pem",
             "--tls-key=s.key",
             "--tls-client-ca=ca.pem",
@@ -660,6 +677,8 @@ mod tests {
                 unix: Some("/run/m.sock".into()),
                 unix_systemd: true,
                 unix_protocol: Some("lines".into()),
+                dbus: Some("session".into()),
+                dbus_address: Some("unix:path=/b".into()),
                 metrics: Some("127.0.0.1:0".into()),
                 instance: Some("a-1".into()),
                 tls: mcpd_policy::TlsOverlay {

@@ -376,6 +376,7 @@ fn the_shipped_samples_are_the_real_defaults() {
                 logdir.display()
             ),
             "metrics" => format!("{client}[metrics]\nlisten = \"127.0.0.1:9464\"\n{line}\n"),
+            "dbus" => format!("{client}[dbus]\nbus = \"session\"\n{line}\n"),
             "auth.jwt" => format!(
                 "{client}[auth.jwt]\nissuer = \"https://idp.test\"\naudience = \"https://mcp.test/mcp\"\njwks = \"/etc/hostname\"\n{line}\n"
             ),

@@ -517,7 +517,7 @@ _mcpd() {
             return 0
             ;;
         mcpd__subcmd__serve)
-            opts="-c -h --stdio --http --insecure-non-loopback-without-auth --toolset --http-session-idle-secs --allow-read --allow-write --allow-exec --allow-code --config --no-config --worker --audit-log --log --log-format --jwt-jwks --jwt-issuer --jwt-audience --unix --unix-systemd --http-systemd --unix-protocol --metrics --instance --tls-cert --tls-key --tls-client-ca --help"
+            opts="-c -h --stdio --http --insecure-non-loopback-without-auth --toolset --http-session-idle-secs --allow-read --allow-write --allow-exec --allow-code --config --no-config --worker --audit-log --log --log-format --jwt-jwks --jwt-issuer --jwt-audience --unix --unix-systemd --http-systemd --unix-protocol --dbus --dbus-address --metrics --instance --tls-cert --tls-key --tls-client-ca --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -592,6 +592,14 @@ _mcpd() {
                     return 0
                     ;;
                 --unix-protocol)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dbus)
+                    COMPREPLY=($(compgen -W "system session" -- "${cur}"))
+                    return 0
+                    ;;
+                --dbus-address)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -113,6 +113,8 @@ pub struct RawConfig {
     pub unix: Option<crate::model::RawUnix>,
     /// `[metrics]`: the Prometheus metrics listener (off by default).
     pub metrics: Option<crate::model::RawMetrics>,
+    /// `[dbus]`: the D-Bus transport (off by default).
+    pub dbus: Option<crate::model::RawDbus>,
 }
 
 /// `[http]`: the Streamable HTTP transport.

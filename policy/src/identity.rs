@@ -95,6 +95,14 @@ pub enum Presented<'a> {
         /// The subject (or the configured principal claim).
         subject: &'a str,
     },
+    /// A D-Bus caller, from the bus daemon's `GetConnectionCredentials`: by uid, else by
+    /// its groups (every group naming a client must name the same one).
+    Bus {
+        /// Caller uid.
+        uid: u32,
+        /// Caller groups (primary and supplementary, as the bus reports them).
+        gids: &'a [u32],
+    },
     /// A Unix-socket peer, from the kernel's `SO_PEERCRED`.
     Unix {
         /// Peer uid.
@@ -247,6 +255,23 @@ impl Policy {
                 found
             }
             Presented::Jwt { subject } => rules.lookup(IdentityKind::JwtSub, subject),
+            Presented::Bus { uid, gids } => {
+                match rules.lookup(IdentityKind::UnixUid, &uid.to_string()) {
+                    Some(c) => Some(c),
+                    None => {
+                        let mut found: Option<&ClientId> = None;
+                        for g in gids.iter().take(256) {
+                            if let Some(c) = rules.lookup(IdentityKind::UnixGid, &g.to_string()) {
+                                match found {
+                                    Some(f) if f != c => return None,
+                                    _ => found = Some(c),
+                                }
+                            }
+                        }
+                        found
+                    }
+                }
+            }
             Presented::Unix { uid, gid } => rules
                 .lookup(IdentityKind::UnixUid, &uid.to_string())
                 .or_else(|| rules.lookup(IdentityKind::UnixGid, &gid.to_string())),
@@ -372,6 +397,11 @@ unix_gid = [100]
             None
         );
         assert_eq!(p.identities().of(&ClientId::parse("bob").unwrap()).len(), 2);
+        // A D-Bus caller: by uid, else by any of its groups (two clients: none).
+        let bus = |uid, gids: &[u32]| got(Presented::Bus { uid, gids });
+        assert_eq!(bus(1000, &[]).as_deref(), alice);
+        assert_eq!(bus(1001, &[5, 100]).as_deref(), Some("bob"));
+        assert_eq!(bus(1001, &[5, 6]), None);
     }
 
     #[test]

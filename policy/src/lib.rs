@@ -45,6 +45,7 @@ pub use model::{
 pub use model::{
     parse_metrics_listen, MetricsListen, MetricsSettings, RawMetrics, METRICS_UNIX_PREFIX,
 };
+pub use model::{DbusBus, DbusSettings, RawDbus};
 pub use model::{ForwardedHeader, ProxyNet, MAX_TRUSTED_PROXIES};
 pub use model::{RawTls, TlsOverlay, TlsSettings, TlsVersion, MAX_CRL_FILES};
 pub use prompts::Prompt;

@@ -857,7 +857,7 @@ fn streamable_http_over_the_socket_serves_each_uid_its_own_client() {
         a.tools(&sid),
         ["list_allowed_directories", "read_text_file"]
     );
-    // A tools/call, answered on an SSE stream, reads the client's own file...
+    // A tools/call (answered at once: one JSON body) reads the client's own file...
     let fa = format!("{}/f.txt", b.root("a"));
     let (r, m) = a.rpc(
         &sid,
@@ -867,7 +867,7 @@ fn streamable_http_over_the_socket_serves_each_uid_its_own_client() {
     );
     assert!(
         r.header("content-type")
-            .is_some_and(|c| c.starts_with("text/event-stream")),
+            .is_some_and(|c| c.starts_with("application/json")),
         "{:?}",
         r.headers
     );

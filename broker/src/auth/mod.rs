@@ -11,6 +11,7 @@
 //! policy; nothing a client *says* about itself.
 #![forbid(unsafe_code)]
 
+pub mod buscred;
 pub mod jwt;
 pub mod peercred;
 pub mod x509;
@@ -71,6 +72,8 @@ pub struct Credentials<'a> {
     pub unix_peer: Option<(u32, u32, i32)>,
     /// The DER end-entity certificate the TLS layer verified (mTLS), if any.
     pub client_cert: Option<&'a [u8]>,
+    /// A D-Bus caller's credentials, from the bus daemon (`GetConnectionCredentials`).
+    pub bus_peer: Option<&'a buscred::BusPeer>,
 }
 
 impl<'a> Credentials<'a> {
@@ -82,12 +85,19 @@ impl<'a> Credentials<'a> {
             authorization: None,
             unix_peer: None,
             client_cert: None,
+            bus_peer: None,
         }
     }
 
     /// With the kernel's credentials of a Unix-socket peer (uid, gid, pid).
     pub fn with_unix_peer(mut self, uid: u32, gid: u32, pid: i32) -> Self {
         self.unix_peer = Some((uid, gid, pid));
+        self
+    }
+
+    /// With a D-Bus caller's credentials, as the bus daemon reported them.
+    pub fn with_bus_peer(mut self, peer: &'a buscred::BusPeer) -> Self {
+        self.bus_peer = Some(peer);
         self
     }
 

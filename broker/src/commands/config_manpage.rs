@@ -272,7 +272,7 @@ pub fn parse(text: &str) -> Result<Vec<Section>, String> {
 /// The sections whose commented numbers and booleans broker/tests/cli.rs
 /// (`the_shipped_samples_are_the_real_defaults`) checks to be the defaults; every section whose
 /// name ends in `.limits` too. Keep the two lists alike.
-const CHECKED_SECTIONS: &[&str] = &["server", "audit", "http", "unix", "auth.jwt"];
+const CHECKED_SECTIONS: &[&str] = &["server", "audit", "http", "unix", "dbus", "auth.jwt"];
 
 /// A commented number or boolean of a checked section: the sample's value is the default.
 fn is_checked_default(section: &str, value: &str) -> bool {

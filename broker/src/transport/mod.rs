@@ -6,6 +6,7 @@
 //! Trusts nothing a peer sends: every size is bounded before a message is classified.
 #![forbid(unsafe_code)]
 
+pub mod dbus;
 pub mod http;
 pub mod stdio;
 pub mod unix;

@@ -164,6 +164,7 @@ impl Policy {
             &mut warnings,
         )?;
         let unix = super::unix::unix_settings(src, raw.unix.as_ref(), &mut warnings)?;
+        let dbus = super::dbus::dbus_settings(src, raw.dbus.as_ref())?;
         let metrics = super::metrics::metrics_settings(src, raw.metrics.as_ref(), &mut warnings)?;
         let cgroup = match raw
             .server
@@ -283,6 +284,7 @@ impl Policy {
             identities,
             jwt,
             unix,
+            dbus,
             metrics,
         };
         let jwt_warnings = super::jwt::jwt_warnings(&policy);

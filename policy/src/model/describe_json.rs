@@ -113,6 +113,13 @@ impl Policy {
                 "max_connections": self.unix.max_connections,
                 "max_connections_per_uid": self.unix.max_connections_per_uid,
             },
+            "dbus": {
+                "bus": self.dbus.bus.map(super::DbusBus::as_str),
+                "address": self.dbus.address,
+                "name": self.dbus.name,
+                "max_message_bytes": self.dbus.max_message_bytes,
+                "max_callers": self.dbus.max_callers,
+            },
             "metrics": {
                 "listen": self.metrics.listen.as_ref().map(ToString::to_string),
                 "allow_non_loopback": self.metrics.allow_non_loopback,

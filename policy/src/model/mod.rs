@@ -12,6 +12,7 @@
 //! not public: outside this crate a `Policy` is read through accessors, never patched.
 
 mod build;
+mod dbus;
 mod describe_json;
 mod http;
 mod jwt;
@@ -26,6 +27,7 @@ mod types;
 mod unix;
 
 pub(crate) use build::canonical;
+pub use dbus::*;
 pub use http::{parse_listen, ForwardedHeader, HttpSettings, ProxyNet, MAX_TRUSTED_PROXIES};
 pub use jwt::{
     access_key, JwtKey, JwtSettings, RawAuth, RawJwt, RawJwtKey, RawJwtScopes,

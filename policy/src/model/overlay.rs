@@ -61,6 +61,10 @@ pub struct Overlay {
     /// `--unix-protocol http|lines`: what the Unix listener speaks, replacing
     /// `unix.protocol`.
     pub unix_protocol: Option<String>,
+    /// `--dbus system|session`: the D-Bus transport's bus, replacing `dbus.bus`.
+    pub dbus: Option<String>,
+    /// `--dbus-address ADDR`: the bus address, replacing `dbus.address` (needs a bus).
+    pub dbus_address: Option<String>,
     /// `--tls-cert`, `--tls-key`, `--tls-client-ca` (relative to `cwd`).
     pub tls: super::tls::TlsOverlay,
     /// `--metrics ADDR`: the metrics listener (`IP:PORT`, `localhost:PORT` or `unix:PATH`,
@@ -211,6 +215,7 @@ impl Policy {
         if let Some(m) = &o.metrics {
             self.apply_metrics_flag(m, cwd)?;
         }
+        self.apply_dbus_flags(o.dbus.as_deref(), o.dbus_address.as_deref())?;
         Ok(())
     }
 }

@@ -303,6 +303,8 @@ pub struct Policy {
     /// The Unix-socket listener (`[unix]`, `--unix`, `--unix-systemd`, `--unix-protocol`):
     /// [`Policy::unix`].
     pub(crate) unix: super::unix::UnixSettings,
+    /// The D-Bus transport (`[dbus]`, `--dbus`, `--dbus-address`): [`Policy::dbus`].
+    pub(crate) dbus: super::dbus::DbusSettings,
     /// The metrics listener (`[metrics]`, `--metrics`): [`Policy::metrics`].
     pub(crate) metrics: super::metrics::MetricsSettings,
 }
@@ -479,6 +481,7 @@ impl Policy {
         ));
         out.push_str(&self.describe_jwt());
         out.push_str(&self.unix.describe());
+        out.push_str(&self.dbus.describe());
         out.push_str(&self.metrics.describe());
         match &self.audit {
             None => out.push_str("audit: off\n"),

@@ -124,10 +124,11 @@ max_concurrent_calls = {n}
 
 def start(name, args, work, data, sessions):
     port = free_port()
-    if name == "mcpd":
+    if name != "rmcp":
+        binary = args.mcpd if name == "mcpd" else dict(args.also)[name]
         cfg = mcpd_config(work, port, data, sessions, args.audit == "on")
         env = dict(os.environ, MCPD_LOG="warn")
-        return Server(name, [args.mcpd, "serve", "--config", cfg, "--log", "warn"], port, env)
+        return Server(name, [binary, "serve", "--config", cfg, "--log", "warn"], port, env)
     return Server(name, [args.rmcp, "--http", f"127.0.0.1:{port}"], port)
 
 
@@ -165,8 +166,12 @@ def main():
     ap.add_argument("--cold-runs", type=int, default=30)
     ap.add_argument("--audit", choices=["on", "off"], default="on",
                     help="mcpd writes its audit log (batch mode, as shipped); default on")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=PATH",
+                    help="another mcpd build in the same run (e.g. before=/tmp/old/mcpd; its "
+                         "mcpd-worker beside it)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.also = [tuple(a.split("=", 1)) for a in args.also]
     levels = [int(x) for x in args.levels.split(",")]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(65536, soft)
@@ -184,7 +189,7 @@ def main():
 
     results = {"command": " ".join(sys.argv), "levels": levels, "secs": args.secs,
                "rounds": args.rounds, "audit": args.audit, "points": [], "cold": []}
-    names = ["mcpd", "rmcp"]
+    names = ["mcpd", "rmcp"] + [n for n, _ in args.also]
     for level in levels:
         for r in range(args.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
@@ -233,11 +238,16 @@ def main():
                   f"{m['p99_us']:>8.0f} {m['server_cpu_us_per_call']:>9.1f} us "
                   f"{m['children_cpu_us_per_call']:>9.1f} us {pss:>8.1f} "
                   f"{m['idle_pss_kib_per_session'] / 1024:>9.2f} MiB")
-        ratio = row["mcpd"]["calls_per_s"] / row["rmcp"]["calls_per_s"]
-        p99r = row["mcpd"]["p99_us"] / row["rmcp"]["p99_us"]
-        print(f"{'':>8} ratio mcpd/rmcp: calls/s {ratio:.2f}x, p99 {p99r:.2f}x")
-        summary.append({"sessions": level, "mcpd": row["mcpd"], "rmcp": row["rmcp"],
-                        "calls_per_s_ratio": ratio, "p99_ratio": p99r})
+        entry = {"sessions": level, **row}
+        for name in names:
+            if name == "rmcp":
+                continue
+            ratio = row[name]["calls_per_s"] / row["rmcp"]["calls_per_s"]
+            p99r = row[name]["p99_us"] / row["rmcp"]["p99_us"]
+            print(f"{'':>8} ratio {name}/rmcp: calls/s {ratio:.2f}x, p99 {p99r:.2f}x")
+            entry[f"{name}_calls_per_s_ratio"] = ratio
+            entry[f"{name}_p99_ratio"] = p99r
+        summary.append(entry)
     for name in names:
         cs = [c for c in results["cold"] if c["server"] == name]
         print(f"cold start (new session → first result) {name}: median "

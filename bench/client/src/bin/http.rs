@@ -222,18 +222,32 @@ struct Usage {
 
 fn stat_of(pid: u32) -> Option<(u32, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's closing parenthesis: state ppid ... utime(14) stime(15).
+    // After the command's closing parenthesis: state ppid ...
     let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ppid = f.get(1)?.parse().ok()?;
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some((ppid, ticks / clock_ticks()))
+    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+    Some((ppid, cpu_secs(pid)))
 }
 
-fn clock_ticks() -> f64 {
-    // USER_HZ, the unit of /proc/PID/stat times: 100 on Linux (fixed by the ABI, whatever
-    // the kernel's CONFIG_HZ).
-    100.0
+/// CPU time of every thread of `pid`, seconds, from `/proc/PID/task/*/schedstat` (the
+/// scheduler's own nanoseconds: exact, where `stat`'s utime/stime are tick samples that miss
+/// the short bursts of a thousand mostly idle workers).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let mut ns = 0u64;
+    for t in tasks.flatten() {
+        let mut p = t.path();
+        p.push("schedstat");
+        if let Some(v) = std::fs::read_to_string(p).ok().and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        }) {
+            ns += v;
+        }
+    }
+    ns as f64 / 1e9
 }
 
 fn pss_of(pid: u32) -> u64 {

@@ -69,11 +69,7 @@ impl Authenticator for BusCredentials {
         policy: &Policy,
         creds: &Credentials<'_>,
     ) -> Result<Principal, AuthError> {
-        let refused = || AuthError::NoClient {
-            transport: creds.transport,
-            setting: "[clients.NAME.identity] unix_uid / unix_gid",
-            peer: creds.peer.to_string(),
-        };
+        let refused = || super::peercred::no_identity_rule(creds);
         let peer = creds.bus_peer.ok_or_else(refused)?;
         let uid = peer.uid.ok_or_else(refused)?;
         let gids = &peer.gids[..peer.gids.len().min(MAX_GROUPS)];

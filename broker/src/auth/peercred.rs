@@ -14,6 +14,16 @@ use super::{AuthError, Authenticator, Credentials, Principal};
 /// How a Unix-socket principal was established, for `auth.success`.
 pub const METHOD: &str = "unix-peer-credentials";
 
+/// The refusal of a peer whose kernel (or bus) credentials name no client by the identity
+/// rules; shared with the D-Bus authenticator, which maps by the same rules.
+pub(super) fn no_identity_rule(creds: &Credentials<'_>) -> AuthError {
+    AuthError::NoClient {
+        transport: creds.transport,
+        setting: "[clients.NAME.identity] unix_uid / unix_gid",
+        peer: creds.peer.to_string(),
+    }
+}
+
 /// Maps a Unix-socket peer's uid/gid to a client (`Policy::client_for`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerCredentials;
@@ -24,11 +34,7 @@ impl Authenticator for PeerCredentials {
         policy: &Policy,
         creds: &Credentials<'_>,
     ) -> Result<Principal, AuthError> {
-        let refused = || AuthError::NoClient {
-            transport: creds.transport,
-            setting: "[clients.NAME.identity] unix_uid / unix_gid",
-            peer: creds.peer.to_string(),
-        };
+        let refused = || no_identity_rule(creds);
         let (uid, gid, pid) = creds.unix_peer.ok_or_else(refused)?;
         let client = policy
             .client_for(&Presented::Unix { uid, gid })

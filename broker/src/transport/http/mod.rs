@@ -278,8 +278,13 @@ impl App {
 /// authenticate → gate → mcp; on TCP beside the metadata routes. A refused authentication is
 /// audit_rejects' `auth.failure` record (a Unix peer's with its uid, gid and pid).
 fn router(app: &Arc<App>) -> Router {
-    let endpoint = Router::new()
-        .route(ENDPOINT, any(mcp))
+    // WebSockets (`GET /mcp/ws`) are served on TCP only (an upgraded connection keeps its
+    // place under the TCP caps), behind the same layers as the endpoint.
+    let mut endpoint = Router::new().route(ENDPOINT, any(mcp));
+    if let Listen::Tcp(_) = app.cfg.listen {
+        endpoint = endpoint.route(ws::WS_ENDPOINT, axum::routing::get(ws::upgrade));
+    }
+    let endpoint = endpoint
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             gate::gate,
@@ -288,11 +293,9 @@ fn router(app: &Arc<App>) -> Router {
             app.clone(),
             gate::authenticate,
         ));
-    // Tokens are not accepted on a Unix socket: no resource metadata there. WebSockets are
-    // served on TCP only (an upgraded connection keeps its place under the TCP caps).
+    // Tokens are not accepted on a Unix socket: no resource metadata there.
     let routes = match app.cfg.listen {
         Listen::Tcp(_) => endpoint
-            .merge(websocket(app))
             .merge(metadata::router(app))
             .merge(health::router(app)),
         Listen::Unix(_) => endpoint,
@@ -303,20 +306,6 @@ fn router(app: &Arc<App>) -> Router {
             gate::audit_rejects,
         ))
         .with_state(app.clone())
-}
-
-/// `GET /mcp/ws` behind the same layers as the endpoint (authenticate, then the gate).
-fn websocket(app: &Arc<App>) -> Router<Arc<App>> {
-    Router::new()
-        .route(ws::WS_ENDPOINT, axum::routing::get(ws::upgrade))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            gate::gate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            gate::authenticate,
-        ))
 }
 
 /// On every policy reload, the TLS files again: new connections get the new certificate,

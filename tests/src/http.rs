@@ -301,7 +301,27 @@ pub fn request_at(
 
 /// POST a JSON-RPC message to `addr` with the standard MCP headers (and a session id).
 pub fn post_at(addr: SocketAddr, session: Option<&str>, msg: &Value) -> Response {
-    let body = msg.to_string();
+    request_at(
+        addr,
+        "POST",
+        &mcp_headers(session),
+        msg.to_string().as_bytes(),
+    )
+}
+
+/// [`post_at`] from the local address `src`.
+pub fn post_from(src: IpAddr, addr: SocketAddr, session: Option<&str>, msg: &Value) -> Response {
+    request_from(
+        src,
+        addr,
+        "POST",
+        &mcp_headers(session),
+        msg.to_string().as_bytes(),
+    )
+}
+
+/// The standard MCP headers of a session-era POST (and the session id, if any).
+fn mcp_headers(session: Option<&str>) -> Vec<(&str, &str)> {
     let mut h = vec![
         ("Content-Type", "application/json"),
         ("Accept", "application/json, text/event-stream"),
@@ -310,7 +330,7 @@ pub fn post_at(addr: SocketAddr, session: Option<&str>, msg: &Value) -> Response
     if let Some(sid) = session {
         h.push(("Mcp-Session-Id", sid));
     }
-    request_at(addr, "POST", &h, body.as_bytes())
+    h
 }
 
 /// Read a whole response (the server closes the connection: `Connection: close`), decoding a

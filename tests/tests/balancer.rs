@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mcpd_e2e::http::{open_from, read_head, request_at, request_from, HttpServer, Response};
+use mcpd_e2e::http::{open_from, post_from, read_head, request_at, request_from, HttpServer};
 use mcpd_e2e::{audit_records_so_far, audit_verify, free_port, signal, wait_until};
 use serde_json::{json, Value};
 
@@ -344,23 +344,9 @@ fn client(n: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, n])
 }
 
-/// POST a session-era message through the balancer `lb` from `src`.
-fn session_post(src: IpAddr, lb: SocketAddr, session: Option<&str>, msg: &Value) -> Response {
-    let body = msg.to_string();
-    let mut h = vec![
-        ("Content-Type", "application/json"),
-        ("Accept", "application/json, text/event-stream"),
-        ("MCP-Protocol-Version", "2025-11-25"),
-    ];
-    if let Some(sid) = session {
-        h.push(("Mcp-Session-Id", sid));
-    }
-    request_from(src, lb, "POST", &h, body.as_bytes())
-}
-
 /// initialize + notifications/initialized through `lb`: the session id.
 fn open_session(src: IpAddr, lb: SocketAddr) -> String {
-    let r = session_post(
+    let r = post_from(
         src,
         lb,
         None,
@@ -370,7 +356,7 @@ fn open_session(src: IpAddr, lb: SocketAddr) -> String {
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let sid = r.header("mcp-session-id").expect("session id").to_string();
-    let n = session_post(
+    let n = post_from(
         src,
         lb,
         Some(&sid),
@@ -383,7 +369,7 @@ fn open_session(src: IpAddr, lb: SocketAddr) -> String {
 /// A tools/call of `test_simple_text` in session `sid` through `lb`: its HTTP status (200
 /// with a result, or 404 for a session the instance does not have).
 fn session_call(src: IpAddr, lb: SocketAddr, sid: &str, id: i64) -> u16 {
-    let r = session_post(
+    let r = post_from(
         src,
         lb,
         Some(sid),
@@ -585,7 +571,7 @@ fn a_trusted_proxy_names_the_client_for_the_audit_log_and_the_per_source_limit()
     let (s2, c2) = hold_stream(client(2), lb.addr, &sid2);
     assert_eq!(s2, 200);
     // Third request of 127.0.0.2 while two are in flight: 429, recorded as that client.
-    let r = session_post(
+    let r = post_from(
         client(2),
         lb.addr,
         Some(&sid),
@@ -599,7 +585,7 @@ fn a_trusted_proxy_names_the_client_for_the_audit_log_and_the_per_source_limit()
     // A place comes back when a stream ends.
     drop((c1, c2));
     assert!(
-        wait_until(Duration::from_secs(10), || session_post(
+        wait_until(Duration::from_secs(10), || post_from(
             client(2),
             lb.addr,
             Some(&sid),

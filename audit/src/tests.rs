@@ -297,3 +297,137 @@ fn verify_refuses_integers_the_hash_does_not_bind() {
         assert!(f.detail.contains("integer beyond"), "{}", f.detail);
     }
 }
+
+fn batch(dir: &std::path::Path, interval_ms: u64) -> AuditConfig {
+    let mut c = cfg(dir);
+    c.mode = SyncMode::Batch {
+        interval: Duration::from_millis(interval_ms),
+    };
+    c
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Batch mode: a free writer takes the record on the caller's thread (no queue, no thread
+/// wake-up per record), and the thread, told once that the log became dirty, still syncs it.
+#[test]
+fn batch_records_are_written_inline_and_the_thread_still_syncs_them() {
+    let d = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(batch(d.path(), 30)).unwrap();
+    log.inner.state.inline_waits.store(true, Ordering::Relaxed);
+    let syncs = log.sync_count();
+    for i in 0..100 {
+        let r = log.append_blocking("test.event", fields(i)).unwrap();
+        assert_eq!(r.seq, 1 + i as u64);
+        assert_eq!(log.queued(), 0);
+    }
+    assert_eq!(log.inline_count(), 100, "every record written inline");
+    let text = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
+    assert_eq!(text.lines().count(), 101, "written when append returned");
+    wait_for("the timed sync", || log.sync_count() > syncs);
+    log.close();
+    let r = verify(&[d.path().join("audit.log")], None);
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 101);
+}
+
+/// Records that need more than a write — a count checkpoint, a rotation — go to the thread,
+/// while the others are written inline by 8 threads at once: one unbroken, signed chain.
+#[test]
+fn inline_writes_leave_checkpoints_and_rotations_to_the_thread() {
+    let d = tempfile::tempdir().unwrap();
+    let (sk, pk) = (d.path().join("k.pem"), d.path().join("k.pub.pem"));
+    generate_key(&sk, &pk).unwrap();
+    let mut c = batch(d.path(), 20);
+    c.checkpoint_key = Some(sk);
+    c.checkpoint_every = 10;
+    c.rotate_bytes = Some(8 * 1024);
+    let log = AuditLog::open(c).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| {
+                        log.append_blocking("test.event", fields(t * 100 + i))
+                            .unwrap()
+                            .seq
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 400, "every append has its own seq");
+    let inline = log.inline_count();
+    assert!(inline > 0 && inline < 400, "inline {inline} of 400");
+    log.close();
+    let files = discover_files(&d.path().join("audit.log")).unwrap();
+    assert!(files.len() > 2, "rotated: {files:?}");
+    let r = verify(&files, Some(&pk));
+    assert!(r.is_ok(), "{r}");
+    assert!(
+        r.checkpoints_verified >= 40,
+        "{} checkpoints",
+        r.checkpoints_verified
+    );
+}
+
+/// A failed inline write is rolled back and fails the log closed, as a queued one does.
+#[test]
+fn a_short_inline_write_is_rolled_back_and_fails_closed() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.log");
+    let log = AuditLog::open(batch(d.path(), 10)).unwrap();
+    log.inner.state.inline_waits.store(true, Ordering::Relaxed);
+    log.append_blocking("e", fields(1)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    *log.inner.state.inject_short_write.lock().unwrap() = Some(17);
+    let err = log.append_blocking("e", fields(2)).unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert_eq!(log.inline_count(), 2, "the failed write was inline too");
+    assert!(!log.is_healthy());
+    assert_eq!(std::fs::read(&path).unwrap(), before, "partial record left");
+    assert!(log.append_blocking("e", fields(3)).is_err());
+    log.close();
+    assert!(verify(&[path], None).is_ok());
+}
+
+/// Another process's lock on the log file (brokers sharing one log) is never waited for on
+/// the caller's thread: the record is queued, and the thread writes it once the lock is free.
+#[test]
+fn a_file_locked_elsewhere_sends_the_record_to_the_thread() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("audit.log");
+    let log = AuditLog::open(batch(d.path(), 10)).unwrap();
+    // flock locks belong to the open file description: a second open is another owner.
+    let other = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    other.lock().unwrap();
+    let l2 = log.clone();
+    let h = std::thread::spawn(move || l2.append_blocking("e", fields(1)).unwrap().seq);
+    // Queued, then taken up by the thread, which waits for the lock.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!h.is_finished(), "written through another owner's lock");
+    assert_eq!(log.inline_count(), 0);
+    other.unlock().unwrap();
+    assert_eq!(h.join().unwrap(), 1);
+    log.close();
+    assert!(verify(&[path], None).is_ok());
+}

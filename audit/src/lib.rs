@@ -59,17 +59,6 @@
 //! appends resolve after write(2) and `fdatasync` runs at most every `interval` (and before a
 //! rotation, a checkpoint and on close).
 //!
-//! In batch mode an append that needs nothing but its write(2) is written on the caller's
-//! thread when the writer is free: no queue, no hand-over to the thread and no wake-up per
-//! record (on a busy broker, the thread's wake-ups were a tenth of the CPU). The writer state
-//! sits behind one mutex shared with the thread, so records still get their seq/prev/hash in
-//! one order; the caller only ever *tries* that mutex and the file's `flock` (it never waits
-//! behind a sync, a rotation or another broker), and otherwise queues the record as before.
-//! Records that bring a count checkpoint or a rotation due always go to the thread, which is
-//! told (once, not per record) when an inline record made the log dirty, started the timed
-//! checkpoint's clock or made a rotation due, and keeps doing every sync, checkpoint and
-//! rotation. A failed inline write is rolled back and fails the log exactly as a queued one.
-//!
 //! If a write or sync fails, the file is truncated back to the end of the last good record (no
 //! partial record remains, the chain stays intact), the appends of that batch fail,
 //! `mcpd: AUDIT LOG FAILURE: ...` is printed on stderr once, [`AuditLog::is_healthy`] turns false
@@ -114,7 +103,7 @@ pub use verify::{
     verify, verify_with_head, verify_without_head, FailureKind, VerifyFailure, VerifyReport,
 };
 
-use writer::{Inline, Msg, Pending, State, Writer};
+use writer::{Msg, Pending, State, Writer};
 
 /// Version of the record format.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -196,10 +185,6 @@ pub struct Receipt {
 struct Inner {
     tx: mpsc::Sender<Msg>,
     state: Arc<State>,
-    /// Shared with the writer thread: batch-mode appends are written by their caller when it
-    /// is free (see [`Writer::append_inline`]).
-    writer: Arc<Mutex<Writer>>,
-    inline: bool,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     path: PathBuf,
@@ -258,18 +243,15 @@ impl AuditLog {
     /// untouched: verify it and move it aside).
     pub fn open(cfg: AuditConfig) -> Result<Self, AuditError> {
         let state = Arc::new(State::new(cfg.fail_open));
-        let writer = Arc::new(Mutex::new(Writer::open(&cfg, Arc::clone(&state))?));
+        let w = Writer::open(&cfg, Arc::clone(&state))?;
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::clone(&writer);
         let thread = std::thread::Builder::new()
             .name("mcpd-audit".into())
-            .spawn(move || Writer::run(&shared, rx))?;
+            .spawn(move || w.run(rx))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tx,
                 state,
-                writer,
-                inline: matches!(cfg.mode, SyncMode::Batch { .. }),
                 thread: Mutex::new(Some(thread)),
                 closed: AtomicBool::new(false),
                 path: cfg.path,
@@ -285,14 +267,6 @@ impl AuditLog {
         if !st.healthy.load(Ordering::SeqCst) {
             return Submitted::Done(st.failed_result());
         }
-        let fields = if self.inner.inline && st.queued.load(Ordering::Relaxed) == 0 {
-            match self.try_inline(event, fields) {
-                Ok(done) => return done,
-                Err(fields) => fields,
-            }
-        } else {
-            fields
-        };
         let (ack, rx) = oneshot::channel();
         let msg = Msg::Append(Pending {
             event: event.to_owned(),
@@ -306,49 +280,6 @@ impl AuditLog {
             Err(_) => {
                 st.queued.fetch_sub(1, Ordering::Relaxed);
                 Submitted::Done(Err(closed_error()))
-            }
-        }
-    }
-
-    /// Writes the record here when the writer is free and the record needs only a write(2);
-    /// gives the fields back otherwise (the writer busy — another thread is writing, or the
-    /// thread is syncing — or the record due a checkpoint or a rotation).
-    fn try_inline(
-        &self,
-        event: &str,
-        fields: Map<String, Value>,
-    ) -> Result<Submitted, Map<String, Value>> {
-        // Tests: the gate held keeps appends queued; `inline_waits` waits for the thread
-        // instead of declining while it holds the writer.
-        #[cfg(test)]
-        let waits = self.inner.state.inline_waits.load(Ordering::Relaxed);
-        #[cfg(test)]
-        let Ok(_gate) = (if waits {
-            self.inner.state.gate.lock().map_err(|_| ())
-        } else {
-            self.inner.state.gate.try_lock().map_err(|_| ())
-        }) else {
-            return Err(fields);
-        };
-        #[cfg(not(test))]
-        let waits = false;
-        let w = if waits {
-            self.inner.writer.lock().map_err(|_| ())
-        } else {
-            self.inner.writer.try_lock().map_err(|_| ())
-        };
-        let Ok(mut w) = w else {
-            return Err(fields);
-        };
-        match w.append_inline(event, fields) {
-            Inline::Declined(fields) => Err(fields),
-            Inline::Done { result, wake } => {
-                drop(w);
-                self.inner.state.inline.fetch_add(1, Ordering::Relaxed);
-                if wake {
-                    let _ = self.inner.tx.send(Msg::Wake);
-                }
-                Ok(Submitted::Done(result))
             }
         }
     }
@@ -409,11 +340,6 @@ impl AuditLog {
     /// set on a log is kept; `false` if one was already set.
     pub fn on_sync(&self, observe: fn(std::time::Duration)) -> bool {
         self.inner.state.on_sync.set(observe).is_ok()
-    }
-
-    /// Appends written by their caller rather than the writer thread (batch mode; for metrics).
-    pub fn inline_count(&self) -> u64 {
-        self.inner.state.inline.load(Ordering::Relaxed)
     }
 
     /// Number of records dropped because the log failed under `fail_open`.

@@ -26,8 +26,6 @@ pub(crate) struct State {
     pub dropped: AtomicU64,
     /// Appends handed to the writer and not yet processed (the metrics' queue depth).
     pub queued: AtomicU64,
-    /// Appends written on their caller's thread (see [`Writer::append_inline`]).
-    pub inline: AtomicU64,
     /// Told how long each fdatasync of the log took (the metrics' histogram); set once.
     pub on_sync: std::sync::OnceLock<fn(std::time::Duration)>,
     pub failure: Mutex<Option<String>>,
@@ -38,11 +36,6 @@ pub(crate) struct State {
     /// Test hook: the next write stores only this many bytes and then fails with ENOSPC.
     #[cfg(test)]
     pub inject_short_write: Mutex<Option<usize>>,
-    /// Test hook: an inline append waits for the writer lock instead of declining while the
-    /// thread holds it (for a while, to recompute its deadline), so that tests of the inline
-    /// path know which records it wrote.
-    #[cfg(test)]
-    pub inline_waits: AtomicBool,
 }
 
 impl State {
@@ -52,7 +45,6 @@ impl State {
             sync_count: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             queued: AtomicU64::new(0),
-            inline: AtomicU64::new(0),
             on_sync: std::sync::OnceLock::new(),
             failure: Mutex::new(None),
             fail_open,
@@ -60,8 +52,6 @@ impl State {
             gate: Mutex::new(()),
             #[cfg(test)]
             inject_short_write: Mutex::new(None),
-            #[cfg(test)]
-            inline_waits: AtomicBool::new(false),
         }
     }
 
@@ -96,22 +86,7 @@ pub(crate) struct Pending {
 #[derive(Debug)]
 pub(crate) enum Msg {
     Append(Pending),
-    /// An inline append changed what the thread waits for (a sync, a timed checkpoint or a
-    /// rotation is now due): recompute the deadlines.
-    Wake,
     Close,
-}
-
-/// What [`Writer::append_inline`] did.
-pub(crate) enum Inline {
-    /// Written (or failed) on the caller's thread; `wake` when the thread must be told.
-    Done {
-        result: Result<Receipt, AuditError>,
-        wake: bool,
-    },
-    /// Not written here (a checkpoint or rotation is due, the file lock is held elsewhere, the
-    /// log failed or closed): queue it for the thread. The fields are given back.
-    Declined(Map<String, Value>),
 }
 
 /// `<path><suffix>` (suffix appended to the file name, not replacing an extension).
@@ -335,8 +310,6 @@ pub(crate) struct Writer {
     state: Arc<State>,
     failed: bool,
     head_warned: bool,
-    /// Set by the final flush: nothing may be written after it.
-    closed: bool,
 }
 
 impl Writer {
@@ -424,7 +397,6 @@ impl Writer {
             state,
             failed: false,
             head_warned: false,
-            closed: false,
         };
         let _ = from_sibling; // `write_batch` starts an empty file with `log.rotated`
         if w.key.is_some() {
@@ -548,17 +520,8 @@ impl Writer {
     /// writer knows of (something other than mcpd cut records off the log while it was open),
     /// this fails instead of continuing the chain — and signing checkpoints — over the cut.
     fn lock_current(&mut self) -> io::Result<()> {
-        self.lock_current_with(true).map(drop)
-    }
-
-    /// [`Self::lock_current`], or with `blocking == false` `Ok(false)` (and nothing locked) when
-    /// another process holds the file lock.
-    fn lock_current_with(&mut self, blocking: bool) -> io::Result<bool> {
         let known_next = self.next_seq;
-        let r = self.lock_current_inner(blocking);
-        if matches!(r, Ok(false)) {
-            return r;
-        }
+        let r = self.lock_current_inner();
         if r.is_err() {
             let _ = self.file.unlock();
         } else if self.next_seq < known_next {
@@ -574,30 +537,24 @@ impl Writer {
         r
     }
 
-    fn lock_current_inner(&mut self, blocking: bool) -> io::Result<bool> {
+    fn lock_current_inner(&mut self) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
-        let actual = loop {
-            if blocking {
-                self.file.lock()?;
-            } else {
-                match self.file.try_lock() {
-                    Ok(()) => {}
-                    Err(fs::TryLockError::WouldBlock) => return Ok(false),
-                    Err(fs::TryLockError::Error(e)) => return Err(e),
-                }
-            }
-            let f = self.file.metadata()?;
-            let same =
-                fs::metadata(&self.path).is_ok_and(|p| p.ino() == f.ino() && p.dev() == f.dev());
+        loop {
+            self.file.lock()?;
+            let same = match (fs::metadata(&self.path), self.file.metadata()) {
+                (Ok(p), Ok(f)) => p.ino() == f.ino() && p.dev() == f.dev(),
+                _ => false,
+            };
             if same {
-                break f.len();
+                break;
             }
             let _ = self.file.unlock();
             self.file = open_log(&self.path)?;
             self.len = u64::MAX; // force a rescan of the new file
-        };
+        }
+        let actual = self.file.metadata()?.len();
         if actual == self.len {
-            return Ok(true);
+            return Ok(());
         }
         let (keep, line) = scan_tail(&self.file, actual)?;
         if keep < actual {
@@ -625,7 +582,7 @@ impl Writer {
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     fn write_batch_locked(
@@ -871,98 +828,32 @@ impl Writer {
         }
     }
 
-    /// Writes one batch-mode record on the caller's thread (no hand-over to the writer thread,
-    /// no wake-up, no ack channel): what a busy broker does for nearly every record.
-    ///
-    /// Declines — giving the fields back, to be queued for the thread — whenever the record
-    /// would need more than a write(2): in strict mode (the fdatasync belongs to the thread's
-    /// group commit), when a count checkpoint is due with it (signing, sync and the head file),
-    /// when the file is due for rotation or just rotated, once the log failed or closed, and
-    /// when another process holds the file lock (never waits for it here).
-    pub(crate) fn append_inline(&mut self, event: &str, fields: Map<String, Value>) -> Inline {
-        let SyncMode::Batch { interval } = self.mode else {
-            return Inline::Declined(fields);
-        };
-        let checkpoint_with_it = self.key.is_some()
-            && self.checkpoint_every > 0
-            && self.since_checkpoint + 1 >= self.checkpoint_every;
-        let rotation_due = self.rotate_bytes.is_some_and(|limit| self.len > limit)
-            || (self.len == 0 && self.next_seq > 0);
-        if self.closed || self.failed || checkpoint_with_it || rotation_due {
-            return Inline::Declined(fields);
-        }
-        match self.lock_current_with(false) {
-            Ok(true) => {}
-            Ok(false) => return Inline::Declined(fields),
-            Err(e) => {
-                self.fail(&e);
-                return Inline::Done {
-                    result: self.error_result(&e),
-                    wake: false,
-                };
+    fn next_msg(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {
+        loop {
+            let Some(deadline) = [self.sync_due(), self.checkpoint_due()]
+                .into_iter()
+                .flatten()
+                .min()
+            else {
+                return rx.recv().ok();
+            };
+            let now = Instant::now();
+            if now < deadline {
+                match rx.recv_timeout(deadline - now) {
+                    Ok(m) => return Some(m),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                }
+            }
+            let now = Instant::now();
+            if self.checkpoint_due().is_some_and(|t| t <= now) {
+                // Syncs the log too.
+                self.timed_checkpoint();
+            }
+            if self.sync_due().is_some_and(|t| t <= now) {
+                self.periodic_sync();
             }
         }
-        let was_dirty = self.dirty;
-        let was_covered = self.since_checkpoint == 0;
-        let r = self.write_batch_locked(vec![(event.to_owned(), fields)], false, false);
-        let _ = self.file.unlock();
-        let result = match r {
-            Ok(seqs) => match seqs.first() {
-                Some(&seq) => Ok(Receipt { seq }),
-                None => Err(AuditError::Unavailable("audit record not written".into())),
-            },
-            Err(e) => {
-                self.fail(&e);
-                return Inline::Done {
-                    result: self.error_result(&e),
-                    wake: false,
-                };
-            }
-        };
-        // The thread sleeps until the next sync, timed checkpoint or message: tell it when this
-        // record gave it something new to wait for.
-        let wake = (!was_dirty && self.dirty)
-            || (was_covered && self.key.is_some() && self.checkpoint_interval.is_some())
-            || self.rotate_bytes.is_some_and(|limit| self.len > limit)
-            || (self.dirty && self.last_sync.elapsed() >= interval);
-        Inline::Done { result, wake }
-    }
-
-    /// The answer to an append whose write failed with `e` (the log has just been failed).
-    fn error_result(&self, e: &io::Error) -> Result<Receipt, AuditError> {
-        if self.state.fail_open {
-            self.state.failed_result()
-        } else {
-            Err(AuditError::Io(io::Error::new(
-                e.kind(),
-                format!("audit log write failed: {}: {e}", self.path.display()),
-            )))
-        }
-    }
-
-    /// Runs what is due: the timed checkpoint, the batch-mode sync, a rotation.
-    fn timers(&mut self) {
-        let now = Instant::now();
-        if self.checkpoint_due().is_some_and(|t| t <= now) {
-            // Syncs the log too.
-            self.timed_checkpoint();
-        }
-        if self.sync_due().is_some_and(|t| t <= now) {
-            self.periodic_sync();
-        }
-        if !self.failed && !self.closed {
-            if let Err(e) = self.maybe_rotate() {
-                self.fail(&e);
-            }
-        }
-    }
-
-    /// When the thread must next run [`Self::timers`] (None: only on a message).
-    fn next_deadline(&self) -> Option<Instant> {
-        [self.sync_due(), self.checkpoint_due()]
-            .into_iter()
-            .flatten()
-            .min()
     }
 
     fn process(&mut self, batch: Vec<Pending>) {
@@ -997,14 +888,21 @@ impl Writer {
             Err(e) => {
                 self.fail(&e);
                 for a in acks {
-                    let _ = a.send(self.error_result(&e));
+                    let r = if self.state.fail_open {
+                        self.state.failed_result()
+                    } else {
+                        Err(AuditError::Io(io::Error::new(
+                            e.kind(),
+                            format!("audit log write failed: {}: {e}", self.path.display()),
+                        )))
+                    };
+                    let _ = a.send(r);
                 }
             }
         }
     }
 
     fn shutdown(&mut self) {
-        self.closed = true;
         if self.failed {
             return;
         }
@@ -1020,62 +918,39 @@ impl Writer {
         }
     }
 
-    /// The thread body: group commit of queued appends, timed syncs and checkpoints, rotation,
-    /// until closed. `shared` is also written by [`Self::append_inline`] on other threads; the
-    /// thread never holds it while it waits.
-    pub(crate) fn run(shared: &Mutex<Self>, rx: Receiver<Msg>) {
-        let lock = || {
-            shared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
+    /// The thread body: group commit until closed.
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            let deadline = lock().next_deadline();
-            let first = match deadline {
-                None => rx.recv().ok(),
-                Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => Some(Msg::Wake),
-                    Err(RecvTimeoutError::Disconnected) => None,
-                },
-            };
-            #[cfg(test)]
-            let state = Arc::clone(&lock().state);
-            #[cfg(test)]
-            let _gate = state.gate.lock();
-            let mut w = lock();
-            let Some(first) = first else {
-                w.shutdown();
+            let Some(first) = self.next_msg(&rx) else {
+                self.shutdown();
                 return;
             };
+            #[cfg(test)]
+            let state = Arc::clone(&self.state);
+            #[cfg(test)]
+            let _gate = state.gate.lock();
             let mut batch = Vec::new();
             let mut close = false;
             match first {
                 Msg::Append(p) => batch.push(p),
-                Msg::Wake => {}
                 Msg::Close => close = true,
             }
             while !close {
                 match rx.try_recv() {
                     Ok(Msg::Append(p)) => batch.push(p),
-                    Ok(Msg::Wake) => {}
                     Ok(Msg::Close) => close = true,
                     Err(_) => break,
                 }
             }
             if !batch.is_empty() {
-                // Taken up: counted off before the acks go out, so a caller that saw its
-                // append done never sees it still queued.
-                w.state
-                    .queued
-                    .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-                w.process(batch);
+                let n = batch.len() as u64;
+                self.process(batch);
+                self.state.queued.fetch_sub(n, Ordering::Relaxed);
             }
             if close {
-                w.shutdown();
+                self.shutdown();
                 return;
             }
-            w.timers();
         }
     }
 }

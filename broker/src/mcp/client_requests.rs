@@ -57,7 +57,7 @@ impl Session {
             return; // unknown or already answered: ignored
         };
         let reply = match outcome {
-            Ok(v @ Value::Object(_)) if v.to_string().len() <= 1024 * 1024 => {
+            Ok(v @ Value::Object(_)) if crate::mcp::jsonrpc::json_len(&v) <= 1024 * 1024 => {
                 mcpd_ipc::ClientReplyOutcome::Ok {
                     result_json: v.to_string(),
                 }

@@ -194,6 +194,25 @@ pub fn notification(method: &str, params: Value) -> Value {
     json!({"jsonrpc": "2.0", "method": method, "params": params})
 }
 
+/// The length of `v` serialised as compact JSON (what `v.to_string().len()` gives), counted
+/// without building the string: size checks and the audit's `result_bytes` run on every call.
+pub fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail, and a Value always serialises.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -247,6 +266,18 @@ mod tests {
         match classify(r#"{"jsonrpc":"1.0","id":5,"method":"ping"}"#) {
             Incoming::Invalid { id, .. } => assert_eq!(id, json!(5)),
             _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn json_len_is_the_serialised_length() {
+        for v in [
+            json!(null),
+            json!({"a": [1, 2.5, "x\u{e9}\"\n"], "b": {"c": true}}),
+            json!("\u{1F600} and \u{0001}"),
+            json!({"content": [{"type": "text", "text": "x".repeat(5000)}]}),
+        ] {
+            assert_eq!(json_len(&v), v.to_string().len(), "{v}");
         }
     }
 }

@@ -156,7 +156,7 @@ impl Session {
             "duration_us".into(),
             json!(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
         );
-        let bytes = response.get("result").map_or(0, |r| r.to_string().len());
+        let bytes = response.get("result").map_or(0, jsonrpc::json_len);
         f.insert("result_bytes".into(), json!(bytes));
         if let Ok(mut s) = self.inner.state.lock() {
             s.requests += 1;

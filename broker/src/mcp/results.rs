@@ -30,7 +30,7 @@ pub(super) fn valid_entries(v: &Value, list: &str, keys: &[&str]) -> Option<Vec<
                             .and_then(Value::as_str)
                             .is_some_and(|x| short(x, 8192))
                     })
-                    && e.to_string().len() <= 64 * 1024
+                    && crate::mcp::jsonrpc::json_len(e) <= 64 * 1024
             })
             .cloned()
             .collect(),

@@ -106,7 +106,7 @@ impl Session {
     ) -> Result<mcpd_ipc::InputRound, &'static str> {
         let responses_json = match params.get("inputResponses") {
             None | Some(Value::Null) => None,
-            Some(v @ Value::Object(m)) if m.len() <= 64 && v.to_string().len() <= 1024 * 1024 => {
+            Some(v @ Value::Object(m)) if m.len() <= 64 && jsonrpc::json_len(v) <= 1024 * 1024 => {
                 Some(v.to_string())
             }
             Some(_) => return Err("Invalid params: inputResponses must be an object"),

@@ -499,6 +499,23 @@ fn a_tampered_request_state_is_rejected() {
         let r = call(json!({"inputResponses": answer, "requestState": bad}));
         assert_eq!(r["error"]["code"], -32602, "{r}");
     }
+    // With the genuine state, answers that are not an object, more than 64 of them, or more
+    // than 1 MiB of JSON (the body limit is 4 MiB: this reaches the check) are refused.
+    let many: serde_json::Map<String, Value> = (0..65)
+        .map(|i| (format!("q{i}"), json!({"action": "decline"})))
+        .collect();
+    let huge = json!({"confirm": {"action": "accept", "content": {"t": "y".repeat(1100 * 1024)}}});
+    for bad in [json!("accept"), Value::Object(many), huge] {
+        let r = call(json!({"inputResponses": bad, "requestState": state}));
+        assert_eq!(r["error"]["code"], -32602, "{}", r["error"]);
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("inputResponses must be an object")),
+            "{}",
+            r["error"]
+        );
+    }
 }
 
 /// Two instances behind a load balancer: with one `[http] state_key_file`, an input-required
@@ -613,6 +630,59 @@ fn an_elicitation_the_client_never_answers_times_out() {
         "{last}"
     );
     assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+/// A client's answer to a server request must be a JSON object of at most 1 MiB: anything else
+/// reaches the tool as a failed request, never as an answer.
+#[test]
+fn a_client_answer_that_is_not_a_valid_result_fails_the_request() {
+    let srv = HttpServer::conformance(&[]);
+    let r = srv.post(
+        None,
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "e2e", "version": "0"}}}),
+    );
+    let sid = r.header("mcp-session-id").unwrap().to_string();
+    let huge =
+        json!({"action": "accept", "content": {"username": "y".repeat(1100 * 1024), "email": "e"}});
+    for (n, bad) in [json!("accept"), huge].into_iter().enumerate() {
+        let id = 20 + n;
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "test_elicitation", "arguments": {"message": "Who?"}}})
+        .to_string();
+        let stream = srv.open(
+            "POST",
+            &[
+                JSON,
+                ACCEPT,
+                ("Mcp-Session-Id", &sid),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
+            body.as_bytes(),
+        );
+        let mut reader = BufReader::new(stream);
+        assert_eq!(read_head(&mut reader).0, 200);
+        let mut next = || loop {
+            let mut line = String::new();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended");
+            // The priming event has empty data.
+            match line.strip_prefix("data: ").map(str::trim) {
+                Some(m) if !m.is_empty() => return serde_json::from_str::<Value>(m).unwrap(),
+                _ => {}
+            }
+        };
+        let ask = next();
+        assert_eq!(ask["method"], "elicitation/create", "{ask}");
+        let answer = json!({"jsonrpc": "2.0", "id": ask["id"], "result": bad});
+        assert_eq!(srv.post(Some(&sid), &answer).status, 202);
+        let done = next();
+        // Failure messages show the start only: an accepted answer echoes 1 MiB.
+        let shown: String = done.to_string().chars().take(300).collect();
+        assert_eq!(done["id"], id, "{shown}");
+        assert_eq!(done["result"]["isError"], true, "{shown}");
+        let text = done["result"]["content"][0]["text"].as_str().unwrap_or("");
+        assert!(text.contains("not a valid result"), "{shown}");
+    }
 }
 
 #[test]

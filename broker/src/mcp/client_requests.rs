@@ -57,13 +57,14 @@ impl Session {
             return; // unknown or already answered: ignored
         };
         let reply = match outcome {
-            Ok(v @ Value::Object(_)) if crate::mcp::jsonrpc::json_len(&v) <= 1024 * 1024 => {
-                mcpd_ipc::ClientReplyOutcome::Ok {
-                    result_json: v.to_string(),
+            // Serialised once: the string that is checked is the string that is sent.
+            Ok(v) => match v.is_object().then(|| v.to_string()) {
+                Some(result_json) if result_json.len() <= 1024 * 1024 => {
+                    mcpd_ipc::ClientReplyOutcome::Ok { result_json }
                 }
-            }
-            Ok(_) => mcpd_ipc::ClientReplyOutcome::Err {
-                message: "the client's answer was not a valid result".into(),
+                _ => mcpd_ipc::ClientReplyOutcome::Err {
+                    message: "the client's answer was not a valid result".into(),
+                },
             },
             Err(e) => mcpd_ipc::ClientReplyOutcome::Err {
                 message: e

@@ -104,12 +104,15 @@ impl Session {
         params: &Map<String, Value>,
         st: &Stateless,
     ) -> Result<mcpd_ipc::InputRound, &'static str> {
+        const NOT_AN_OBJECT: &str = "Invalid params: inputResponses must be an object";
         let responses_json = match params.get("inputResponses") {
             None | Some(Value::Null) => None,
-            Some(v @ Value::Object(m)) if m.len() <= 64 && jsonrpc::json_len(v) <= 1024 * 1024 => {
-                Some(v.to_string())
-            }
-            Some(_) => return Err("Invalid params: inputResponses must be an object"),
+            // Serialised once: the string that is checked is the string that is sent.
+            Some(v @ Value::Object(m)) if m.len() <= 64 => match v.to_string() {
+                s if s.len() <= 1024 * 1024 => Some(s),
+                _ => return Err(NOT_AN_OBJECT),
+            },
+            Some(_) => return Err(NOT_AN_OBJECT),
         };
         let state = match params.get("requestState") {
             None | Some(Value::Null) => None,

@@ -94,6 +94,16 @@ put("audit_verify", "good", b"\x00" + good.encode())
 put("audit_verify", "split", b"\x80" + good.encode())
 put("audit_verify", "modified", b"\x00" + good.replace("alice", "mallo", 1).encode())
 put("audit_verify", "truncated_line", b"\x00" + good.encode()[:-20])
+# audit_jcs: JSON where a canonicaliser could go wrong (RFC 8785's examples, astral keys
+# against U+E000.., integers past 2^53, -0, exponents, escapes) and a record line.
+JCS = {
+    "rfc8785": '{"numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001], "string": "\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/", "literals": [null, true, false]}',
+    "sorting": '{"\\u20ac": 1, "\\r": 2, "\\ufb33": 3, "1": 4, "\\ud83d\\ude00": 5, "\\u0080": 6, "\\u00f6": 7, "\\ue000": 8}',
+    "numbers": '[0, -0, -0.0, 5e-324, 1.7976931348623157e308, 9007199254740993, -9223372036854775808, 18446744073709551615, 1e21, 1e-7, 123456789012345680000]',
+    "record": good.splitlines()[1],
+}
+for name, text in JCS.items():
+    put("audit_jcs", name, text)
 
 # arbitrary-driven targets: a few random inputs to start from.
 rng = random.Random(14)

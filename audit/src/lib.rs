@@ -79,6 +79,7 @@
 //! explicit way to check a log whose head is knowingly gone.
 #![forbid(unsafe_code)]
 
+mod jcs;
 mod journald;
 mod keys;
 mod read;

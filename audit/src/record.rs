@@ -1,12 +1,12 @@
 //! Record envelope, canonical hashing, timestamps and event ids.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::SCHEMA_VERSION;
+use crate::{jcs, SCHEMA_VERSION};
 
 /// `prev` of the very first record of a log.
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -20,11 +20,8 @@ pub(crate) const ENVELOPE: [&str; 7] =
 const MAX_FIELD_DEPTH: usize = 64;
 
 /// RFC 8785 canonical form of `v`.
-///
-/// `serde_jcs` cannot fail on a `serde_json::Value` (its numbers are always finite); should it
-/// ever, we fall back to serde_json's compact form so that hashing still works deterministically.
 pub(crate) fn canonical(v: &Value) -> Vec<u8> {
-    serde_jcs::to_vec(v).unwrap_or_else(|_| serde_json::to_vec(v).unwrap_or_default())
+    jcs::to_vec(v)
 }
 
 /// Lower-case hex SHA-256 of `data`.
@@ -34,9 +31,8 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 
 /// Hash of a record: SHA-256 of the JCS form of the record object without its `hash` member.
 pub(crate) fn record_hash(without_hash: &Map<String, Value>) -> String {
-    // Serialize the map as an object without cloning it into a `Value`.
-    let bytes = serde_jcs::to_vec(without_hash)
-        .unwrap_or_else(|_| serde_json::to_vec(without_hash).unwrap_or_default());
+    let mut bytes = Vec::with_capacity(512);
+    jcs::write_map(&mut bytes, without_hash);
     sha256_hex(&bytes)
 }
 
@@ -80,11 +76,31 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     )
 }
 
+/// Random bytes drawn from the kernel per `getrandom` call for event ids (64 ids).
+const ID_POOL: usize = 1024;
+
+thread_local! {
+    /// Kernel randomness not yet used for ids, and how much of it is used. One `getrandom` per
+    /// 64 records instead of one per record: the bytes are the kernel CSPRNG's all the same,
+    /// each used once. Per thread (records are built on the writer thread), never shared; the
+    /// broker never forks without exec, so no copy of the pool outlives into another process.
+    static ID_BYTES: std::cell::RefCell<([u8; ID_POOL], usize)> =
+        const { std::cell::RefCell::new(([0; ID_POOL], ID_POOL)) };
+}
+
 /// A fresh 128-bit random event id (32 hex digits).
 pub(crate) fn new_id() -> Result<String, std::io::Error> {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(format!("getrandom: {e}")))?;
-    Ok(hex::encode(b))
+    ID_BYTES.with_borrow_mut(|(pool, used)| {
+        if *used + 16 > ID_POOL {
+            getrandom::fill(pool).map_err(|e| std::io::Error::other(format!("getrandom: {e}")))?;
+            *used = 0;
+        }
+        let id = hex::encode(&pool[*used..*used + 16]);
+        // Used bytes are wiped: the pool never holds an id already handed out.
+        pool[*used..*used + 16].fill(0);
+        *used += 16;
+        Ok(id)
+    })
 }
 
 /// Largest integer magnitude the hash binds exactly: JCS (RFC 8785) writes every number as an
@@ -102,25 +118,30 @@ pub(crate) fn jcs_exact(n: &serde_json::Number) -> bool {
 }
 
 /// Replaces values nested deeper than [`MAX_FIELD_DEPTH`] by a marker string, and integers the
-/// hash would not bind exactly (beyond ±[`MAX_EXACT_INT`]) by their decimal text.
-fn clamp_depth(v: Value, depth: usize) -> Value {
-    match v {
-        Value::Number(n) if !jcs_exact(&n) => Value::String(n.to_string()),
+/// hash would not bind exactly (beyond ±[`MAX_EXACT_INT`]) by their decimal text. In place: a
+/// value that needs neither is left as it is, without copying it.
+fn clamp_depth(v: &mut Value, depth: usize) {
+    let replacement = match v {
+        Value::Number(n) if !jcs_exact(n) => Value::String(n.to_string()),
         Value::Array(_) | Value::Object(_) if depth >= MAX_FIELD_DEPTH => {
             Value::String("[truncated: nested too deeply]".into())
         }
-        Value::Array(a) => Value::Array(a.into_iter().map(|x| clamp_depth(x, depth + 1)).collect()),
-        Value::Object(o) => Value::Object(
-            o.into_iter()
-                .map(|(k, x)| (k, clamp_depth(x, depth + 1)))
-                .collect(),
-        ),
-        other => other,
-    }
+        Value::Array(a) => {
+            a.iter_mut().for_each(|x| clamp_depth(x, depth + 1));
+            return;
+        }
+        Value::Object(o) => {
+            o.values_mut().for_each(|x| clamp_depth(x, depth + 1));
+            return;
+        }
+        _ => return,
+    };
+    *v = replacement;
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// A record ready to be written.
@@ -134,40 +155,60 @@ pub(crate) struct Built {
 
 /// Builds the record `seq` chained to `prev`. Caller fields named like envelope fields are
 /// dropped (the envelope wins).
+///
+/// One pass over the fields for the line (envelope first, the caller's fields in their order,
+/// `prev` and `hash` last) and one for the canonical form the hash covers, which sorts the
+/// envelope in among them; no field is copied.
 pub(crate) fn build(
     seq: u64,
     prev: &str,
     event: &str,
-    fields: Map<String, Value>,
+    mut fields: Map<String, Value>,
 ) -> Result<Built, std::io::Error> {
     let ts = now_rfc3339();
     let id = new_id()?;
-    let mut map = Map::new();
-    let mut line = String::with_capacity(256);
+    fields.retain(|k, _| !ENVELOPE.contains(&k.as_str()));
+    fields.values_mut().for_each(|v| clamp_depth(v, 1));
+
+    let mut line: Vec<u8> = Vec::with_capacity(384);
     let _ = write!(
         line,
-        "{{\"schema_version\":{SCHEMA_VERSION},\"seq\":{seq},\"ts\":\"{ts}\",\"id\":\"{id}\",\"event\":{}",
-        json_string(event)
+        "{{\"schema_version\":{SCHEMA_VERSION},\"seq\":{seq},\"ts\":\"{ts}\",\"id\":\"{id}\",\"event\":"
     );
-    for (k, v) in fields {
-        if ENVELOPE.contains(&k.as_str()) {
-            continue;
+    push_json_string(&mut line, event);
+    for (k, v) in &fields {
+        line.push(b',');
+        push_json_string(&mut line, k);
+        line.push(b':');
+        if serde_json::to_writer(&mut line, v).is_err() {
+            line.extend_from_slice(b"null");
         }
-        let v = clamp_depth(v, 1);
-        line.push(',');
-        line.push_str(&json_string(&k));
-        line.push(':');
-        line.push_str(&serde_json::to_string(&v).unwrap_or_else(|_| "null".into()));
-        map.insert(k, v);
     }
-    map.insert("schema_version".into(), Value::from(SCHEMA_VERSION));
-    map.insert("seq".into(), Value::from(seq));
-    map.insert("ts".into(), Value::String(ts));
-    map.insert("id".into(), Value::String(id));
-    map.insert("event".into(), Value::String(event.to_owned()));
-    map.insert("prev".into(), Value::String(prev.to_owned()));
-    let hash = record_hash(&map);
+
+    let mut members: Vec<(&str, jcs::Member<'_>)> = Vec::with_capacity(fields.len() + 6);
+    members.extend([
+        (
+            "schema_version",
+            jcs::Member::Uint(u64::from(SCHEMA_VERSION)),
+        ),
+        ("seq", jcs::Member::Uint(seq)),
+        ("ts", jcs::Member::Str(&ts)),
+        ("id", jcs::Member::Str(&id)),
+        ("event", jcs::Member::Str(event)),
+        ("prev", jcs::Member::Str(prev)),
+    ]);
+    members.extend(
+        fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), jcs::Member::Json(v))),
+    );
+    let mut canonical = Vec::with_capacity(line.len() + 96);
+    jcs::write_object(&mut canonical, &mut members);
+    let hash = sha256_hex(&canonical);
+
     let _ = writeln!(line, ",\"prev\":\"{prev}\",\"hash\":\"{hash}\"}}");
+    // Only `str`s and serde_json's output (valid UTF-8) were written.
+    let line = String::from_utf8(line).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(Built { line, hash })
 }
 
@@ -234,10 +275,36 @@ mod tests {
         let h = v.remove("hash").unwrap();
         assert_eq!(h.as_str().unwrap(), b.hash);
         assert_eq!(record_hash(&v), b.hash);
+        // The reference canonicaliser agrees on the bytes hashed.
+        assert_eq!(sha256_hex(&serde_jcs::to_vec(&v).unwrap()), b.hash);
         // envelope first, prev/hash last
         assert!(b
             .line
             .starts_with("{\"schema_version\":1,\"seq\":7,\"ts\":\""));
+    }
+
+    /// Caller keys that sort in among the envelope's, by UTF-16 code units (the astral key
+    /// before U+E000), give the hash serde_jcs gives; every event id is new.
+    #[test]
+    fn envelope_and_caller_fields_hash_in_canonical_order() {
+        let mut f = Map::new();
+        f.insert("a".into(), 1.into());
+        f.insert(
+            "sez".into(),
+            serde_json::json!({"z": [1.5, null], "b": "\u{1}"}),
+        );
+        f.insert("\u{e000}".into(), "x".into());
+        f.insert("\u{1f600}".into(), true.into());
+        f.insert("hash".into(), "forged".into());
+        let mut ids = std::collections::HashSet::new();
+        for seq in 0..200 {
+            let b = build(seq, GENESIS, "tool.call", f.clone()).unwrap();
+            let mut v: Map<String, Value> = serde_json::from_str(b.line.trim_end()).unwrap();
+            assert_eq!(v.remove("hash").unwrap(), b.hash.as_str());
+            assert_eq!(sha256_hex(&serde_jcs::to_vec(&v).unwrap()), b.hash);
+            assert!(ids.insert(v["id"].as_str().unwrap().to_owned()));
+            assert_eq!(v["id"].as_str().unwrap().len(), 32);
+        }
     }
 
     #[test]

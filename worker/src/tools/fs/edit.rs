@@ -154,7 +154,7 @@ pub(super) fn edit_file(ctx: &ToolContext, args: Value) -> Outcome {
     if size > max {
         return Err(too_large(&a.path, Some(size), max));
     }
-    let bytes = read_limited(&a.path, &file, max)?;
+    let bytes = read_limited(&a.path, &file, size, max)?;
     drop(file);
     let original = String::from_utf8(bytes)
         .map_err(|_| Fail::Tool(format!("File is not valid UTF-8 text: {}", a.path)))?

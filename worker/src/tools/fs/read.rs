@@ -16,18 +16,41 @@ use super::{cancelled, opt_count, parse, text, Fail, Outcome, PathArgs, TAIL_CHU
 use crate::tools::paths::{self, Access};
 use crate::tools::{invalid_args, ToolContext};
 
-/// Read the whole file, refusing more than `max` bytes.
-pub(super) fn read_limited(path: &str, file: &File, max: u64) -> Result<Vec<u8>, Fail> {
-    // Size the buffer from the file (bounded by the limit) so a small file is read in one or
-    // two read(2) calls instead of a doubling series starting at 32 bytes.
-    let hint = file.metadata().map_or(0, |m| m.len()).min(max);
-    let mut buf = Vec::with_capacity(usize::try_from(hint).unwrap_or(0).saturating_add(1));
-    file.take(max.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(|e| paths::io_to_path_err(path, &e))?;
-    if buf.len() as u64 > max {
+/// Read the whole file, refusing more than `max` bytes. `size` is the file's size when it was
+/// opened (its `fstat`, from [`paths::Roots::open_regular`]).
+///
+/// The buffer is sized from `size`, so a small file is read in one read(2), and a read that
+/// comes back short with `size` bytes in hand ends it: on a regular file that is its end, and
+/// the probe read(2) `read_to_end` makes for the 0 would only confirm it. A file that grows
+/// meanwhile is read on, still bounded by `max`.
+pub(super) fn read_limited(path: &str, file: &File, size: u64, max: u64) -> Result<Vec<u8>, Fail> {
+    let over = usize::try_from(max.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; usize::try_from(size).unwrap_or(usize::MAX).min(over - 1) + 1];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if len >= over {
+                break;
+            }
+            buf.resize(len.saturating_mul(2).clamp(len + 1, over), 0);
+        }
+        let asked = buf.len() - len;
+        match (&*file).read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if n < asked && len as u64 == size {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(paths::io_to_path_err(path, &e).into()),
+        }
+    }
+    if len as u64 > max {
         return Err(too_large(path, None, max));
     }
+    buf.truncate(len);
     Ok(buf)
 }
 
@@ -156,7 +179,7 @@ pub(super) fn read_text_file(ctx: &ToolContext, args: Value) -> Outcome {
         if size > max {
             return Err(too_large(&a.path, Some(size), max));
         }
-        String::from_utf8_lossy(&read_limited(&a.path, &file, max)?).into_owned()
+        String::from_utf8_lossy(&read_limited(&a.path, &file, size, max)?).into_owned()
     };
     Ok(text(ctx, content))
 }
@@ -183,7 +206,7 @@ pub(super) fn read_media_file(ctx: &ToolContext, args: Value) -> Outcome {
             a.path
         )));
     }
-    let data = read_limited(&a.path, &file, max)?;
+    let data = read_limited(&a.path, &file, size, max)?;
     let mime = mime_for(&a.path).to_owned();
     let content = if mime.starts_with("image/") {
         Content::Image {
@@ -249,7 +272,7 @@ pub(super) fn read_multiple_files(ctx: &ToolContext, args: Value) -> Outcome {
                     if size > max {
                         return Err(too_large(p, Some(size), max));
                     }
-                    read_limited(p, &f, max)
+                    read_limited(p, &f, size, max)
                 });
             match read {
                 Ok(bytes) => format!("{p}:\n{}\n", String::from_utf8_lossy(&bytes)),

@@ -187,3 +187,35 @@ fn read_multiple_files_inline_errors() {
     );
     assert_eq!(t, expected);
 }
+
+/// `read_limited` trusts the size from `fstat` only to size its buffer and to skip the probe
+/// read: a file that grew or shrank since is read as it is now, the limit still holds.
+#[test]
+fn whole_file_reads_follow_the_file_not_its_opening_size() {
+    use super::super::read::read_limited;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let read = |size, max| read_limited("f", &file, size, max).map_err(|_| ());
+    let whole = |size, max| {
+        let mut f = &file;
+        std::io::Seek::rewind(&mut f).unwrap();
+        read(size, max)
+    };
+    assert_eq!(whole(10_000, 1 << 20).unwrap(), data);
+    // Grown since the fstat (it said 10 bytes, or nothing): all of it is read.
+    assert_eq!(whole(10, 1 << 20).unwrap(), data);
+    assert_eq!(whole(0, 1 << 20).unwrap(), data);
+    // Shrunk since (it said more): what is there.
+    assert_eq!(whole(20_000, 1 << 20).unwrap(), data);
+    // The limit holds whatever the size said.
+    assert!(whole(10, 9_999).is_err());
+    assert!(whole(10_000, 9_999).is_err());
+    assert_eq!(whole(10, 10_000).unwrap(), data);
+    // An empty file.
+    std::fs::write(dir.path().join("e"), b"").unwrap();
+    let empty = std::fs::File::open(dir.path().join("e")).unwrap();
+    assert!(read_limited("e", &empty, 0, 0).ok().unwrap().is_empty());
+}

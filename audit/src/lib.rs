@@ -53,8 +53,9 @@
 //!
 //! # Durability, group commit, failure
 //!
-//! A dedicated writer thread takes the first queued append, drains every other queued append,
-//! assigns seq/prev/hash in order, writes them with one `write_all`, in [`SyncMode::Strict`]
+//! A dedicated writer thread takes every queued append at once (woken only when it sleeps, by
+//! the append that opens a batch after letting the tasks runnable with it add theirs: see
+//! `queue.rs`), assigns seq/prev/hash in order, writes them with one `write_all`, in [`SyncMode::Strict`]
 //! `fdatasync`s once, and only then resolves all of their futures. In [`SyncMode::Batch`],
 //! appends resolve after write(2) and `fdatasync` runs at most every `interval` (and before a
 //! rotation, a checkpoint and on close).
@@ -82,6 +83,7 @@
 mod jcs;
 mod journald;
 mod keys;
+mod queue;
 mod read;
 mod record;
 mod verify;
@@ -89,7 +91,6 @@ mod writer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -184,7 +185,7 @@ pub struct Receipt {
 
 #[derive(Debug)]
 struct Inner {
-    tx: mpsc::Sender<Msg>,
+    queue: Arc<queue::Queue>,
     state: Arc<State>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -194,7 +195,7 @@ struct Inner {
 impl Inner {
     fn close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
-            let _ = self.tx.send(Msg::Close);
+            drop(self.queue.push(Msg::Close));
         }
         let handle = self.thread.lock().ok().and_then(|mut g| g.take());
         if let Some(h) = handle {
@@ -225,8 +226,12 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-enum Submitted {
-    Queued(oneshot::Receiver<Result<Receipt, AuditError>>),
+enum Submitted<'a> {
+    /// Queued; the guard, if any, wakes the writer (this append opened the batch).
+    Queued(
+        oneshot::Receiver<Result<Receipt, AuditError>>,
+        Option<queue::Kick<'a>>,
+    ),
     Done(Result<Receipt, AuditError>),
 }
 
@@ -245,13 +250,14 @@ impl AuditLog {
     pub fn open(cfg: AuditConfig) -> Result<Self, AuditError> {
         let state = Arc::new(State::new(cfg.fail_open));
         let w = Writer::open(&cfg, Arc::clone(&state))?;
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(queue::Queue::default());
+        let rx = Arc::clone(&queue);
         let thread = std::thread::Builder::new()
             .name("mcpd-audit".into())
-            .spawn(move || w.run(rx))?;
+            .spawn(move || w.run(&rx))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                tx,
+                queue,
                 state,
                 thread: Mutex::new(Some(thread)),
                 closed: AtomicBool::new(false),
@@ -260,7 +266,7 @@ impl AuditLog {
         })
     }
 
-    fn submit(&self, event: &str, fields: Map<String, Value>) -> Submitted {
+    fn submit(&self, event: &str, fields: Map<String, Value>) -> Submitted<'_> {
         let st = &self.inner.state;
         if self.inner.closed.load(Ordering::SeqCst) {
             return Submitted::Done(Err(closed_error()));
@@ -274,15 +280,10 @@ impl AuditLog {
             fields,
             ack,
         });
-        // Counted before the send, so the writer's decrement never comes first.
+        // Counted before the push, so the writer's decrement never comes first.
         st.queued.fetch_add(1, Ordering::Relaxed);
-        match self.inner.tx.send(msg) {
-            Ok(()) => Submitted::Queued(rx),
-            Err(_) => {
-                st.queued.fetch_sub(1, Ordering::Relaxed);
-                Submitted::Done(Err(closed_error()))
-            }
-        }
+        let kick = self.inner.queue.push(msg);
+        Submitted::Queued(rx, kick)
     }
 
     /// Append one event (fields are merged into the record envelope).
@@ -296,7 +297,17 @@ impl AuditLog {
     ) -> Result<Receipt, AuditError> {
         match self.submit(event, fields) {
             Submitted::Done(r) => r,
-            Submitted::Queued(rx) => rx.await.unwrap_or_else(|_| Err(closed_error())),
+            Submitted::Queued(rx, kick) => {
+                if let Some(mut kick) = kick {
+                    // This append opened the batch: let the tasks already runnable on this
+                    // thread add theirs before the writer is woken (see `queue`).
+                    if kick.should_yield() {
+                        tokio::task::yield_now().await;
+                    }
+                    drop(kick);
+                }
+                rx.await.unwrap_or_else(|_| Err(closed_error()))
+            }
         }
     }
 
@@ -309,7 +320,10 @@ impl AuditLog {
     ) -> Result<Receipt, AuditError> {
         match self.submit(event, fields) {
             Submitted::Done(r) => r,
-            Submitted::Queued(rx) => rx.blocking_recv().unwrap_or_else(|_| Err(closed_error())),
+            Submitted::Queued(rx, kick) => {
+                drop(kick);
+                rx.blocking_recv().unwrap_or_else(|_| Err(closed_error()))
+            }
         }
     }
 

@@ -6,7 +6,6 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,6 +14,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use crate::journald::Journald;
+use crate::queue::Queue;
 use crate::record::{self, GENESIS};
 use crate::{keys, AuditConfig, AuditError, Receipt, SyncMode, DROPPED_SEQ, SCHEMA_VERSION};
 
@@ -539,20 +539,19 @@ impl Writer {
 
     fn lock_current_inner(&mut self) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
-        loop {
+        let actual = loop {
             self.file.lock()?;
-            let same = match (fs::metadata(&self.path), self.file.metadata()) {
-                (Ok(p), Ok(f)) => p.ino() == f.ino() && p.dev() == f.dev(),
-                _ => false,
-            };
-            if same {
-                break;
+            // One fstat gives both the identity compared with the path's and the length.
+            let (path_meta, file_meta) = (fs::metadata(&self.path), self.file.metadata());
+            if let (Ok(p), Ok(f)) = (&path_meta, &file_meta) {
+                if p.ino() == f.ino() && p.dev() == f.dev() {
+                    break f.len();
+                }
             }
             let _ = self.file.unlock();
             self.file = open_log(&self.path)?;
             self.len = u64::MAX; // force a rescan of the new file
-        }
-        let actual = self.file.metadata()?.len();
+        };
         if actual == self.len {
             return Ok(());
         }
@@ -828,22 +827,16 @@ impl Writer {
         }
     }
 
-    fn next_msg(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {
+    /// The next messages, in order; in between, timed syncs and checkpoints as they fall due.
+    fn next_msgs(&mut self, queue: &Queue) -> Vec<Msg> {
         loop {
-            let Some(deadline) = [self.sync_due(), self.checkpoint_due()]
+            let deadline = [self.sync_due(), self.checkpoint_due()]
                 .into_iter()
                 .flatten()
-                .min()
-            else {
-                return rx.recv().ok();
-            };
-            let now = Instant::now();
-            if now < deadline {
-                match rx.recv_timeout(deadline - now) {
-                    Ok(m) => return Some(m),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                }
+                .min();
+            let msgs = queue.take(deadline);
+            if !msgs.is_empty() {
+                return msgs;
             }
             let now = Instant::now();
             if self.checkpoint_due().is_some_and(|t| t <= now) {
@@ -919,27 +912,24 @@ impl Writer {
     }
 
     /// The thread body: group commit until closed.
-    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+    pub(crate) fn run(mut self, queue: &Queue) {
         loop {
-            let Some(first) = self.next_msg(&rx) else {
-                self.shutdown();
-                return;
-            };
+            let msgs = self.next_msgs(queue);
             #[cfg(test)]
             let state = Arc::clone(&self.state);
             #[cfg(test)]
             let _gate = state.gate.lock();
-            let mut batch = Vec::new();
+            let mut batch = Vec::with_capacity(msgs.len());
             let mut close = false;
-            match first {
-                Msg::Append(p) => batch.push(p),
-                Msg::Close => close = true,
-            }
-            while !close {
-                match rx.try_recv() {
-                    Ok(Msg::Append(p)) => batch.push(p),
-                    Ok(Msg::Close) => close = true,
-                    Err(_) => break,
+            // Appends queued after `Close` are dropped unanswered: their callers get the
+            // closed-log error (`close` refuses new appends before it queues `Close`).
+            for m in msgs {
+                match m {
+                    Msg::Append(p) => batch.push(p),
+                    Msg::Close => {
+                        close = true;
+                        break;
+                    }
                 }
             }
             if !batch.is_empty() {

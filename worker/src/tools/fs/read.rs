@@ -54,6 +54,12 @@ pub(super) fn read_limited(path: &str, file: &File, size: u64, max: u64) -> Resu
     Ok(buf)
 }
 
+/// The bytes as text, invalid UTF-8 replaced by U+FFFD. Valid text (the usual case) becomes the
+/// `String` in place: no copy, and no second pass over it.
+pub(super) fn text_of(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 pub(super) fn too_large(path: &str, size: Option<u64>, max: u64) -> Fail {
     let size = size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
     Fail::Tool(format!(
@@ -83,7 +89,7 @@ pub(super) fn head_lines(file: &File, n: u64, max: u64) -> std::io::Result<(Stri
         lines.push(line);
     }
     let joined = lines.join(&b'\n');
-    Ok((String::from_utf8_lossy(&joined).into_owned(), truncated))
+    Ok((text_of(joined), truncated))
 }
 
 /// The last `n` lines (joined by `\n`, CRLF normalised), reading backwards at most about `max`
@@ -179,7 +185,7 @@ pub(super) fn read_text_file(ctx: &ToolContext, args: Value) -> Outcome {
         if size > max {
             return Err(too_large(&a.path, Some(size), max));
         }
-        String::from_utf8_lossy(&read_limited(&a.path, &file, size, max)?).into_owned()
+        text_of(read_limited(&a.path, &file, size, max)?)
     };
     Ok(text(ctx, content))
 }

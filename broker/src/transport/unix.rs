@@ -720,7 +720,21 @@ mod tests {
         let e = bind_path(&sock, &s).unwrap_err();
         assert!(e.to_string().contains("another server"), "{e}");
         drop(live);
-        let l = bind_path(&sock, &s).unwrap();
+        // A process another test forks at this moment holds a copy of the listener until its
+        // exec (close-on-exec closes it only then), and a connect to it still succeeds: retry
+        // for a while before calling the stale socket live.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let l = loop {
+            match bind_path(&sock, &s) {
+                Err(e)
+                    if e.to_string().contains("another server")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r.unwrap(),
+            }
+        };
         let md = std::fs::symlink_metadata(&sock).unwrap();
         assert!(md.file_type().is_socket());
         assert_eq!(md.permissions().mode() & 0o7777, 0o660);

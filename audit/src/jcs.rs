@@ -105,7 +105,8 @@ pub(crate) fn utf16_cmp(a: &str, b: &str) -> Ordering {
     a.encode_utf16().cmp(b.encode_utf16())
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` as a JSON string (the record line uses it too: the escaping is the same).
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     // serde_json's escaping is JCS's (see the module comment); writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }

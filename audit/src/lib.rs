@@ -55,8 +55,8 @@
 //!
 //! A dedicated writer thread takes every queued append at once (woken only when it sleeps, by
 //! the append that opens a batch after letting the tasks runnable with it add theirs: see
-//! `queue.rs`), assigns seq/prev/hash in order, writes them with one `write_all`, in [`SyncMode::Strict`]
-//! `fdatasync`s once, and only then resolves all of their futures. In [`SyncMode::Batch`],
+//! `queue.rs`), assigns seq/prev/hash in order, writes them with one `write_all`, in
+//! [`SyncMode::Strict`] `fdatasync`s once, and only then resolves all of their futures. In [`SyncMode::Batch`],
 //! appends resolve after write(2) and `fdatasync` runs at most every `interval` (and before a
 //! rotation, a checkpoint and on close).
 //!

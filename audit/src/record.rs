@@ -139,11 +139,6 @@ fn clamp_depth(v: &mut Value, depth: usize) {
     *v = replacement;
 }
 
-fn push_json_string(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
 /// A record ready to be written.
 #[derive(Debug)]
 pub(crate) struct Built {
@@ -175,10 +170,10 @@ pub(crate) fn build(
         line,
         "{{\"schema_version\":{SCHEMA_VERSION},\"seq\":{seq},\"ts\":\"{ts}\",\"id\":\"{id}\",\"event\":"
     );
-    push_json_string(&mut line, event);
+    jcs::write_str(&mut line, event);
     for (k, v) in &fields {
         line.push(b',');
-        push_json_string(&mut line, k);
+        jcs::write_str(&mut line, k);
         line.push(b':');
         if serde_json::to_writer(&mut line, v).is_err() {
             line.extend_from_slice(b"null");

@@ -542,8 +542,7 @@ impl Writer {
         let actual = loop {
             self.file.lock()?;
             // One fstat gives both the identity compared with the path's and the length.
-            let (path_meta, file_meta) = (fs::metadata(&self.path), self.file.metadata());
-            if let (Ok(p), Ok(f)) = (&path_meta, &file_meta) {
+            if let (Ok(p), Ok(f)) = (fs::metadata(&self.path), self.file.metadata()) {
                 if p.ino() == f.ino() && p.dev() == f.dev() {
                     break f.len();
                 }

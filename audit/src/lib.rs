@@ -56,9 +56,13 @@
 //! A dedicated writer thread takes every queued append at once (woken only when it sleeps, by
 //! the append that opens a batch after letting the tasks runnable with it add theirs: see
 //! `queue.rs`), assigns seq/prev/hash in order, writes them with one `write_all`, in
-//! [`SyncMode::Strict`] `fdatasync`s once, and only then resolves all of their futures. In [`SyncMode::Batch`],
-//! appends resolve after write(2) and `fdatasync` runs at most every `interval` (and before a
-//! rotation, a checkpoint and on close).
+//! [`SyncMode::Strict`] `fdatasync`s once, and only then resolves all of their futures. In
+//! [`SyncMode::Batch`], appends resolve after write(2) and `fdatasync` runs at most every
+//! `interval` (and before a rotation, a checkpoint and on close); there the append that opens a
+//! batch writes it itself, on its own thread, when that cannot block for long (no sync,
+//! checkpoint or rotation falls due with it, and no other process holds the file lock), and
+//! wakes the writer thread only for what falls due (see `Writer::write_here`). Records reach the
+//! file in queue order whichever thread writes them.
 //!
 //! If a write or sync fails, the file is truncated back to the end of the last good record (no
 //! partial record remains, the chain stays intact), the appends of that batch fail,
@@ -186,6 +190,9 @@ pub struct Receipt {
 #[derive(Debug)]
 struct Inner {
     queue: Arc<queue::Queue>,
+    writer: Arc<Mutex<Writer>>,
+    /// Batch mode: the append that opens a batch may write it itself (see `writer::Writer::write_here`).
+    write_here: bool,
     state: Arc<State>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -249,15 +256,17 @@ impl AuditLog {
     /// untouched: verify it and move it aside).
     pub fn open(cfg: AuditConfig) -> Result<Self, AuditError> {
         let state = Arc::new(State::new(cfg.fail_open));
-        let w = Writer::open(&cfg, Arc::clone(&state))?;
+        let writer = Arc::new(Mutex::new(Writer::open(&cfg, Arc::clone(&state))?));
         let queue = Arc::new(queue::Queue::default());
-        let rx = Arc::clone(&queue);
+        let (rx, w) = (Arc::clone(&queue), Arc::clone(&writer));
         let thread = std::thread::Builder::new()
             .name("mcpd-audit".into())
-            .spawn(move || w.run(&rx))?;
+            .spawn(move || writer::run(&w, &rx))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 queue,
+                writer,
+                write_here: matches!(cfg.mode, SyncMode::Batch { .. }),
                 state,
                 thread: Mutex::new(Some(thread)),
                 closed: AtomicBool::new(false),
@@ -304,6 +313,15 @@ impl AuditLog {
                     if kick.should_yield() {
                         tokio::task::yield_now().await;
                     }
+                    if self.inner.write_here {
+                        // Not waiting for the writer: if it is busy (a sync, a checkpoint),
+                        // it takes the batch next.
+                        if let Ok(mut w) = self.inner.writer.try_lock() {
+                            if let Some(n) = w.write_here(&self.inner.queue) {
+                                kick.wrote(n);
+                            }
+                        }
+                    }
                     drop(kick);
                 }
                 rx.await.unwrap_or_else(|_| Err(closed_error()))
@@ -348,6 +366,12 @@ impl AuditLog {
     /// Appends waiting for the writer thread (queued, not yet written): for metrics.
     pub fn queued(&self) -> u64 {
         self.inner.state.queued.load(Ordering::Relaxed)
+    }
+
+    /// Records that appends wrote on their own (runtime) thread, in batch mode, rather than the
+    /// writer thread: for tests and metrics.
+    pub fn written_by_appenders(&self) -> u64 {
+        self.inner.state.written_here.load(Ordering::Relaxed)
     }
 
     /// Have `observe` told the duration of every fdatasync of the log file from now on (for

@@ -15,18 +15,26 @@
 //! yield the next 1, 3, 7 … up to [`MAX_BACKOFF`] batches are opened without one; a yield that
 //! gathered others resets that. If a leader's future is dropped while it yields (the client went
 //! away), dropping its guard still wakes the writer, so no batch is left waiting.
+//!
+//! In batch mode the leader, instead of waking the writer thread, may write the batch itself
+//! (`Writer::write_here`): no wake-up crosses threads at all, neither to the writer nor back for
+//! the answers. The writer thread waits here without holding the writer and takes the queue
+//! only once it holds it, so whichever thread writes, it takes everything queued before it, in
+//! order.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::writer::Msg;
+use crate::writer::{Msg, Pending};
 
 #[derive(Debug, Default)]
 struct Inner {
     msgs: Vec<Msg>,
-    /// The writer sleeps in [`Queue::take`] (so a kick must notify it).
+    /// The writer sleeps in [`Queue::wait`] (so a kick must notify it).
     writer_waiting: bool,
+    /// The writer is to wake and look at what has fallen due (see [`Queue::rearm`]).
+    rearm: bool,
 }
 
 /// Appends waiting for the writer thread.
@@ -63,6 +71,7 @@ impl Queue {
         (g.msgs.len() == 1 && g.writer_waiting).then(|| Kick {
             queue: self,
             yielded: false,
+            wrote: None,
         })
     }
 
@@ -78,13 +87,17 @@ impl Queue {
         queued
     }
 
-    /// The writer's side: everything queued, in order, once there is something, or an empty
-    /// batch once `deadline` (if any) has passed.
-    pub(crate) fn take(&self, deadline: Option<Instant>) -> Vec<Msg> {
+    /// The writer's side: returns once something is queued (true), or once `deadline` (if any)
+    /// has passed or [`Queue::rearm`] was called (false). Takes nothing: the writer takes with
+    /// [`Queue::take_now`] under its own lock, so that whoever writes takes in queue order.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> bool {
         let mut g = self.lock();
         loop {
             if !g.msgs.is_empty() {
-                return std::mem::take(&mut g.msgs);
+                return true;
+            }
+            if std::mem::take(&mut g.rearm) {
+                return false;
             }
             g.writer_waiting = true;
             g = match deadline {
@@ -96,7 +109,7 @@ impl Queue {
                     let now = Instant::now();
                     if now >= d {
                         g.writer_waiting = false;
-                        return Vec::new();
+                        return false;
                     }
                     self.ready
                         .wait_timeout(g, d - now)
@@ -107,6 +120,42 @@ impl Queue {
             g.writer_waiting = false;
         }
     }
+
+    /// Everything queued, in order (the writer thread's take).
+    pub(crate) fn take_now(&self) -> Vec<Msg> {
+        std::mem::take(&mut self.lock().msgs)
+    }
+
+    /// The appends queued before the first `Close` (an append that writes on its own thread
+    /// takes these; `Close` and what follows it are left to the writer thread).
+    pub(crate) fn take_appends(&self) -> Vec<Pending> {
+        let mut g = self.lock();
+        let end = g
+            .msgs
+            .iter()
+            .position(|m| matches!(m, Msg::Close))
+            .unwrap_or(g.msgs.len());
+        g.msgs
+            .drain(..end)
+            .filter_map(|m| match m {
+                Msg::Append(p) => Some(p),
+                Msg::Close => None,
+            })
+            .collect()
+    }
+
+    /// Has the writer thread wake and look at its timers and pending work (a sync now due,
+    /// a checkpoint or a rotation) after records were written on another thread.
+    pub(crate) fn rearm(&self) {
+        let waiting = {
+            let mut g = self.lock();
+            g.rearm = true;
+            g.writer_waiting
+        };
+        if waiting {
+            self.ready.notify_one();
+        }
+    }
 }
 
 /// Held by the append that opened a batch: wakes the writer when dropped.
@@ -114,6 +163,9 @@ impl Queue {
 pub(crate) struct Kick<'a> {
     queue: &'a Queue,
     yielded: bool,
+    /// Set when the leader wrote the batch itself: how many records it held (the writer is
+    /// not woken).
+    wrote: Option<usize>,
 }
 
 impl Kick<'_> {
@@ -128,11 +180,19 @@ impl Kick<'_> {
         self.yielded = !skipping;
         self.yielded
     }
+
+    /// The leader wrote the batch (`n` records) itself: the writer is not to be woken.
+    pub(crate) fn wrote(&mut self, n: usize) {
+        self.wrote = Some(n);
+    }
 }
 
 impl Drop for Kick<'_> {
     fn drop(&mut self) {
-        let queued = self.queue.kick();
+        let queued = match self.wrote {
+            Some(n) => n,
+            None => self.queue.kick(),
+        };
         if self.yielded {
             let q = self.queue;
             if queued > 1 {
@@ -153,6 +213,17 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
+
+    impl Queue {
+        /// The writer thread's wait-then-take, as `writer::run` does it.
+        fn take(&self, deadline: Option<Instant>) -> Vec<Msg> {
+            if self.wait(deadline) {
+                self.take_now()
+            } else {
+                Vec::new()
+            }
+        }
+    }
 
     fn writer_sleeps(q: &Queue) {
         while !q.lock().writer_waiting {

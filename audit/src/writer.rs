@@ -1,4 +1,6 @@
-//! The dedicated writer thread: group commit, durability, rotation, checkpoints, recovery.
+//! The writer: group commit, durability, rotation, checkpoints, recovery. It runs on its own
+//! thread, and in batch mode an append that opens a batch may hold it to write that batch on
+//! its own thread ([`Writer::write_here`]).
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +28,8 @@ pub(crate) struct State {
     pub dropped: AtomicU64,
     /// Appends handed to the writer and not yet processed (the metrics' queue depth).
     pub queued: AtomicU64,
+    /// Records that appends wrote on their own thread ([`Writer::write_here`]).
+    pub written_here: AtomicU64,
     /// Told how long each fdatasync of the log took (the metrics' histogram); set once.
     pub on_sync: std::sync::OnceLock<fn(std::time::Duration)>,
     pub failure: Mutex<Option<String>>,
@@ -45,6 +49,7 @@ impl State {
             sync_count: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             queued: AtomicU64::new(0),
+            written_here: AtomicU64::new(0),
             on_sync: std::sync::OnceLock::new(),
             failure: Mutex::new(None),
             fail_open,
@@ -79,8 +84,14 @@ impl State {
 pub(crate) struct Pending {
     pub event: String,
     pub fields: Map<String, Value>,
-    pub ack: oneshot::Sender<Result<Receipt, AuditError>>,
+    pub ack: Ack,
 }
+
+/// An append's event and fields.
+pub(crate) type Item = (String, Map<String, Value>);
+
+/// Where an append's answer goes.
+pub(crate) type Ack = oneshot::Sender<Result<Receipt, AuditError>>;
 
 /// Messages to the writer thread.
 #[derive(Debug)]
@@ -310,6 +321,8 @@ pub(crate) struct Writer {
     state: Arc<State>,
     failed: bool,
     head_warned: bool,
+    /// `shutdown` ran (the final checkpoint is written): nothing more is appended.
+    closed: bool,
 }
 
 impl Writer {
@@ -397,6 +410,7 @@ impl Writer {
             state,
             failed: false,
             head_warned: false,
+            closed: false,
         };
         let _ = from_sibling; // `write_batch` starts an empty file with `log.rotated`
         if w.key.is_some() {
@@ -508,7 +522,7 @@ impl Writer {
         // `mcpd`): hold an exclusive lock on the file for the whole batch and re-read the chain
         // head if another process appended or rotated since our last batch.
         self.lock_current()?;
-        let r = self.write_batch_locked(items, force_sync, final_checkpoint);
+        let r = self.write_batch_locked(items, force_sync, final_checkpoint, true);
         let _ = self.file.unlock();
         r
     }
@@ -520,27 +534,45 @@ impl Writer {
     /// writer knows of (something other than mcpd cut records off the log while it was open),
     /// this fails instead of continuing the chain — and signing checkpoints — over the cut.
     fn lock_current(&mut self) -> io::Result<()> {
+        self.lock_current_as(true).map(|_| ())
+    }
+
+    /// [`Writer::lock_current`], or `Ok(false)` at once (nothing locked) if another process
+    /// holds the lock (`wait` false).
+    fn lock_current_as(&mut self, wait: bool) -> io::Result<bool> {
         let known_next = self.next_seq;
-        let r = self.lock_current_inner();
-        if r.is_err() {
-            let _ = self.file.unlock();
-        } else if self.next_seq < known_next {
-            let _ = self.file.unlock();
-            return Err(io::Error::other(format!(
-                "the log now ends at seq {}, but seq {} was written: records were cut off it \
-                 while it was open; not continuing the chain over the cut (verify the log and \
-                 move it aside)",
-                self.next_seq.saturating_sub(1),
-                known_next - 1
-            )));
+        let r = self.lock_current_inner(wait);
+        match r {
+            Err(_) => {
+                let _ = self.file.unlock();
+            }
+            Ok(true) if self.next_seq < known_next => {
+                let _ = self.file.unlock();
+                return Err(io::Error::other(format!(
+                    "the log now ends at seq {}, but seq {} was written: records were cut off \
+                     it while it was open; not continuing the chain over the cut (verify the \
+                     log and move it aside)",
+                    self.next_seq.saturating_sub(1),
+                    known_next - 1
+                )));
+            }
+            Ok(_) => {}
         }
         r
     }
 
-    fn lock_current_inner(&mut self) -> io::Result<()> {
+    fn lock_current_inner(&mut self, wait: bool) -> io::Result<bool> {
         use std::os::unix::fs::MetadataExt as _;
         let actual = loop {
-            self.file.lock()?;
+            if wait {
+                self.file.lock()?;
+            } else {
+                match self.file.try_lock() {
+                    Ok(()) => {}
+                    Err(fs::TryLockError::WouldBlock) => return Ok(false),
+                    Err(fs::TryLockError::Error(e)) => return Err(e),
+                }
+            }
             // One fstat gives both the identity compared with the path's and the length.
             if let (Ok(p), Ok(f)) = (fs::metadata(&self.path), self.file.metadata()) {
                 if p.ino() == f.ino() && p.dev() == f.dev() {
@@ -552,7 +584,7 @@ impl Writer {
             self.len = u64::MAX; // force a rescan of the new file
         };
         if actual == self.len {
-            return Ok(());
+            return Ok(true);
         }
         let (keep, line) = scan_tail(&self.file, actual)?;
         if keep < actual {
@@ -580,14 +612,17 @@ impl Writer {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
+    /// `sign` false leaves a checkpoint that falls due by count to the writer thread (it signs
+    /// it as soon as it wakes: see [`Writer::due_work`]).
     fn write_batch_locked(
         &mut self,
         mut items: Vec<(String, Map<String, Value>)>,
         force_sync: bool,
         final_checkpoint: bool,
+        sign: bool,
     ) -> io::Result<Vec<u64>> {
         let mut rotated_record = false;
         if self.len == 0 && self.next_seq > 0 {
@@ -624,7 +659,7 @@ impl Writer {
             prev = b.hash;
             seq += 1;
             since += 1;
-            let due = self.checkpoint_every > 0 && since >= self.checkpoint_every;
+            let due = sign && self.checkpoint_every > 0 && since >= self.checkpoint_every;
             let last_and_final = final_checkpoint && i + 1 == n;
             if self.key.is_some() && (due || last_and_final) {
                 let (h, fields) = self.checkpoint(seq - 1, &prev)?;
@@ -826,55 +861,58 @@ impl Writer {
         }
     }
 
-    /// The next messages, in order; in between, timed syncs and checkpoints as they fall due.
-    fn next_msgs(&mut self, queue: &Queue) -> Vec<Msg> {
-        loop {
-            let deadline = [self.sync_due(), self.checkpoint_due()]
-                .into_iter()
-                .flatten()
-                .min();
-            let msgs = queue.take(deadline);
-            if !msgs.is_empty() {
-                return msgs;
-            }
-            let now = Instant::now();
-            if self.checkpoint_due().is_some_and(|t| t <= now) {
-                // Syncs the log too.
-                self.timed_checkpoint();
-            }
-            if self.sync_due().is_some_and(|t| t <= now) {
-                self.periodic_sync();
+    /// When the writer thread must wake at the latest (a batch-mode sync or a timed checkpoint).
+    fn deadline(&self) -> Option<Instant> {
+        [self.sync_due(), self.checkpoint_due()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// A checkpoint due by count that a batch written on another thread left to this one.
+    fn count_checkpoint_due(&self) -> bool {
+        self.key.is_some()
+            && !self.failed
+            && self.checkpoint_every > 0
+            && self.since_checkpoint >= self.checkpoint_every
+    }
+
+    /// The live file has outgrown `rotate_bytes`.
+    fn rotation_due(&self) -> bool {
+        self.rotate_bytes.is_some_and(|limit| self.len > limit) && self.next_seq > 0
+    }
+
+    /// The writer thread's periodic work: what has fallen due by time, a checkpoint due by
+    /// count, a rotation.
+    fn due_work(&mut self) {
+        if self.failed {
+            return;
+        }
+        let now = Instant::now();
+        if self.count_checkpoint_due() || self.checkpoint_due().is_some_and(|t| t <= now) {
+            // Syncs the log too.
+            self.timed_checkpoint();
+        }
+        if self.sync_due().is_some_and(|t| t <= now) {
+            self.periodic_sync();
+        }
+        if !self.failed {
+            if let Err(e) = self.maybe_rotate() {
+                self.fail(&e);
             }
         }
     }
 
-    fn process(&mut self, batch: Vec<Pending>) {
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut items = Vec::with_capacity(batch.len());
-        for p in batch {
-            acks.push(p.ack);
-            items.push((p.event, p.fields));
-        }
-        if self.failed {
-            for a in acks {
-                let _ = a.send(self.state.failed_result());
-            }
-            return;
-        }
-        match self.write_batch(items, false, false) {
+    /// Tells each waiting append how its batch went.
+    fn answer(&mut self, acks: Vec<Ack>, r: io::Result<Vec<u64>>) {
+        // Out of the queue depth before anyone hears back.
+        self.state
+            .queued
+            .fetch_sub(acks.len() as u64, Ordering::Relaxed);
+        match r {
             Ok(seqs) => {
                 for (a, seq) in acks.into_iter().zip(seqs) {
                     let _ = a.send(Ok(Receipt { seq }));
-                }
-                if let SyncMode::Batch { interval } = self.mode {
-                    if self.dirty && self.last_sync.elapsed() >= interval {
-                        self.periodic_sync();
-                    }
-                }
-                if !self.failed {
-                    if let Err(e) = self.maybe_rotate() {
-                        self.fail(&e);
-                    }
                 }
             }
             Err(e) => {
@@ -894,7 +932,104 @@ impl Writer {
         }
     }
 
+    fn split(batch: Vec<Pending>) -> (Vec<Ack>, Vec<Item>) {
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        for p in batch {
+            acks.push(p.ack);
+            items.push((p.event, p.fields));
+        }
+        (acks, items)
+    }
+
+    fn process(&mut self, batch: Vec<Pending>) {
+        let (acks, items) = Self::split(batch);
+        if self.failed {
+            self.state
+                .queued
+                .fetch_sub(acks.len() as u64, Ordering::Relaxed);
+            for a in acks {
+                let _ = a.send(self.state.failed_result());
+            }
+            return;
+        }
+        let r = self.write_batch(items, false, false);
+        let ok = r.is_ok();
+        self.answer(acks, r);
+        if ok {
+            if let SyncMode::Batch { interval } = self.mode {
+                if self.dirty && self.last_sync.elapsed() >= interval {
+                    self.periodic_sync();
+                }
+            }
+            if !self.failed {
+                if let Err(e) = self.maybe_rotate() {
+                    self.fail(&e);
+                }
+            }
+        }
+    }
+
+    /// Batch mode, called by the append that opened a batch, on its own (runtime) thread:
+    /// writes the queued appends there, saving the writer thread's wake-up and the answers'
+    /// cross-thread wake-ups, if that needs no call that may block for long. It never syncs,
+    /// signs a checkpoint or rotates (those stay on the writer thread, which it wakes when one
+    /// falls due), and it only takes the file lock if no other process holds it. Returns how
+    /// many appends it answered, or `None` if it left the queue to the writer thread (strict
+    /// mode, a failed log, the file locked by another broker, or an error finding the chain's
+    /// head, which the writer thread then reports).
+    pub(crate) fn write_here(&mut self, queue: &Queue) -> Option<usize> {
+        if self.mode == SyncMode::Strict || self.failed {
+            return None;
+        }
+        if self.count_checkpoint_due() || self.rotation_due() {
+            // Left to the writer thread, which does that first: the unsigned tail and the
+            // file's overshoot stay bounded by one batch, however late the thread runs.
+            return None;
+        }
+        if self.closed {
+            // After the final checkpoint: what was queued in a race with `close` is refused.
+            let late = queue.take_appends();
+            let n = late.len();
+            self.state.queued.fetch_sub(n as u64, Ordering::Relaxed);
+            for p in late {
+                let _ = p
+                    .ack
+                    .send(Err(AuditError::Unavailable("audit log is closed".into())));
+            }
+            return Some(n);
+        }
+        match self.lock_current_as(false) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return None,
+        }
+        let batch = queue.take_appends();
+        let n = batch.len();
+        let was_dirty = self.dirty;
+        let timed_before = self.checkpoint_due().is_some();
+        let (acks, items) = Self::split(batch);
+        let r = if items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.write_batch_locked(items, false, false, false)
+        };
+        let _ = self.file.unlock();
+        if let Ok(seqs) = &r {
+            self.state
+                .written_here
+                .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        }
+        self.answer(acks, r);
+        let new_timer =
+            (self.dirty && !was_dirty) || (!timed_before && self.checkpoint_due().is_some());
+        if new_timer || self.rotation_due() || self.count_checkpoint_due() {
+            queue.rearm();
+        }
+        Some(n)
+    }
+
     fn shutdown(&mut self) {
+        self.closed = true;
         if self.failed {
             return;
         }
@@ -909,37 +1044,49 @@ impl Writer {
             self.fail(&e);
         }
     }
+}
 
-    /// The thread body: group commit until closed.
-    pub(crate) fn run(mut self, queue: &Queue) {
-        loop {
-            let msgs = self.next_msgs(queue);
-            #[cfg(test)]
-            let state = Arc::clone(&self.state);
-            #[cfg(test)]
-            let _gate = state.gate.lock();
-            let mut batch = Vec::with_capacity(msgs.len());
-            let mut close = false;
-            // Appends queued after `Close` are dropped unanswered: their callers get the
-            // closed-log error (`close` refuses new appends before it queues `Close`).
-            for m in msgs {
-                match m {
-                    Msg::Append(p) => batch.push(p),
-                    Msg::Close => {
-                        close = true;
-                        break;
-                    }
+/// The writer thread's body: group commit until closed. It waits without holding the writer,
+/// so that an append can write a batch itself meanwhile ([`Writer::write_here`]), and takes the
+/// queue only once it holds it: records reach the file in queue order whoever writes them.
+pub(crate) fn run(shared: &Mutex<Writer>, queue: &Queue) {
+    let lock = || {
+        shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    loop {
+        let deadline = lock().deadline();
+        queue.wait(deadline);
+        let mut w = lock();
+        w.due_work();
+        let msgs = queue.take_now();
+        if msgs.is_empty() {
+            continue;
+        }
+        #[cfg(test)]
+        let state = Arc::clone(&w.state);
+        #[cfg(test)]
+        let _gate = state.gate.lock();
+        let mut batch = Vec::with_capacity(msgs.len());
+        let mut close = false;
+        // Appends queued after `Close` are dropped unanswered: their callers get the
+        // closed-log error (`close` refuses new appends before it queues `Close`).
+        for m in msgs {
+            match m {
+                Msg::Append(p) => batch.push(p),
+                Msg::Close => {
+                    close = true;
+                    break;
                 }
             }
-            if !batch.is_empty() {
-                let n = batch.len() as u64;
-                self.process(batch);
-                self.state.queued.fetch_sub(n, Ordering::Relaxed);
-            }
-            if close {
-                self.shutdown();
-                return;
-            }
+        }
+        if !batch.is_empty() {
+            w.process(batch);
+        }
+        if close {
+            w.shutdown();
+            return;
         }
     }
 }

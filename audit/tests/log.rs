@@ -1132,3 +1132,170 @@ fn a_timed_checkpoint_covers_a_quiet_tail() {
     assert_eq!(lines(&p).len(), n);
     log.close();
 }
+
+/// A batch-mode log, its interval 50 ms.
+fn batch_cfg(p: &Path) -> AuditConfig {
+    let mut c = AuditConfig::new(p);
+    c.mode = SyncMode::Batch {
+        interval: Duration::from_millis(50),
+    };
+    c
+}
+
+/// `n` appends from 10 tasks of a one-thread runtime (the broker's stdio runtime; its HTTP
+/// runtime is one thread per CPU but one), each task appending `n / 10` in turn, as sessions
+/// do; their seqs, sorted.
+fn appends_on_one_thread(log: &AuditLog, n: usize, pad: usize) -> Vec<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut seqs = rt.block_on(async {
+        let ts: Vec<_> = (0..10)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut seqs = Vec::new();
+                    for i in 0..n / 10 {
+                        let f = fields(json!({"task": t, "i": i, "pad": "x".repeat(pad)}));
+                        seqs.push(log.append("tool.call", f).await.unwrap().seq);
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in ts {
+            out.extend(t.await.unwrap());
+        }
+        out
+    });
+    seqs.sort_unstable();
+    seqs
+}
+
+/// In batch mode the append that opens a batch writes it on its own thread (no hand-off to the
+/// writer thread and back): every record is there once, in one chain, and the sync that the
+/// mode owes still happens, on the writer thread, without any further append to wake it.
+#[test]
+fn batch_mode_appends_write_their_batches_themselves_and_the_sync_still_follows() {
+    let d = tempfile::tempdir().unwrap();
+    let p = log_path(d.path());
+    let log = AuditLog::open(batch_cfg(&p)).unwrap();
+    let s0 = log.sync_count();
+    let seqs = appends_on_one_thread(&log, 200, 0);
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    assert!(
+        log.written_by_appenders() > 0,
+        "no batch was written by its appenders"
+    );
+    // Written before any sync (the mode's promise), then synced within the interval: the
+    // appenders woke the writer thread for it.
+    assert_eq!(read_records(std::slice::from_ref(&p)).unwrap().len(), 201);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.sync_count() == s0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch-mode sync never came"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(log.queued(), 0);
+    log.close();
+    let r = verify(&[p], None);
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 201, "log.opened and the 200 calls");
+}
+
+/// Strict mode never writes on the appender's thread: its fdatasync would block the runtime.
+#[test]
+fn strict_mode_appends_leave_every_batch_to_the_writer_thread() {
+    let d = tempfile::tempdir().unwrap();
+    let p = log_path(d.path());
+    let log = AuditLog::open(AuditConfig::new(&p)).unwrap();
+    let seqs = appends_on_one_thread(&log, 50, 0);
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+    assert_eq!(log.written_by_appenders(), 0);
+    log.close();
+    assert!(verify(&[p], None).is_ok());
+}
+
+/// Batches written by their appenders never sign a checkpoint or rotate the file themselves
+/// (both sync): they leave them to the writer thread, which still signs every
+/// `checkpoint_every` records (a little later when a batch crosses the count) and rotates.
+#[test]
+fn checkpoints_and_rotations_due_after_appender_written_batches_still_happen() {
+    let d = tempfile::tempdir().unwrap();
+    let (sk, pk) = keys(d.path());
+    let p = log_path(d.path());
+    let mut c = batch_cfg(&p);
+    c.checkpoint_key = Some(sk);
+    c.checkpoint_every = 10;
+    c.rotate_bytes = Some(16 * 1024);
+    let log = AuditLog::open(c).unwrap();
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        all.extend(appends_on_one_thread(&log, 50, 100));
+    }
+    assert_eq!(all.len(), 300);
+    assert!(log.written_by_appenders() > 0);
+    log.close();
+    let files = discover_files(&p).unwrap();
+    assert!(files.len() >= 3, "the log rotated: {files:?}");
+    let r = verify_with_head(&files, Some(&pk), None);
+    assert!(r.is_ok(), "{r}");
+    let recs = read_records(&files).unwrap();
+    let calls = recs.iter().filter(|r| r["event"] == "tool.call").count();
+    assert_eq!(calls, 300, "every append is in the log exactly once");
+    // No run of records goes unsigned for more than `checkpoint_every` and one batch (at most
+    // one append per task: 10), besides a file's `log.rotated`.
+    let mut since = 0;
+    let mut longest = 0;
+    for r in &recs {
+        if r["event"] == "log.checkpoint" {
+            since = 0;
+        } else {
+            since += 1;
+            longest = longest.max(since);
+        }
+    }
+    assert!(
+        longest <= 10 + 10 + 1,
+        "{longest} records in a row without a checkpoint"
+    );
+}
+
+/// A file lock held by another broker sharing the log (flock is per open file, so a second
+/// open of the path stands in for it) never blocks the appender's thread: the batch goes to the
+/// writer thread, which waits for the lock, while the runtime keeps running.
+#[test]
+fn another_processs_file_lock_never_blocks_the_appenders_thread() {
+    let d = tempfile::tempdir().unwrap();
+    let p = log_path(d.path());
+    let log = AuditLog::open(batch_cfg(&p)).unwrap();
+    let other = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    other.lock().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut append = Box::pin(log.append("tool.call", fields(json!({"i": 1}))));
+        // The runtime's one thread is free: the timer fires while the append waits.
+        let waited = tokio::time::timeout(Duration::from_millis(300), &mut append).await;
+        assert!(waited.is_err(), "written through another process's lock");
+        drop(other);
+        assert_eq!(append.await.unwrap().seq, 1);
+    });
+    assert_eq!(log.written_by_appenders(), 0);
+    // With the lock free again, batches are written by their appenders again (those that
+    // find the writer thread busy, with a sync say, are still handed to it).
+    for _ in 0..50 {
+        appends_on_one_thread(&log, 100, 0);
+        if log.written_by_appenders() > 0 {
+            break;
+        }
+    }
+    assert!(log.written_by_appenders() > 0);
+    log.close();
+    assert!(verify(&[p], None).is_ok());
+}

@@ -242,7 +242,7 @@ enum Submitted<'a> {
     Done(Result<Receipt, AuditError>),
 }
 
-fn closed_error() -> AuditError {
+pub(crate) fn closed_error() -> AuditError {
     AuditError::Unavailable("audit log is closed".into())
 }
 

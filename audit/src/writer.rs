@@ -942,32 +942,27 @@ impl Writer {
         (acks, items)
     }
 
+    /// Answers appends that are not written with `why()` each (out of the queue depth first).
+    fn refuse(&self, acks: Vec<Ack>, why: impl Fn() -> Result<Receipt, AuditError>) {
+        self.state
+            .queued
+            .fetch_sub(acks.len() as u64, Ordering::Relaxed);
+        for a in acks {
+            let _ = a.send(why());
+        }
+    }
+
     fn process(&mut self, batch: Vec<Pending>) {
         let (acks, items) = Self::split(batch);
         if self.failed {
-            self.state
-                .queued
-                .fetch_sub(acks.len() as u64, Ordering::Relaxed);
-            for a in acks {
-                let _ = a.send(self.state.failed_result());
-            }
+            self.refuse(acks, || self.state.failed_result());
             return;
         }
         let r = self.write_batch(items, false, false);
-        let ok = r.is_ok();
         self.answer(acks, r);
-        if ok {
-            if let SyncMode::Batch { interval } = self.mode {
-                if self.dirty && self.last_sync.elapsed() >= interval {
-                    self.periodic_sync();
-                }
-            }
-            if !self.failed {
-                if let Err(e) = self.maybe_rotate() {
-                    self.fail(&e);
-                }
-            }
-        }
+        // A sync due by now and a rotation (nothing else can be due after a batch written
+        // here: it signs its own checkpoints); nothing once the write failed.
+        self.due_work();
     }
 
     /// Batch mode, called by the append that opened a batch, on its own (runtime) thread:
@@ -989,14 +984,9 @@ impl Writer {
         }
         if self.closed {
             // After the final checkpoint: what was queued in a race with `close` is refused.
-            let late = queue.take_appends();
+            let late: Vec<Ack> = queue.take_appends().into_iter().map(|p| p.ack).collect();
             let n = late.len();
-            self.state.queued.fetch_sub(n as u64, Ordering::Relaxed);
-            for p in late {
-                let _ = p
-                    .ack
-                    .send(Err(AuditError::Unavailable("audit log is closed".into())));
-            }
+            self.refuse(late, || Err(crate::closed_error()));
             return Some(n);
         }
         match self.lock_current_as(false) {

@@ -533,25 +533,7 @@ fn group_commit_async_tasks() {
         .worker_threads(2)
         .build()
         .unwrap();
-    let mut seqs = rt.block_on(async {
-        let ts: Vec<_> = (0..64)
-            .map(|i| {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    log.append("async", fields(json!({"i": i})))
-                        .await
-                        .unwrap()
-                        .seq
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in ts {
-            out.push(t.await.unwrap());
-        }
-        out
-    });
-    seqs.sort_unstable();
+    let seqs = appends_from_tasks(&log, &rt, 64, 1, 0);
     assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
     assert!(log.sync_count() < 65);
     log.close();
@@ -562,11 +544,7 @@ fn group_commit_async_tasks() {
 fn batch_mode_syncs_periodically_and_on_close() {
     let d = tempfile::tempdir().unwrap();
     let p = log_path(d.path());
-    let mut c = AuditConfig::new(&p);
-    c.mode = SyncMode::Batch {
-        interval: Duration::from_millis(50),
-    };
-    let log = AuditLog::open(c).unwrap();
+    let log = AuditLog::open(batch_cfg(&p)).unwrap();
     let s0 = log.sync_count();
     for i in 0..100 {
         log.append_blocking("b", fields(json!({"i": i}))).unwrap();
@@ -802,10 +780,7 @@ fn several_writers_share_one_chain_across_rotations() {
     let p = log_path(d.path());
     let writers: Vec<AuditLog> = (0..3)
         .map(|_| {
-            let mut cfg = AuditConfig::new(&p);
-            cfg.mode = SyncMode::Batch {
-                interval: Duration::from_millis(50),
-            };
+            let mut cfg = batch_cfg(&p);
             cfg.rotate_bytes = Some(16 * 1024);
             AuditLog::open(cfg).unwrap()
         })
@@ -1142,20 +1117,22 @@ fn batch_cfg(p: &Path) -> AuditConfig {
     c
 }
 
-/// `n` appends from 10 tasks of a one-thread runtime (the broker's stdio runtime; its HTTP
-/// runtime is one thread per CPU but one), each task appending `n / 10` in turn, as sessions
-/// do; their seqs, sorted.
-fn appends_on_one_thread(log: &AuditLog, n: usize, pad: usize) -> Vec<u64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+/// `tasks` tasks on `rt`, each appending `each` records in turn (with `pad` bytes of padding),
+/// as sessions do; their seqs, sorted.
+fn appends_from_tasks(
+    log: &AuditLog,
+    rt: &tokio::runtime::Runtime,
+    tasks: usize,
+    each: usize,
+    pad: usize,
+) -> Vec<u64> {
     let mut seqs = rt.block_on(async {
-        let ts: Vec<_> = (0..10)
+        let ts: Vec<_> = (0..tasks)
             .map(|t| {
                 let log = log.clone();
                 tokio::spawn(async move {
                     let mut seqs = Vec::new();
-                    for i in 0..n / 10 {
+                    for i in 0..each {
                         let f = fields(json!({"task": t, "i": i, "pad": "x".repeat(pad)}));
                         seqs.push(log.append("tool.call", f).await.unwrap().seq);
                     }
@@ -1171,6 +1148,15 @@ fn appends_on_one_thread(log: &AuditLog, n: usize, pad: usize) -> Vec<u64> {
     });
     seqs.sort_unstable();
     seqs
+}
+
+/// `n` appends from 10 tasks of a one-thread runtime (the broker's stdio runtime; its HTTP
+/// runtime is one thread per CPU but one), each appending `n / 10` in turn; their seqs, sorted.
+fn appends_on_one_thread(log: &AuditLog, n: usize, pad: usize) -> Vec<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    appends_from_tasks(log, &rt, 10, n / 10, pad)
 }
 
 /// In batch mode the append that opens a batch writes it on its own thread (no hand-off to the

@@ -1168,15 +1168,25 @@ fn batch_mode_appends_write_their_batches_themselves_and_the_sync_still_follows(
     let p = log_path(d.path());
     let log = AuditLog::open(batch_cfg(&p)).unwrap();
     let s0 = log.sync_count();
-    let seqs = appends_on_one_thread(&log, 200, 0);
-    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    // A batch opened while the writer thread is still busy with the previous one is its to
+    // take, and under load the two can keep in step for a whole wave: up to 50 waves.
+    let mut n = 0;
+    for _ in 0..50 {
+        let seqs = appends_on_one_thread(&log, 200, 0);
+        assert_eq!(seqs, (n + 1..=n + 200).collect::<Vec<u64>>());
+        n += 200;
+        if log.written_by_appenders() > 0 {
+            break;
+        }
+    }
     assert!(
         log.written_by_appenders() > 0,
         "no batch was written by its appenders"
     );
+    let n = usize::try_from(n).unwrap();
     // Written before any sync (the mode's promise), then synced within the interval: the
     // appenders woke the writer thread for it.
-    assert_eq!(read_records(std::slice::from_ref(&p)).unwrap().len(), 201);
+    assert_eq!(read_records(std::slice::from_ref(&p)).unwrap().len(), n + 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while log.sync_count() == s0 {
         assert!(
@@ -1189,7 +1199,7 @@ fn batch_mode_appends_write_their_batches_themselves_and_the_sync_still_follows(
     log.close();
     let r = verify(&[p], None);
     assert!(r.is_ok(), "{r}");
-    assert_eq!(r.records, 201, "log.opened and the 200 calls");
+    assert_eq!(r.records, n as u64 + 1, "log.opened and every call");
 }
 
 /// Strict mode never writes on the appender's thread: its fdatasync would block the runtime.
@@ -1219,10 +1229,13 @@ fn checkpoints_and_rotations_due_after_appender_written_batches_still_happen() {
     c.rotate_bytes = Some(16 * 1024);
     let log = AuditLog::open(c).unwrap();
     let mut all = Vec::new();
-    for _ in 0..6 {
+    // At least 6 waves; more (up to 50) if the writer thread took every batch so far.
+    for wave in 0..50 {
         all.extend(appends_on_one_thread(&log, 50, 100));
+        if wave >= 5 && log.written_by_appenders() > 0 {
+            break;
+        }
     }
-    assert_eq!(all.len(), 300);
     assert!(log.written_by_appenders() > 0);
     log.close();
     let files = discover_files(&p).unwrap();
@@ -1231,7 +1244,7 @@ fn checkpoints_and_rotations_due_after_appender_written_batches_still_happen() {
     assert!(r.is_ok(), "{r}");
     let recs = read_records(&files).unwrap();
     let calls = recs.iter().filter(|r| r["event"] == "tool.call").count();
-    assert_eq!(calls, 300, "every append is in the log exactly once");
+    assert_eq!(calls, all.len(), "every append is in the log exactly once");
     // No run of records goes unsigned for more than `checkpoint_every` and one batch (at most
     // one append per task: 10), besides a file's `log.rotated`.
     let mut since = 0;

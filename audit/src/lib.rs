@@ -59,9 +59,9 @@
 //! [`SyncMode::Strict`] `fdatasync`s once, and only then resolves all of their futures. In
 //! [`SyncMode::Batch`], appends resolve after write(2) and `fdatasync` runs at most every
 //! `interval` (and before a rotation, a checkpoint and on close); there the append that opens a
-//! batch writes it itself, on its own thread, when that cannot block for long (no sync,
-//! checkpoint or rotation falls due with it, and no other process holds the file lock), and
-//! wakes the writer thread only for what falls due (see `Writer::write_here`). Records reach the
+//! batch writes it itself, on its own thread, when that cannot block for long (at most 32
+//! records, no sync, checkpoint or rotation falls due with it, and no other process holds the
+//! file lock), and wakes the writer thread only for what falls due (see `Writer::write_here`). Records reach the
 //! file in queue order whichever thread writes them.
 //!
 //! If a write or sync fails, the file is truncated back to the end of the last good record (no

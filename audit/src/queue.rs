@@ -121,6 +121,11 @@ impl Queue {
         }
     }
 
+    /// How many messages are queued.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().msgs.len()
+    }
+
     /// Everything queued, in order (the writer thread's take).
     pub(crate) fn take_now(&self) -> Vec<Msg> {
         std::mem::take(&mut self.lock().msgs)

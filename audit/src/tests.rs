@@ -297,3 +297,73 @@ fn verify_refuses_integers_the_hash_does_not_bind() {
         assert!(f.detail.contains("integer beyond"), "{}", f.detail);
     }
 }
+
+/// An append writes a batch on its own thread only up to `INLINE_MAX` records: a larger one
+/// (hundreds of sessions at once) would hold the runtime thread, and is the writer thread's.
+/// The test holds the writer, so the writer thread (which takes the queue only while holding
+/// it) cannot take these batches meanwhile.
+#[test]
+fn appenders_leave_batches_over_the_inline_bound_to_the_writer_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let mut cfg = AuditConfig::new(&path);
+    cfg.mode = SyncMode::Batch {
+        interval: std::time::Duration::from_millis(50),
+    };
+    let log = AuditLog::open(cfg).unwrap();
+    let queue_some = |n: usize| -> Vec<oneshot::Receiver<Result<Receipt, AuditError>>> {
+        (0..n)
+            .map(|i| {
+                let f = json!({"i": i}).as_object().unwrap().clone();
+                match log.submit("tool.call", f) {
+                    // A kick dropped here may wake the writer thread: it then waits for the
+                    // writer, which the test holds.
+                    Submitted::Queued(rx, _kick) => rx,
+                    Submitted::Done(r) => panic!("not queued: {r:?}"),
+                }
+            })
+            .collect()
+    };
+    let answered = |rxs: Vec<oneshot::Receiver<Result<Receipt, AuditError>>>| {
+        rxs.into_iter()
+            .map(|rx| rx.blocking_recv().unwrap().unwrap().seq)
+            .collect::<Vec<u64>>()
+    };
+
+    let w = log.inner.writer.lock().unwrap();
+    let big = queue_some(writer::INLINE_MAX + 1);
+    let mut w = w;
+    assert_eq!(w.write_here(&log.inner.queue), None, "over the bound");
+    assert_eq!(
+        log.inner.queue.len(),
+        writer::INLINE_MAX + 1,
+        "all left queued"
+    );
+    drop(w);
+    let seqs = answered(big);
+    assert_eq!(
+        seqs,
+        (1..=writer::INLINE_MAX as u64 + 1).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        log.written_by_appenders(),
+        0,
+        "the writer thread wrote them"
+    );
+
+    let mut w = log.inner.writer.lock().unwrap();
+    let small = queue_some(writer::INLINE_MAX);
+    assert_eq!(w.write_here(&log.inner.queue), Some(writer::INLINE_MAX));
+    drop(w);
+    let n = writer::INLINE_MAX as u64;
+    assert_eq!(answered(small), (n + 2..=2 * n + 1).collect::<Vec<_>>());
+    assert_eq!(
+        log.written_by_appenders(),
+        n,
+        "written by the append, in order"
+    );
+    log.close();
+    let r = verify(std::slice::from_ref(&path), None);
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.records, 2 * n + 2, "log.opened and every append");
+}

@@ -20,6 +20,13 @@ use crate::queue::Queue;
 use crate::record::{self, GENESIS};
 use crate::{keys, AuditConfig, AuditError, Receipt, SyncMode, DROPPED_SEQ, SCHEMA_VERSION};
 
+/// The largest batch an append writes on its own thread ([`Writer::write_here`]); larger ones
+/// go to the writer thread. Building a record takes about 2 µs, so with hundreds of sessions
+/// a batch of hundreds would hold the runtime thread, and every request it serves, for that
+/// long, where the writer thread writes it beside the runtime on the other CPU (measured at
+/// 256 sessions: p99 74 ms without a bound, 57 ms with this one; BENCHMARKS.md).
+pub(crate) const INLINE_MAX: usize = 32;
+
 /// State shared between the handles and the writer thread.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -971,10 +978,14 @@ impl Writer {
     /// signs a checkpoint or rotates (those stay on the writer thread, which it wakes when one
     /// falls due), and it only takes the file lock if no other process holds it. Returns how
     /// many appends it answered, or `None` if it left the queue to the writer thread (strict
-    /// mode, a failed log, the file locked by another broker, or an error finding the chain's
-    /// head, which the writer thread then reports).
+    /// mode, a failed log, more than [`INLINE_MAX`] queued, the file locked by another broker,
+    /// or an error finding the chain's head, which the writer thread then reports).
     pub(crate) fn write_here(&mut self, queue: &Queue) -> Option<usize> {
         if self.mode == SyncMode::Strict || self.failed {
+            return None;
+        }
+        if queue.len() > INLINE_MAX {
+            // Many sessions at once: the writer thread writes it beside the runtime.
             return None;
         }
         if self.count_checkpoint_due() || self.rotation_due() {

@@ -181,7 +181,12 @@ fn invalid(id: Value, code: i64, message: &str) -> Incoming {
 
 /// A success response.
 pub fn response(id: &Id, result: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id.to_value(), "result": result})
+    // Built from the parts, not with `json!`, which would copy the result (deeply).
+    let mut m = Map::with_capacity(3);
+    m.insert("jsonrpc".into(), Value::from("2.0"));
+    m.insert("id".into(), id.to_value());
+    m.insert("result".into(), result);
+    Value::Object(m)
 }
 
 /// An error response.
@@ -196,21 +201,94 @@ pub fn notification(method: &str, params: Value) -> Value {
 
 /// The length of `v` serialised as compact JSON (what `v.to_string().len()` gives), counted
 /// without building the string: size checks and the audit's `result_bytes` run on every call.
+/// Strings (most of a result's bytes) are measured by one pass over their bytes, without going
+/// through a serializer; numbers, which `serde_json` formats, are formatted to count them.
 pub fn json_len(v: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
+    match v {
+        Value::Null => 4,
+        Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => {
+            struct Count(usize);
+            impl std::io::Write for Count {
+                fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                    self.0 += b.len();
+                    Ok(b.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            let mut c = Count(0);
+            // Writing to a counter cannot fail, and a number always serialises.
+            let _ = serde_json::to_writer(&mut c, n);
+            c.0
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+        Value::String(s) => json_str_len(s),
+        // Brackets, and a comma between elements.
+        Value::Array(a) => 2 + a.len().saturating_sub(1) + a.iter().map(json_len).sum::<usize>(),
+        // Braces, a colon per entry, and a comma between entries.
+        Value::Object(m) => {
+            2 + m.len()
+                + m.len().saturating_sub(1)
+                + m.iter()
+                    .map(|(k, v)| json_str_len(k) + json_len(v))
+                    .sum::<usize>()
         }
     }
-    let mut c = Count(0);
-    // Writing to a counter cannot fail, and a Value always serialises.
-    let _ = serde_json::to_writer(&mut c, v);
-    c.0
+}
+
+/// The length of `s` as a JSON string, quotes included, escaped as `serde_json` escapes it:
+/// `"` and `\` and the control characters `\b \f \n \r \t` take 2 bytes, the other control
+/// characters (below U+0020) 6 (`\u00XX`); everything else is written as it is.
+fn json_str_len(s: &str) -> usize {
+    let b = s.as_bytes();
+    let special = |c: u8| u8::from(c < 0x20 || c == b'"' || c == b'\\');
+    // Counted in chunks of 64 into a u8, which the compiler vectorises (about 140 ns for
+    // 4 KiB here, against 1.35 µs for a byte-at-a-time `all`).
+    let specials: usize = b
+        .chunks(64)
+        .map(|ch| usize::from(ch.iter().map(|&c| special(c)).sum::<u8>()))
+        .sum();
+    if specials == 0 {
+        return b.len() + 2;
+    }
+    b.len()
+        + 2
+        + b.iter()
+            .map(|&c| match c {
+                b'"' | b'\\' | 0x08 | 0x0c | b'\n' | b'\r' | b'\t' => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
+/// `v` serialised as compact JSON, into a buffer sized for it up front (no regrowing while a
+/// large result is written). The same bytes as `v.to_string()`.
+pub fn to_json_bytes(v: &Value) -> Vec<u8> {
+    // (A little over the hint: room for escapes and a stdio line's newline.)
+    let mut out = Vec::with_capacity(size_hint(v) + 64);
+    // Writing to a Vec cannot fail, and a Value always serialises.
+    let _ = serde_json::to_writer(&mut out, v);
+    out
+}
+
+/// About the serialised length of `v` (escapes not counted, numbers guessed): cheap, for
+/// sizing buffers.
+fn size_hint(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 20,
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.len() + a.iter().map(size_hint).sum::<usize>(),
+        Value::Object(m) => {
+            2 + m
+                .iter()
+                .map(|(k, v)| k.len() + 4 + size_hint(v))
+                .sum::<usize>()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -276,8 +354,32 @@ mod tests {
             json!({"a": [1, 2.5, "x\u{e9}\"\n"], "b": {"c": true}}),
             json!("\u{1F600} and \u{0001}"),
             json!({"content": [{"type": "text", "text": "x".repeat(5000)}]}),
+            json!([]),
+            json!({}),
+            json!([
+                {},
+                [],
+                [null, false, true],
+                -0.0,
+                1e300,
+                -12,
+                u64::MAX,
+                i64::MIN
+            ]),
+            json!({"\u{7f}\u{0}\u{1f}\u{8}\u{c}\r\t\\/": {"k\"": "\u{2028}\u{ffff}"}}),
         ] {
             assert_eq!(json_len(&v), v.to_string().len(), "{v}");
+            assert_eq!(to_json_bytes(&v), v.to_string().into_bytes(), "{v}");
+        }
+        // Every byte value a string can hold, alone and in company.
+        for c in (0u32..0x80).chain([0xe9, 0x2028, 0x1f600]) {
+            let c = char::from_u32(c).unwrap();
+            for s in [c.to_string(), format!("a{c}b{c}{c}")] {
+                let v = Value::String(s);
+                assert_eq!(json_len(&v), v.to_string().len(), "{v}");
+                let v = json!({v.as_str().unwrap(): v.clone()});
+                assert_eq!(json_len(&v), v.to_string().len(), "{v}");
+            }
         }
     }
 }

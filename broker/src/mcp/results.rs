@@ -71,33 +71,52 @@ pub(super) fn mime_ok(m: &str) -> bool {
     !m.is_empty() && m.len() <= 255 && m.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// A JSON object of these entries, moved in (`json!` would copy every value, deeply: a
+/// result's text once per level).
+fn obj<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Object(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
+}
+
 /// Convert a (hostile) worker result to MCP JSON; `None` if it is malformed.
 pub(crate) fn result_json(r: ToolResult) -> Option<Value> {
-    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let b64 = |d: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(d));
     let mut content = Vec::with_capacity(r.content.len());
     for c in r.content {
         content.push(match c {
-            Content::Text { text } => json!({"type": "text", "text": text}),
-            Content::Image { data, mime_type } if mime_ok(&mime_type) => {
-                json!({"type": "image", "data": b64(&data), "mimeType": mime_type})
-            }
-            Content::Audio { data, mime_type } if mime_ok(&mime_type) => {
-                json!({"type": "audio", "data": b64(&data), "mimeType": mime_type})
-            }
+            Content::Text { text } => obj([("type", "text".into()), ("text", text.into())]),
+            Content::Image { data, mime_type } if mime_ok(&mime_type) => obj([
+                ("type", "image".into()),
+                ("data", b64(&data)),
+                ("mimeType", mime_type.into()),
+            ]),
+            Content::Audio { data, mime_type } if mime_ok(&mime_type) => obj([
+                ("type", "audio".into()),
+                ("data", b64(&data)),
+                ("mimeType", mime_type.into()),
+            ]),
             Content::Resource {
                 uri,
                 mime_type,
                 body,
             } if uri.len() <= 8192 && mime_type.as_deref().is_none_or(mime_ok) => {
-                let mut res = json!({"uri": uri});
+                let mut res = serde_json::Map::new();
+                res.insert("uri".into(), uri.into());
                 if let Some(m) = mime_type {
-                    res["mimeType"] = json!(m);
+                    res.insert("mimeType".into(), m.into());
                 }
                 match body {
-                    ResourceBody::Text(t) => res["text"] = json!(t),
-                    ResourceBody::Blob(b) => res["blob"] = json!(b64(&b)),
-                }
-                json!({"type": "resource", "resource": res})
+                    ResourceBody::Text(t) => res.insert("text".into(), t.into()),
+                    ResourceBody::Blob(b) => res.insert("blob".into(), b64(&b)),
+                };
+                obj([
+                    ("type", "resource".into()),
+                    ("resource", Value::Object(res)),
+                ])
             }
             Content::ResourceLink {
                 uri,
@@ -108,19 +127,23 @@ pub(crate) fn result_json(r: ToolResult) -> Option<Value> {
                 && name.len() <= 1024
                 && mime_type.as_deref().is_none_or(mime_ok) =>
             {
-                let mut l = json!({"type": "resource_link", "uri": uri, "name": name});
+                let mut l = obj([
+                    ("type", "resource_link".into()),
+                    ("uri", uri.into()),
+                    ("name", name.into()),
+                ]);
                 if let Some(d) = description {
-                    l["description"] = json!(d);
+                    l["description"] = d.into();
                 }
                 if let Some(m) = mime_type {
-                    l["mimeType"] = json!(m);
+                    l["mimeType"] = m.into();
                 }
                 l
             }
             _ => return None,
         });
     }
-    let mut v = json!({"content": content});
+    let mut v = obj([("content", Value::Array(content))]);
     if let Some(s) = r.structured_json {
         match serde_json::from_str::<Value>(&s) {
             Ok(o @ Value::Object(_)) => v["structuredContent"] = o,
@@ -128,7 +151,7 @@ pub(crate) fn result_json(r: ToolResult) -> Option<Value> {
         }
     }
     if r.is_error {
-        v["isError"] = json!(true);
+        v["isError"] = Value::Bool(true);
     }
     Some(v)
 }

@@ -198,9 +198,9 @@ where
     let (tx, mut rx) = Outbox::channel();
     let writer = tokio::spawn(async move {
         while let Some(v) = rx.recv().await {
-            let mut line = v.msg.to_string();
-            line.push('\n');
-            if output.write_all(line.as_bytes()).await.is_err() || output.flush().await.is_err() {
+            let mut line = crate::mcp::jsonrpc::to_json_bytes(&v.msg);
+            line.push(b'\n');
+            if output.write_all(&line).await.is_err() || output.flush().await.is_err() {
                 break;
             }
         }

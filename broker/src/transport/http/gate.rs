@@ -42,7 +42,7 @@ pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        jsonrpc::to_json_bytes(body),
     )
         .into_response()
 }

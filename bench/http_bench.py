@@ -221,7 +221,8 @@ def main():
     print(f"Streamable HTTP, 4 KiB read_text_file, closed loop, {args.secs:g} s per point, "
           f"median of {args.rounds} interleaved rounds; mcpd audit log {args.audit}, cgroups off")
     hdr = (f"{'sessions':>8} {'server':6} {'calls/s':>9} {'p50 us':>8} {'p99 us':>8} "
-           f"{'srv cpu/call':>12} {'wrk cpu/call':>12} {'PSS MiB':>8} {'idle PSS/sess':>13}")
+           f"{'srv cpu/call':>12} {'wrk cpu/call':>12} {'PSS MiB':>8} {'idle PSS/sess':>13} "
+           f"{'errors':>6}")
     print(hdr)
     summary = []
     for level in levels:
@@ -232,12 +233,15 @@ def main():
                                            "server_cpu_us_per_call", "children_cpu_us_per_call",
                                            "server_pss_kib", "children_pss_kib",
                                            "idle_pss_kib_per_session", "errors")}
+            # Failed calls, all rounds together: a point with any is not a clean measurement
+            # (each failure opens a new session, whose worker start loads the machine).
+            m["errors_total"] = sum(p.get("errors", 0) for p in pts)
             row[name] = m
             pss = (m["server_pss_kib"] + m["children_pss_kib"]) / 1024
             print(f"{level:>8} {name:6} {m['calls_per_s']:>9.0f} {m['p50_us']:>8.0f} "
                   f"{m['p99_us']:>8.0f} {m['server_cpu_us_per_call']:>9.1f} us "
                   f"{m['children_cpu_us_per_call']:>9.1f} us {pss:>8.1f} "
-                  f"{m['idle_pss_kib_per_session'] / 1024:>9.2f} MiB")
+                  f"{m['idle_pss_kib_per_session'] / 1024:>9.2f} MiB {m['errors_total']:>6}")
         entry = {"sessions": level, **row}
         for name in names:
             if name == "rmcp":

@@ -4,7 +4,9 @@
 //! N sessions, each on a thread of its own with one keep-alive connection: `initialize`,
 //! `notifications/initialized`, then `tools/call read_text_file` as fast as the answers come,
 //! for `--warmup-secs` (not counted) and `--secs` (counted: every call that started in the
-//! window). Requests are pre-serialized; a response counts when its status is 200 and its body
+//! window). A session that is set up keeps its connection in use with an MCP `ping` every 2 s
+//! until all are (a server may end an idle keep-alive connection: mcpd does after 10 s), so
+//! that the load starts on live sessions. Requests are pre-serialized; a response counts when its status is 200 and its body
 //! holds a `"result"` and no `"error"` (JSON or SSE), so the client spends little CPU of the
 //! two cores the servers share with it. With `--pid`, the CPU time of that process and of all
 //! its descendants (mcpd: the broker and its workers) over the window, and their PSS at its
@@ -19,8 +21,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -333,15 +335,18 @@ fn cold(o: &Opts) -> Result<serde_json::Value, String> {
 }
 
 fn load(o: Arc<Opts>) -> Result<serde_json::Value, String> {
-    let start = Arc::new(Barrier::new(o.sessions + 1));
+    // Sessions set up (or failed to), and the start signal once all are.
+    let ready = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::with_capacity(o.sessions);
     for _ in 0..o.sessions {
-        let (o, start, measuring, stop, errors) = (
+        let (o, ready, go, measuring, stop, errors) = (
             o.clone(),
-            start.clone(),
+            ready.clone(),
+            go.clone(),
             measuring.clone(),
             stop.clone(),
             errors.clone(),
@@ -354,6 +359,8 @@ fn load(o: Arc<Opts>) -> Result<serde_json::Value, String> {
                     let mut c = Conn::open(&o)?;
                     c.initialize()?;
                     let req = c.request_bytes("POST", &call_body(&o.file, 1));
+                    let ping =
+                        c.request_bytes("POST", br#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
                     let r = c.send(&req)?;
                     if !ok(&r) || r.body.len() < 4096 {
                         return Err(format!(
@@ -362,11 +369,25 @@ fn load(o: Arc<Opts>) -> Result<serde_json::Value, String> {
                             String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
                         ));
                     }
-                    Ok((c, req))
+                    Ok((c, req, ping))
                 })();
                 let setup_ms = t0.elapsed().as_secs_f64() * 1e3;
-                start.wait();
-                let (mut c, req) = setup?;
+                ready.fetch_add(1, Ordering::SeqCst);
+                let (mut c, req, ping) = setup?;
+                // Until every session is set up (with 1 000 sessions on a busy machine that
+                // can take longer than a server's idle timeout: mcpd ends a keep-alive
+                // connection idle for 10 s), keep this one in use with an MCP ping.
+                let mut last = Instant::now();
+                while !go.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    if last.elapsed() >= Duration::from_secs(2) {
+                        let r = c.send(&ping)?;
+                        if r.status != 200 || !contains(&r.body, b"\"result\"") {
+                            return Err(format!("ping: HTTP {}", r.status));
+                        }
+                        last = Instant::now();
+                    }
+                }
                 let mut lat = Vec::with_capacity(4096);
                 while !stop.load(Ordering::Relaxed) {
                     let counted = measuring.load(Ordering::Relaxed);
@@ -401,7 +422,10 @@ fn load(o: Arc<Opts>) -> Result<serde_json::Value, String> {
             .map_err(|e| format!("thread: {e}"))?;
         threads.push(t);
     }
-    start.wait();
+    while ready.load(Ordering::SeqCst) < threads.len() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    go.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs_f64(o.warmup_secs));
     let before = o.pid.map(|p| usage(p, false));
     let t0 = Instant::now();

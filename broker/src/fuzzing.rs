@@ -3,6 +3,7 @@
 //!
 //! Each entry point is a thin wrapper around the code path the broker itself runs:
 //! * client bytes: [`classify`] (the one JSON-RPC classifier of every transport),
+//!   [`to_json_bytes`] and [`json_len`] (how every JSON answer is written and measured),
 //!   [`stateless_meta`] (the stateless-era `_meta` envelope), [`read_lines`] (the stdio framing,
 //!   [`LineReader`] over a byte slice delivered in chunks);
 //! * client-carried state: [`seal`] / [`open`] (the HMAC-sealed `requestState`, keyed as at
@@ -24,7 +25,7 @@ use serde_json::{Map, Value};
 use tokio::io::{AsyncRead, ReadBuf};
 
 pub use crate::auth::Principal;
-pub use crate::mcp::jsonrpc::{classify, Id, Incoming};
+pub use crate::mcp::jsonrpc::{classify, json_len, to_json_bytes, Id, Incoming};
 pub use crate::transport::stdio::{Line, LineReader};
 
 /// The stateless-era envelope check: `Ok` with the request's log level, or the JSON-RPC error

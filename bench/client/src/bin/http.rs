@@ -6,11 +6,11 @@
 //! for `--warmup-secs` (not counted) and `--secs` (counted: every call that started in the
 //! window). A session that is set up keeps its connection in use with an MCP `ping` every 2 s
 //! until all are (a server may end an idle keep-alive connection: mcpd does after 10 s), so
-//! that the load starts on live sessions. Requests are pre-serialized; a response counts when its status is 200 and its body
-//! holds a `"result"` and no `"error"` (JSON or SSE), so the client spends little CPU of the
-//! two cores the servers share with it. With `--pid`, the CPU time of that process and of all
-//! its descendants (mcpd: the broker and its workers) over the window, and their PSS at its
-//! end, read from /proc.
+//! that the load starts on live sessions. Requests are pre-serialized; a response counts when
+//! its status is 200 and its body holds a `"result"` and no `"error"` (JSON or SSE), so the
+//! client spends little CPU of the two cores the servers share with it. With `--pid`, the CPU
+//! time of that process and of all its descendants (mcpd: the broker and its workers) over the
+//! window, and their PSS at its end, read from /proc.
 //!
 //! `--cold-runs K` instead: K sessions one after the other, each `initialize` → first result →
 //! `DELETE`; prints the median and minimum of those times (a session's cold start: for mcpd

@@ -102,19 +102,33 @@ pub(super) fn quota_refused(response: &Value) -> Option<Response> {
 /// but a 500).
 pub(super) async fn audit_rejects(
     State(app): State<Arc<App>>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    audit_rejects_around(&app, req, |r| next.run(r)).await
+}
+
+/// [`audit_rejects`] around `next` (the rest of the chain, as a function: the endpoint's
+/// direct path, [`super::Routes`], calls the three layers without the router's middleware).
+pub(super) async fn audit_rejects_around<F, Fut>(
+    app: &Arc<App>,
+    mut req: Request,
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     // A trusted proxy's request speaks for the client it names, first of all (its record
     // and its limits are the client's).
-    let relayed = super::forwarded::relay(&app, &mut req);
+    let relayed = super::forwarded::relay(app, &mut req);
     let http_method = req.method().to_string();
     let peer_ext = req.extensions().get::<Peer>().cloned();
     let peer = peer_ext.as_ref().map(|p| p.describe().to_string());
     let session = header_str(req.headers(), SESSION_HEADER).is_some();
     let response = match relayed {
-        Ok(None) => next.run(req).await,
-        Ok(Some(slot)) => super::forwarded::hold_until_sent(next.run(req).await, slot),
+        Ok(None) => next(req).await,
+        Ok(Some(slot)) => super::forwarded::hold_until_sent(next(req).await, slot),
         Err(refused) => refused,
     };
     if !response.status().is_client_error()
@@ -224,9 +238,22 @@ pub(super) fn bearer_challenge(
 /// a 400. The token itself is never logged.
 pub(super) async fn authenticate(
     State(app): State<Arc<App>>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    authenticate_around(&app, req, |r| next.run(r)).await
+}
+
+/// [`authenticate`] around `next` (see [`audit_rejects_around`]).
+pub(super) async fn authenticate_around<F, Fut>(
+    app: &Arc<App>,
+    mut req: Request,
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let peer = req.extensions().get::<Peer>().cloned();
     let described = peer.as_ref().map_or("", Peer::describe);
     let policy = app.policy.get();
@@ -265,7 +292,7 @@ pub(super) async fn authenticate(
     match app.auth.authenticate(&policy, &creds) {
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());
-            let mut response = next.run(req).await;
+            let mut response = next(req).await;
             response.extensions_mut().insert(principal);
             response
         }
@@ -375,6 +402,15 @@ fn host_framing_error(req: &Request, tls: bool) -> Option<&'static str> {
 /// DNS-rebinding protection: Host (and Origin, when sent) must name this server; before that,
 /// exactly one Host, and an absolute-form target that agrees with it ([`host_framing_error`]).
 pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    gate_around(&app, req, |r| next.run(r)).await
+}
+
+/// [`gate`] around `next` (see [`audit_rejects_around`]).
+pub(super) async fn gate_around<F, Fut>(app: &App, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if let Some(reason) = host_framing_error(&req, app.cfg.tls.is_some()) {
         tracing::warn!(uri = %req.uri(), "refused a request: {reason}");
         return rpc_error(
@@ -387,7 +423,7 @@ pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) 
     let h = req.headers();
     let host_ok = header_str(h, "host")
         .map(|v| v.trim().to_ascii_lowercase())
-        .is_some_and(|v| host_allowed(&app, &v));
+        .is_some_and(|v| host_allowed(app, &v));
     let origin_ok = match header_str(h, "origin") {
         None => true,
         Some(o) => {
@@ -395,7 +431,7 @@ pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) 
             ["http://", "https://"]
                 .iter()
                 .filter_map(|scheme| o.strip_prefix(scheme))
-                .any(|rest| host_allowed(&app, rest))
+                .any(|rest| host_allowed(app, rest))
         }
     };
     if !host_ok || !origin_ok {
@@ -411,7 +447,7 @@ pub(super) async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) 
             "Forbidden: Host or Origin is not this server",
         );
     }
-    next.run(req).await
+    next(req).await
 }
 
 /// Whether `Accept` allows (JSON, SSE).

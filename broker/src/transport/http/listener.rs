@@ -19,12 +19,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 
 use super::tls::{self, PeerCertificate};
-use super::{App, Peer};
+use super::{App, Peer, RouteResponse, Routes};
 
 /// Time a peer has to send a whole request head, counted from when the connection waits for
 /// one: after the handshake, and after each response (so also the idle time of a keep-alive
@@ -184,7 +183,7 @@ impl Drop for Slot {
 pub(super) async fn accept_loop(
     listeners: Vec<tokio::net::TcpListener>,
     app: Arc<App>,
-    router: Router,
+    routes: Routes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     end_sessions: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -245,7 +244,7 @@ pub(super) async fn accept_loop(
             tracing::debug!("TCP_NODELAY: {e}");
         }
         let app = app.clone();
-        let router = router.clone();
+        let routes = routes.clone();
         let http = http.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -255,7 +254,7 @@ pub(super) async fn accept_loop(
                 let conn = http
                     .serve_connection(
                         TokioIo::new(tcp),
-                        service(router, Peer::tcp(peer), None, Some(hold)),
+                        service(routes, Peer::tcp(peer), None, Some(hold)),
                     )
                     .with_upgrades();
                 if let Err(e) = watcher.watch(conn).await {
@@ -285,7 +284,7 @@ pub(super) async fn accept_loop(
             let conn = http
                 .serve_connection(
                     TokioIo::new(stream),
-                    service(router, Peer::tcp(peer), cert, Some(hold)),
+                    service(routes, Peer::tcp(peer), cert, Some(hold)),
                 )
                 .with_upgrades();
             if let Err(e) = watcher.watch(conn).await {
@@ -330,15 +329,15 @@ async fn drain(graceful: Graceful, end_sessions: impl std::future::Future<Output
 /// reads their peer credentials and refuses those over its caps), with the same deadlines and
 /// graceful shutdown as [`accept_loop`]'s.
 pub(super) struct Connections {
-    router: Router,
+    routes: Routes,
     http: hyper::server::conn::http1::Builder,
     graceful: Graceful,
 }
 
 impl Connections {
-    pub(super) fn new(router: Router) -> Self {
+    pub(super) fn new(routes: Routes) -> Self {
         Self {
-            router,
+            routes,
             http: http1(),
             graceful: Graceful::new(),
         }
@@ -358,7 +357,7 @@ impl Connections {
             .http
             .serve_connection(
                 TokioIo::new(io),
-                service(self.router.clone(), peer, None, None),
+                service(self.routes.clone(), peer, None, None),
             )
             .with_upgrades();
         let watched = self.graceful.watcher().watch(conn);
@@ -451,20 +450,20 @@ pub(super) struct ConnHold(#[allow(dead_code)] Arc<Slot>);
 /// client certificate, and the connection's place under the caps.
 #[derive(Clone)]
 pub(super) struct ConnService {
-    router: Router,
+    routes: Routes,
     peer: Peer,
     cert: Option<PeerCertificate>,
     hold: Option<ConnHold>,
 }
 
 fn service(
-    router: Router,
+    routes: Routes,
     peer: Peer,
     cert: Option<PeerCertificate>,
     hold: Option<ConnHold>,
 ) -> ConnService {
     ConnService {
-        router,
+        routes,
         peer,
         cert,
         hold,
@@ -474,7 +473,7 @@ fn service(
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+    type Future = RouteResponse;
 
     fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.peer.clone());
@@ -484,8 +483,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnServ
         if let Some(h) = &self.hold {
             req.extensions_mut().insert(h.clone());
         }
-        let mut r = self.router.clone();
-        tower_service::Service::call(&mut r, req)
+        self.routes.call(req)
     }
 }
 

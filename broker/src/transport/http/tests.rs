@@ -629,7 +629,7 @@ async fn over_a_unix_socket_the_principal_is_the_peer_uid_for_every_request() {
         Arc::new(chatty(0, 0)),
         audit,
     );
-    let conns = listener::Connections::new(router(&app));
+    let conns = listener::Connections::new(Routes::new(&app));
     let exchange = |host: &'static str, sid: Option<String>, msg: Value| {
         let (mut client, server) = tokio::net::UnixStream::pair().unwrap();
         let cred = rustix::net::sockopt::socket_peercred(server.as_fd()).unwrap();
@@ -744,5 +744,155 @@ async fn streams_read_to_their_end_leave_nothing_to_replay() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(held, (0, 0), "events and bytes still held");
+    l.stop().await;
+}
+
+/// `text` with each client port (the digits after `127.0.0.N:`) replaced by `PORT`.
+fn unport(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("127.0.0.") {
+        let (head, tail) = rest.split_at(i + "127.0.0.".len());
+        out.push_str(head);
+        let host_digits = tail.len() - tail.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        out.push_str(&tail[..host_digits]);
+        rest = &tail[host_digits..];
+        if let Some(after) = rest.strip_prefix(':') {
+            let port = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            out.push_str(":PORT");
+            rest = &after[port..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `GET target` from `from` with the given Host and headers, read to its end.
+async fn get_raw(
+    l: &Listener,
+    from: Ipv4Addr,
+    target: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut s = sock.connect(l.addr).await.unwrap();
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
+        req.push_str("Connection: close\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_reply(s, Duration::from_secs(10)).await
+}
+
+/// The endpoint's requests take `Routes`' direct path through the three layers; the
+/// WebSocket endpoint beside it still goes through the router's middleware of the same
+/// functions. Every layer's refusal (the authenticator's for a peer without a client and for a
+/// token in the URL, the gate's for a foreign Host) must come out the same on both paths:
+/// same status, same body, and an audit record with the same contents (but for its envelope
+/// and the peer's port). A refusal the direct path skipped, or audited otherwise, fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_and_the_router_refuse_alike() {
+    let l = listen(
+        two_clients(),
+        Arc::new(BySourceAddress),
+        Arc::new(chatty(0, 0)),
+    )
+    .await;
+    let host = format!("127.0.0.1:{}", l.addr.port());
+    let upgrade: [(&str, &str); 5] = [
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Protocol", "mcp"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let cases: [(&str, Ipv4Addr, &str, &str, u16); 3] = [
+        ("no client for the peer", STRANGER, "", host.as_str(), 403),
+        (
+            "token in the URL",
+            ALICE,
+            "?access_token=x",
+            host.as_str(),
+            400,
+        ),
+        ("foreign Host", ALICE, "", "evil.example", 403),
+    ];
+    let envelope = ["seq", "ts", "id", "prev", "hash", "peer"];
+    for (what, from, query, host, status) in cases {
+        let before = records(&l.log).len();
+        // The same request to both (closed after the answer: `Connection: close`).
+        let direct = get_raw(&l, from, &format!("{ENDPOINT}{query}"), host, &upgrade[1..]).await;
+        let routed = get_raw(
+            &l,
+            from,
+            &format!("{}{query}", ws::WS_ENDPOINT),
+            host,
+            &upgrade[1..],
+        )
+        .await;
+        assert_eq!(direct.status, status, "{what}: {}", direct.body);
+        assert_eq!(routed.status, status, "{what}: {}", routed.body);
+        assert_eq!(unport(&direct.body), unport(&routed.body), "{what}");
+        assert_eq!(
+            direct.header("www-authenticate"),
+            routed.header("www-authenticate"),
+            "{what}"
+        );
+        let recs = records(&l.log);
+        let new: Vec<Value> = recs[before..]
+            .iter()
+            .map(|r| {
+                let mut r = r.as_object().unwrap().clone();
+                for k in envelope {
+                    r.remove(k);
+                }
+                Value::Object(r)
+            })
+            .collect();
+        assert_eq!(new.len(), 2, "{what}: one record per refusal: {new:?}");
+        assert_eq!(new[0], new[1], "{what}");
+    }
+    // And what passes the layers reaches each path's handler: the endpoint answers a GET
+    // without a session (400), the WebSocket endpoint upgrades (101).
+    let direct = get_raw(
+        &l,
+        ALICE,
+        ENDPOINT,
+        &host,
+        &[("Accept", "text/event-stream")],
+    )
+    .await;
+    assert_eq!(direct.status, 400, "{}", direct.body);
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((ALICE, 0))).unwrap();
+    let mut s = sock.connect(l.addr).await.unwrap();
+    let mut req = format!("GET {} HTTP/1.1\r\nHost: {host}\r\n", ws::WS_ENDPOINT);
+    for (k, v) in upgrade {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+            .await
+            .expect("the upgrade answer in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the head's end: {head:?}");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    drop(s);
     l.stop().await;
 }

@@ -90,7 +90,7 @@ pub(crate) fn write_object(out: &mut Vec<u8>, members: &mut [(&str, Member<'_>)]
         match v {
             Member::Json(v) => write_value(out, v),
             Member::Str(s) => write_str(out, s),
-            Member::Uint(n) => write_f64(out, *n as f64),
+            Member::Uint(n) => write_uint(out, *n),
         }
     }
     out.push(b'}');
@@ -107,14 +107,31 @@ pub(crate) fn utf16_cmp(a: &str, b: &str) -> Ordering {
 
 /// Appends `s` as a JSON string (the record line uses it too: the escaping is the same).
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping is JCS's (see the module comment); writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // serde_json's escaping is JCS's (see the module comment), which `json` writes.
+    crate::json::write_str(out, s);
 }
 
 fn write_number(out: &mut Vec<u8>, n: &Number) {
-    // Without serde_json's `arbitrary_precision` every number has an f64 value (integers
-    // converted, rounding beyond 2^53 as JCS does), and floats are always finite.
-    write_f64(out, n.as_f64().unwrap_or(0.0));
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => write_uint(out, u),
+        (None, Some(i)) if i.unsigned_abs() <= crate::record::MAX_EXACT_INT => {
+            out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+        }
+        // Without serde_json's `arbitrary_precision` every number has an f64 value (integers
+        // converted, rounding beyond 2^53 as JCS does), and floats are always finite.
+        _ => write_f64(out, n.as_f64().unwrap_or(0.0)),
+    }
+}
+
+/// An unsigned integer: up to 2^53 - 1 a double holds it exactly and ECMAScript writes its
+/// decimal digits (no exponent below 10^21), which `itoa` writes faster than the double's
+/// formatter; beyond, the double it rounds to.
+fn write_uint(out: &mut Vec<u8>, u: u64) {
+    if u <= crate::record::MAX_EXACT_INT {
+        out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes());
+    } else {
+        write_f64(out, u as f64);
+    }
 }
 
 fn write_f64(out: &mut Vec<u8>, f: f64) {
@@ -236,6 +253,16 @@ mod tests {
             json!(-0.0),
             json!(u64::MAX),
             json!(i64::MIN),
+            // Integers are written by `itoa` up to 2^53 - 1, by the double beyond.
+            json!(0),
+            json!(-1),
+            json!(9_007_199_254_740_991_u64),
+            json!(9_007_199_254_740_992_u64),
+            json!(9_007_199_254_740_993_u64),
+            json!(-9_007_199_254_740_991_i64),
+            json!(-9_007_199_254_740_992_i64),
+            json!(-9_007_199_254_740_993_i64),
+            json!(1_000_000_000_000_000_000_000_u128 as f64),
             json!(5e-324),
             json!(1e21),
             json!(123_456_789_012_345_680_000.0),
@@ -260,11 +287,12 @@ mod tests {
             ("\u{e000}", Member::Str("x")),
             ("ts", Member::Json(&v)),
             ("\u{1f600}", Member::Uint(1 << 60)),
+            ("s", Member::Uint((1 << 53) - 1)),
         ];
         write_object(&mut out, &mut members);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"seq\":7,\"ts\":\"v\",\"\u{1f600}\":1152921504606847000,\"\u{e000}\":\"x\"}"
+            "{\"s\":9007199254740991,\"seq\":7,\"ts\":\"v\",\"\u{1f600}\":1152921504606847000,\"\u{e000}\":\"x\"}"
         );
     }
 }

@@ -86,6 +86,7 @@
 
 mod jcs;
 mod journald;
+pub mod json;
 mod keys;
 mod queue;
 mod read;

@@ -161,7 +161,7 @@ impl Session {
         &self,
         policy: &Arc<Policy>,
         id: &Id,
-        params: Map<String, Value>,
+        mut params: Map<String, Value>,
         mut rec: Rec,
         stateless: Option<&Stateless>,
     ) -> (Rec, Value) {
@@ -179,6 +179,8 @@ impl Session {
             ),
         };
         let err = |code, msg: &str| jsonrpc::error(id.to_value(), code, msg);
+        // Taken out, not copied: nothing after this reads them from `params`.
+        let arguments = params.remove("arguments");
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             return (
                 rec,
@@ -186,9 +188,9 @@ impl Session {
             );
         };
         rec.tool = Some(printable(name));
-        let args = match params.get("arguments") {
+        let args = match arguments {
             None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(a)) => a.clone(),
+            Some(Value::Object(a)) => a,
             Some(_) => {
                 return (
                     rec,

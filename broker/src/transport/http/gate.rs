@@ -110,11 +110,7 @@ pub(super) async fn audit_rejects(
 
 /// [`audit_rejects`] around `next` (the rest of the chain, as a function: the endpoint's
 /// direct path, [`super::Routes`], calls the three layers without the router's middleware).
-pub(super) async fn audit_rejects_around<F, Fut>(
-    app: &Arc<App>,
-    mut req: Request,
-    next: F,
-) -> Response
+pub(super) async fn audit_rejects_around<F, Fut>(app: &App, mut req: Request, next: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: std::future::Future<Output = Response>,
@@ -245,11 +241,7 @@ pub(super) async fn authenticate(
 }
 
 /// [`authenticate`] around `next` (see [`audit_rejects_around`]).
-pub(super) async fn authenticate_around<F, Fut>(
-    app: &Arc<App>,
-    mut req: Request,
-    next: F,
-) -> Response
+pub(super) async fn authenticate_around<F, Fut>(app: &App, mut req: Request, next: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: std::future::Future<Output = Response>,

@@ -66,11 +66,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
-use axum::{Extension, Router};
+use axum::Router;
 use mcpd_policy::ClientId;
 
 use crate::auditing::Audit;
@@ -195,16 +194,17 @@ struct App {
     sockets: ws::Sockets,
 }
 
+/// [`ENDPOINT`]'s handler, behind the three layers ([`Routes::endpoint`]).
 async fn mcp(
-    State(app): State<Arc<App>>,
-    Extension(peer): Extension<Peer>,
-    Extension(principal): Extension<Principal>,
+    app: Arc<App>,
+    peer: &Peer,
+    principal: Principal,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     match method {
-        Method::POST => post::post(app, &peer, principal, headers, body).await,
+        Method::POST => post::post(app, peer, principal, headers, body).await,
         Method::GET => sse::get(app, &principal, headers).await,
         Method::DELETE => sessions::delete(app, &principal, headers).await,
         _ => (
@@ -324,9 +324,9 @@ impl Routes {
                     match (peer, principal) {
                         (Some(peer), Some(principal)) => {
                             mcp(
-                                State(app.clone()),
-                                Extension(peer),
-                                Extension(principal),
+                                app.clone(),
+                                &peer,
+                                principal,
                                 parts.method,
                                 parts.headers,
                                 body,
@@ -334,7 +334,7 @@ impl Routes {
                             .await
                         }
                         // Not reachable: the connection tags every request with its peer and
-                        // `authenticate` with its principal. As the router's extractors would.
+                        // `authenticate` with its principal. A 500, as axum's extractors give.
                         _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                     }
                 })
@@ -344,14 +344,16 @@ impl Routes {
     }
 }
 
-/// The endpoint behind its layers. Layers run outermost last-added first: audit_rejects →
-/// authenticate → gate → mcp; on TCP beside the metadata routes. A refused authentication is
-/// audit_rejects' `auth.failure` record (a Unix peer's with its uid, gid and pid). Requests for
-/// [`ENDPOINT`] itself take [`Routes`]' direct path through the same layers.
+/// Every path but [`ENDPOINT`] (which [`Routes`] serves directly through the same layers):
+/// the WebSocket endpoint behind the endpoint's layers, and on TCP beside them the metadata
+/// and health routes. Layers run outermost last-added first: audit_rejects → authenticate →
+/// gate → handler; they also wrap the fallback, so an unknown path is refused or answered 404
+/// after them. A refused authentication is audit_rejects' `auth.failure` record (a Unix peer's
+/// with its uid, gid and pid).
 fn router(app: &Arc<App>) -> Router {
     // WebSockets (`GET /mcp/ws`) are served on TCP only (an upgraded connection keeps its
     // place under the TCP caps), behind the same layers as the endpoint.
-    let mut endpoint = Router::new().route(ENDPOINT, any(mcp));
+    let mut endpoint = Router::new();
     if let Listen::Tcp(_) = app.cfg.listen {
         endpoint = endpoint.route(ws::WS_ENDPOINT, axum::routing::get(ws::upgrade));
     }

@@ -18,6 +18,9 @@
 
 use std::cmp::Ordering;
 
+// serde_json's string escaping is JCS's (see above), which `json::write_str` writes.
+use crate::json::write_str;
+
 use serde_json::{Map, Number, Value};
 
 /// One value of an object being written: either the caller's JSON or a record envelope field.
@@ -103,12 +106,6 @@ pub(crate) fn utf16_cmp(a: &str, b: &str) -> Ordering {
         return a.as_bytes().cmp(b.as_bytes());
     }
     a.encode_utf16().cmp(b.encode_utf16())
-}
-
-/// Appends `s` as a JSON string (the record line uses it too: the escaping is the same).
-pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping is JCS's (see the module comment), which `json` writes.
-    crate::json::write_str(out, s);
 }
 
 fn write_number(out: &mut Vec<u8>, n: &Number) {

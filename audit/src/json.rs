@@ -156,14 +156,16 @@ fn short_escape(c: u8) -> Option<u8> {
     }
 }
 
+/// Lower-case hex digits, by value (the `\u00XX` escapes here, the records' hashes and ids).
+pub(crate) const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// The escape `serde_json` writes for byte `c` of a string, one that [`special`] selects: a
 /// [`short_escape`], or `\u00XX` (lower-case hex) for the other control characters.
 fn write_escape(out: &mut Vec<u8>, c: u8) {
     if let Some(e) = short_escape(c) {
         out.extend_from_slice(&[b'\\', e]);
     } else {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let hex = |n: u8| HEX[usize::from(n & 0xf)];
+        let hex = |n: u8| HEX_DIGITS[usize::from(n & 0xf)];
         out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hex(c >> 4), hex(c)]);
     }
 }
